@@ -1,0 +1,177 @@
+package localsvc
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Postgres is a private PostgreSQL server with wal_level=logical.
+type Postgres struct {
+	Port    int
+	Dir     string // holds data/, the socket and the log
+	binDir  string
+	user    serviceUser
+	options []string
+
+	mu   sync.Mutex // protects cmd and done
+	cmd  *exec.Cmd
+	done chan struct{} // closed when cmd has exited
+}
+
+// PostgresOptions tunes StartPostgres. The zero value is fine.
+type PostgresOptions struct {
+	// Settings are extra "name=value" server settings, passed as -c flags.
+	Settings []string
+}
+
+// StartPostgres runs initdb in a new temporary directory and starts the server
+// on a free port. It returns once the server accepts connections.
+func StartPostgres(ctx context.Context, opts PostgresOptions) (*Postgres, error) {
+	binDir, err := PostgresBinDir()
+	if err != nil {
+		return nil, err
+	}
+	user, err := lookupServiceUser()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := user.makeDir("pginv-pg-")
+	if err != nil {
+		return nil, fmt.Errorf("make the PostgreSQL directory: %w", err)
+	}
+	port, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	p := &Postgres{Port: port, Dir: dir, binDir: binDir, user: user, options: opts.Settings}
+
+	initdb := user.command(filepath.Join(binDir, "initdb"),
+		"-A", "trust", "-U", "postgres", "--no-sync", "--locale=C", "-E", "UTF8",
+		"-D", filepath.Join(dir, "data"))
+	if out, err := initdb.CombinedOutput(); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("initdb: %w: %s", err, bytes.TrimSpace(out))
+	}
+	if err := p.Start(ctx); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	return p, nil
+}
+
+// URL returns a connection URL for the "postgres" superuser and database.
+func (p *Postgres) URL() string {
+	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", p.Port)
+}
+
+// Start starts the server on its data directory and waits until it accepts
+// connections. It is used again after Stop or Kill.
+func (p *Postgres) Start(ctx context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd != nil {
+		return errors.New("postgres is already running")
+	}
+	args := []string{
+		"-D", filepath.Join(p.Dir, "data"),
+		"-c", "port=" + strconv.Itoa(p.Port),
+		"-c", "listen_addresses=127.0.0.1",
+		"-c", "unix_socket_directories=" + p.Dir,
+		"-c", "wal_level=logical",
+		"-c", "max_replication_slots=64",
+		"-c", "max_wal_senders=64",
+		"-c", "max_connections=200",
+		"-c", "fsync=off",
+		"-c", "full_page_writes=off",
+		"-c", "synchronous_commit=on",
+	}
+	for _, s := range p.options {
+		args = append(args, "-c", s)
+	}
+	cmd := p.user.command(filepath.Join(p.binDir, "postgres"), args...)
+	logf, err := os.OpenFile(filepath.Join(p.Dir, "postgres.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return fmt.Errorf("open the postgres log: %w", err)
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("start postgres: %w", err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); logf.Close(); close(done) }()
+	p.cmd, p.done = cmd, done
+
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		conn, err := pgconn.Connect(cctx, p.URL())
+		cancel()
+		if err == nil {
+			conn.Close(ctx)
+			return nil
+		}
+		select {
+		case <-done:
+			p.cmd, p.done = nil, nil
+			return fmt.Errorf("postgres exited at start; its log %s says: %s", filepath.Join(p.Dir, "postgres.log"), p.logTail())
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("postgres did not accept connections within 60s: %w", err)
+		}
+	}
+}
+
+// Stop shuts the server down with a fast shutdown and waits for it to exit.
+func (p *Postgres) Stop() error { return p.signal(syscall.SIGINT) }
+
+// Kill kills the server's postmaster with SIGKILL, as a crash would.
+func (p *Postgres) Kill() error { return p.signal(syscall.SIGKILL) }
+
+func (p *Postgres) signal(sig syscall.Signal) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil {
+		return nil
+	}
+	// Signal the whole process group, so that after a SIGKILL no backend is
+	// left holding the port or the shared memory.
+	syscall.Kill(-p.cmd.Process.Pid, sig)
+	select {
+	case <-p.done:
+	case <-time.After(60 * time.Second):
+		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+		<-p.done
+	}
+	p.cmd, p.done = nil, nil
+	return nil
+}
+
+// Close stops the server and removes its directory.
+func (p *Postgres) Close() error {
+	err := p.Stop()
+	os.RemoveAll(p.Dir)
+	return err
+}
+
+func (p *Postgres) logTail() string {
+	b, _ := os.ReadFile(filepath.Join(p.Dir, "postgres.log"))
+	if len(b) > 2000 {
+		b = b[len(b)-2000:]
+	}
+	return string(bytes.TrimSpace(b))
+}

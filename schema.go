@@ -1,0 +1,33 @@
+package pginvalidator
+
+// TableInfo describes a table as the live catalog shows it. The replication
+// package reads it from PostgreSQL; the mapping package checks rules against
+// it. Names are as PostgreSQL stores them (usually lowercase).
+type TableInfo struct {
+	Schema string
+	Name   string
+	// Exists is false when no such table was found; the other fields are then zero.
+	Exists bool
+	// Partitioned is true for a partitioned parent table (relkind 'p').
+	Partitioned bool
+	// ReplicaIdentity is one of the Identity constants. For a partitioned
+	// parent it is the weakest identity among its leaf partitions, since
+	// UPDATE and DELETE run on the partitions.
+	ReplicaIdentity byte
+	// HasPrimaryKey is true when the table (every leaf partition, for a
+	// partitioned parent) has a primary key.
+	HasPrimaryKey bool
+	// Columns lists the table's live columns in attnum order, generated ones
+	// included.
+	Columns []string
+	// Generated lists the generated columns: pgoutput on PostgreSQL 15 never
+	// sends their values.
+	Generated []string
+	// IdentityColumns lists the columns whose old values an UPDATE or DELETE
+	// sends: all columns under FULL, the primary key under DEFAULT, the index
+	// columns under INDEX, none under NOTHING.
+	IdentityColumns []string
+}
+
+// QualifiedName returns "schema.table".
+func (t TableInfo) QualifiedName() string { return t.Schema + "." + t.Name }

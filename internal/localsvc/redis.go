@@ -126,6 +126,31 @@ func (r *Redis) Stop() error {
 	return nil
 }
 
+// StopSave shuts the server down with SHUTDOWN SAVE, so that the next Start
+// loads the same keys from its dump file, like a restart of a persistent
+// Redis.
+func (r *Redis) StopSave() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cmd == nil {
+		return nil
+	}
+	if c, err := net.DialTimeout("tcp", r.Addr(), time.Second); err == nil {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c.Write([]byte("SHUTDOWN SAVE\r\n"))
+		bufio.NewReader(c).ReadString('\n') // the server closes the connection
+		c.Close()
+	}
+	select {
+	case <-r.done:
+	case <-time.After(10 * time.Second):
+		r.cmd.Process.Signal(syscall.SIGKILL)
+		<-r.done
+	}
+	r.cmd, r.done = nil, nil
+	return nil
+}
+
 // Close stops the server and removes its directory.
 func (r *Redis) Close() error {
 	err := r.Stop()

@@ -1,0 +1,86 @@
+# Makefile for pg-invalidator.
+#
+#   make build   bin/pg-invalidator, static (CGO_ENABLED=0), version from git describe
+#   make test    go vet, gofmt check, docker-compose.yml check, then every test
+#   make demo    build, then run the self-contained demo (throwaway PostgreSQL and Redis)
+#   make bench   the bench program, then the Go benchmarks of mapping/ and invalidator/
+#   make fuzz    30 s of fuzzing the key template parser
+#   make clean   remove build and test output
+#
+# Tests start their own PostgreSQL and Redis from the local binaries
+# (apt-get install postgresql redis-server), unless DATABASE_URL and REDIS_URL
+# are both set, in which case they use those servers.
+
+# Go may not be on PATH (CI, fresh shells); this is where it is installed here.
+export PATH := /usr/local/go/bin:$(PATH)
+# bash, for pipefail in the test recipe.
+SHELL := /bin/bash
+
+GO      ?= go
+BIN     := bin/pg-invalidator
+MAIN    := ./cmd/pg-invalidator
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+
+# Every test package starts its own PostgreSQL; -p 2 matches the 2 cores.
+TESTFLAGS ?= -count=1 -timeout 20m -p 2
+FUZZTIME  ?= 30s
+# Where `make test` keeps the verbose test output it summarises.
+TESTLOG   ?= bin/test.log
+
+.PHONY: all build test vet fmtcheck composecheck demo bench fuzz image clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) $(MAIN)
+
+# The quick checks run first, so that the test summary is the last thing printed.
+test: vet fmtcheck composecheck
+	@mkdir -p $(dir $(TESTLOG))
+	@set -o pipefail; \
+	$(GO) test -v $(TESTFLAGS) ./... 2>&1 | tee $(TESTLOG); rc=$$?; \
+	pass=$$(grep -cE '^ *--- PASS' $(TESTLOG)); \
+	fail=$$(grep -cE '^ *--- FAIL' $(TESTLOG)); \
+	skip=$$(grep -cE '^ *--- SKIP' $(TESTLOG)); \
+	badpkg=$$(grep -E '^FAIL[[:space:]]' $(TESTLOG) | awk '{print $$2}' | sort -u | tr '\n' ' '); \
+	echo; \
+	if [ $$rc -ne 0 ]; then echo "failed packages: $${badpkg:-(see above)}"; fi; \
+	echo "tests: $$pass passed, $$fail failed, $$skip skipped"; \
+	exit $$rc
+
+vet:
+	$(GO) vet ./...
+
+# gofmt -l on every Go file outside testdata/ and vendor/; fails listing the unformatted ones.
+fmtcheck:
+	@files=$$(find . -name '*.go' -not -path './.git/*' -not -path './vendor/*' -not -path '*/testdata/*' -print0 | xargs -0 -r gofmt -l); \
+	if [ -n "$$files" ]; then echo "gofmt: these files are not formatted (run gofmt -w on them):"; echo "$$files"; exit 1; fi; \
+	echo "gofmt: ok"
+
+# Offline validation of docker-compose.yml (needs no Docker engine). Required in CI.
+composecheck:
+	@if command -v docker-compose >/dev/null 2>&1; then \
+		docker-compose -f docker-compose.yml config -q && echo "docker-compose.yml: ok"; \
+	elif [ "$${CI:-}" = true ]; then \
+		echo "docker-compose is not installed, and CI=true needs it to validate docker-compose.yml" >&2; exit 1; \
+	else \
+		echo "note: docker-compose is not installed; docker-compose.yml not validated (apt-get install docker-compose)"; \
+	fi
+
+demo: build
+	./$(BIN) demo
+
+bench:
+	@if [ -d bench ]; then $(GO) run ./bench; else echo "note: no ./bench program yet; only the Go benchmarks run"; fi
+	$(GO) test -run='^$$' -bench=. -benchmem ./mapping/ ./invalidator/
+
+fuzz:
+	$(GO) test -run='^$$' -fuzz=FuzzParseTemplate -fuzztime=$(FUZZTIME) ./mapping/
+
+# Needs a Docker engine (there is none on the CI machine).
+image:
+	docker build --build-arg VERSION=$(VERSION) -t pg-invalidator:$(VERSION) .
+
+clean:
+	rm -rf bin/ pg-invalidator *.prof *.test

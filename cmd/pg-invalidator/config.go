@@ -1,0 +1,91 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/pg-invalidator/pg-invalidator/daemon"
+	"github.com/pg-invalidator/pg-invalidator/invalidator"
+	"github.com/pg-invalidator/pg-invalidator/mapping"
+)
+
+// commonFlags are the flags run and check share.
+type commonFlags struct {
+	config    string
+	postgres  string
+	redis     string
+	logLevel  string
+	logFormat string
+}
+
+func (c *commonFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.config, "config", "rules.toml", "rules file")
+	fs.StringVar(&c.postgres, "postgres", "", "PostgreSQL URL (default: $DATABASE_URL, then [postgres] url in the rules file)")
+	fs.StringVar(&c.redis, "redis", "", "Redis URL (default: $REDIS_URL, then [redis] url in the rules file)")
+	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
+}
+
+// daemonConfig loads the rules file and resolves each URL: the flag, then
+// the environment, then the file.
+func (c *commonFlags) daemonConfig(logger *slog.Logger) (daemon.Config, error) {
+	rules, err := mapping.Load(c.config)
+	if err != nil {
+		var problems mapping.Errors
+		if errors.As(err, &problems) {
+			return daemon.Config{}, &daemon.ConfigError{Problems: problems}
+		}
+		return daemon.Config{}, err
+	}
+	cfg := daemon.Config{
+		Rules:       rules,
+		PostgresURL: firstOf(c.postgres, os.Getenv("DATABASE_URL"), rules.Postgres.URL),
+		RedisURL:    firstOf(c.redis, os.Getenv("REDIS_URL"), rules.Redis.URL),
+		Slot:        rules.Postgres.Slot,
+		Publication: rules.Postgres.Publication,
+		Logger:      logger,
+	}
+	if cfg.PostgresURL == "" {
+		return cfg, fmt.Errorf("no PostgreSQL URL: pass --postgres, set DATABASE_URL, or set url in the [postgres] table of %s", c.config)
+	}
+	if cfg.RedisURL == "" {
+		return cfg, fmt.Errorf("no Redis URL: pass --redis, set REDIS_URL, or set url in the [redis] table of %s", c.config)
+	}
+	return cfg, nil
+}
+
+func firstOf(values ...string) string {
+	for _, v := range values {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// newLogger builds the daemon's logger and routes go-redis's own log lines
+// through it.
+func (c *commonFlags) newLogger(w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.logLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", c.logLevel)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler
+	switch strings.ToLower(c.logFormat) {
+	case "text":
+		h = slog.NewTextHandler(w, opts)
+	case "json":
+		h = slog.NewJSONHandler(w, opts)
+	default:
+		return nil, fmt.Errorf("--log-format %q: want text or json", c.logFormat)
+	}
+	l := slog.New(h)
+	invalidator.SetLogger(l)
+	return l, nil
+}

@@ -1,0 +1,42 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+
+	"github.com/pg-invalidator/pg-invalidator/daemon"
+)
+
+func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var c commonFlags
+	c.register(fs)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `Usage: pg-invalidator run [flags]
+
+Streams logical replication from PostgreSQL and deletes or increments the
+Redis keys that rules.toml derives from each changed row. It creates the
+publication and the replication slot when they are missing, validates the
+rules against the live schema first, and refuses to start on any problem.
+It waits out an unreachable PostgreSQL or Redis. SIGINT or SIGTERM stops it.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	logger, err := c.newLogger(stderr)
+	if err != nil {
+		return err
+	}
+	cfg, err := c.daemonConfig(logger)
+	if err != nil {
+		return err
+	}
+	return daemon.Run(ctx, cfg)
+}

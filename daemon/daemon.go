@@ -1,0 +1,176 @@
+// Package daemon wires the three stages together and runs them for as long
+// as it takes:
+//
+//	replication.Stream  -> events, in WAL order
+//	mapping.Mapper      -> commands for each row change
+//	invalidator.Apply   -> Redis, checked command by command
+//	Stream.Ack          -> the transaction's end LSN, only after Redis said yes
+//
+// It decides what is fatal: a bad rule or schema stops the daemon before it
+// streams; a lost connection to PostgreSQL or Redis never does.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	pginvalidator "github.com/pg-invalidator/pg-invalidator"
+	"github.com/pg-invalidator/pg-invalidator/invalidator"
+	"github.com/pg-invalidator/pg-invalidator/mapping"
+	"github.com/pg-invalidator/pg-invalidator/replication"
+)
+
+// Config is everything Run needs. The command line builds it.
+type Config struct {
+	Rules       *mapping.Config
+	PostgresURL string
+	RedisURL    string
+	Slot        string // zero means "pg_invalidator"
+	Publication string // zero means "pg_invalidator"
+	Logger      *slog.Logger
+
+	// MaxBatch is how many pending commands force a flush to Redis even while
+	// more data is waiting, or in the middle of a large transaction. Zero
+	// means 4096. It bounds memory whatever the size of a transaction.
+	MaxBatch int
+	// StatusInterval is passed to replication.Config; zero means its default.
+	StatusInterval time.Duration
+	// ShutdownGrace is how long a batch in flight may take to finish after
+	// ctx ends. Zero means 2s.
+	ShutdownGrace time.Duration
+	// MaxBackoff caps the delay between reconnection attempts. Zero means 10s.
+	MaxBackoff time.Duration
+}
+
+func (c *Config) setDefaults() {
+	if c.Slot == "" {
+		c.Slot = "pg_invalidator"
+	}
+	if c.Publication == "" {
+		c.Publication = "pg_invalidator"
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.MaxBatch == 0 {
+		c.MaxBatch = 4096
+	}
+	if c.ShutdownGrace == 0 {
+		c.ShutdownGrace = 2 * time.Second
+	}
+	if c.MaxBackoff == 0 {
+		c.MaxBackoff = 10 * time.Second
+	}
+}
+
+// ConfigError lists every problem found in the rules or the live schema. The
+// daemon refuses to start on it; retrying cannot help.
+type ConfigError struct {
+	Problems []error
+}
+
+func (e *ConfigError) Error() string {
+	lines := make([]string, len(e.Problems))
+	for i, p := range e.Problems {
+		lines[i] = p.Error()
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Check validates the rules against the live schema without starting
+// replication. It connects once and fails fast: a connection error is
+// returned as is, problems as a *ConfigError.
+func Check(ctx context.Context, cfg Config) error {
+	cfg.setDefaults()
+	conn, err := connect(ctx, cfg.PostgresURL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	return checkSchema(ctx, conn, cfg.Rules)
+}
+
+func connect(ctx context.Context, url string) (*pgx.Conn, error) {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return nil, fmt.Errorf("connect to postgres %s: %w", pginvalidator.RedactURL(url), pginvalidator.RedactError(err, url))
+	}
+	return conn, nil
+}
+
+func checkSchema(ctx context.Context, conn *pgx.Conn, rules *mapping.Config) error {
+	tables, err := replication.DescribeTables(ctx, conn, rules.Tables())
+	if err != nil {
+		return fmt.Errorf("describe rule tables: %w", err)
+	}
+	if problems := rules.CheckSchema(tables); len(problems) > 0 {
+		return &ConfigError{Problems: problems}
+	}
+	return nil
+}
+
+// Run validates the rules against the live schema, makes sure the
+// publication and slot exist, and streams until ctx ends. It returns nil
+// after a clean shutdown, a *ConfigError when the rules or schema are wrong,
+// and another error only when something cannot be fixed by retrying.
+func Run(ctx context.Context, cfg Config) error {
+	cfg.setDefaults()
+	log := cfg.Logger
+
+	inv, err := invalidator.New(invalidator.Options{URL: cfg.RedisURL, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer inv.Close()
+
+	if err := retry(ctx, cfg, "prepare postgres", func() error { return prepare(ctx, cfg) }); err != nil {
+		return ignoreCanceled(ctx, err)
+	}
+	if err := retry(ctx, cfg, "connect to redis", func() error { return inv.Ping(ctx) }); err != nil {
+		return ignoreCanceled(ctx, err)
+	}
+	log.Info("redis is reachable", "addr", pginvalidator.RedactURL(cfg.RedisURL))
+
+	p := &pipeline{cfg: cfg, log: log, inv: inv, mapper: mapping.NewMapper(cfg.Rules), batch: invalidator.NewBatch()}
+	p.mapper.OnProblem = func(table, column string, err error) {
+		log.Error("rule cannot be applied", "table", table, "column", column, "err", err)
+	}
+	err = retry(ctx, cfg, "stream", func() error { return p.session(ctx) })
+	return ignoreCanceled(ctx, err)
+}
+
+// prepare validates the schema and makes sure the publication exists and
+// holds every rule table.
+func prepare(ctx context.Context, cfg Config) error {
+	conn, err := connect(ctx, cfg.PostgresURL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	if err := checkSchema(ctx, conn, cfg.Rules); err != nil {
+		return err
+	}
+	created, added, err := replication.EnsurePublication(ctx, conn, cfg.Publication, cfg.Rules.Tables())
+	if err != nil {
+		return err
+	}
+	if created {
+		cfg.Logger.Info("publication created", "publication", cfg.Publication, "tables", cfg.Rules.Tables())
+	} else if len(added) > 0 {
+		cfg.Logger.Info("tables added to publication", "publication", cfg.Publication, "tables", added)
+	}
+	return nil
+}
+
+func ignoreCanceled(ctx context.Context, err error) error {
+	if ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+		return nil
+	}
+	return err
+}

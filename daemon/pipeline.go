@@ -1,0 +1,193 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	pginvalidator "github.com/pg-invalidator/pg-invalidator"
+	"github.com/pg-invalidator/pg-invalidator/invalidator"
+	"github.com/pg-invalidator/pg-invalidator/mapping"
+	"github.com/pg-invalidator/pg-invalidator/replication"
+)
+
+// pipeline carries one row change from the stream to Redis and back to an
+// acknowledgement. Its fields belong to the goroutine running session.
+type pipeline struct {
+	cfg    Config
+	log    *slog.Logger
+	inv    *invalidator.Invalidator
+	mapper *mapping.Mapper
+	batch  *invalidator.Batch
+	cmds   []pginvalidator.Command // scratch for one change's commands
+
+	streamed bool // a session has streamed before: a missing slot now means it was lost
+}
+
+// session runs one replication connection until it fails or ctx ends.
+func (p *pipeline) session(ctx context.Context) error {
+	if p.streamed {
+		if err := p.requireSlot(ctx); err != nil {
+			return err
+		}
+	}
+	stream, err := replication.Connect(ctx, replication.Config{
+		URL:            p.cfg.PostgresURL,
+		Slot:           p.cfg.Slot,
+		Publication:    p.cfg.Publication,
+		StatusInterval: p.cfg.StatusInterval,
+		Logger:         p.log,
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		stream.Close(cctx) // sends the final status: the last acknowledged LSN
+	}()
+
+	created, err := replication.EnsureSlot(ctx, stream.Conn(), p.cfg.Slot)
+	if err != nil {
+		return err
+	}
+	if created {
+		p.log.Info("replication slot created", "slot", p.cfg.Slot)
+	}
+	if err := stream.Start(ctx); err != nil {
+		return classifyStartError(err, p.cfg.Slot)
+	}
+	p.streamed = true
+	p.log.Info("streaming", "slot", p.cfg.Slot, "publication", p.cfg.Publication)
+
+	// The reader runs on its own goroutine and keeps answering the server
+	// while this one waits on Redis.
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	events := make(chan []replication.Event, 4)
+	streamErr := make(chan error, 1)
+	go func() { streamErr <- stream.Run(sctx, events) }()
+
+	err = p.consume(ctx, stream, events, streamErr)
+	stop()
+	p.batch.Reset() // unacknowledged work is replayed by the next session
+	return err
+}
+
+// consume applies events until the stream fails or ctx ends.
+func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, events <-chan []replication.Event, streamErr <-chan error) error {
+	// applyCtx outlives ctx by ShutdownGrace, so that a batch in flight at
+	// SIGTERM can still finish and be acknowledged.
+	applyCtx, cancelApply := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelApply()
+	stopGrace := context.AfterFunc(ctx, func() { time.AfterFunc(p.cfg.ShutdownGrace, cancelApply) })
+	defer stopGrace()
+
+	var (
+		inTx     bool
+		xid      uint32
+		ackable  pglogrepl.LSN // end LSN of the last transaction complete in the batch
+		batchTxs int
+		commitAt time.Time
+	)
+	flush := func() error {
+		if p.batch.Len() > 0 {
+			if err := p.inv.Apply(applyCtx, p.batch); err != nil {
+				return fmt.Errorf("apply batch: %w", err)
+			}
+		}
+		if ackable != 0 {
+			stream.Ack(ackable)
+			if p.log.Enabled(ctx, slog.LevelDebug) {
+				p.log.Debug("acknowledged", "lsn", ackable.String(), "xid", xid, "txs", batchTxs,
+					"lag", time.Since(commitAt).String())
+			}
+			ackable, batchTxs = 0, 0
+		}
+		return nil
+	}
+
+	for {
+		var chunk []replication.Event
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-streamErr:
+			return err
+		case chunk = <-events:
+		}
+		for i := range chunk {
+			ev := &chunk[i]
+			switch ev.Kind {
+			case replication.Begin:
+				inTx, xid = true, ev.XID
+			case replication.RowChange:
+				p.cmds = p.mapper.Commands(p.cmds[:0], &ev.Change)
+				for _, c := range p.cmds {
+					p.batch.Add(c)
+				}
+				// A large transaction is applied in bounded chunks as it
+				// arrives; only its commit can be acknowledged.
+				if p.batch.Len() >= p.cfg.MaxBatch {
+					if err := flush(); err != nil {
+						return err
+					}
+				}
+			case replication.Commit:
+				inTx = false
+				p.batch.EndTx()
+				ackable, commitAt = ev.LSN, ev.CommitTime
+				batchTxs++
+			case replication.Idle:
+				// Everything the server sent before this keepalive is in the
+				// batch or applied, so once the batch is applied the slot
+				// may move to the server's position, even when the
+				// published tables were quiet and the WAL was busy.
+				if !inTx {
+					ackable = max(ackable, ev.LSN)
+				}
+			}
+		}
+		// Flush when the stream has run dry: no fixed delay, and a batch as
+		// large as the backlog allows.
+		if len(events) == 0 || p.batch.Len() >= p.cfg.MaxBatch {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// requireSlot refuses to recreate a slot that disappeared while the daemon
+// was running: the changes in between are gone, and caches may be stale.
+func (p *pipeline) requireSlot(ctx context.Context) error {
+	conn, err := connect(ctx, p.cfg.PostgresURL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	slot, err := replication.ReadSlot(ctx, conn, p.cfg.Slot)
+	if err != nil {
+		return err
+	}
+	if !slot.Exists {
+		return fatal(fmt.Errorf("replication slot %s disappeared while the daemon was running (a failover, or someone dropped it): "+
+			"changes made since then were not invalidated and caches may be stale; flush the affected keys, then restart the daemon to create a new slot", p.cfg.Slot))
+	}
+	return nil
+}
+
+// classifyStartError turns a lost slot into a fatal error that says what to do.
+func classifyStartError(err error, slot string) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "55000" {
+		return fatal(fmt.Errorf("%w\nreplication slot %s has been invalidated (it fell behind max_slot_wal_keep_size): "+
+			"changes were lost and caches may be stale; drop it with SELECT pg_drop_replication_slot('%s'), flush the affected keys, and restart", err, slot, slot))
+	}
+	return err
+}

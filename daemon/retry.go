@@ -1,0 +1,84 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// fatalError marks an error that retrying cannot fix.
+type fatalError struct{ err error }
+
+func (e *fatalError) Error() string { return e.err.Error() }
+func (e *fatalError) Unwrap() error { return e.err }
+
+func fatal(err error) error { return &fatalError{err: err} }
+
+// retryable decides, in one place, which errors the daemon waits out and
+// which stop it. Anything that smells of a network, a restarting server or a
+// busy slot is retried; rule, schema, privilege and authentication problems,
+// and a lost slot, are not.
+func retryable(err error) bool {
+	var cfgErr *ConfigError
+	var fe *fatalError
+	switch {
+	case errors.As(err, &cfgErr), errors.As(err, &fe),
+		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return false
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code[:2] {
+		case "28", // invalid authorization: a wrong password will not fix itself
+			"42", // syntax error or access rule violation
+			"3D": // the database does not exist
+			return false
+		}
+		if pgErr.Code == "55000" { // object_not_in_prerequisite_state: an invalidated slot
+			return false
+		}
+	}
+	return true
+}
+
+// retry runs fn until it succeeds, fails with an error retrying cannot fix,
+// or ctx ends. It logs the first failure of a streak and the recovery, not
+// every attempt. A run of fn that lasted longer than a minute resets the
+// backoff: the failure is new, not part of the old streak.
+func retry(ctx context.Context, cfg Config, step string, fn func() error) error {
+	delay := 100 * time.Millisecond
+	failing := false
+	for {
+		start := time.Now()
+		err := fn()
+		if err == nil {
+			if failing {
+				cfg.Logger.Info(step + " recovered")
+			}
+			return nil
+		}
+		if !retryable(err) || ctx.Err() != nil {
+			return err
+		}
+		if time.Since(start) > time.Minute {
+			delay, failing = 100*time.Millisecond, false
+		}
+		if !failing {
+			cfg.Logger.Warn(step+" failed, retrying with backoff", "err", err)
+			failing = true
+		} else {
+			cfg.Logger.Debug(step+" failed again", "err", err, "retry_in", delay)
+		}
+		// Full jitter keeps a fleet of daemons from reconnecting in step.
+		sleep := time.Duration(rand.Int64N(int64(delay))) + delay/2
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(sleep):
+		}
+		delay = min(delay*2, cfg.MaxBackoff)
+	}
+}

@@ -1,0 +1,348 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pg-invalidator/pg-invalidator/internal/localsvc"
+)
+
+const itemsSchema = `
+CREATE TABLE items (id bigint PRIMARY KEY, cat int, v int NOT NULL DEFAULT 0);
+ALTER TABLE items REPLICA IDENTITY FULL;
+INSERT INTO items (id, cat) SELECT g, g % 10 FROM generate_series(1, 2000) g;
+`
+
+const itemsRules = `
+[[rule]]
+table = "items"
+del = ["{p}item:<id>", "{p}items:cat:<cat>"]
+` + markerRule
+
+// process is the daemon binary running as a child process.
+type process struct {
+	cmd    *exec.Cmd
+	stderr *syncBuffer
+	done   chan struct{}
+}
+
+func (f *fixture) startProcess(rulesPath string, args ...string) *process {
+	f.t.Helper()
+	all := append([]string{"run", "--config", rulesPath, "--postgres", f.dbURL, "--redis", f.redisURL}, args...)
+	cmd := exec.Command(daemonBinary(f.t), all...)
+	p := &process{cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
+	cmd.Stderr = p.stderr
+	if err := cmd.Start(); err != nil {
+		f.t.Fatal(err)
+	}
+	go func() { cmd.Wait(); close(p.done) }()
+	f.t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-p.done
+		if f.t.Failed() {
+			f.t.Logf("daemon stderr:\n%s", p.stderr)
+		}
+	})
+	return p
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// cacheItems caches item:1..n and items:cat:0..9.
+func (f *fixture) cacheItems(n int) []string {
+	f.t.Helper()
+	keys := make([]string, 0, n+10)
+	for i := 1; i <= n; i++ {
+		keys = append(keys, fmt.Sprintf("item:%d", i))
+	}
+	for c := 0; c < 10; c++ {
+		keys = append(keys, fmt.Sprintf("items:cat:%d", c))
+	}
+	pipe := f.rdb.Pipeline()
+	for _, k := range keys {
+		pipe.Set(context.Background(), f.key(k), "cached", time.Hour)
+	}
+	if _, err := pipe.Exec(context.Background()); err != nil {
+		f.t.Fatal(err)
+	}
+	return keys
+}
+
+// updateItems runs one UPDATE transaction per item, from..to.
+func updateItems(t *testing.T, dbURL string, from, to int) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	defer conn.Close(ctx)
+	for i := from; i <= to; i++ {
+		if _, err := conn.Exec(ctx, "UPDATE items SET v = v + 1 WHERE id = $1", i); err != nil {
+			t.Errorf("update item %d: %v", i, err)
+			return
+		}
+	}
+}
+
+func TestKill9MidLoadLosesNothing(t *testing.T) {
+	f := newFixture(t, itemsSchema, markerSchema)
+	rules := f.rules(itemsRules)
+	keys := f.cacheItems(2000)
+
+	p := f.startProcess(rules)
+	f.waitSlotActive("pg_invalidator", nil)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); updateItems(t, f.dbURL, 1, 2000) }()
+	// Kill the daemon while the load runs and some of it is applied.
+	waitFor(t, 30*time.Second, func() bool { return !f.exists("item:200") }, func() string { return "no progress before the kill" })
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+	wg.Wait()
+
+	f.startProcess(rules)
+	f.waitGone(keys...)
+}
+
+func TestSIGTERMExitsCleanlyAndAcknowledges(t *testing.T) {
+	f := newFixture(t, itemsSchema, markerSchema)
+	rules := f.rules(itemsRules)
+	p := f.startProcess(rules)
+	f.waitSlotActive("pg_invalidator", nil)
+
+	f.cache("item:1")
+	f.exec("UPDATE items SET v = v + 1 WHERE id = 1")
+	f.waitGone("item:1")
+
+	start := time.Now()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the daemon did not exit within 5s of SIGTERM")
+	}
+	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("exit code after SIGTERM = %d, want 0; stderr:\n%s", code, p.stderr)
+	}
+	t.Logf("exited %s after SIGTERM", time.Since(start).Round(time.Millisecond))
+
+	// The update was acknowledged, so a new daemon must not replay it: a
+	// value cached after it stays cached.
+	f.cache("item:1")
+	f.startProcess(rules)
+	f.waitSlotActive("pg_invalidator", nil)
+	f.sync()
+	if !f.exists("item:1") {
+		t.Fatal("an acknowledged transaction was replayed after a clean restart")
+	}
+}
+
+func TestRedisDownWhileWriting(t *testing.T) {
+	rd, err := localsvc.StartRedis(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rd.Close() })
+	f := newFixtureOn(t, env.PostgresURL, rd.URL(), itemsSchema, markerSchema)
+	cfg := f.config(f.rules(itemsRules))
+	r := f.startConfig(cfg)
+
+	keys := f.cacheItems(100)
+	if err := rd.StopSave(); err != nil {
+		t.Fatal(err)
+	}
+	updateItems(t, f.dbURL, 1, 100)
+	time.Sleep(3 * time.Second) // the daemon retries meanwhile; it must not exit
+	select {
+	case err := <-r.done:
+		t.Fatalf("the daemon exited while Redis was down: %v", err)
+	default:
+	}
+	if err := rd.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !f.exists("item:1") {
+		t.Fatal("Redis lost its keys over the restart; the test cannot tell anything")
+	}
+	f.waitGone(keys...)
+}
+
+func TestPostgresRestart(t *testing.T) {
+	pg, err := localsvc.StartPostgres(context.Background(), localsvc.PostgresOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pg.Close() })
+	f := newFixtureOn(t, pg.URL(), env.RedisURL, itemsSchema, markerSchema)
+	cfg := f.config(f.rules(itemsRules))
+	cfg.MaxBackoff = 500 * time.Millisecond
+	f.startConfig(cfg)
+
+	for _, how := range []string{"stop", "kill"} {
+		f.cache("item:1")
+		f.exec("UPDATE items SET v = v + 1 WHERE id = 1")
+		f.waitGone("item:1")
+
+		if how == "stop" {
+			err = pg.Stop()
+		} else {
+			err = pg.Kill()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := pg.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		f.reconnect()
+		f.cache("item:2", "item:3")
+		f.exec("UPDATE items SET v = v + 1 WHERE id IN (2, 3)")
+		f.waitGone("item:2", "item:3")
+	}
+}
+
+// reconnect replaces the fixture's database connection after a restart.
+func (f *fixture) reconnect() {
+	f.t.Helper()
+	db, err := pgx.Connect(context.Background(), f.dbURL)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	old := f.db
+	f.db = db
+	old.Close(context.Background())
+	f.t.Cleanup(func() { db.Close(context.Background()) })
+}
+
+func TestSlotHeldByAnotherDaemon(t *testing.T) {
+	f := newFixture(t, itemsSchema, markerSchema)
+	cfg := f.config(f.rules(itemsRules))
+	cfg.MaxBackoff = 300 * time.Millisecond
+	active := f.startConfig(cfg)
+	standby := f.startConfig(cfg) // the slot is busy: it must wait, not exit
+
+	f.cache("item:1")
+	f.exec("UPDATE items SET v = v + 1 WHERE id = 1")
+	f.waitGone("item:1")
+	select {
+	case err := <-standby.done:
+		t.Fatalf("the standby exited while the slot was busy: %v", err)
+	case <-time.After(time.Second):
+	}
+	if err := active.stop(); err != nil {
+		t.Fatal(err)
+	}
+	f.cache("item:2")
+	f.exec("UPDATE items SET v = v + 1 WHERE id = 2")
+	f.waitGone("item:2")
+}
+
+func TestSlotMovesWhilePublishedTablesAreQuiet(t *testing.T) {
+	f := newFixture(t, itemsSchema, markerSchema, "CREATE TABLE noise (id bigserial PRIMARY KEY, pad text)")
+	f.start(f.rules(itemsRules))
+
+	// 100 MB of WAL on a table no rule names.
+	var startLSN, endLSN string
+	f.db.QueryRow(context.Background(), "SELECT pg_current_wal_lsn()::text").Scan(&startLSN)
+	for i := 0; i < 10; i++ {
+		f.exec("INSERT INTO noise (pad) SELECT repeat(md5(g::text), 32) FROM generate_series(1, 10000) g")
+	}
+	var walBytes int64
+	f.db.QueryRow(context.Background(), "SELECT pg_current_wal_lsn()::text, pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::bigint", startLSN).Scan(&endLSN, &walBytes)
+	if walBytes < 100<<20 {
+		t.Fatalf("wrote only %d bytes of WAL, want 100 MB", walBytes)
+	}
+	waitFor(t, 60*time.Second, func() bool {
+		var passed bool
+		f.db.QueryRow(context.Background(),
+			"SELECT confirmed_flush_lsn >= $1::pg_lsn FROM pg_replication_slots WHERE slot_name = 'pg_invalidator'", endLSN).Scan(&passed)
+		return passed
+	}, func() string {
+		return "the slot did not move past " + endLSN + " while only unpublished tables were written"
+	})
+	t.Logf("slot passed %d MB of WAL written to an unpublished table", walBytes>>20)
+}
+
+func TestLargeTransactionInChunks(t *testing.T) {
+	f := newFixture(t, `
+		CREATE TABLE items (id bigint PRIMARY KEY, cat int, v int NOT NULL DEFAULT 0);
+		ALTER TABLE items REPLICA IDENTITY FULL;
+		INSERT INTO items (id, cat) SELECT g, g % 10 FROM generate_series(1, 30000) g;`, markerSchema)
+	cfg := f.config(f.rules(`
+[[rule]]
+table = "items"
+del = ["{p}item:<id>"]
+incr = ["{p}version:items"]
+` + markerRule))
+	cfg.MaxBatch = 1000 // many flushes inside one transaction
+	f.startConfig(cfg)
+
+	keys := f.cacheItems(30000)[:30000]
+	f.exec("UPDATE items SET v = v + 1")
+	f.waitGone(keys...)
+	f.sync()
+	if got := f.get("version:items"); got != "1" {
+		t.Fatalf("version after one large transaction = %q, want 1", got)
+	}
+}
+
+func TestPasswordsNeverPrinted(t *testing.T) {
+	f := newFixture(t, itemsSchema)
+	rules := f.rules(itemsRules)
+	const secret = "s3cr3t-pw-42"
+	for _, args := range [][]string{
+		{"check", "--config", rules, "--postgres", "postgres://app:" + secret + "@127.0.0.1:1/app"},
+		{"check", "--config", rules, "--postgres", "host=127.0.0.1 port=1 user=app password=" + secret},
+	} {
+		out, err := exec.Command(daemonBinary(t), args...).CombinedOutput()
+		if err == nil {
+			t.Fatalf("%v succeeded against a closed port", args)
+		}
+		if strings.Contains(string(out), secret) {
+			t.Fatalf("%v printed the password:\n%s", args, out)
+		}
+	}
+	// run retries: give it a moment to log, then stop it.
+	cmd := exec.Command(daemonBinary(t), "run", "--config", rules, "--postgres", f.dbURL,
+		"--redis", "redis://user:"+secret+"@127.0.0.1:1/0")
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	cmd.Process.Signal(syscall.SIGTERM)
+	cmd.Wait()
+	if strings.Contains(out.String(), secret) {
+		t.Fatalf("run printed the password:\n%s", out.String())
+	}
+	if !strings.Contains(out.String(), "redis") {
+		t.Fatalf("run logged nothing about the unreachable Redis:\n%s", out.String())
+	}
+}

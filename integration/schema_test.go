@@ -1,0 +1,122 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/pg-invalidator/pg-invalidator/daemon"
+)
+
+func TestUnrelatedTablesAndSchemaChanges(t *testing.T) {
+	f := newFixture(t, productsSchema, markerSchema, "CREATE TABLE audit (id bigserial PRIMARY KEY, note text)")
+	// A DBA's publication that holds more than the rules need.
+	f.exec("CREATE PUBLICATION pg_invalidator FOR TABLE products, marker, audit")
+	f.start(f.rules(`
+[[rule]]
+table = "products"
+del = ["{p}product:<id>", "{p}named:<name>"]
+` + markerRule))
+
+	t.Run("changes to a table no rule names are ignored", func(t *testing.T) {
+		f.exec("INSERT INTO audit (note) VALUES ('x')")
+		f.sync()
+	})
+	t.Run("ADD COLUMN needs nothing", func(t *testing.T) {
+		f.exec("ALTER TABLE products ADD COLUMN color text")
+		f.cache("product:1", "named:lamp")
+		f.exec("INSERT INTO products (id, name, color) VALUES (1, 'lamp', 'red')")
+		f.waitGone("product:1", "named:lamp")
+	})
+	t.Run("a dropped template column stops only that template", func(t *testing.T) {
+		f.exec("ALTER TABLE products DROP COLUMN name")
+		f.cache("product:2")
+		f.exec("INSERT INTO products (id) VALUES (2)")
+		f.waitGone("product:2")
+	})
+	t.Run("a dropped table does not stop the daemon", func(t *testing.T) {
+		f.exec("DROP TABLE audit")
+		f.sync()
+	})
+}
+
+func TestRunRefusesMissingReplicaIdentity(t *testing.T) {
+	f := newFixture(t, `CREATE TABLE products (id bigint PRIMARY KEY, category_id bigint)`)
+	cfg := f.config(f.rules(`
+[[rule]]
+table = "products"
+del = ["{p}list:cat:<category_id>"]
+`))
+	err := daemon.Run(context.Background(), cfg)
+	var cfgErr *daemon.ConfigError
+	if !errors.As(err, &cfgErr) {
+		t.Fatalf("Run = %v, want a *daemon.ConfigError", err)
+	}
+	for _, want := range []string{"public.products", "category_id", "ALTER TABLE public.products REPLICA IDENTITY FULL"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %q:\n%v", want, err)
+		}
+	}
+	// Nothing was created: a refused start leaves the database as it was.
+	var slots int
+	f.db.QueryRow(context.Background(), "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pg_invalidator'").Scan(&slots)
+	if slots != 0 {
+		t.Error("a refused start created the replication slot")
+	}
+}
+
+func TestCheckReportsEveryProblem(t *testing.T) {
+	f := newFixture(t, `
+		CREATE TABLE products (id bigint PRIMARY KEY, category_id bigint);
+		CREATE TABLE nokey (id bigint, name text);
+		CREATE TABLE nothing (id bigint PRIMARY KEY);
+		ALTER TABLE nothing REPLICA IDENTITY NOTHING;`)
+	rules := f.rules(`
+[[rule]]
+table = "products"
+del = ["{p}list:cat:<category_id>", "{p}p:<missing_col>"]
+
+[[rule]]
+table = "nokey"
+del = ["{p}nokey:<id>"]
+
+[[rule]]
+table = "nothing"
+del = ["{p}nothing:<id>"]
+
+[[rule]]
+table = "ghost"
+del = ["{p}ghost:<id>"]
+`)
+	for _, cmd := range []string{"check", "run"} {
+		out, err := exec.Command(daemonBinary(t), cmd, "--config", rules, "--postgres", f.dbURL, "--redis", f.redisURL).CombinedOutput()
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() == 0 {
+			t.Fatalf("%s exited %v, want non-zero; output:\n%s", cmd, err, out)
+		}
+		for _, want := range []string{
+			"rules.toml:3:", "ALTER TABLE public.products REPLICA IDENTITY FULL", "missing_col",
+			"rules.toml:7:", "public.nokey",
+			"rules.toml:11:", "public.nothing",
+			"rules.toml:15:", "public.ghost",
+		} {
+			if !strings.Contains(string(out), want) {
+				t.Errorf("%s output does not mention %q:\n%s", cmd, want, out)
+			}
+		}
+	}
+}
+
+func TestCheckPassesOnAGoodSchema(t *testing.T) {
+	f := newFixture(t, productsSchema)
+	out, err := exec.Command(daemonBinary(t), "check", "--config", f.rules(productsRules[:strings.Index(productsRules, "[[rule]]\ntable = \"marker\"")]),
+		"--postgres", f.dbURL).CombinedOutput()
+	if err != nil {
+		t.Fatalf("check failed on a good schema: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "ok") {
+		t.Fatalf("check printed no verdict:\n%s", out)
+	}
+}

@@ -1,0 +1,278 @@
+package mapping
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	pginvalidator "github.com/pg-invalidator/pg-invalidator"
+)
+
+// describe prints a config's rules one per line, with the line of each rule
+// and template, so that tests can compare them as text.
+func describe(c *Config) string {
+	var b strings.Builder
+	for _, r := range c.Rules {
+		fmt.Fprintf(&b, "%d %s on=%s", r.Line, r.QualifiedName(), r.On)
+		for _, t := range r.Del {
+			fmt.Fprintf(&b, " del:%d:%s", t.Line, t)
+		}
+		for _, t := range r.Incr {
+			fmt.Fprintf(&b, " incr:%d:%s", t.Line, t)
+		}
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
+func TestLoad(t *testing.T) {
+	c, err := Load("testdata/good.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantPostgres := PostgresConfig{
+		URL:         "postgres://app@localhost:5432/app",
+		Slot:        "shop_cache",
+		Publication: "shop_cache",
+		Heartbeat:   time.Minute,
+	}
+	if c.Postgres != wantPostgres {
+		t.Errorf("Postgres = %+v, want %+v", c.Postgres, wantPostgres)
+	}
+	wantRedis := RedisConfig{
+		URL:           "redis://localhost:6379/0",
+		Mode:          "sentinel",
+		Addrs:         []string{"10.0.0.1:26379", "10.0.0.2:26379"},
+		Master:        "mymaster",
+		Username:      "invalidator",
+		PasswordEnv:   "REDIS_PASSWORD",
+		PasswordFile:  "/run/secrets/redis",
+		TLS:           true,
+		TLSCA:         "/etc/ssl/ca.pem",
+		TLSCert:       "/etc/ssl/cert.pem",
+		TLSKey:        "/etc/ssl/key.pem",
+		TLSServerName: "redis.internal",
+		WaitReplicas:  1,
+	}
+	if !reflect.DeepEqual(c.Redis, wantRedis) {
+		t.Errorf("Redis = %+v, want %+v", c.Redis, wantRedis)
+	}
+	want := `23 public.products on=insert, update, delete, truncate del:26:product:<id> del:28:product-list:category:<category_id> incr:30:cache:version:products
+32 public.products on=update, delete incr:35:product:<<v2>>:<id>
+37 shop.orders on=truncate del:39:order:<id>
+`
+	if got := describe(c); got != want {
+		t.Errorf("rules:\n%s\nwant:\n%s", got, want)
+	}
+	if got, want := c.File, "testdata/good.toml"; got != want {
+		t.Errorf("File = %q, want %q", got, want)
+	}
+	if got, want := c.Tables(), []string{"public.products", "shop.orders"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("Tables() = %q, want %q", got, want)
+	}
+	if got, want := c.Ops(), AllOps; got != want {
+		t.Errorf("Ops() = %s, want %s", got, want)
+	}
+}
+
+func TestParseDefaults(t *testing.T) {
+	c, err := Parse("rules.toml", []byte("[[rule]]\ntable = \"items\"\nincr = [\"v\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := PostgresConfig{Slot: DefaultSlot, Publication: DefaultPublication}
+	if c.Postgres != want {
+		t.Errorf("Postgres = %+v, want %+v", c.Postgres, want)
+	}
+	if got, want := describe(c), "1 public.items on=insert, update, delete, truncate incr:3:v\n"; got != want {
+		t.Errorf("rules = %q, want %q", got, want)
+	}
+}
+
+// TestParseLines checks that lines are found in spite of comments, strings
+// and layouts that look like headers or keys.
+func TestParseLines(t *testing.T) {
+	src := `# [[rule]] in a comment is not a rule
+[postgres]
+url = """
+[[rule]]
+del = ["not a rule"]
+"""
+slot = 'a_slot' # [[rule]]
+
+[[rule]]
+table = "t1" # del = ["x"]
+del = [ "a:<id>", "b:#[<id>]", # "c"
+  'c:<id>' ]
+
+[[ rule ]]
+table = "t2"
+"incr" = [
+  """multi
+line""",
+  "d:<id>",
+]
+
+[[rule]]
+table = "t3"
+del.0 = "x"
+`
+	_, err := Parse("f.toml", []byte(src))
+	var errs Errors
+	if !errors.As(err, &errs) {
+		t.Fatalf("got %v, want an Errors", err)
+	}
+	got := err.Error()
+	want := `f.toml:24: del must be an array of strings, like ["a", "b"]; got a table`
+	if got != want {
+		t.Errorf("got:\n%s\nwant:\n%s", got, want)
+	}
+
+	src = strings.Replace(src, "[[rule]]\ntable = \"t3\"\ndel.0 = \"x\"\n", "", 1)
+	c, err := Parse("f.toml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = `9 public.t1 on=insert, update, delete, truncate del:11:a:<id> del:11:b:#[<id>] del:12:c:<id>
+14 public.t2 on=insert, update, delete, truncate incr:17:multi
+line incr:19:d:<id>
+`
+	if got := describe(c); got != want {
+		t.Errorf("rules:\n%s\nwant:\n%s", got, want)
+	}
+	if got, want := c.Postgres.Slot, "a_slot"; got != want {
+		t.Errorf("Slot = %q, want %q", got, want)
+	}
+}
+
+func TestParseByteOrderMark(t *testing.T) {
+	_, err := Parse("f.toml", []byte("\xef\xbb\xbf[postgres]\nslto = 1\n"))
+	want := `f.toml: no [[rule]] found; add at least one, with a table and del or incr
+f.toml:2: unknown key "slto" in [postgres]; allowed keys: url, slot, publication, heartbeat`
+	if err == nil || err.Error() != want {
+		t.Errorf("got:\n%v\nwant:\n%s", err, want)
+	}
+}
+
+// TestParseInlineRules checks rules written as an array of inline tables.
+func TestParseInlineRules(t *testing.T) {
+	src := `rule = [
+  { table = "t1", del = ["a:<id>"] },
+  { table = "t2", incr = ["b:<id>"], on = ["insert"] },
+  { table = "t3", dell = ["c"] },
+]
+`
+	_, err := Parse("f.toml", []byte(src))
+	want := `f.toml:4: unknown key "dell" in [[rule]]; allowed keys: table, del, incr, on
+f.toml:4: rule has neither del nor incr; add del = ["key:<column>"] or incr = ["key"]`
+	if err == nil || err.Error() != want {
+		t.Errorf("got:\n%v\nwant:\n%s", err, want)
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	tests := []struct {
+		file string
+		want string
+	}{
+		{"syntax.toml", `testdata/syntax.toml:9: TOML syntax error after key "rule.del": expected a comma (',') or array terminator (']'), but got '['`},
+		{"unknown_top.toml", `testdata/unknown_top.toml:8: unknown key "redsi"; the top level allows only [postgres], [redis] and [[rule]]`},
+		{"unknown_postgres.toml", `testdata/unknown_postgres.toml:4: unknown key "slot_name" in [postgres]; allowed keys: url, slot, publication, heartbeat`},
+		{"unknown_redis.toml", `testdata/unknown_redis.toml:3: unknown key "password" in [redis]; allowed keys: url, mode, addrs, master, username, password_env, password_file, tls, tls_ca, tls_cert, tls_key, tls_server_name, wait_replicas`},
+		{"unknown_rule.toml", `testdata/unknown_rule.toml:7: unknown key "delete" in [[rule]]; allowed keys: table, del, incr, on`},
+		{"no_templates.toml", `testdata/no_templates.toml:6: rule has neither del nor incr; add del = ["key:<column>"] or incr = ["key"]`},
+		{"no_table.toml", `testdata/no_table.toml:1: rule has no table; add table = "schema.table" (or just "table" for the public schema)`},
+		{"bad_table.toml", `testdata/bad_table.toml:2: table "shop.public.products" has more than one dot; write "schema.table", or just "table" for the public schema`},
+		{"empty_table_part.toml", `testdata/empty_table_part.toml:2: table "shop." has an empty name; write "schema.table", or just "table" for the public schema`},
+		{"bad_on.toml", `testdata/bad_on.toml:6: on: "upsert" is not an operation; use insert, update, delete or truncate`},
+		{"unclosed.toml", `testdata/unclosed.toml:5: template "product-list:category:<category_id": the "<" at byte 23 has no closing ">"; end the column name with ">", or write "<<" for a literal "<"`},
+		{"empty_placeholder.toml", `testdata/empty_placeholder.toml:3: template "cache:<>": empty placeholder "<>"; put a column name inside, or write "<<>>" for a literal "<>"`},
+		{"lone_gt.toml", `testdata/lone_gt.toml:3: template "a->b": the ">" at byte 3 has no opening "<"; write ">>" for a literal ">"`},
+		{"empty_template.toml", `testdata/empty_template.toml:4: empty template; write a key such as "product:<id>"`},
+		{"wrong_type.toml", `testdata/wrong_type.toml:3: del must be an array of strings, like ["a", "b"]; got a string`},
+		{"wrong_element.toml", `testdata/wrong_element.toml:5: del[1] must be a string, in double quotes; got an integer`},
+		{"wrong_type_redis.toml", `testdata/wrong_type_redis.toml:3: redis.tls must be a boolean, true or false; got a string`},
+		{"no_rules.toml", `testdata/no_rules.toml: no [[rule]] found; add at least one, with a table and del or incr`},
+		{"rule_not_array.toml", `testdata/rule_not_array.toml:1: rule must be an array of tables: write each rule under its own [[rule]] header, with double brackets`},
+		{"bad_heartbeat.toml", `testdata/bad_heartbeat.toml:2: heartbeat "1 minute" is not a positive duration; write one like "30s" or "1m"`},
+		{"bad_slot.toml", `testdata/bad_slot.toml:2: slot "PG-Invalidator" is not a valid replication slot name: use 1 to 63 lowercase letters, digits and underscores`},
+		{"several.toml", `testdata/several.toml:4: unknown key "slto" in [postgres]; allowed keys: url, slot, publication, heartbeat
+testdata/several.toml:13: template "product-list:<category_id": the "<" at byte 14 has no closing ">"; end the column name with ">", or write "<<" for a literal "<"
+testdata/several.toml:16: on: "INSERT" is not an operation; use insert, update, delete or truncate
+testdata/several.toml:18: rule has neither del nor incr; add del = ["key:<column>"] or incr = ["key"]
+testdata/several.toml:19: table "a.b.c" has more than one dot; write "schema.table", or just "table" for the public schema
+testdata/several.toml:24: unknown key "colour" in [[rule]]; allowed keys: table, del, incr, on`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			c, err := Load("testdata/" + tt.file)
+			if err == nil {
+				t.Fatalf("got no error and rules:\n%s", describe(c))
+			}
+			if got := err.Error(); got != tt.want {
+				t.Errorf("got:\n%s\nwant:\n%s", got, tt.want)
+			}
+			var errs Errors
+			if !errors.As(err, &errs) {
+				t.Fatalf("error is a %T, want Errors", err)
+			}
+			for _, e := range errs {
+				var p *Problem
+				if !errors.As(e, &p) || p.File != "testdata/"+tt.file {
+					t.Errorf("problem %q is not a *Problem in %s", e, tt.file)
+				}
+			}
+		})
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	_, err := Load("testdata/missing.toml")
+	if !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("got %v, want an error wrapping os.ErrNotExist", err)
+	}
+}
+
+func TestOps(t *testing.T) {
+	tests := []struct {
+		ops  Ops
+		want string
+	}{
+		{0, ""},
+		{AllOps, "insert, update, delete, truncate"},
+		{Ops(0).With(pginvalidator.OpDelete).With(pginvalidator.OpInsert), "insert, delete"},
+	}
+	for _, tt := range tests {
+		if got := tt.ops.String(); got != tt.want {
+			t.Errorf("Ops(%d).String() = %q, want %q", tt.ops, got, tt.want)
+		}
+	}
+	if AllOps.Has(pginvalidator.Op(200)) {
+		t.Error("AllOps.Has(200) = true, want false")
+	}
+}
+
+// FuzzParse checks that Parse never panics nor hangs, whatever the file.
+func FuzzParse(f *testing.F) {
+	files, _ := filepath.Glob("testdata/*.toml")
+	for _, name := range files {
+		data, err := os.ReadFile(name)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(data)
+	}
+	f.Add([]byte("rule = [{table = 't', del = ['''a:<id>''']}]\n"))
+	f.Add([]byte("a.b.\"c\" = { d = [1, [2, {e = 3}]] }\n[[x.y]]\n[x.y.z]\nw = 1979-05-27 07:32:00Z\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := Parse("f.toml", data)
+		if err == nil && len(c.Rules) == 0 {
+			t.Fatal("Parse accepted a file without rules")
+		}
+	})
+}

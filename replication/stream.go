@@ -1,0 +1,427 @@
+// Package replication speaks PostgreSQL's logical replication protocol with
+// the pgoutput plugin (proto_version 1, no streaming of in-progress
+// transactions) and turns the WAL into pginvalidator.Change values.
+//
+// It guarantees:
+//   - the stream starts at the slot's confirmed_flush_lsn (START_REPLICATION at
+//     LSN 0), so nothing acknowledged is replayed and nothing unacknowledged is
+//     skipped;
+//   - the server is told a position only when the consumer calls Ack, and
+//     positions never go backwards;
+//   - a status update goes out at least every StatusInterval, and at once when
+//     the server asks, even while the consumer is blocked (on Redis, say);
+//   - events reach the consumer in WAL order, in chunks that end where no more
+//     data was immediately waiting on the socket, so the consumer can flush
+//     exactly when the stream runs dry.
+//
+// It knows nothing of rules or Redis.
+package replication
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	pginvalidator "github.com/pg-invalidator/pg-invalidator"
+)
+
+// EventKind says what an Event carries.
+type EventKind uint8
+
+// Kinds of Event, in the order a transaction produces them.
+const (
+	// Begin starts a transaction; XID and LSN (the final LSN) are set.
+	Begin EventKind = iota + 1
+	// RowChange is one row change (or one truncated relation) inside a transaction.
+	RowChange
+	// Commit ends a transaction. LSN is its TransactionEndLSN, the position
+	// to acknowledge once everything the transaction caused is applied.
+	Commit
+	// Idle reports that the server has sent everything up to LSN and nothing
+	// is in flight on the wire. A consumer with nothing pending may
+	// acknowledge LSN, so that the slot moves while published tables are quiet.
+	Idle
+)
+
+// Event is one step of the stream.
+type Event struct {
+	Kind       EventKind
+	LSN        pglogrepl.LSN
+	XID        uint32
+	CommitTime time.Time            // Commit only
+	Change     pginvalidator.Change // RowChange only
+}
+
+// Config says where to stream from.
+type Config struct {
+	// URL is a PostgreSQL URL or keyword/value DSN; replication=database is
+	// added to it.
+	URL         string
+	Slot        string
+	Publication string
+	// StatusInterval is the longest time between two status updates. Zero
+	// means 5s, well inside the server's default wal_sender_timeout of 60s.
+	StatusInterval time.Duration
+	// ChunkSize caps the events handed over at once. Zero means 512.
+	ChunkSize int
+	// Logger receives state changes. Nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Stream is one replication session on one connection. Use Connect, then
+// Run; call Ack from any goroutine; Close when done.
+type Stream struct {
+	cfg  Config
+	conn *pgconn.PgConn
+	log  *slog.Logger
+
+	relations map[uint32]*pginvalidator.Relation // read and written by Run's reader only
+
+	acked   atomic.Uint64 // highest LSN the consumer applied
+	sentMu  sync.Mutex    // serialises writes of status updates to conn
+	poke    chan struct{} // asks the status sender to send now
+	started bool
+}
+
+// Connect opens a replication connection with the text settings pinned.
+func Connect(ctx context.Context, cfg Config) (*Stream, error) {
+	if cfg.StatusInterval == 0 {
+		cfg.StatusInterval = 5 * time.Second
+	}
+	if cfg.ChunkSize == 0 {
+		cfg.ChunkSize = 512
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	dsn, err := ReplicationURL(cfg.URL)
+	if err != nil {
+		return nil, err
+	}
+	pcfg, err := pgconn.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("parse postgres url %s: %w", pginvalidator.RedactURL(cfg.URL), pginvalidator.RedactError(err, cfg.URL))
+	}
+	for k, v := range TextSettings {
+		pcfg.RuntimeParams[k] = v
+	}
+	conn, err := pgconn.ConnectConfig(ctx, pcfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect for replication: %w", pginvalidator.RedactError(err, cfg.URL))
+	}
+	return &Stream{
+		cfg:       cfg,
+		conn:      conn,
+		log:       cfg.Logger,
+		relations: make(map[uint32]*pginvalidator.Relation),
+		poke:      make(chan struct{}, 1),
+	}, nil
+}
+
+// Conn returns the replication connection, for slot management before Run.
+func (s *Stream) Conn() *pgconn.PgConn { return s.conn }
+
+// Start sends START_REPLICATION at LSN 0, so the server resumes at the slot's
+// confirmed_flush_lsn. After a failed Start the connection is unusable: Close
+// it and connect again.
+func (s *Stream) Start(ctx context.Context) error {
+	err := pglogrepl.StartReplication(ctx, s.conn, s.cfg.Slot, 0, pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{
+			"proto_version '1'",
+			fmt.Sprintf("publication_names '%s'", quoteIdent(s.cfg.Publication)),
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("start replication on slot %s: %w", s.cfg.Slot, err)
+	}
+	s.started = true
+	return nil
+}
+
+// Ack records that everything up to lsn has been applied. The position goes
+// to the server with the next status update, which Ack asks for at once.
+func (s *Stream) Ack(lsn pglogrepl.LSN) {
+	for {
+		cur := s.acked.Load()
+		if uint64(lsn) <= cur {
+			return
+		}
+		if s.acked.CompareAndSwap(cur, uint64(lsn)) {
+			break
+		}
+	}
+	select {
+	case s.poke <- struct{}{}:
+	default:
+	}
+}
+
+// Acked returns the highest acknowledged position.
+func (s *Stream) Acked() pglogrepl.LSN { return pglogrepl.LSN(s.acked.Load()) }
+
+// Run reads the stream and hands events to out, in chunks, until ctx is done
+// or the connection fails. A status update goes out every StatusInterval
+// meanwhile. Run returns ctx.Err() when ctx ends it; any other error means
+// the connection is lost and the caller should Close and reconnect.
+func (s *Stream) Run(ctx context.Context, out chan<- []Event) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	senderErr := make(chan error, 1)
+	go func() { senderErr <- s.sendStatusLoop(ctx) }()
+
+	err := s.receiveLoop(ctx, out)
+	cancel()
+	if serr := <-senderErr; err == nil || (ctx.Err() != nil && serr != nil && !errors.Is(serr, context.Canceled)) {
+		err = serr
+	}
+	return err
+}
+
+// sendStatusLoop sends a status update every StatusInterval and whenever Ack
+// or a keepalive asks for one.
+func (s *Stream) sendStatusLoop(ctx context.Context) error {
+	t := time.NewTicker(s.cfg.StatusInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		case <-s.poke:
+		}
+		if err := s.sendStatus(); err != nil {
+			return err
+		}
+	}
+}
+
+func (s *Stream) sendStatus() error {
+	s.sentMu.Lock()
+	defer s.sentMu.Unlock()
+	lsn := pglogrepl.LSN(s.acked.Load())
+	err := pglogrepl.SendStandbyStatusUpdate(context.Background(), s.conn, pglogrepl.StandbyStatusUpdate{
+		WALWritePosition: lsn,
+		WALFlushPosition: lsn,
+		WALApplyPosition: lsn,
+	})
+	if err != nil {
+		return fmt.Errorf("send standby status update at %s: %w", lsn, err)
+	}
+	return nil
+}
+
+// receiveLoop reads messages and forwards decoded events.
+func (s *Stream) receiveLoop(ctx context.Context, out chan<- []Event) error {
+	chunk := make([]Event, 0, s.cfg.ChunkSize)
+	flush := func() error {
+		if len(chunk) == 0 {
+			return nil
+		}
+		select {
+		case out <- chunk:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		chunk = make([]Event, 0, s.cfg.ChunkSize)
+		return nil
+	}
+	for {
+		// Hand over what we have before we might block on the socket: the
+		// consumer flushes to Redis exactly when the stream runs dry.
+		if len(chunk) >= s.cfg.ChunkSize || s.conn.Frontend().ReadBufferLen() == 0 {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+		msg, err := s.conn.ReceiveMessage(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("receive replication message: %w", err)
+		}
+		switch msg := msg.(type) {
+		case *pgproto3.CopyData:
+			chunk, err = s.handleCopyData(chunk, msg.Data)
+			if err != nil {
+				return err
+			}
+		case *pgproto3.ErrorResponse:
+			return fmt.Errorf("replication stream: %w", pgconn.ErrorResponseToPgError(msg))
+		case *pgproto3.CopyDone:
+			return errors.New("replication stream: server ended the copy")
+		default:
+			// NoticeResponse, ParameterStatus and the like: nothing to do.
+		}
+	}
+}
+
+func (s *Stream) handleCopyData(chunk []Event, data []byte) ([]Event, error) {
+	if len(data) == 0 {
+		return chunk, nil
+	}
+	switch data[0] {
+	case pglogrepl.PrimaryKeepaliveMessageByteID:
+		ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(data[1:])
+		if err != nil {
+			return chunk, fmt.Errorf("parse keepalive: %w", err)
+		}
+		if ka.ReplyRequested {
+			select {
+			case s.poke <- struct{}{}:
+			default:
+			}
+		}
+		return append(chunk, Event{Kind: Idle, LSN: ka.ServerWALEnd}), nil
+	case pglogrepl.XLogDataByteID:
+		xld, err := pglogrepl.ParseXLogData(data[1:])
+		if err != nil {
+			return chunk, fmt.Errorf("parse xlog data: %w", err)
+		}
+		return s.decode(chunk, xld)
+	}
+	return chunk, nil
+}
+
+// decode turns one pgoutput message into events. pglogrepl's decoders do no
+// bounds checks, so a panic on a short message becomes a connection error.
+func (s *Stream) decode(chunk []Event, xld pglogrepl.XLogData) (_ []Event, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("decode pgoutput message at %s: %v", xld.WALStart, r)
+		}
+	}()
+	msg, err := pglogrepl.Parse(xld.WALData)
+	if err != nil {
+		return chunk, fmt.Errorf("decode pgoutput message at %s: %w", xld.WALStart, err)
+	}
+	switch m := msg.(type) {
+	case *pglogrepl.BeginMessage:
+		chunk = append(chunk, Event{Kind: Begin, LSN: m.FinalLSN, XID: m.Xid})
+	case *pglogrepl.CommitMessage:
+		chunk = append(chunk, Event{Kind: Commit, LSN: m.TransactionEndLSN, CommitTime: m.CommitTime})
+	case *pglogrepl.RelationMessage:
+		s.relations[m.RelationID] = relationOf(m)
+	case *pglogrepl.InsertMessage:
+		rel, err := s.relation(m.RelationID)
+		if err != nil {
+			return chunk, err
+		}
+		chunk = append(chunk, Event{Kind: RowChange, LSN: xld.WALStart, Change: pginvalidator.Change{
+			Rel: rel, Op: pginvalidator.OpInsert, New: rowOf(m.Tuple),
+		}})
+	case *pglogrepl.UpdateMessage:
+		rel, err := s.relation(m.RelationID)
+		if err != nil {
+			return chunk, err
+		}
+		chunk = append(chunk, Event{Kind: RowChange, LSN: xld.WALStart, Change: pginvalidator.Change{
+			Rel: rel, Op: pginvalidator.OpUpdate, Old: rowOf(m.OldTuple), New: rowOf(m.NewTuple),
+			OldKeyOnly: m.OldTupleType == pglogrepl.UpdateMessageTupleTypeKey,
+		}})
+	case *pglogrepl.DeleteMessage:
+		rel, err := s.relation(m.RelationID)
+		if err != nil {
+			return chunk, err
+		}
+		chunk = append(chunk, Event{Kind: RowChange, LSN: xld.WALStart, Change: pginvalidator.Change{
+			Rel: rel, Op: pginvalidator.OpDelete, Old: rowOf(m.OldTuple),
+			OldKeyOnly: m.OldTupleType == pglogrepl.DeleteMessageTupleTypeKey,
+		}})
+	case *pglogrepl.TruncateMessage:
+		for _, id := range m.RelationIDs {
+			rel, err := s.relation(id)
+			if err != nil {
+				return chunk, err
+			}
+			chunk = append(chunk, Event{Kind: RowChange, LSN: xld.WALStart, Change: pginvalidator.Change{
+				Rel: rel, Op: pginvalidator.OpTruncate,
+			}})
+		}
+	default:
+		// Type, Origin and logical decoding messages carry nothing to invalidate.
+	}
+	return chunk, nil
+}
+
+func (s *Stream) relation(id uint32) (*pginvalidator.Relation, error) {
+	rel, ok := s.relations[id]
+	if !ok {
+		// The server always announces a relation before its first change in
+		// a session; a change without one is a protocol error.
+		return nil, fmt.Errorf("decode pgoutput: change for relation %d before its Relation message", id)
+	}
+	return rel, nil
+}
+
+func relationOf(m *pglogrepl.RelationMessage) *pginvalidator.Relation {
+	rel := &pginvalidator.Relation{
+		ID:              m.RelationID,
+		Schema:          m.Namespace,
+		Name:            m.RelationName,
+		ReplicaIdentity: m.ReplicaIdentity,
+		Columns:         make([]pginvalidator.Column, len(m.Columns)),
+	}
+	for i, c := range m.Columns {
+		rel.Columns[i] = pginvalidator.Column{Name: c.Name, TypeOID: c.DataType, Key: c.Flags&1 != 0}
+	}
+	return rel
+}
+
+// rowOf converts a pgoutput tuple. pglogrepl has already copied the values
+// out of the receive buffer, so the row may outlive the next read.
+func rowOf(t *pglogrepl.TupleData) pginvalidator.Row {
+	if t == nil {
+		return nil
+	}
+	row := make(pginvalidator.Row, len(t.Columns))
+	for i, c := range t.Columns {
+		switch c.DataType {
+		case pglogrepl.TupleDataTypeText, pglogrepl.TupleDataTypeBinary:
+			row[i] = pginvalidator.Value{Kind: pginvalidator.ValueText, Data: c.Data}
+		case pglogrepl.TupleDataTypeToast:
+			row[i] = pginvalidator.Value{Kind: pginvalidator.ValueUnchanged}
+		default:
+			row[i] = pginvalidator.Value{Kind: pginvalidator.ValueNull}
+		}
+	}
+	return row
+}
+
+// Close sends a last status update with the acknowledged position, when the
+// stream was started, and closes the connection.
+func (s *Stream) Close(ctx context.Context) error {
+	var err error
+	if s.started && !s.conn.IsClosed() {
+		err = s.sendStatus()
+	}
+	if cerr := s.conn.Close(ctx); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func quoteIdent(name string) string {
+	out := make([]byte, 0, len(name)+2)
+	out = append(out, '"')
+	for i := 0; i < len(name); i++ {
+		switch name[i] {
+		case '"':
+			out = append(out, '"', '"')
+		case '\'':
+			out = append(out, '\'', '\'')
+		default:
+			out = append(out, name[i])
+		}
+	}
+	return string(append(out, '"'))
+}

@@ -177,6 +177,7 @@ func TestRedisDownWhileWriting(t *testing.T) {
 	if err := rd.StopSave(); err != nil {
 		t.Fatal(err)
 	}
+	before := f.walLSN()
 	updateItems(t, f.dbURL, 1, 100)
 	time.Sleep(3 * time.Second) // the daemon retries meanwhile; it must not exit
 	select {
@@ -184,14 +185,47 @@ func TestRedisDownWhileWriting(t *testing.T) {
 		t.Fatalf("the daemon exited while Redis was down: %v", err)
 	default:
 	}
+	// Nothing Redis has not applied may be acknowledged.
+	if acked := f.slotLSN("pg_invalidator"); acked > before {
+		t.Fatalf("the slot was acknowledged to %s while Redis was down; the writes began at %s", lsnText(acked), lsnText(before))
+	}
+
+	// A daemon restarted while Redis is still down gets the writes again.
+	if err := r.stop(); err != nil {
+		t.Fatal(err)
+	}
 	if err := rd.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if !f.exists("item:1") {
 		t.Fatal("Redis lost its keys over the restart; the test cannot tell anything")
 	}
+	f.startConfig(cfg)
 	f.waitGone(keys...)
 }
+
+// walLSN returns the server's current WAL position.
+func (f *fixture) walLSN() uint64 {
+	f.t.Helper()
+	var lsn uint64
+	if err := f.db.QueryRow(context.Background(), "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").Scan(&lsn); err != nil {
+		f.t.Fatal(err)
+	}
+	return lsn
+}
+
+// slotLSN returns the slot's confirmed_flush_lsn.
+func (f *fixture) slotLSN(slot string) uint64 {
+	f.t.Helper()
+	var lsn uint64
+	if err := f.db.QueryRow(context.Background(),
+		"SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&lsn); err != nil {
+		f.t.Fatal(err)
+	}
+	return lsn
+}
+
+func lsnText(lsn uint64) string { return fmt.Sprintf("%X/%X", lsn>>32, uint32(lsn)) }
 
 func TestPostgresRestart(t *testing.T) {
 	pg, err := localsvc.StartPostgres(context.Background(), localsvc.PostgresOptions{})
@@ -313,7 +347,7 @@ incr = ["{p}version:items"]
 }
 
 func TestPasswordsNeverPrinted(t *testing.T) {
-	f := newFixture(t, itemsSchema)
+	f := newFixture(t, itemsSchema, markerSchema)
 	rules := f.rules(itemsRules)
 	const secret = "s3cr3t-pw-42"
 	for _, args := range [][]string{

@@ -97,10 +97,10 @@ del = ["{p}ghost:<id>"]
 			t.Fatalf("%s exited %v, want non-zero; output:\n%s", cmd, err, out)
 		}
 		for _, want := range []string{
-			"rules.toml:3:", "ALTER TABLE public.products REPLICA IDENTITY FULL", "missing_col",
-			"rules.toml:7:", "public.nokey",
-			"rules.toml:11:", "public.nothing",
-			"rules.toml:15:", "public.ghost",
+			"rules.toml:2:", "ALTER TABLE public.products REPLICA IDENTITY FULL", "missing_col",
+			"rules.toml:6:", "public.nokey",
+			"rules.toml:10:", "public.nothing",
+			"rules.toml:14:", "public.ghost",
 		} {
 			if !strings.Contains(string(out), want) {
 				t.Errorf("%s output does not mention %q:\n%s", cmd, want, out)

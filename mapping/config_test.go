@@ -257,7 +257,8 @@ func TestOps(t *testing.T) {
 	}
 }
 
-// FuzzParse checks that Parse never panics nor hangs, whatever the file.
+// FuzzParse checks that Parse never panics nor hangs, whatever the file, and
+// that it finds a line for every problem.
 func FuzzParse(f *testing.F) {
 	files, _ := filepath.Glob("testdata/*.toml")
 	for _, name := range files {
@@ -271,8 +272,18 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("a.b.\"c\" = { d = [1, [2, {e = 3}]] }\n[[x.y]]\n[x.y.z]\nw = 1979-05-27 07:32:00Z\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := Parse("f.toml", data)
-		if err == nil && len(c.Rules) == 0 {
-			t.Fatal("Parse accepted a file without rules")
+		if err == nil {
+			if len(c.Rules) == 0 {
+				t.Fatal("Parse accepted a file without rules")
+			}
+			return
+		}
+		lines := strings.Count(string(data), "\n") + 1
+		for _, e := range err.(Errors) {
+			p := e.(*Problem)
+			if p.Line > lines || p.Line == 0 && !strings.HasPrefix(p.Msg, "no [[rule]]") && !strings.HasPrefix(p.Msg, "TOML") {
+				t.Fatalf("problem %q is not on one of the %d lines of %q", p, lines, data)
+			}
 		}
 	})
 }

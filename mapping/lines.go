@@ -140,9 +140,9 @@ func (x *lineIndex) header() []string {
 	var path []string
 	for i, k := range key {
 		path = append(path, k)
+		x.record(path) // [a.b] defines a as well
 		n, isArray := x.tables[joinPath(path)]
 		if i == len(key)-1 && double {
-			x.record(path)
 			x.tables[joinPath(path)] = n + 1
 			path = append(path, strconv.Itoa(n))
 		} else if isArray {
@@ -174,13 +174,7 @@ func (x *lineIndex) key() []string {
 		x.skip(false)
 		switch x.peek() {
 		case '"':
-			raw := x.basicString()
-			if s, err := strconv.Unquote(raw); err == nil {
-				raw = s
-			} else {
-				raw = strings.Trim(raw, `"`)
-			}
-			parts = append(parts, raw)
+			parts = append(parts, unescape(x.basicString()))
 		case '\'':
 			parts = append(parts, strings.Trim(x.literalString(), "'"))
 		default:
@@ -196,6 +190,49 @@ func (x *lineIndex) key() []string {
 		}
 		x.pos++
 	}
+}
+
+// unescape returns the value of a "basic" TOML string given its source.
+// The toml package has checked the escapes.
+func unescape(src string) string {
+	src = strings.TrimSuffix(strings.TrimPrefix(src, `"`), `"`)
+	var b strings.Builder
+	for i := 0; i < len(src); i++ {
+		if src[i] != '\\' || i+1 == len(src) {
+			b.WriteByte(src[i])
+			continue
+		}
+		i++
+		digits := 0
+		switch src[i] {
+		case 'b':
+			b.WriteByte('\b')
+		case 't':
+			b.WriteByte('\t')
+		case 'n':
+			b.WriteByte('\n')
+		case 'f':
+			b.WriteByte('\f')
+		case 'r':
+			b.WriteByte('\r')
+		case 'e':
+			b.WriteByte('\x1b')
+		case 'x':
+			digits = 2
+		case 'u':
+			digits = 4
+		case 'U':
+			digits = 8
+		default: // \" and \\
+			b.WriteByte(src[i])
+		}
+		if digits > 0 && i+digits < len(src) {
+			r, _ := strconv.ParseUint(src[i+1:i+1+digits], 16, 32)
+			b.WriteRune(rune(r))
+			i += digits
+		}
+	}
+	return b.String()
 }
 
 func isBareKeyByte(c byte) bool {

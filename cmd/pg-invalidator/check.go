@@ -35,7 +35,7 @@ Flags:
 	if err != nil {
 		return err
 	}
-	cfg, err := c.daemonConfig(logger)
+	cfg, err := c.daemonConfig(logger, false)
 	if err != nil {
 		return err
 	}

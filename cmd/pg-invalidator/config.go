@@ -32,8 +32,8 @@ func (c *commonFlags) register(fs *flag.FlagSet) {
 }
 
 // daemonConfig loads the rules file and resolves each URL: the flag, then
-// the environment, then the file.
-func (c *commonFlags) daemonConfig(logger *slog.Logger) (daemon.Config, error) {
+// the environment, then the file. check needs no Redis URL.
+func (c *commonFlags) daemonConfig(logger *slog.Logger, needRedis bool) (daemon.Config, error) {
 	rules, err := mapping.Load(c.config)
 	if err != nil {
 		var problems mapping.Errors
@@ -53,7 +53,7 @@ func (c *commonFlags) daemonConfig(logger *slog.Logger) (daemon.Config, error) {
 	if cfg.PostgresURL == "" {
 		return cfg, fmt.Errorf("no PostgreSQL URL: pass --postgres, set DATABASE_URL, or set url in the [postgres] table of %s", c.config)
 	}
-	if cfg.RedisURL == "" {
+	if cfg.RedisURL == "" && needRedis {
 		return cfg, fmt.Errorf("no Redis URL: pass --redis, set REDIS_URL, or set url in the [redis] table of %s", c.config)
 	}
 	return cfg, nil

@@ -34,7 +34,7 @@ Flags:
 	if err != nil {
 		return err
 	}
-	cfg, err := c.daemonConfig(logger)
+	cfg, err := c.daemonConfig(logger, true)
 	if err != nil {
 		return err
 	}

@@ -10,9 +10,20 @@ import (
 // string, so that it can go into a log line or an error message.
 func RedactURL(raw string) string {
 	u, err := url.Parse(raw)
-	if err == nil && u.Scheme != "" && u.User != nil {
-		if _, ok := u.User.Password(); ok {
-			u.User = url.UserPassword(u.User.Username(), "REDACTED")
+	if err == nil && u.Scheme != "" {
+		changed := false
+		if u.User != nil {
+			if _, ok := u.User.Password(); ok {
+				u.User = url.UserPassword(u.User.Username(), "REDACTED")
+				changed = true
+			}
+		}
+		if q := u.Query(); q.Has("password") {
+			q.Set("password", "REDACTED")
+			u.RawQuery = q.Encode()
+			changed = true
+		}
+		if changed {
 			return u.String()
 		}
 		return raw
@@ -54,9 +65,15 @@ func (e redactedError) Error() string { return e.msg }
 func (e redactedError) Unwrap() error { return e.err }
 
 func passwordOf(raw string) string {
-	if u, err := url.Parse(raw); err == nil && u.Scheme != "" && u.User != nil {
-		pw, _ := u.User.Password()
-		return pw
+	if u, err := url.Parse(raw); err == nil && u.Scheme != "" {
+		if pw := u.Query().Get("password"); pw != "" {
+			return pw
+		}
+		if u.User != nil {
+			pw, _ := u.User.Password()
+			return pw
+		}
+		return ""
 	}
 	if m := urlPassword.FindStringSubmatch(raw); m != nil {
 		return strings.TrimSuffix(strings.TrimPrefix(m[0], m[1]), "@")

@@ -12,6 +12,7 @@ func TestRedactURL(t *testing.T) {
 		{"postgres://app@db/app", "postgres://app@db/app"},
 		{"redis://:s3cret@cache:6379/0", "redis://:REDACTED@cache:6379/0"},
 		{"redis://u:s3cret@cache:notaport/0", "redis://u:REDACTED@cache:notaport/0"},
+		{"postgres://app@db/app?sslmode=disable&password=s3cret", "postgres://app@db/app?password=REDACTED&sslmode=disable"},
 		{"host=db user=app password=s3cret dbname=app", "host=db user=app password=REDACTED dbname=app"},
 		{"host=db password='s3 cret' dbname=app", "host=db password=REDACTED dbname=app"},
 	}

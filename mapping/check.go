@@ -13,12 +13,11 @@ import (
 // problem, each a *Problem at the rule's line, or nil. tables is keyed by
 // "schema.table"; a missing key means the table does not exist.
 //
-// It assumes the publication publishes exactly c.Ops(): a table without a
-// usable replica identity is refused only when that includes update or
-// delete.
+// A table without a usable replica identity is refused whatever its rules'
+// on says, because the publication publishes every kind of change for every
+// rule table.
 func (c *Config) CheckSchema(tables map[string]pginvalidator.TableInfo) []error {
 	var errs []error
-	oldRows := c.Ops()&oldOps != 0
 	for _, r := range c.Rules {
 		problem := func(format string, args ...any) {
 			errs = append(errs, &Problem{File: c.File, Line: r.Line, Msg: fmt.Sprintf(format, args...)})
@@ -30,14 +29,14 @@ func (c *Config) CheckSchema(tables map[string]pginvalidator.TableInfo) []error 
 			continue
 		}
 		identityOK := true
-		if oldRows && (info.ReplicaIdentity == pginvalidator.IdentityNothing ||
-			info.ReplicaIdentity == pginvalidator.IdentityDefault && !info.HasPrimaryKey) {
+		if info.ReplicaIdentity == pginvalidator.IdentityNothing ||
+			info.ReplicaIdentity == pginvalidator.IdentityDefault && !info.HasPrimaryKey {
 			identityOK = false
 			what := "REPLICA IDENTITY NOTHING"
 			if info.ReplicaIdentity == pginvalidator.IdentityDefault {
 				what = "REPLICA IDENTITY DEFAULT but no primary key"
 			}
-			problem("table %s has %s: once a publication publishes its updates and deletes, the application's own UPDATE and DELETE on it fail with SQLSTATE 55000; fix: add a primary key, or %s",
+			problem("table %s has %s: once the publication publishes its updates and deletes, the application's own UPDATE and DELETE on it fail with SQLSTATE 55000; fix: add a primary key, or %s",
 				name, what, identityFix(info))
 		}
 		if r.On&rowOps == 0 {

@@ -105,13 +105,13 @@ del = ["order:<id>"]
 				{Schema: "Audit", Name: "order", Exists: true, Partitioned: true, ReplicaIdentity: pginvalidator.IdentityNothing, HasPrimaryKey: true, Columns: []string{"id"}},
 			},
 			want: []string{
-				`rules.toml:1: table public.logs has REPLICA IDENTITY NOTHING: once a publication publishes its updates and deletes, the application's own UPDATE and DELETE on it fail with SQLSTATE 55000; fix: add a primary key, or ALTER TABLE public.logs REPLICA IDENTITY FULL;`,
-				`rules.toml:6: table public.events has REPLICA IDENTITY DEFAULT but no primary key: once a publication publishes its updates and deletes, the application's own UPDATE and DELETE on it fail with SQLSTATE 55000; fix: add a primary key, or ALTER TABLE public.events REPLICA IDENTITY FULL;`,
-				`rules.toml:10: table Audit.order has REPLICA IDENTITY NOTHING: once a publication publishes its updates and deletes, the application's own UPDATE and DELETE on it fail with SQLSTATE 55000; fix: add a primary key, or run ALTER TABLE <partition> REPLICA IDENTITY FULL; on each leaf partition of "Audit"."order" (PostgreSQL does not pass a partitioned table's replica identity down to its partitions)`,
+				`rules.toml:1: table public.logs has REPLICA IDENTITY NOTHING: once the publication publishes its updates and deletes, the application's own UPDATE and DELETE on it fail with SQLSTATE 55000; fix: add a primary key, or ALTER TABLE public.logs REPLICA IDENTITY FULL;`,
+				`rules.toml:6: table public.events has REPLICA IDENTITY DEFAULT but no primary key: once the publication publishes its updates and deletes, the application's own UPDATE and DELETE on it fail with SQLSTATE 55000; fix: add a primary key, or ALTER TABLE public.events REPLICA IDENTITY FULL;`,
+				`rules.toml:10: table Audit.order has REPLICA IDENTITY NOTHING: once the publication publishes its updates and deletes, the application's own UPDATE and DELETE on it fail with SQLSTATE 55000; fix: add a primary key, or run ALTER TABLE <partition> REPLICA IDENTITY FULL; on each leaf partition of "Audit"."order" (PostgreSQL does not pass a partitioned table's replica identity down to its partitions)`,
 			},
 		},
 		{
-			name: "no identity is needed when nothing publishes update or delete",
+			name: "an insert-only rule needs an identity too: the publication publishes updates",
 			rules: `[[rule]]
 table = "logs"
 on = ["insert", "truncate"]
@@ -119,6 +119,9 @@ incr = ["logs:<level>"]
 `,
 			tables: []pginvalidator.TableInfo{
 				{Schema: "public", Name: "logs", Exists: true, ReplicaIdentity: pginvalidator.IdentityNothing, Columns: []string{"id", "level"}},
+			},
+			want: []string{
+				`rules.toml:1: table public.logs has REPLICA IDENTITY NOTHING: once the publication publishes its updates and deletes, the application's own UPDATE and DELETE on it fail with SQLSTATE 55000; fix: add a primary key, or ALTER TABLE public.logs REPLICA IDENTITY FULL;`,
 			},
 		},
 		{

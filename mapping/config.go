@@ -42,10 +42,10 @@ package mapping
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"regexp"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -161,18 +161,6 @@ func (c *Config) Tables() []string {
 	return slices.Compact(names)
 }
 
-// Ops returns every operation some rule handles: what the publication needs
-// to publish. Tables without a usable replica identity are only safe in a
-// publication that publishes neither update nor delete; CheckSchema assumes
-// the publication publishes exactly this set.
-func (c *Config) Ops() Ops {
-	var s Ops
-	for _, r := range c.Rules {
-		s |= r.On
-	}
-	return s
-}
-
 // Load reads and parses a rules file.
 func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
@@ -219,9 +207,7 @@ func Parse(file string, data []byte) (*Config, error) {
 		p.addf(nil, "no [[rule]] found; add at least one, with a table and del or incr")
 	}
 	if len(p.errs) > 0 {
-		sort.SliceStable(p.errs, func(i, j int) bool {
-			return p.errs[i].(*Problem).Line < p.errs[j].(*Problem).Line
-		})
+		slices.SortStableFunc(p.errs, func(a, b error) int { return a.(*Problem).Line - b.(*Problem).Line })
 		return nil, p.errs
 	}
 	return c, nil
@@ -531,11 +517,4 @@ func typeName(v any) string {
 	return "a date or time"
 }
 
-func sortedKeys(m map[string]any) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
-}
+func sortedKeys(m map[string]any) []string { return slices.Sorted(maps.Keys(m)) }

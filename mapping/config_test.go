@@ -75,9 +75,6 @@ func TestLoad(t *testing.T) {
 	if got, want := c.Tables(), []string{"public.products", "shop.orders"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("Tables() = %q, want %q", got, want)
 	}
-	if got, want := c.Ops(), AllOps; got != want {
-		t.Errorf("Ops() = %s, want %s", got, want)
-	}
 }
 
 func TestParseDefaults(t *testing.T) {

@@ -157,6 +157,11 @@ func (p *Postgres) signal(sig syscall.Signal) error {
 		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 		<-p.done
 	}
+	// Backends die after the postmaster; a new server cannot start while
+	// one of them still holds the old shared memory.
+	for i := 0; i < 1000 && syscall.Kill(-p.cmd.Process.Pid, 0) == nil; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
 	p.cmd, p.done = nil, nil
 	return nil
 }

@@ -120,3 +120,40 @@ func TestCheckPassesOnAGoodSchema(t *testing.T) {
 		t.Fatalf("check printed no verdict:\n%s", out)
 	}
 }
+
+// TestBadConfigFilesThroughTheBinary runs check and run on the bad rules
+// files of mapping/testdata: each fails before it connects anywhere, prints
+// every problem with file and line, and exits non-zero.
+func TestBadConfigFilesThroughTheBinary(t *testing.T) {
+	tests := []struct {
+		file string
+		want []string
+	}{
+		{"syntax.toml", []string{`syntax.toml:9: TOML syntax error after key "rule.del"`}},
+		{"several.toml", []string{
+			`several.toml:4: unknown key "slto" in [postgres]`,
+			`several.toml:13: template "product-list:<category_id": the "<" at byte 14 has no closing ">"`,
+			`several.toml:16: on: "INSERT" is not an operation`,
+			`several.toml:18: rule has neither del nor incr`,
+			`several.toml:19: table "a.b.c" has more than one dot`,
+			`several.toml:24: unknown key "colour" in [[rule]]`,
+		}},
+	}
+	for _, tt := range tests {
+		for _, cmd := range []string{"check", "run"} {
+			t.Run(cmd+" "+tt.file, func(t *testing.T) {
+				out, err := exec.Command(daemonBinary(t), cmd, "--config", "../mapping/testdata/"+tt.file,
+					"--postgres", "postgres://nobody@127.0.0.1:1/none", "--redis", "redis://127.0.0.1:1/0").CombinedOutput()
+				var exit *exec.ExitError
+				if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+					t.Fatalf("exit = %v, want status 1; output:\n%s", err, out)
+				}
+				for _, want := range tt.want {
+					if !strings.Contains(string(out), want) {
+						t.Errorf("output lacks %q:\n%s", want, out)
+					}
+				}
+			})
+		}
+	}
+}

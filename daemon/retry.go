@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pg-invalidator/pg-invalidator/replication"
 )
 
 // fatalError marks an error that retrying cannot fix.
@@ -19,13 +21,15 @@ func fatal(err error) error { return &fatalError{err: err} }
 
 // retryable decides, in one place, which errors the daemon waits out and
 // which stop it. Anything that smells of a network, a restarting server or a
-// busy slot is retried; rule, schema, privilege and authentication problems,
-// and a lost slot, are not.
+// busy slot is retried; rule, schema, publication, privilege and
+// authentication problems, and a lost or unusable slot, are not.
 func retryable(err error) bool {
 	var cfgErr *ConfigError
 	var fe *fatalError
+	var slotErr *replication.SlotError
+	var pubErr *replication.PublicationError
 	switch {
-	case errors.As(err, &cfgErr), errors.As(err, &fe),
+	case errors.As(err, &cfgErr), errors.As(err, &fe), errors.As(err, &slotErr), errors.As(err, &pubErr),
 		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return false
 	}

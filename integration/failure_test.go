@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pg-invalidator/pg-invalidator/daemon"
 	"github.com/pg-invalidator/pg-invalidator/internal/localsvc"
 )
 
@@ -379,4 +380,102 @@ func TestPasswordsNeverPrinted(t *testing.T) {
 	if !strings.Contains(out.String(), "redis") {
 		t.Fatalf("run logged nothing about the unreachable Redis:\n%s", out.String())
 	}
+}
+
+func TestStartsBeforePostgres(t *testing.T) {
+	pg, err := localsvc.StartPostgres(context.Background(), localsvc.PostgresOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pg.Close() })
+	f := newFixtureOn(t, pg.URL(), env.RedisURL, itemsSchema, markerSchema)
+	cfg := f.config(f.rules(itemsRules))
+	cfg.MaxBackoff = 300 * time.Millisecond
+	if err := pg.Stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- daemon.Run(ctx, cfg) }()
+	t.Cleanup(func() { cancel(); <-done })
+	select {
+	case err := <-done:
+		t.Fatalf("run gave up while PostgreSQL was down: %v", err)
+	case <-time.After(2 * time.Second):
+	}
+	if err := pg.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	f.reconnect()
+	f.waitSlotActive("pg_invalidator", done)
+	f.cache("item:1")
+	f.exec("UPDATE items SET v = v + 1 WHERE id = 1")
+	f.waitGone("item:1")
+}
+
+func TestSlotDroppedWhileRunningStopsTheDaemon(t *testing.T) {
+	f := newFixture(t, itemsSchema, markerSchema)
+	cfg := f.config(f.rules(itemsRules))
+	cfg.MaxBackoff = 200 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- daemon.Run(ctx, cfg) }()
+	f.waitSlotActive("pg_invalidator", done)
+
+	// Someone drops the slot (or a failover loses it) while the daemon runs.
+	waitFor(t, 20*time.Second, func() bool {
+		f.db.Exec(context.Background(), "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'pg_invalidator' AND active_pid IS NOT NULL")
+		_, err := f.db.Exec(context.Background(), "SELECT pg_drop_replication_slot('pg_invalidator')")
+		return err == nil
+	}, func() string { return "could not drop the slot" })
+
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "disappeared") {
+			t.Fatalf("Run = %v, want an error saying the slot disappeared", err)
+		}
+		t.Logf("daemon stopped with: %v", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("the daemon kept running after its slot was dropped")
+	}
+	var n int
+	f.db.QueryRow(context.Background(), "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pg_invalidator'").Scan(&n)
+	if n != 0 {
+		t.Fatal("the daemon silently recreated a lost slot")
+	}
+}
+
+func TestInvalidatedSlotStopsWithAClearMessage(t *testing.T) {
+	pg, err := localsvc.StartPostgres(context.Background(), localsvc.PostgresOptions{
+		Settings: []string{"max_slot_wal_keep_size=1MB", "max_wal_size=32MB", "min_wal_size=32MB"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pg.Close() })
+	f := newFixtureOn(t, pg.URL(), env.RedisURL, itemsSchema, markerSchema, "CREATE TABLE noise (pad text)")
+	cfg := f.config(f.rules(itemsRules))
+	r := f.startConfig(cfg)
+	if err := r.stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	// With the daemon away, the slot falls behind max_slot_wal_keep_size.
+	for i := 0; i < 8; i++ {
+		f.exec("INSERT INTO noise SELECT repeat(md5(g::text), 32) FROM generate_series(1, 10000) g")
+		f.exec("CHECKPOINT")
+	}
+	var status string
+	f.db.QueryRow(context.Background(), "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'pg_invalidator'").Scan(&status)
+	if status != "lost" {
+		t.Fatalf("wal_status = %q after writing past max_slot_wal_keep_size, want lost", status)
+	}
+
+	err = daemon.Run(context.Background(), cfg)
+	if err == nil || !strings.Contains(err.Error(), "invalidated") || !strings.Contains(err.Error(), "pg_drop_replication_slot") {
+		t.Fatalf("Run on a lost slot = %v, want a fatal error that says what happened and what to run", err)
+	}
+	t.Logf("daemon stopped with: %v", err)
 }

@@ -657,19 +657,33 @@ func (s SlotInfo) Check(database string) error {
 	drop := fmt.Sprintf("drop it with SELECT pg_drop_replication_slot('%s') or choose another slot name", s.Name)
 	switch {
 	case !s.Exists:
-		return fmt.Errorf("replication slot %s does not exist", s.Name)
+		return slotErrorf("replication slot %s does not exist", s.Name)
 	case s.Type != "logical":
-		return fmt.Errorf("replication slot %s is a %s slot, not a logical one; %s", s.Name, s.Type, drop)
+		return slotErrorf("replication slot %s is a %s slot, not a logical one; %s", s.Name, s.Type, drop)
 	case s.Plugin != "pgoutput":
-		return fmt.Errorf("replication slot %s uses plugin %s, not pgoutput; %s", s.Name, s.Plugin, drop)
+		return slotErrorf("replication slot %s uses plugin %s, not pgoutput; %s", s.Name, s.Plugin, drop)
 	case s.Database != database:
-		return fmt.Errorf("replication slot %s belongs to database %s, not %s; choose another slot name", s.Name, s.Database, database)
+		return slotErrorf("replication slot %s belongs to database %s, not %s; choose another slot name", s.Name, s.Database, database)
 	case s.Temporary:
-		return fmt.Errorf("replication slot %s is temporary and will vanish with its session; choose another slot name", s.Name)
+		return slotErrorf("replication slot %s is temporary and will vanish with its session; choose another slot name", s.Name)
 	case s.WALStatus == "lost":
-		return fmt.Errorf("replication slot %s was invalidated (wal_status lost) and can no longer stream; changes were missed, so flush the caches, then %s", s.Name, drop)
+		return slotErrorf("replication slot %s was invalidated (wal_status lost) and can no longer stream; changes were missed, so flush the caches, then %s", s.Name, drop)
 	}
 	return nil
+}
+
+// SlotError says a replication slot cannot be used as it is: a wrong kind,
+// plugin or database, temporary, or invalidated. Retrying cannot help; an
+// operator must act, and the message says how.
+type SlotError struct {
+	Slot string
+	Msg  string
+}
+
+func (e *SlotError) Error() string { return e.Msg }
+
+func slotErrorf(format string, args ...any) error {
+	return &SlotError{Slot: fmt.Sprint(args[0]), Msg: fmt.Sprintf(format, args...)}
 }
 
 // slotName is what PostgreSQL accepts as a replication slot name.
@@ -683,7 +697,7 @@ var slotName = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
 func EnsureSlot(ctx context.Context, conn *pgconn.PgConn, slot string) (created bool, err error) {
 	if !slotName.MatchString(slot) {
 		// CREATE_REPLICATION_SLOT takes the name unquoted.
-		return false, fmt.Errorf("create replication slot %q: a slot name is 1 to 63 lowercase letters, digits and underscores", slot)
+		return false, &SlotError{Slot: slot, Msg: fmt.Sprintf("create replication slot %q: a slot name is 1 to 63 lowercase letters, digits and underscores", slot)}
 	}
 	_, err = pglogrepl.CreateReplicationSlot(ctx, conn, slot, "pgoutput",
 		pglogrepl.CreateReplicationSlotOptions{SnapshotAction: "NOEXPORT_SNAPSHOT"})

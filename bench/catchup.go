@@ -1,0 +1,342 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/redis/go-redis/v9"
+)
+
+// CatchUp is one catch-up scenario: a backlog written while nothing
+// consumed it, then each contender alone on its own copy of the slot.
+type CatchUp struct {
+	Scenario     string  `json:"scenario"`
+	Backlog      string  `json:"backlog"`
+	Transactions int     `json:"transactions"` // the sentinel transaction included
+	Rows         int     `json:"rows"`         // row changes, the sentinel's included
+	WALBytes     int64   `json:"wal_bytes"`    // from the slot's start to the last commit's end
+	BuildSeconds float64 `json:"build_seconds"`
+	EndLSN       string  `json:"end_lsn"`
+	Runs         []Run   `json:"runs"`
+}
+
+// Run is one contender's time on one backlog.
+type Run struct {
+	Contender string  `json:"contender"`
+	Seconds   float64 `json:"seconds"`
+	Ratio     float64 `json:"ratio_to_decode"`
+	// ClientCPU is the contender process's user + system time; zero for decode.
+	ClientCPU float64 `json:"client_cpu_seconds,omitempty"`
+	// ServerCPU is the PostgreSQL backend's (decode) or walsender's user +
+	// system time, sampled every 50 ms, so slightly low for pg_recvlogical,
+	// whose walsender exits with it.
+	ServerCPU float64 `json:"server_cpu_seconds"`
+	// RedisCPU is what Redis spent meanwhile (INFO cpu).
+	RedisCPU float64 `json:"redis_cpu_seconds,omitempty"`
+	// PeakRSSKB is the contender's VmHWM just before it was stopped.
+	PeakRSSKB int64 `json:"peak_rss_kb,omitempty"`
+	// Messages is the number of pgoutput messages decoded; decode only.
+	Messages int64 `json:"messages,omitempty"`
+}
+
+// Contenders, in the order they run.
+const (
+	cDecode      = "decode"
+	cRecvlogical = "pg_recvlogical"
+	cBaseline    = "baseline"
+	cDaemon      = "daemon"
+)
+
+var contenders = []string{cDecode, cRecvlogical, cBaseline, cDaemon}
+
+// catchup creates a slot, writes a backlog with build, ends it with the
+// sentinel transaction, copies the slot once per contender and times each.
+func (e *env) catchup(ctx context.Context, name, backlog string, build func(context.Context) (txs, rows int, err error)) (*CatchUp, error) {
+	src := "bench_" + name
+	startLSN, err := e.createSlot(ctx, src)
+	if err != nil {
+		return nil, err
+	}
+	e.step("%s: writing the backlog: %s", name, backlog)
+	t := time.Now()
+	txs, rows, err := build(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("write backlog: %w", err)
+	}
+	if _, err := e.conn.Exec(ctx, `UPDATE items SET v = v + 1 WHERE id = $1`, sentinelID); err != nil {
+		return nil, fmt.Errorf("sentinel update: %w", err)
+	}
+	sc := &CatchUp{Scenario: name, Backlog: backlog, Transactions: txs + 1, Rows: rows + 1, BuildSeconds: time.Since(t).Seconds()}
+	e.step("%s: backlog written in %.1fs", name, sc.BuildSeconds)
+
+	copies := map[string]string{}
+	for _, c := range contenders {
+		copies[c] = src + "_" + c
+		if err := e.copySlot(ctx, src, copies[c]); err != nil {
+			return nil, err
+		}
+	}
+	if err := e.dropSlot(ctx, src); err != nil {
+		return nil, err
+	}
+	defer func() {
+		for _, s := range copies {
+			e.dropSlot(context.Background(), s)
+		}
+	}()
+
+	// 1. The server's own decoding. It also says where the last commit ends.
+	e.step("%s: %s", name, cDecode)
+	decode, end, err := e.runDecode(ctx, copies[cDecode])
+	if err != nil {
+		return nil, err
+	}
+	sc.EndLSN = end.String()
+	sc.WALBytes = int64(end - startLSN)
+	sc.Runs = append(sc.Runs, decode)
+	e.step("%s: %s took %.2fs (%d messages, %.0f MB of WAL)", name, cDecode, decode.Seconds, decode.Messages, float64(sc.WALBytes)/1e6)
+
+	// 2-4. The streaming contenders, each alone.
+	for _, c := range contenders[1:] {
+		e.step("%s: %s", name, c)
+		var r Run
+		var err error
+		switch c {
+		case cRecvlogical:
+			r, err = e.runRecvlogical(ctx, copies[c], end)
+		case cBaseline:
+			r, err = e.runConsumer(ctx, c, copies[c], end, e.baselineArgs(copies[c], e.redis.URL()))
+		case cDaemon:
+			var args []string
+			args, err = e.daemonArgs(copies[c], e.redis.URL())
+			if err == nil {
+				r, err = e.runConsumer(ctx, c, copies[c], end, args)
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", c, err)
+		}
+		r.Ratio = r.Seconds / decode.Seconds
+		sc.Runs = append(sc.Runs, r)
+		e.step("%s: %s took %.2fs (%.2f× decode)", name, c, r.Seconds, r.Ratio)
+	}
+	return sc, nil
+}
+
+// buildSmall writes o.smallTxs single-row UPDATE transactions with pgbench.
+func (e *env) buildSmall(ctx context.Context) (int, int, error) {
+	pgbench, err := pgTool("pgbench")
+	if err != nil {
+		return 0, 0, err
+	}
+	script := filepath.Join(e.tmp, "small.sql")
+	body := fmt.Sprintf("\\set id random(1, %d)\nUPDATE items SET v = v + 1 WHERE id = :id;\n", e.o.largeRows)
+	if err := os.WriteFile(script, []byte(body), 0o644); err != nil {
+		return 0, 0, err
+	}
+	clients := min(e.o.clients, e.o.smallTxs)
+	per, rest := e.o.smallTxs/clients, e.o.smallTxs%clients
+	runs := [][2]int{{clients, per}}
+	if rest > 0 {
+		runs = append(runs, [2]int{rest, 1})
+	}
+	for _, r := range runs {
+		cmd := exec.CommandContext(ctx, pgbench, "-n", "-M", "prepared", "-f", script,
+			"-c", strconv.Itoa(r[0]), "-j", strconv.Itoa(min(r[0], 2)), "-t", strconv.Itoa(r[1]),
+			"-h", "127.0.0.1", "-p", strconv.Itoa(e.pg.Port), "-U", "postgres", "postgres")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return 0, 0, fmt.Errorf("pgbench: %w: %s", err, bytes.TrimSpace(out))
+		}
+		e.logf("pgbench: %s", bytes.TrimSpace(out))
+	}
+	return e.o.smallTxs, e.o.smallTxs, nil
+}
+
+// buildLarge updates every row but the sentinel in one transaction.
+func (e *env) buildLarge(ctx context.Context) (int, int, error) {
+	tag, err := e.conn.Exec(ctx, `UPDATE items SET v = v + 1 WHERE id <> $1`, sentinelID)
+	if err != nil {
+		return 0, 0, err
+	}
+	return 1, int(tag.RowsAffected()), nil
+}
+
+// runDecode times pg_logical_slot_peek_binary_changes over the whole backlog.
+func (e *env) runDecode(ctx context.Context, slot string) (Run, pglogrepl.LSN, error) {
+	var pid int32
+	if err := e.conn.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+		return Run{}, 0, err
+	}
+	before, _ := readProc(int(pid))
+	var n int64
+	var end pglogrepl.LSN
+	t := time.Now()
+	err := e.conn.QueryRow(ctx, `SELECT count(*), max(lsn) FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL,
+		'proto_version', '1', 'publication_names', $2)`, slot, publication).Scan(&n, &end)
+	elapsed := time.Since(t)
+	if err != nil {
+		return Run{}, 0, fmt.Errorf("decode: %w", err)
+	}
+	after, _ := readProc(int(pid))
+	return Run{Contender: cDecode, Seconds: elapsed.Seconds(), Ratio: 1, ServerCPU: after.cpu - before.cpu, Messages: n}, end, nil
+}
+
+// runRecvlogical times pg_recvlogical streaming the backlog to /dev/null.
+func (e *env) runRecvlogical(ctx context.Context, slot string, end pglogrepl.LSN) (Run, error) {
+	bin, err := pgTool("pg_recvlogical")
+	if err != nil {
+		return Run{}, err
+	}
+	dsn := fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres", e.pg.Port)
+	redis0 := redisCPU(ctx, e.rdb)
+	t := time.Now()
+	c, err := startChild(bin, filepath.Join(e.tmp, slot+".log"), "-d", dsn, "--slot", slot, "--start", "--no-loop",
+		"-o", "proto_version=1", "-o", "publication_names="+publication, "--endpos", end.String(), "-f", "/dev/null")
+	if err != nil {
+		return Run{}, err
+	}
+	var server procStat
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	wal := 0
+	for !c.exited() {
+		select {
+		case <-c.done:
+		case <-ctx.Done():
+			c.stop()
+			return Run{}, ctx.Err()
+		case <-tick.C:
+			if wal == 0 {
+				_, wal, _ = e.slotState(ctx, slot)
+			}
+			if s, ok := readProc(wal); wal != 0 && ok {
+				server = s
+			}
+		}
+	}
+	elapsed := time.Since(t)
+	if c.err != nil {
+		return Run{}, c.failure()
+	}
+	return Run{Contender: cRecvlogical, Seconds: elapsed.Seconds(), ClientCPU: c.cpu(), ServerCPU: server.cpu,
+		RedisCPU: redisCPU(ctx, e.rdb) - redis0}, nil
+}
+
+func (e *env) baselineArgs(slot, redisURL string) []string {
+	return []string{e.self, "baseline", "-postgres", e.pg.URL(), "-redis", redisURL, "-slot", slot, "-publication", publication}
+}
+
+func (e *env) daemonArgs(slot, redisURL string) ([]string, error) {
+	rules, err := e.writeRules(slot)
+	if err != nil {
+		return nil, err
+	}
+	return []string{e.daemon, "run", "--config", rules, "--postgres", e.pg.URL(), "--redis", redisURL}, nil
+}
+
+// runConsumer times a child that invalidates keys (baseline or daemon): from
+// its start until the sentinel key is gone from Redis and the slot's
+// confirmed_flush_lsn has reached end.
+func (e *env) runConsumer(ctx context.Context, name, slot string, end pglogrepl.LSN, args []string) (Run, error) {
+	if err := populate(ctx, e.rdb, e.o.largeRows); err != nil {
+		return Run{}, err
+	}
+	redis0 := redisCPU(ctx, e.rdb)
+	t := time.Now()
+	c, err := startChild(args[0], filepath.Join(e.tmp, slot+".log"), args[1:]...)
+	if err != nil {
+		return Run{}, err
+	}
+	defer c.stop()
+
+	var client, server procStat
+	wal := 0
+	lastSample := time.Time{}
+	keyGone := false
+	for {
+		if c.exited() {
+			return Run{}, c.failure()
+		}
+		if err := ctx.Err(); err != nil {
+			return Run{}, err
+		}
+		if !keyGone {
+			n, err := e.rdb.Exists(ctx, sentinelKey).Result()
+			if err != nil {
+				return Run{}, fmt.Errorf("poll redis: %w", err)
+			}
+			keyGone = n == 0
+		}
+		if keyGone || time.Since(lastSample) > 50*time.Millisecond {
+			lsn, pid, err := e.slotState(ctx, slot)
+			if err != nil {
+				return Run{}, err
+			}
+			if keyGone && lsn >= end {
+				break
+			}
+			if pid != 0 {
+				wal = pid
+			}
+			if s, ok := readProc(wal); wal != 0 && ok {
+				server = s
+			}
+			if s, ok := readProc(c.pid()); ok {
+				client = s
+			}
+			lastSample = time.Now()
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	elapsed := time.Since(t)
+	if s, ok := readProc(c.pid()); ok {
+		client = s
+	}
+	if s, ok := readProc(wal); wal != 0 && ok {
+		server = s
+	}
+	return Run{Contender: name, Seconds: elapsed.Seconds(), ClientCPU: client.cpu, ServerCPU: server.cpu,
+		RedisCPU: redisCPU(ctx, e.rdb) - redis0, PeakRSSKB: client.hwmKB}, nil
+}
+
+// populate empties Redis and sets every key the rules can derive from items,
+// so that each contender deletes keys that exist.
+func populate(ctx context.Context, rdb *redis.Client, rows int) error {
+	if err := rdb.FlushAll(ctx).Err(); err != nil {
+		return fmt.Errorf("flush redis: %w", err)
+	}
+	const batch = 10_000
+	var keys []string
+	for c := -1; c < categories; c++ {
+		keys = append(keys, "items:cat:"+strconv.Itoa(c))
+	}
+	flush := func() error {
+		p := rdb.Pipeline()
+		for _, k := range keys {
+			p.Set(ctx, k, "1", 0)
+		}
+		_, err := p.Exec(ctx)
+		keys = keys[:0]
+		if err != nil {
+			return fmt.Errorf("populate redis: %w", err)
+		}
+		return nil
+	}
+	for id := 0; id <= rows; id++ {
+		keys = append(keys, "item:"+strconv.Itoa(id))
+		if len(keys) == batch {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	return flush()
+}

@@ -1,0 +1,212 @@
+package main
+
+import (
+	"fmt"
+	"html"
+	"math"
+	"slices"
+	"strings"
+)
+
+// The chart is plain SVG text: catch-up times relative to decoding on top,
+// the stale window distributions (CDF) below.
+
+var colors = map[string]string{
+	cDecode:      "#8c8c8c",
+	cRecvlogical: "#7fa7c9",
+	cBaseline:    "#e08a2c",
+	cDaemon:      "#1f5f9e",
+}
+
+const (
+	chartW   = 1000
+	marginL  = 150
+	marginR  = 40
+	barH     = 18
+	barGap   = 6
+	groupGap = 26
+)
+
+type svg struct{ b strings.Builder }
+
+func (s *svg) f(format string, args ...any) { fmt.Fprintf(&s.b, format+"\n", args...) }
+
+func (s *svg) text(x, y float64, anchor, style, body string) {
+	s.f(`<text x="%.1f" y="%.1f" text-anchor="%s" %s>%s</text>`, x, y, anchor, style, html.EscapeString(body))
+}
+
+// logScale maps [lo, hi] onto [x0, x1] logarithmically.
+func logScale(lo, hi, x0, x1 float64) func(float64) float64 {
+	l0, l1 := math.Log10(lo), math.Log10(hi)
+	return func(v float64) float64 {
+		v = math.Max(lo, math.Min(hi, v))
+		return x0 + (math.Log10(v)-l0)/(l1-l0)*(x1-x0)
+	}
+}
+
+// logTicks returns 1, 2, 5 × powers of ten within [lo, hi].
+func logTicks(lo, hi float64) []float64 {
+	var ts []float64
+	for p := math.Floor(math.Log10(lo)); p <= math.Ceil(math.Log10(hi)); p++ {
+		for _, m := range []float64{1, 2, 5} {
+			v := m * math.Pow(10, p)
+			if v >= lo*0.999 && v <= hi*1.001 {
+				ts = append(ts, v)
+			}
+		}
+	}
+	return ts
+}
+
+func tickLabel(v float64) string {
+	if v >= 1 {
+		return fmt.Sprintf("%g", v)
+	}
+	return strings.TrimRight(strings.TrimRight(fmt.Sprintf("%.3f", v), "0"), ".")
+}
+
+func chartSVG(r *Results) string {
+	s := &svg{}
+	// Heights of the two panels.
+	catchH := 0.0
+	if len(r.CatchUp) > 0 {
+		catchH = 70 + float64(len(r.CatchUp))*(4*(barH+barGap)+groupGap) + 40
+	}
+	staleH := 0.0
+	if len(r.Stale) > 0 {
+		staleH = 380
+	}
+	h := 50 + catchH + staleH
+	s.f(`<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%.0f" viewBox="0 0 %d %.0f" font-family="Helvetica, Arial, sans-serif" font-size="12">`, chartW, h, chartW, h)
+	s.f(`<rect width="100%%" height="100%%" fill="white"/>`)
+	s.text(chartW/2, 24, "middle", `font-size="16" font-weight="bold"`, "pg-invalidator benchmarks, "+r.Date[:10])
+	s.text(chartW/2, 42, "middle", `fill="#555"`, fmt.Sprintf("%d × %s; %s; Redis %s",
+		r.Machine.Nproc, r.Machine.CPU, shortPG(r.Machine.Postgres), r.Machine.Redis))
+	y := 50.0
+	if len(r.CatchUp) > 0 {
+		catchUpPanel(s, r, y)
+		y += catchH
+	}
+	if len(r.Stale) > 0 {
+		stalePanel(s, r, y)
+	}
+	s.f(`</svg>`)
+	return s.b.String()
+}
+
+func shortPG(v string) string {
+	f := strings.Fields(v)
+	if len(f) >= 2 {
+		return f[0] + " " + f[1]
+	}
+	return v
+}
+
+func catchUpPanel(s *svg, r *Results, y0 float64) {
+	s.text(20, y0+24, "start", `font-size="14" font-weight="bold"`, "Catch-up: time to drain the backlog, relative to the server's own decoding (log scale)")
+	hi := 2.5
+	for _, sc := range r.CatchUp {
+		for _, x := range sc.Runs {
+			hi = math.Max(hi, x.Ratio*1.6)
+		}
+	}
+	lo := 0.5
+	for _, sc := range r.CatchUp {
+		for _, x := range sc.Runs {
+			lo = math.Min(lo, x.Ratio/1.5)
+		}
+	}
+	x0, x1 := float64(marginL), float64(chartW-marginR-210)
+	sx := logScale(lo, hi, x0, x1)
+	top := y0 + 44
+	bottom := top + float64(len(r.CatchUp))*(4*(barH+barGap)+groupGap)
+	for _, t := range logTicks(lo, hi) {
+		s.f(`<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#e4e4e4"/>`, sx(t), top, sx(t), bottom)
+		s.text(sx(t), bottom+14, "middle", `fill="#555"`, tickLabel(t)+"×")
+	}
+	s.f(`<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#c0392b" stroke-dasharray="5,4"/>`, sx(2), top-6, sx(2), bottom)
+	s.text(sx(2)+4, top-8, "start", `fill="#c0392b"`, "target 2× (small transactions)")
+	y := top
+	for _, sc := range r.CatchUp {
+		label := map[string]string{"small": "small transactions", "large": "one large transaction"}[sc.Scenario]
+		if label == "" {
+			label = sc.Scenario
+		}
+		s.text(20, y+12, "start", `font-weight="bold"`, label)
+		y += 16
+		for _, x := range sc.Runs {
+			s.text(x0-10, y+barH-5, "end", "", x.Contender)
+			s.f(`<rect x="%.1f" y="%.1f" width="%.1f" height="%d" fill="%s"/>`, x0, y, math.Max(1, sx(x.Ratio)-x0), barH, colors[x.Contender])
+			note := fmt.Sprintf("%.2f s  (%.2f×)", x.Seconds, x.Ratio)
+			if x.PeakRSSKB > 0 {
+				note += fmt.Sprintf("  RSS %.1f MB", float64(x.PeakRSSKB)/1024)
+			}
+			s.text(sx(x.Ratio)+6, y+barH-5, "start", "", note)
+			y += barH + barGap
+		}
+		y += groupGap - 16
+	}
+}
+
+func stalePanel(s *svg, r *Results, y0 float64) {
+	s.text(20, y0+24, "start", `font-size="14" font-weight="bold"`, "Stale window: time from COMMIT returning until the key is gone from Redis (CDF, log scale)")
+	lo, hi := math.Inf(1), 0.0
+	for _, st := range r.Stale {
+		for _, d := range st.Stats {
+			for _, v := range d.Samples {
+				v = math.Abs(v)
+				if v > 0 {
+					lo = math.Min(lo, v)
+				}
+				hi = math.Max(hi, v)
+			}
+		}
+	}
+	if hi == 0 {
+		return
+	}
+	lo = math.Pow(10, math.Floor(math.Log10(lo)))
+	hi = math.Pow(10, math.Ceil(math.Log10(hi)))
+	x0, x1 := float64(marginL), float64(chartW-marginR-210)
+	top, bottom := y0+50, y0+330
+	sx := logScale(lo, hi, x0, x1)
+	sy := func(p float64) float64 { return bottom - p*(bottom-top) }
+	for _, t := range logTicks(lo, hi) {
+		s.f(`<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#e4e4e4"/>`, sx(t), top, sx(t), bottom)
+		s.text(sx(t), bottom+14, "middle", `fill="#555"`, tickLabel(t))
+	}
+	s.text((x0+x1)/2, bottom+32, "middle", `fill="#555"`, "milliseconds")
+	for _, p := range []float64{0, 0.25, 0.5, 0.75, 0.9, 1} {
+		s.f(`<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#e4e4e4"/>`, x0, sy(p), x1, sy(p))
+		s.text(x0-6, sy(p)+4, "end", `fill="#555"`, fmt.Sprintf("%g%%", p*100))
+	}
+	s.f(`<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="none" stroke="#999"/>`, x0, top, x1-x0, bottom-top)
+	ly := top + 6
+	for _, st := range r.Stale {
+		dash := ""
+		if st.Condition != "idle" {
+			dash = ` stroke-dasharray="6,4"`
+		}
+		for _, d := range st.Stats {
+			vals := make([]float64, len(d.Samples))
+			for i, v := range d.Samples {
+				vals[i] = math.Max(lo, math.Abs(v))
+			}
+			slices.Sort(vals)
+			var pts []string
+			for i, v := range vals {
+				// A step: the fraction before this value, then after it.
+				pts = append(pts, fmt.Sprintf("%.1f,%.1f %.1f,%.1f", sx(v), sy(float64(i)/float64(len(vals))), sx(v), sy(float64(i+1)/float64(len(vals)))))
+			}
+			s.f(`<polyline fill="none" stroke="%s" stroke-width="1.6"%s points="%s"/>`, colors[d.Contender], dash, strings.Join(pts, " "))
+			cond := st.Condition
+			if st.LoadTPS > 0 {
+				cond = fmt.Sprintf("load %.0f tx/s", st.LoadTPS)
+			}
+			s.f(`<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s" stroke-width="2"%s/>`, x1+12, ly, x1+40, ly, colors[d.Contender], dash)
+			s.text(x1+46, ly+4, "start", "", fmt.Sprintf("%s, %s", d.Contender, cond))
+			s.text(x1+46, ly+18, "start", `fill="#555" font-size="11"`, fmt.Sprintf("p50 %.2f  p99 %.2f  max %.1f", d.P50, d.P99, d.Max))
+			ly += 40
+		}
+	}
+}

@@ -1,0 +1,89 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"syscall"
+	"time"
+)
+
+// child is a contender running as its own process, so that its CPU time and
+// peak memory are its own.
+type child struct {
+	name    string
+	cmd     *exec.Cmd
+	logPath string
+	done    chan struct{} // closed when the process has exited
+	err     error         // Wait's result, set before done is closed
+}
+
+// startChild starts name with args; stdout and stderr go to logPath.
+func startChild(name, logPath string, args ...string) (*child, error) {
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(name, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	c := &child{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
+	go func() {
+		c.err = cmd.Wait()
+		logf.Close()
+		close(c.done)
+	}()
+	return c, nil
+}
+
+func (c *child) pid() int { return c.cmd.Process.Pid }
+
+func (c *child) exited() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// stop sends SIGTERM, waits up to 10 s, then kills.
+func (c *child) stop() {
+	if c.exited() {
+		return
+	}
+	c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.done:
+	case <-time.After(10 * time.Second):
+		c.cmd.Process.Kill()
+		<-c.done
+	}
+}
+
+// cpu returns the user + system time of an exited child.
+func (c *child) cpu() float64 {
+	if c.cmd.ProcessState == nil {
+		return 0
+	}
+	return (c.cmd.ProcessState.UserTime() + c.cmd.ProcessState.SystemTime()).Seconds()
+}
+
+// tail returns the end of the child's output, for error messages.
+func (c *child) tail() string {
+	b, _ := os.ReadFile(c.logPath)
+	if len(b) > 3000 {
+		b = b[len(b)-3000:]
+	}
+	return string(bytes.TrimSpace(b))
+}
+
+// failure describes an early exit.
+func (c *child) failure() error {
+	return fmt.Errorf("%s exited early (%v); its output ends with:\n%s", c.name, c.err, c.tail())
+}

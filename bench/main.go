@@ -1,0 +1,222 @@
+// Command bench measures pg-invalidator against the physical limit on this
+// machine: how fast PostgreSQL itself decodes the same WAL, how fast
+// pg_recvlogical streams it, and how fast the loop a user would write from
+// pglogrepl's example plus go-redis handles it.
+//
+// It starts its own PostgreSQL and Redis (internal/localsvc) and needs
+// nothing else:
+//
+//	go run ./bench                     # full size (see -help); about 6 minutes on 2 cores
+//	go run ./bench -small-txs 20000 -large-rows 100000 -samples 200
+//	go run ./bench chart bench/results/latest.json docs/benchmarks.svg   # redraw the chart
+//
+// Every contender of a catch-up scenario starts from its own copy of one
+// replication slot (pg_copy_logical_replication_slot), made after the
+// backlog was written, so they all read the same WAL from the same point:
+//
+//   - decode: SELECT count(*) FROM pg_logical_slot_peek_binary_changes(...),
+//     the server's own decoding and nothing else;
+//   - pg_recvlogical: the same stream over the wire into /dev/null;
+//   - baseline: bench/baseline.go, one DEL per key and an acknowledgement
+//     after each commit, run as a child process (bench baseline ...);
+//   - daemon: bin/pg-invalidator run, built from ./cmd/pg-invalidator and run
+//     as a child process, timed until its slot's confirmed_flush_lsn reached
+//     the backlog's last commit and that commit's key was gone from Redis.
+//
+// The stale window scenario runs the daemon and the baseline side by side,
+// each on its own slot and its own Redis, and measures how long a key stays
+// in each Redis after the UPDATE that invalidates it has committed.
+//
+// It prints a table and writes bench/results/<date>.json,
+// bench/results/latest.json and docs/benchmarks.svg.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// options are the command-line flags. The defaults are the full run.
+type options struct {
+	smallTxs  int    // single-row UPDATE transactions in the small-transactions backlog
+	largeRows int    // rows in items, all updated by the one large transaction
+	samples   int    // stale window samples per condition
+	loadTPS   int    // background load during the loaded stale window samples
+	clients   int    // pgbench clients building the small-transactions backlog
+	scenarios string // which scenarios to run
+	outDir    string // where the JSON goes
+	chart     string // where the SVG goes; empty: none
+	verbose   bool
+}
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "baseline" {
+		os.Exit(baselineMain(os.Args[2:]))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "chart" {
+		os.Exit(chartMain(os.Args[2:]))
+	}
+
+	var o options
+	flag.IntVar(&o.smallTxs, "small-txs", 200_000, "single-row UPDATE transactions in the small-transactions backlog")
+	flag.IntVar(&o.largeRows, "large-rows", 1_000_000, "rows in the table, all updated by the one large transaction")
+	flag.IntVar(&o.samples, "samples", 1000, "stale window samples per condition (idle, loaded)")
+	flag.IntVar(&o.loadTPS, "load-tps", 1000, "background single-row transactions per second during the loaded stale window")
+	flag.IntVar(&o.clients, "clients", 4, "pgbench clients that write the small-transactions backlog")
+	flag.StringVar(&o.scenarios, "scenarios", "small,large,stale", "comma-separated scenarios to run: small, large, stale")
+	flag.StringVar(&o.outDir, "out", "", "directory for the JSON results (default: bench/results in the module)")
+	flag.StringVar(&o.chart, "chart", "", "SVG chart to write (default: docs/benchmarks.svg in the module; \"-\" for none)")
+	flag.BoolVar(&o.verbose, "v", false, "print each step with its time")
+	flag.Usage = func() {
+		fmt.Fprint(flag.CommandLine.Output(), `Usage: go run ./bench [flags]
+
+Starts a private PostgreSQL and Redis, builds pg-invalidator, and measures it
+against PostgreSQL's own decode time, pg_recvlogical and a hand-written
+pglogrepl + go-redis loop. Prints a table; writes JSON and an SVG chart.
+
+Flags:
+`)
+		flag.PrintDefaults()
+	}
+	flag.Parse()
+	if o.smallTxs < 1 || o.largeRows < 1 || o.samples < 1 || o.clients < 1 || o.loadTPS < 1 {
+		fmt.Fprintln(os.Stderr, "bench: -small-txs, -large-rows, -samples, -clients and -load-tps must be at least 1")
+		os.Exit(2)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, o)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, o options) error {
+	root, err := moduleRoot()
+	if err != nil {
+		return err
+	}
+	if o.outDir == "" {
+		o.outDir = filepath.Join(root, "bench", "results")
+	}
+	if o.chart == "" {
+		o.chart = filepath.Join(root, "docs", "benchmarks.svg")
+	}
+	want := map[string]bool{}
+	for s := range strings.SplitSeq(o.scenarios, ",") {
+		switch s = strings.TrimSpace(s); s {
+		case "small", "large", "stale":
+			want[s] = true
+		case "":
+		default:
+			return fmt.Errorf("-scenarios: unknown scenario %q (want small, large or stale)", s)
+		}
+	}
+
+	start := time.Now()
+	e, err := setup(ctx, root, o)
+	if err != nil {
+		return err
+	}
+	defer e.close()
+
+	res := &Results{
+		Date:    start.UTC().Format(time.RFC3339),
+		Machine: e.machine,
+		Params: Params{
+			SmallTxs: o.smallTxs, LargeRows: o.largeRows, Samples: o.samples, LoadTPS: o.loadTPS,
+			PgbenchClients: o.clients, PostgresSettings: postgresSettings,
+			Templates: []string{"item:<id>", "items:cat:<cat>", "other:<id>"},
+		},
+	}
+	printMachine(os.Stdout, res.Machine)
+
+	if want["small"] {
+		sc, err := e.catchup(ctx, "small", fmt.Sprintf("%d single-row UPDATE transactions", o.smallTxs), e.buildSmall)
+		if err != nil {
+			return fmt.Errorf("small transactions: %w", err)
+		}
+		res.CatchUp = append(res.CatchUp, *sc)
+	}
+	if want["large"] {
+		sc, err := e.catchup(ctx, "large", fmt.Sprintf("one UPDATE of %d rows", o.largeRows), e.buildLarge)
+		if err != nil {
+			return fmt.Errorf("large transaction: %w", err)
+		}
+		res.CatchUp = append(res.CatchUp, *sc)
+	}
+	if want["stale"] {
+		st, err := e.staleWindow(ctx)
+		if err != nil {
+			return fmt.Errorf("stale window: %w", err)
+		}
+		res.Stale = st
+	}
+	res.Targets = evaluate(res)
+	res.TotalSeconds = time.Since(start).Seconds()
+
+	printResults(os.Stdout, res)
+	if err := writeJSON(o.outDir, start, res); err != nil {
+		return err
+	}
+	if o.chart != "-" {
+		if err := os.MkdirAll(filepath.Dir(o.chart), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(o.chart, []byte(chartSVG(res)), 0o644); err != nil {
+			return fmt.Errorf("write chart: %w", err)
+		}
+		fmt.Printf("chart: %s\n", o.chart)
+	}
+	return nil
+}
+
+// chartMain is "bench chart results.json out.svg": it redraws the chart of
+// an earlier run.
+func chartMain(args []string) int {
+	if len(args) != 2 {
+		fmt.Fprintln(os.Stderr, "usage: go run ./bench chart bench/results/latest.json docs/benchmarks.svg")
+		return 2
+	}
+	b, err := os.ReadFile(args[0])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 1
+	}
+	var r Results
+	if err := json.Unmarshal(b, &r); err != nil {
+		fmt.Fprintf(os.Stderr, "bench: %s: %v\n", args[0], err)
+		return 1
+	}
+	if err := os.WriteFile(args[1], []byte(chartSVG(&r)), 0o644); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 1
+	}
+	return 0
+}
+
+// moduleRoot finds the directory holding go.mod, from the working directory up.
+func moduleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return d, nil
+		}
+		if filepath.Dir(d) == d {
+			return "", fmt.Errorf("no go.mod above %s: run the bench from inside the module", dir)
+		}
+	}
+}

@@ -149,7 +149,7 @@ func catchUpPanel(s *svg, r *Results, y0 float64) {
 }
 
 func stalePanel(s *svg, r *Results, y0 float64) {
-	s.text(20, y0+24, "start", `font-size="14" font-weight="bold"`, "Stale window: time from COMMIT returning until the key is gone from Redis (CDF, log scale)")
+	s.text(20, y0+24, "start", `font-size="14" font-weight="bold"`, "Stale window: from COMMIT returning until the key is gone from Redis (CDF, tail stretched)")
 	lo, hi := math.Inf(1), 0.0
 	for _, st := range r.Stale {
 		for _, d := range st.Stats {
@@ -170,15 +170,18 @@ func stalePanel(s *svg, r *Results, y0 float64) {
 	x0, x1 := float64(marginL), float64(chartW-marginR-210)
 	top, bottom := y0+50, y0+330
 	sx := logScale(lo, hi, x0, x1)
-	sy := func(p float64) float64 { return bottom - p*(bottom-top) }
+	// The y axis stretches the tail: equal steps for 0, 90, 99 and 99.9 %.
+	sy := func(p float64) float64 {
+		return bottom - -math.Log10(1-math.Min(p, 0.999))/3*(bottom-top)
+	}
 	for _, t := range logTicks(lo, hi) {
 		s.f(`<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#e4e4e4"/>`, sx(t), top, sx(t), bottom)
 		s.text(sx(t), bottom+14, "middle", `fill="#555"`, tickLabel(t))
 	}
 	s.text((x0+x1)/2, bottom+32, "middle", `fill="#555"`, "milliseconds")
-	for _, p := range []float64{0, 0.25, 0.5, 0.75, 0.9, 1} {
+	for _, p := range []float64{0, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999} {
 		s.f(`<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#e4e4e4"/>`, x0, sy(p), x1, sy(p))
-		s.text(x0-6, sy(p)+4, "end", `fill="#555"`, fmt.Sprintf("%g%%", p*100))
+		s.text(x0-6, sy(p)+4, "end", `fill="#555"`, fmt.Sprintf("p%g", p*100))
 	}
 	s.f(`<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="none" stroke="#999"/>`, x0, top, x1-x0, bottom-top)
 	ly := top + 6

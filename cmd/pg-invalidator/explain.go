@@ -1,0 +1,352 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+
+	pginvalidator "github.com/pg-invalidator/pg-invalidator"
+	"github.com/pg-invalidator/pg-invalidator/daemon"
+	"github.com/pg-invalidator/pg-invalidator/mapping"
+)
+
+func explainCommand(_ context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("explain", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		config, table, opName, oldRow, newRow string
+		asJSON                                bool
+	)
+	fs.StringVar(&config, "config", "rules.toml", "rules file")
+	fs.StringVar(&table, "table", "", `the changed table, "schema.table" or "table" in public (required)`)
+	fs.StringVar(&opName, "op", "", "the operation: insert, update, delete or truncate (required)")
+	fs.StringVar(&oldRow, "old", "", "the old row, for update and delete: col=value,col=value")
+	fs.StringVar(&newRow, "new", "", "the new row, for insert and update: col=value,col=value")
+	fs.BoolVar(&asJSON, "json", false, `print JSON lines: {"action":"del","key":"..."} per command, {"line":...,"skipped":"..."} per note`)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `Usage: pg-invalidator explain --table T --op OP [--old ROW] [--new ROW] [flags]
+
+Prints the Redis commands one row change would produce under the rules, one
+per line, without connecting to anything:
+
+  UNLINK key         delete one key
+  INCR key           increment one version key
+  SCAN+UNLINK glob   delete every key matching the pattern (truncate)
+  SCAN+INCR glob     increment every existing key matching it (truncate)
+
+Then, as lines starting with "#", each template that renders no key and why.
+
+Rows are comma-separated col=value pairs, values as PostgreSQL prints them:
+  --old id=1,category_id=3 --new id=1,category_id=5
+A backslash makes the next character literal: "\," is a comma inside a
+value, "\\" a backslash. The bare value NULL is SQL NULL ("\NULL" is the
+text NULL), and "col=" is the empty string. A column not given is NULL.
+
+insert takes --new, delete --old, update --new and usually --old, truncate
+neither. The old row is taken as the whole row, as under REPLICA IDENTITY
+FULL; "check" tells whether the live table sends it. An update without
+--old is one whose key did not change under REPLICA IDENTITY DEFAULT:
+PostgreSQL then sends no old row, so only the new row's keys are rendered.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if table == "" || opName == "" {
+		fmt.Fprintln(fs.Output(), "explain needs --table and --op")
+		fs.Usage()
+		return errUsage
+	}
+	op, ok := parseOp(opName)
+	if !ok {
+		return fmt.Errorf("--op %q: want insert, update, delete or truncate", opName)
+	}
+	given := func(name string) bool {
+		found := false
+		fs.Visit(func(f *flag.Flag) { found = found || f.Name == name })
+		return found
+	}
+	switch {
+	case op == pginvalidator.OpInsert && given("old"):
+		return errors.New("--old: an insert has no old row; give --new")
+	case op == pginvalidator.OpDelete && given("new"):
+		return errors.New("--new: a delete has no new row; give --old")
+	case op == pginvalidator.OpTruncate && (given("old") || given("new")):
+		return errors.New("a truncate has no rows; leave out --old and --new")
+	case op == pginvalidator.OpInsert && !given("new"), op == pginvalidator.OpUpdate && !given("new"):
+		return fmt.Errorf("an %s needs --new", op)
+	case op == pginvalidator.OpDelete && !given("old"):
+		return errors.New("a delete needs --old")
+	}
+
+	cfg, err := loadRules(config)
+	if err != nil {
+		return err
+	}
+	schema, name := splitTableName(table)
+	qualified := schema + "." + name
+	var rules []*mapping.Rule
+	for _, r := range cfg.Rules {
+		if r.QualifiedName() == qualified {
+			rules = append(rules, r)
+		}
+	}
+	if len(rules) == 0 {
+		return fmt.Errorf("%s has no rule for table %s; its rule tables are: %s", cfg.File, qualified, strings.Join(cfg.Tables(), ", "))
+	}
+
+	oldFields, err := parseRow(oldRow)
+	if err != nil {
+		return fmt.Errorf("--old: %w", err)
+	}
+	newFields, err := parseRow(newRow)
+	if err != nil {
+		return fmt.Errorf("--new: %w", err)
+	}
+
+	// The relation holds every column given and every column the rules use;
+	// a column a row does not give is NULL in it.
+	rel := &pginvalidator.Relation{ID: 1, Schema: schema, Name: name, ReplicaIdentity: pginvalidator.IdentityFull}
+	addColumn := func(c string) {
+		if !slices.ContainsFunc(rel.Columns, func(col pginvalidator.Column) bool { return col.Name == c }) {
+			rel.Columns = append(rel.Columns, pginvalidator.Column{Name: c})
+		}
+	}
+	for _, f := range slices.Concat(newFields, oldFields) {
+		addColumn(f.col)
+	}
+	for _, r := range rules {
+		for _, t := range slices.Concat(r.Del, r.Incr) {
+			for _, c := range t.Columns() {
+				addColumn(c)
+			}
+		}
+	}
+	ch := &pginvalidator.Change{Rel: rel, Op: op}
+	if given("old") {
+		ch.Old = buildRow(rel, oldFields)
+	}
+	if given("new") {
+		ch.New = buildRow(rel, newFields)
+	}
+
+	cmds := mapping.NewMapper(cfg).Commands(nil, ch)
+	notes := explainSkips(cfg.File, rules, ch, oldFields, newFields)
+	if asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetEscapeHTML(false)
+		for _, c := range cmds {
+			if err := enc.Encode(struct {
+				Action string `json:"action"`
+				Key    string `json:"key"`
+			}{c.Action.String(), c.Key}); err != nil {
+				return err
+			}
+		}
+		for _, n := range notes {
+			if err := enc.Encode(n); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for _, c := range cmds {
+		fmt.Fprintln(stdout, commandText(c))
+	}
+	for _, n := range notes {
+		fmt.Fprintln(stdout, n.text())
+	}
+	return nil
+}
+
+// loadRules reads the rules file, turning its problems into a
+// *daemon.ConfigError so that Main prints them one per line.
+func loadRules(path string) (*mapping.Config, error) {
+	cfg, err := mapping.Load(path)
+	if err != nil {
+		var problems mapping.Errors
+		if errors.As(err, &problems) {
+			return nil, &daemon.ConfigError{Problems: problems}
+		}
+		return nil, err
+	}
+	return cfg, nil
+}
+
+func parseOp(s string) (pginvalidator.Op, bool) {
+	for op := pginvalidator.OpInsert; op <= pginvalidator.OpTruncate; op++ {
+		if op.String() == s {
+			return op, true
+		}
+	}
+	return 0, false
+}
+
+// splitTableName splits "schema.table" as rules.toml does: no dot means public.
+func splitTableName(s string) (schema, table string) {
+	if schema, table, ok := strings.Cut(s, "."); ok {
+		return schema, table
+	}
+	return "public", s
+}
+
+// field is one col=value of a --old or --new row.
+type field struct {
+	col string
+	val pginvalidator.Value
+}
+
+// parseRow parses "col=value,col=value". A backslash makes the next
+// character literal; the unescaped value NULL is SQL NULL.
+func parseRow(s string) ([]field, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var fields []field
+	var b strings.Builder
+	var col string
+	inValue, escaped := false, false // escaped: the value so far had a backslash
+	end := func() error {
+		if !inValue {
+			return fmt.Errorf("%q has no \"=\"; write col=value", b.String())
+		}
+		if col == "" {
+			return errors.New(`empty column name before "="`)
+		}
+		for _, f := range fields {
+			if f.col == col {
+				return fmt.Errorf("column %s is given twice", col)
+			}
+		}
+		f := field{col: col, val: pginvalidator.Value{Kind: pginvalidator.ValueText, Data: []byte(b.String())}}
+		if b.String() == "NULL" && !escaped {
+			f.val = pginvalidator.Value{Kind: pginvalidator.ValueNull}
+		}
+		fields = append(fields, f)
+		b.Reset()
+		col, inValue, escaped = "", false, false
+		return nil
+	}
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '\\':
+			if i+1 == len(s) {
+				return nil, errors.New(`a "\" at the end escapes nothing; write "\\" for a backslash`)
+			}
+			i++
+			b.WriteByte(s[i])
+			escaped = escaped || inValue
+		case c == '=' && !inValue:
+			col, inValue = b.String(), true
+			b.Reset()
+		case c == ',':
+			if err := end(); err != nil {
+				return nil, err
+			}
+		default:
+			b.WriteByte(c)
+		}
+	}
+	if err := end(); err != nil {
+		return nil, err
+	}
+	return fields, nil
+}
+
+// buildRow lays fields out in rel's column order; columns not given are NULL.
+func buildRow(rel *pginvalidator.Relation, fields []field) pginvalidator.Row {
+	row := make(pginvalidator.Row, len(rel.Columns))
+	for _, f := range fields {
+		for i, c := range rel.Columns {
+			if c.Name == f.col {
+				row[i] = f.val
+			}
+		}
+	}
+	return row
+}
+
+func commandText(c pginvalidator.Command) string {
+	switch c.Action {
+	case pginvalidator.Del:
+		return "UNLINK " + c.Key
+	case pginvalidator.Incr:
+		return "INCR " + c.Key
+	case pginvalidator.DelPattern:
+		return "SCAN+UNLINK " + c.Key
+	case pginvalidator.IncrPattern:
+		return "SCAN+INCR " + c.Key
+	}
+	return c.Action.String() + " " + c.Key
+}
+
+// explainNote says why a rule or template produced nothing for a change.
+type explainNote struct {
+	File     string `json:"-"`
+	Line     int    `json:"line"`
+	Template string `json:"template,omitempty"`
+	Row      string `json:"row,omitempty"` // "old" or "new"; empty for a whole rule
+	Reason   string `json:"skipped"`
+}
+
+func (n explainNote) text() string {
+	if n.Template == "" {
+		return fmt.Sprintf("# %s:%d: %s", n.File, n.Line, n.Reason)
+	}
+	return fmt.Sprintf("# %s:%d: %s renders no key for the %s row: %s", n.File, n.Line, n.Template, n.Row, n.Reason)
+}
+
+// explainSkips lists, in rule order, the rules that do not handle ch.Op and
+// the templates that render no key for a row because a column is NULL:
+// the cases Mapper counts in Stats.SkippedNull. Explain rows are whole rows,
+// so no value is ever unavailable.
+func explainSkips(file string, rules []*mapping.Rule, ch *pginvalidator.Change, oldFields, newFields []field) []explainNote {
+	var notes []explainNote
+	type row struct {
+		name   string
+		values pginvalidator.Row
+		fields []field
+	}
+	var rows []row
+	if ch.New != nil {
+		rows = append(rows, row{"new", ch.New, newFields})
+	}
+	if ch.Old != nil && ch.Op != pginvalidator.OpInsert {
+		rows = append(rows, row{"old", ch.Old, oldFields})
+	}
+	for _, r := range rules {
+		if !r.On.Has(ch.Op) {
+			notes = append(notes, explainNote{File: file, Line: r.Line,
+				Reason: fmt.Sprintf("rule for %s does not handle %s (on = %s)", r.QualifiedName(), ch.Op, r.On)})
+			continue
+		}
+		if ch.Op == pginvalidator.OpTruncate {
+			continue
+		}
+		for _, t := range slices.Concat(r.Del, r.Incr) {
+			for _, rw := range rows {
+				for _, c := range t.Columns() {
+					i := slices.IndexFunc(ch.Rel.Columns, func(col pginvalidator.Column) bool { return col.Name == c })
+					if rw.values[i].Kind != pginvalidator.ValueNull {
+						continue
+					}
+					reason := c + " is NULL"
+					if !slices.ContainsFunc(rw.fields, func(f field) bool { return f.col == c }) {
+						reason = c + " is not given, so NULL"
+					}
+					notes = append(notes, explainNote{File: file, Line: t.Line, Template: t.String(), Row: rw.name, Reason: reason})
+					break
+				}
+			}
+		}
+	}
+	return notes
+}

@@ -1,0 +1,291 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	pginvalidator "github.com/pg-invalidator/pg-invalidator"
+	"github.com/pg-invalidator/pg-invalidator/daemon"
+	"github.com/pg-invalidator/pg-invalidator/mapping"
+	"github.com/pg-invalidator/pg-invalidator/replication"
+)
+
+// setupLockTimeout bounds how long --apply waits for a table lock: ALTER
+// TABLE ... REPLICA IDENTITY takes an exclusive one, and queries queue
+// behind a statement that waits for it.
+const setupLockTimeout = "10s"
+
+func setupCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("setup", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		config, postgres, role string
+		apply                  bool
+	)
+	fs.StringVar(&config, "config", "rules.toml", "rules file")
+	fs.StringVar(&postgres, "postgres", "", "PostgreSQL URL of a role that may make these changes, such as a superuser (default: $DATABASE_URL, then [postgres] url in the rules file)")
+	fs.StringVar(&role, "role", "pg_invalidator", "the role the daemon will log in as")
+	fs.BoolVar(&apply, "apply", false, "run the SQL, in one transaction, instead of printing it")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `Usage: pg-invalidator setup [flags]
+
+Prints the SQL that prepares PostgreSQL for the rules, so that the daemon can
+run as a role with no more rights than it needs. It reads the rules and the
+live schema, and prints only what is missing:
+
+  - the role (--role): LOGIN and REPLICATION, USAGE on the rule tables'
+    schemas and SELECT on the tables. A new role gets no password.
+  - REPLICA IDENTITY FULL for each table whose rules use, on update or
+    delete, a column outside its replica identity (what "check" reports),
+    or whose identity would make its UPDATE and DELETE fail once published.
+    For a partitioned table, each leaf partition is altered.
+  - the publication named in the rules file, for the rule tables and every
+    kind of change, or what an existing one lacks. The connecting role owns
+    a publication it creates; the daemon only checks it.
+
+With --apply it runs the same statements in one transaction and prints
+them. Running it again prints "nothing to do" for each part already in
+place. The daemon creates its replication slot itself on first run.
+
+Problems it cannot fix, such as a missing table or column, are printed as
+"check" prints them, and nothing is done.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if role == "" {
+		return fmt.Errorf("--role is empty; name the role the daemon logs in as")
+	}
+	cfg, err := loadRules(config)
+	if err != nil {
+		return err
+	}
+	url := firstOf(postgres, os.Getenv("DATABASE_URL"), cfg.Postgres.URL)
+	if url == "" {
+		return fmt.Errorf("no PostgreSQL URL: pass --postgres, set DATABASE_URL, or set url in the [postgres] table of %s", config)
+	}
+
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return fmt.Errorf("connect to postgres %s: %w", pginvalidator.RedactURL(url), pginvalidator.RedactError(err, url))
+	}
+	defer conn.Close(context.Background())
+
+	// Plan and apply in one transaction, so that the plan is applied to
+	// the catalog it was made from.
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '"+setupLockTimeout+"'"); err != nil {
+		return fmt.Errorf("set lock_timeout: %w", err)
+	}
+	p, err := planSetup(ctx, tx, cfg, role)
+	if err != nil {
+		return err
+	}
+
+	n := p.count()
+	if apply && n > 0 {
+		for _, s := range p.statements() {
+			if _, err := tx.Exec(ctx, s.SQL); err != nil {
+				return fmt.Errorf("apply %s: %w; nothing was changed", s.SQL, err)
+			}
+		}
+		if err := tx.Commit(ctx); err != nil {
+			return fmt.Errorf("commit: %w; nothing was changed", err)
+		}
+	}
+
+	p.print(stdout)
+	switch {
+	case n == 0:
+		fmt.Fprintln(stdout, "-- Nothing to do.")
+	case apply:
+		fmt.Fprintf(stdout, "-- Applied %d statement(s) in one transaction.\n", n)
+	default:
+		fmt.Fprintf(stdout, "-- %d statement(s). Run them as a superuser, or run pg-invalidator setup --apply to run them in one transaction.\n", n)
+	}
+	fmt.Fprintf(stdout, "-- The daemon, logged in as %s, creates its replication slot %s on first run.\n", role, cfg.Postgres.Slot)
+	return nil
+}
+
+// setupPlan is what setup prints or applies, part by part.
+type setupPlan struct {
+	header   string
+	sections []setupSection
+}
+
+// setupSection is one part of the plan: the role, the replica identities or
+// the publication.
+type setupSection struct {
+	title string   // what the part is for
+	notes []string // why, printed as comments before the statements
+	stmts []replication.Statement
+}
+
+func (p *setupPlan) count() int {
+	n := 0
+	for _, s := range p.sections {
+		n += len(s.stmts)
+	}
+	return n
+}
+
+func (p *setupPlan) statements() []replication.Statement {
+	var all []replication.Statement
+	for _, s := range p.sections {
+		all = append(all, s.stmts...)
+	}
+	return all
+}
+
+func (p *setupPlan) print(w io.Writer) {
+	fmt.Fprintf(w, "-- %s\n", p.header)
+	for _, s := range p.sections {
+		fmt.Fprintln(w)
+		if len(s.stmts) == 0 {
+			fmt.Fprintf(w, "-- %s: nothing to do.\n", s.title)
+			continue
+		}
+		fmt.Fprintf(w, "-- %s:\n", s.title)
+		for _, n := range s.notes {
+			fmt.Fprintf(w, "-- %s\n", n)
+		}
+		for _, st := range s.stmts {
+			if st.Why != "" {
+				fmt.Fprintf(w, "-- %s\n", st.Why)
+			}
+			fmt.Fprintf(w, "%s;\n", st.SQL)
+		}
+	}
+	fmt.Fprintln(w)
+}
+
+// planSetup reads the live catalog in tx and works out the statements. It
+// changes nothing that outlives tx's savepoints.
+func planSetup(ctx context.Context, tx pgx.Tx, cfg *mapping.Config, role string) (*setupPlan, error) {
+	names := cfg.Tables()
+	tables, err := replication.DescribeTables(ctx, tx.Conn(), names)
+	if err != nil {
+		return nil, fmt.Errorf("describe rule tables: %w", err)
+	}
+	full, reasons := needFullIdentity(cfg, tables)
+	// What would still be wrong with those tables FULL is for the rules'
+	// author to fix, not for setup.
+	if problems := cfg.CheckSchema(withFullIdentity(tables, full)); len(problems) > 0 {
+		return nil, &daemon.ConfigError{Problems: problems}
+	}
+
+	roleStmts, err := replication.RoleSQL(ctx, tx.Conn(), role, names)
+	if err != nil {
+		return nil, err
+	}
+	identStmts, err := replication.ReplicaIdentityFullSQL(ctx, tx.Conn(), full)
+	if err != nil {
+		return nil, err
+	}
+	pubStmts, err := replication.PublicationSQL(ctx, tx, cfg.Postgres.Publication, names)
+	if err != nil {
+		return nil, err
+	}
+	return &setupPlan{
+		header: fmt.Sprintf("pg-invalidator setup for %s: publication %s, role %s, tables %s",
+			cfg.File, cfg.Postgres.Publication, role, strings.Join(names, ", ")),
+		sections: []setupSection{
+			{title: "Role " + role + ", which the daemon logs in as", stmts: roleStmts},
+			{title: "Replica identity, so that updates and deletes send the old values the rules use", notes: reasons, stmts: identStmts},
+			{title: "Publication " + cfg.Postgres.Publication + ", which the daemon streams from", stmts: pubStmts},
+		},
+	}, nil
+}
+
+// needFullIdentity returns the tables ("schema.table", sorted) that need
+// REPLICA IDENTITY FULL, and a line for each saying why. These are the
+// identity problems mapping.Config.CheckSchema reports: a rule that handles
+// update or delete uses a column outside the identity, or the identity is
+// NOTHING or DEFAULT without a primary key, which would make the table's
+// UPDATE and DELETE fail once it is published.
+func needFullIdentity(cfg *mapping.Config, tables map[string]pginvalidator.TableInfo) (names, reasons []string) {
+	for _, name := range slices.Sorted(maps.Keys(tables)) {
+		info := tables[name]
+		if !info.Exists || info.ReplicaIdentity == pginvalidator.IdentityFull {
+			continue
+		}
+		var reason string
+		switch {
+		case info.ReplicaIdentity == pginvalidator.IdentityNothing:
+			reason = "has REPLICA IDENTITY NOTHING, so once published its UPDATE and DELETE would fail (SQLSTATE 55000)"
+		case info.ReplicaIdentity == pginvalidator.IdentityDefault && !info.HasPrimaryKey:
+			reason = "has no primary key for REPLICA IDENTITY DEFAULT, so once published its UPDATE and DELETE would fail (SQLSTATE 55000)"
+		default:
+			var cols []string
+			for _, r := range cfg.Rules {
+				if r.QualifiedName() != name || !r.On.Has(pginvalidator.OpUpdate) && !r.On.Has(pginvalidator.OpDelete) {
+					continue
+				}
+				for _, t := range slices.Concat(r.Del, r.Incr) {
+					for _, c := range t.Columns() {
+						if slices.Contains(info.Columns, c) && !slices.Contains(info.Generated, c) &&
+							!slices.Contains(info.IdentityColumns, c) && !slices.Contains(cols, c) {
+							cols = append(cols, c)
+						}
+					}
+				}
+			}
+			if len(cols) == 0 {
+				continue
+			}
+			reason = fmt.Sprintf("rules use %s on update or delete, outside REPLICA IDENTITY %s", strings.Join(cols, ", "), identityName(info.ReplicaIdentity))
+		}
+		names = append(names, name)
+		reasons = append(reasons, name+": "+reason)
+	}
+	return names, reasons
+}
+
+// withFullIdentity returns a copy of tables in which the tables in full have
+// REPLICA IDENTITY FULL.
+func withFullIdentity(tables map[string]pginvalidator.TableInfo, full []string) map[string]pginvalidator.TableInfo {
+	out := maps.Clone(tables)
+	for _, name := range full {
+		info := out[name]
+		info.ReplicaIdentity = pginvalidator.IdentityFull
+		info.IdentityColumns = nil
+		for _, c := range info.Columns {
+			if !slices.Contains(info.Generated, c) {
+				info.IdentityColumns = append(info.IdentityColumns, c)
+			}
+		}
+		out[name] = info
+	}
+	return out
+}
+
+func identityName(id byte) string {
+	switch id {
+	case pginvalidator.IdentityDefault:
+		return "DEFAULT"
+	case pginvalidator.IdentityIndex:
+		return "USING INDEX"
+	case pginvalidator.IdentityNothing:
+		return "NOTHING"
+	}
+	return "FULL"
+}

@@ -2,7 +2,7 @@
 // streams logical replication, matches each changed row against the key
 // templates in rules.toml, and deletes or increments the derived keys.
 //
-// Subcommands: run, check, demo, version. Each has --help.
+// Subcommands: run, check, setup, explain, demo, version. Each has --help.
 package main
 
 import (
@@ -26,6 +26,8 @@ const usage = `pg-invalidator keeps Redis caches in step with PostgreSQL.
 Usage:
   pg-invalidator run     [--config rules.toml] [--postgres URL] [--redis URL]   stream and invalidate
   pg-invalidator check   [--config rules.toml] [--postgres URL]                 validate rules and live schema
+  pg-invalidator explain --table T --op OP [--old ROW] [--new ROW]              print the commands one change would produce
+  pg-invalidator setup   [--config rules.toml] [--postgres URL] [--apply]       print or apply the SQL a DBA runs first
   pg-invalidator demo                                                           try it on a throwaway PostgreSQL and Redis
   pg-invalidator version                                                        print the version
 
@@ -52,6 +54,10 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runCommand(ctx, args[1:], stdout, stderr)
 	case "check":
 		err = checkCommand(ctx, args[1:], stdout, stderr)
+	case "explain":
+		err = explainCommand(ctx, args[1:], stdout, stderr)
+	case "setup":
+		err = setupCommand(ctx, args[1:], stdout, stderr)
 	case "demo":
 		err = demoCommand(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":

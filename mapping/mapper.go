@@ -281,3 +281,37 @@ func (m *Mapper) add(dst []pginvalidator.Command, start int, a pginvalidator.Act
 	}
 	return append(dst, pginvalidator.Command{Action: a, Key: key})
 }
+
+// FlushCommands returns the commands that invalidate every key the rules can
+// render: each template the way a TRUNCATE of its table would (a key without
+// placeholders is deleted or incremented, a template with placeholders
+// becomes a pattern), whatever the rule's on. A resync after a lost slot runs
+// them, since any change may have been missed. Each command appears once.
+func (c *Config) FlushCommands() []pginvalidator.Command {
+	var out []pginvalidator.Command
+	seen := make(map[pginvalidator.Command]bool)
+	add := func(a pginvalidator.Action, t *Template) {
+		cmd := pginvalidator.Command{Action: a, Key: t.key}
+		if len(t.cols) > 0 {
+			cmd.Key = t.glob
+			if a == pginvalidator.Del {
+				cmd.Action = pginvalidator.DelPattern
+			} else {
+				cmd.Action = pginvalidator.IncrPattern
+			}
+		}
+		if !seen[cmd] {
+			seen[cmd] = true
+			out = append(out, cmd)
+		}
+	}
+	for _, r := range c.Rules {
+		for _, t := range r.Del {
+			add(pginvalidator.Del, t)
+		}
+		for _, t := range r.Incr {
+			add(pginvalidator.Incr, t)
+		}
+	}
+	return out
+}

@@ -2,6 +2,7 @@ package mapping
 
 import (
 	"reflect"
+	"strings"
 	"testing"
 
 	pginvalidator "github.com/pg-invalidator/pg-invalidator"
@@ -274,5 +275,37 @@ del = ["item:<id>", "items:cat:<cat>"]
 	want := []pginvalidator.Command{del("item:12345"), del("items:cat:5"), del("items:cat:3")}
 	if !reflect.DeepEqual(dst, want) {
 		b.Fatalf("got %v, want %v", dst, want)
+	}
+}
+
+func TestFlushCommands(t *testing.T) {
+	c, err := Parse("rules.toml", []byte(`
+[[rule]]
+table = "products"
+del  = ["product:<id>", "product-list:category:<category_id>", "products:all"]
+incr = ["cache:version:products", "version:product:<id>"]
+on   = ["delete"]
+
+[[rule]]
+table = "categories"
+del  = ["product-list:category:<id>", "odd*key:<id>"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, cmd := range c.FlushCommands() {
+		got = append(got, cmd.Action.String()+" "+cmd.Key)
+	}
+	want := []string{
+		"del_pattern product:*",
+		"del_pattern product-list:category:*",
+		"del products:all",
+		"incr cache:version:products",
+		"incr_pattern version:product:*",
+		`del_pattern odd\*key:*`,
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("FlushCommands:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }

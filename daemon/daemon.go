@@ -46,6 +46,16 @@ type Config struct {
 	ShutdownGrace time.Duration
 	// MaxBackoff caps the delay between reconnection attempts. Zero means 10s.
 	MaxBackoff time.Duration
+
+	// MetricsAddr is the host:port that serves /metrics, /healthz and
+	// /readyz. Zero means none: no listener, and no polling for them.
+	MetricsAddr string
+	// ReadyRedisWithin is how recently Redis must have answered for /readyz
+	// to say ready. Zero means 30s.
+	ReadyRedisWithin time.Duration
+	// SlotPollInterval is how often the slot's wal_status and safe_wal_size
+	// are read for /metrics. Zero means 10s.
+	SlotPollInterval time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -66,6 +76,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxBackoff == 0 {
 		c.MaxBackoff = 10 * time.Second
+	}
+	if c.ReadyRedisWithin == 0 {
+		c.ReadyRedisWithin = 30 * time.Second
+	}
+	if c.SlotPollInterval == 0 {
+		c.SlotPollInterval = 10 * time.Second
 	}
 }
 
@@ -129,6 +145,16 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer inv.Close()
 
+	mapper := mapping.NewMapper(cfg.Rules)
+	m := newMetrics(cfg.Rules, mapper, inv)
+	if cfg.MetricsAddr != "" {
+		stop, err := serveMetrics(ctx, cfg, m, inv)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+
 	if err := retry(ctx, cfg, "prepare postgres", func() error { return prepare(ctx, cfg) }); err != nil {
 		return ignoreCanceled(ctx, err)
 	}
@@ -137,11 +163,17 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	log.Info("redis is reachable", "addr", pginvalidator.RedactURL(cfg.RedisURL))
 
-	p := &pipeline{cfg: cfg, log: log, inv: inv, mapper: mapping.NewMapper(cfg.Rules), batch: invalidator.NewBatch()}
+	p := &pipeline{cfg: cfg, log: log, inv: inv, mapper: mapper, batch: invalidator.NewBatch(), m: m}
 	p.mapper.OnProblem = func(table, column string, err error) {
 		log.Error("rule cannot be applied", "table", table, "column", column, "err", err)
 	}
-	err = retry(ctx, cfg, "stream", func() error { return p.session(ctx) })
+	err = retry(ctx, cfg, "stream", func() error {
+		err := p.session(ctx)
+		if err != nil && retryable(err) && ctx.Err() == nil {
+			m.reconnects.Inc()
+		}
+		return err
+	})
 	return ignoreCanceled(ctx, err)
 }
 

@@ -25,6 +25,7 @@ type pipeline struct {
 	mapper *mapping.Mapper
 	batch  *invalidator.Batch
 	cmds   []pginvalidator.Command // scratch for one change's commands
+	m      *metrics
 
 	streamed bool // a session has streamed before: a missing slot now means it was lost
 }
@@ -63,6 +64,8 @@ func (p *pipeline) session(ctx context.Context) error {
 		return classifyStartError(err, p.cfg.Slot)
 	}
 	p.streamed = true
+	p.m.streaming.Store(true)
+	defer p.m.streaming.Store(false)
 	p.log.Info("streaming", "slot", p.cfg.Slot, "publication", p.cfg.Publication)
 
 	// The reader runs on its own goroutine and keeps answering the server
@@ -71,11 +74,14 @@ func (p *pipeline) session(ctx context.Context) error {
 	defer stop()
 	events := make(chan []replication.Event, 4)
 	streamErr := make(chan error, 1)
-	go func() { streamErr <- stream.Run(sctx, events) }()
+	readerDone := make(chan struct{})
+	go func() { streamErr <- stream.Run(sctx, events); close(readerDone) }()
 
 	err = p.consume(ctx, stream, events, streamErr)
 	stop()
+	<-readerDone // the deferred Close may write to the connection only after the reader left it
 	p.batch.Reset() // unacknowledged work is replayed by the next session
+	p.m.discard()
 	return err
 }
 
@@ -96,13 +102,16 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 		commitAt time.Time
 	)
 	flush := func() error {
-		if p.batch.Len() > 0 {
+		sent := p.batch.Len() > 0
+		if sent {
 			if err := p.inv.Apply(applyCtx, p.batch); err != nil {
 				return fmt.Errorf("apply batch: %w", err)
 			}
 		}
+		p.m.applied(time.Now(), sent)
 		if ackable != 0 {
 			stream.Ack(ackable)
+			p.m.ack(stream.Acked())
 			if p.log.Enabled(ctx, slog.LevelDebug) {
 				p.log.Debug("acknowledged", "lsn", ackable.String(), "xid", xid, "txs", batchTxs,
 					"lag", time.Since(commitAt).String())
@@ -126,7 +135,9 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 			switch ev.Kind {
 			case replication.Begin:
 				inTx, xid = true, ev.XID
+				p.m.see(ev.LSN)
 			case replication.RowChange:
+				p.m.rowChange(&ev.Change)
 				p.cmds = p.mapper.Commands(p.cmds[:0], &ev.Change)
 				for _, c := range p.cmds {
 					p.batch.Add(c)
@@ -143,6 +154,7 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 				p.batch.EndTx()
 				ackable, commitAt = ev.LSN, ev.CommitTime
 				batchTxs++
+				p.m.committed(ev.LSN, ev.CommitTime)
 			case replication.Idle:
 				// Everything the server sent before this keepalive is in the
 				// batch or applied, so once the batch is applied the slot
@@ -151,6 +163,7 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 				if !inTx {
 					ackable = max(ackable, ev.LSN)
 				}
+				p.m.see(ev.LSN)
 			}
 		}
 		// Flush when the stream has run dry: no fixed delay, and a batch as

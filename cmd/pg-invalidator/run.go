@@ -14,6 +14,7 @@ func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.SetOutput(stderr)
 	var c commonFlags
 	c.register(fs)
+	metricsAddr := fs.String("metrics-addr", "", "host:port to serve /metrics, /healthz and /readyz on, such as 127.0.0.1:9187 (default: none)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: pg-invalidator run [flags]
 
@@ -22,6 +23,8 @@ Redis keys that rules.toml derives from each changed row. It creates the
 publication and the replication slot when they are missing, validates the
 rules against the live schema first, and refuses to start on any problem.
 It waits out an unreachable PostgreSQL or Redis. SIGINT or SIGTERM stops it.
+With --metrics-addr it serves Prometheus metrics on /metrics, liveness on
+/healthz and readiness on /readyz.
 
 Flags:
 `)
@@ -38,5 +41,6 @@ Flags:
 	if err != nil {
 		return err
 	}
+	cfg.MetricsAddr = *metricsAddr
 	return daemon.Run(ctx, cfg)
 }

@@ -1,0 +1,459 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	pginvalidator "github.com/pg-invalidator/pg-invalidator"
+	"github.com/pg-invalidator/pg-invalidator/invalidator"
+	"github.com/pg-invalidator/pg-invalidator/mapping"
+)
+
+// metrics is what the daemon tells Prometheus and a load balancer. The
+// pipeline counts only what nobody else counts (transactions, row changes by
+// table, latency, positions); everything the mapper and the invalidator count
+// already is read from their Stats at scrape time, so the hot path pays for
+// it once.
+type metrics struct {
+	reg *prometheus.Registry
+
+	transactions prometheus.Counter
+	rowChanges   *prometheus.CounterVec
+	latency      prometheus.Histogram
+	reconnects   prometheus.Counter
+
+	rels    map[uint32]*relCounters // by Relation.ID; pipeline goroutine only
+	lastRel *relCounters            // the previous change's; pipeline goroutine only
+	commits []time.Time             // commit times of the transactions received and not yet applied; pipeline goroutine only
+
+	seen         atomic.Uint64 // highest server WAL position the stream has reported
+	acked        atomic.Uint64 // highest position acknowledged, across sessions
+	pendingSince atomic.Int64  // commit time (Unix ns) of the oldest transaction received and not applied; 0: none
+	streaming    atomic.Bool   // a session is streaming
+	redisOK      atomic.Int64  // when Redis last answered (Unix ns); 0: never
+
+	mapper *mapping.Mapper
+	inv    *invalidator.Invalidator
+
+	slotMu sync.Mutex // protects slot
+	slot   slotStatus
+}
+
+// relCounters are the row change counters of one relation, by Op, so that
+// counting a row costs no label lookup.
+type relCounters struct {
+	rel  *pginvalidator.Relation
+	byOp [pginvalidator.OpTruncate + 1]prometheus.Counter
+}
+
+// slotStatus is what the last poll of pg_replication_slots said.
+type slotStatus struct {
+	known       bool   // the last poll succeeded and found the slot
+	walStatus   string // reserved, extended, unreserved or lost
+	safeWALSize *int64 // nil: NULL, as under max_slot_wal_keep_size = -1
+}
+
+// walStatuses are the values of pg_replication_slots.wal_status.
+var walStatuses = []string{"reserved", "extended", "unreserved", "lost"}
+
+// actions are the label values of the action label, in pginvalidator.Action order.
+var actions = []string{"del", "incr", "del_pattern", "incr_pattern"}
+
+// latencyBuckets span a millisecond on one host to minutes behind a backlog.
+var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}
+
+func newMetrics(rules *mapping.Config, mapper *mapping.Mapper, inv *invalidator.Invalidator) *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		transactions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pg_invalidator_transactions_total",
+			Help: "Transactions received from the replication stream (a replayed one counts again).",
+		}),
+		rowChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pg_invalidator_row_changes_total",
+			Help: "Row changes received, by table (schema.table) and op (insert, update, delete, truncate).",
+		}, []string{"table", "op"}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "pg_invalidator_commit_to_applied_seconds",
+			Help:    "Time from a transaction's COMMIT on the server to Redis having applied its invalidations.",
+			Buckets: latencyBuckets,
+		}),
+		reconnects: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pg_invalidator_reconnects_total",
+			Help: "Replication sessions that ended with an error and were retried.",
+		}),
+		rels:   make(map[uint32]*relCounters),
+		mapper: mapper,
+		inv:    inv,
+	}
+	// Every rule table shows up from the start, at zero.
+	for _, table := range rules.Tables() {
+		for _, op := range []pginvalidator.Op{pginvalidator.OpInsert, pginvalidator.OpUpdate, pginvalidator.OpDelete, pginvalidator.OpTruncate} {
+			m.rowChanges.WithLabelValues(table, op.String())
+		}
+	}
+	m.reg.MustRegister(m.transactions, m.rowChanges, m.latency, m.reconnects, scrapeCollector{m},
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// rowChange counts one row change. A relation's counters are looked up by
+// label once per Relation message, not per row.
+func (m *metrics) rowChange(ch *pginvalidator.Change) {
+	c := m.lastRel
+	if c == nil || c.rel != ch.Rel {
+		c = m.rels[ch.Rel.ID]
+		if c == nil || c.rel != ch.Rel {
+			c = &relCounters{rel: ch.Rel}
+			table := ch.Rel.QualifiedName()
+			for op := pginvalidator.OpInsert; op <= pginvalidator.OpTruncate; op++ {
+				c.byOp[op] = m.rowChanges.WithLabelValues(table, op.String())
+			}
+			m.rels[ch.Rel.ID] = c
+		}
+		m.lastRel = c
+	}
+	if ch.Op <= pginvalidator.OpTruncate {
+		c.byOp[ch.Op].Inc()
+	}
+}
+
+// see records a WAL position the server has reached.
+func (m *metrics) see(lsn pglogrepl.LSN) {
+	if uint64(lsn) > m.seen.Load() {
+		m.seen.Store(uint64(lsn))
+	}
+}
+
+// committed records a transaction received in full.
+func (m *metrics) committed(end pglogrepl.LSN, commitTime time.Time) {
+	m.transactions.Inc()
+	m.see(end)
+	m.commits = append(m.commits, commitTime)
+	if m.pendingSince.Load() == 0 {
+		m.pendingSince.Store(commitTime.UnixNano())
+	}
+}
+
+// applied records that Redis has applied every transaction received so far.
+func (m *metrics) applied(now time.Time, redisAnswered bool) {
+	if redisAnswered {
+		m.redisOK.Store(now.UnixNano())
+	}
+	for _, t := range m.commits {
+		m.latency.Observe(max(now.Sub(t).Seconds(), 0)) // clock skew between hosts
+	}
+	m.commits = m.commits[:0]
+	m.pendingSince.Store(0)
+}
+
+// discard forgets the transactions of a failed session: the next session
+// receives them again. They stay pending for the lag.
+func (m *metrics) discard() { m.commits = m.commits[:0] }
+
+// ack records the position acknowledged to the server.
+func (m *metrics) ack(lsn pglogrepl.LSN) {
+	if uint64(lsn) > m.acked.Load() {
+		m.acked.Store(uint64(lsn))
+	}
+}
+
+// ready says whether /readyz should answer 200 and, if not, why.
+func (m *metrics) ready(now time.Time, within time.Duration) (bool, string) {
+	return readiness(now, m.streaming.Load(), m.redisOK.Load(), within)
+}
+
+// readiness is ready: streaming, and Redis answered within the last within.
+func readiness(now time.Time, streaming bool, redisOK int64, within time.Duration) (bool, string) {
+	switch {
+	case !streaming:
+		return false, "not streaming from postgresql"
+	case redisOK == 0:
+		return false, "redis has not answered yet"
+	}
+	if age := now.Sub(time.Unix(0, redisOK)); age > within {
+		return false, fmt.Sprintf("redis has not answered for %s", age.Round(100*time.Millisecond))
+	}
+	return true, ""
+}
+
+// lagSeconds is how long the oldest transaction received and not yet
+// applied has been committed; 0 when none is pending.
+func lagSeconds(now time.Time, pendingSince int64) float64 {
+	if pendingSince == 0 {
+		return 0
+	}
+	return max(now.Sub(time.Unix(0, pendingSince)).Seconds(), 0)
+}
+
+// lagBytes is how far the acknowledged position trails the server's.
+func lagBytes(seen, acked uint64) float64 {
+	if seen <= acked {
+		return 0
+	}
+	return float64(seen - acked)
+}
+
+// batchBuckets turns the invalidator's per-bucket batch counts into
+// Prometheus's cumulative buckets, keyed by upper bound.
+func batchBuckets(st invalidator.Stats) map[float64]uint64 {
+	buckets := make(map[float64]uint64, len(invalidator.BatchSizeBounds))
+	var sum uint64
+	for i, bound := range invalidator.BatchSizeBounds {
+		sum += st.BatchSizes[i]
+		buckets[float64(bound)] = sum
+	}
+	return buckets
+}
+
+var (
+	keysRenderedDesc = prometheus.NewDesc("pg_invalidator_keys_rendered_total",
+		"Keys and patterns the rules rendered from row changes, by action, after deduplication within each change.",
+		[]string{"action"}, nil)
+	keysSkippedDesc = prometheus.NewDesc("pg_invalidator_keys_skipped_total",
+		"Keys not rendered, by reason: null (a placeholder column was NULL), unavailable (the stream did not send the value), unknown_column (the table has no such column).",
+		[]string{"reason"}, nil)
+	commandsDesc = prometheus.NewDesc("pg_invalidator_commands_total",
+		"Redis commands applied, by action: UNLINK for del, INCR/INCRBY for incr, and for del_pattern and incr_pattern the keys SCAN found and unlinked or incremented.",
+		[]string{"action"}, nil)
+	redisErrorsDesc = prometheus.NewDesc("pg_invalidator_redis_errors_total",
+		"Redis commands and SCAN calls that failed, whether retried or rejected for good.", nil, nil)
+	redisRetriesDesc = prometheus.NewDesc("pg_invalidator_redis_retries_total",
+		"Redis commands and SCAN calls sent again after a failure.", nil, nil)
+	redisRejectedDesc = prometheus.NewDesc("pg_invalidator_redis_rejected_total",
+		"Redis commands rejected for good (WRONGTYPE, not an integer, overflow), logged and skipped.", nil, nil)
+	batchDesc = prometheus.NewDesc("pg_invalidator_batch_commands",
+		"Commands per batch applied to Redis.", nil, nil)
+	lagBytesDesc = prometheus.NewDesc("pg_invalidator_replication_lag_bytes",
+		"Server WAL position last reported by the stream minus the acknowledged position.", nil, nil)
+	lagSecondsDesc = prometheus.NewDesc("pg_invalidator_replication_lag_seconds",
+		"Age of the commit of the oldest transaction received and not yet applied to Redis; 0 when caught up.", nil, nil)
+	ackedDesc = prometheus.NewDesc("pg_invalidator_acknowledged_lsn",
+		"The last LSN acknowledged to PostgreSQL, as a number of bytes.", nil, nil)
+	streamingDesc = prometheus.NewDesc("pg_invalidator_streaming",
+		"1 while a replication session is streaming, else 0.", nil, nil)
+	slotWALStatusDesc = prometheus.NewDesc("pg_invalidator_slot_wal_status",
+		"1 for the slot's current wal_status in pg_replication_slots, 0 for the others; absent when unknown.",
+		[]string{"status"}, nil)
+	slotSafeWALSizeDesc = prometheus.NewDesc("pg_invalidator_slot_safe_wal_size_bytes",
+		"Bytes of WAL that can still be written before the slot is in danger of being lost; absent when NULL (max_slot_wal_keep_size = -1) or unknown.",
+		nil, nil)
+)
+
+// scrapeCollector reads the mapper's and the invalidator's Stats, the
+// positions and the slot status when Prometheus scrapes.
+type scrapeCollector struct{ m *metrics }
+
+func (c scrapeCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{keysRenderedDesc, keysSkippedDesc, commandsDesc, redisErrorsDesc,
+		redisRetriesDesc, redisRejectedDesc, batchDesc, lagBytesDesc, lagSecondsDesc, ackedDesc, streamingDesc,
+		slotWALStatusDesc, slotSafeWALSizeDesc} {
+		ch <- d
+	}
+}
+
+func (c scrapeCollector) Collect(ch chan<- prometheus.Metric) {
+	m := c.m
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+
+	ms := m.mapper.Stats()
+	for i, v := range []uint64{ms.Del, ms.Incr, ms.DelPattern, ms.IncrPattern} {
+		counter(keysRenderedDesc, v, actions[i])
+	}
+	counter(keysSkippedDesc, ms.SkippedNull, "null")
+	counter(keysSkippedDesc, ms.SkippedUnavailable, "unavailable")
+	counter(keysSkippedDesc, ms.SkippedUnknownColumn, "unknown_column")
+
+	is := m.inv.Stats()
+	for i, v := range []uint64{is.Del, is.Incr, is.DelPatternKeys, is.IncrPatternKeys} {
+		counter(commandsDesc, v, actions[i])
+	}
+	counter(redisErrorsDesc, is.Errors)
+	counter(redisRetriesDesc, is.Retries)
+	counter(redisRejectedDesc, is.Skipped)
+	ch <- prometheus.MustNewConstHistogram(batchDesc, is.Batches, float64(is.BatchCommands), batchBuckets(is))
+
+	now := time.Now()
+	gauge(lagBytesDesc, lagBytes(m.seen.Load(), m.acked.Load()))
+	gauge(lagSecondsDesc, lagSeconds(now, m.pendingSince.Load()))
+	gauge(ackedDesc, float64(m.acked.Load()))
+	gauge(streamingDesc, boolValue(m.streaming.Load()))
+
+	m.slotMu.Lock()
+	slot := m.slot
+	m.slotMu.Unlock()
+	if slot.known {
+		for _, s := range walStatuses {
+			gauge(slotWALStatusDesc, boolValue(s == slot.walStatus), s)
+		}
+		if slot.safeWALSize != nil {
+			gauge(slotSafeWALSizeDesc, float64(*slot.safeWALSize))
+		}
+	}
+}
+
+func boolValue(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// serveMetrics listens on cfg.MetricsAddr and serves /metrics, /healthz and
+// /readyz, and polls the slot and Redis for them, until the returned stop is
+// called. A listen error is returned at once: retrying cannot free the port.
+func serveMetrics(ctx context.Context, cfg Config, m *metrics, inv *invalidator.Invalidator) (stop func(), err error) {
+	ln, err := net.Listen("tcp", cfg.MetricsAddr)
+	if err != nil {
+		return nil, fmt.Errorf("listen for metrics: %w", err)
+	}
+	srv := &http.Server{Handler: m.handler(cfg.ReadyRedisWithin), ReadHeaderTimeout: 5 * time.Second}
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			cfg.Logger.Error("metrics server stopped", "err", err)
+		}
+	})
+	wg.Go(func() { m.pollSlot(ctx, cfg) })
+	wg.Go(func() { m.pingRedis(ctx, inv, min(cfg.ReadyRedisWithin/3, 5*time.Second)) })
+	cfg.Logger.Info("serving metrics", "addr", ln.Addr().String())
+	return func() {
+		cancel()
+		sctx, scancel := context.WithTimeout(context.Background(), time.Second)
+		defer scancel()
+		srv.Shutdown(sctx)
+		wg.Wait()
+	}, nil
+}
+
+// handler serves /metrics in the Prometheus text format, /healthz (the
+// process is alive) and /readyz (streaming, and Redis answered within the
+// last within).
+func (m *metrics) handler(within time.Duration) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		ok, why := m.ready(time.Now(), within)
+		if !ok {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintln(w, why)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	return mux
+}
+
+// pingRedis pings Redis every interval, so that readiness knows Redis
+// answers while no writes arrive.
+func (m *metrics) pingRedis(ctx context.Context, inv *invalidator.Invalidator, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		pctx, cancel := context.WithTimeout(ctx, every)
+		if inv.Ping(pctx) == nil {
+			m.redisOK.Store(time.Now().UnixNano())
+		}
+		cancel()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// pollSlot reads the slot's wal_status and safe_wal_size every
+// cfg.SlotPollInterval on an ordinary connection, which it keeps open.
+func (m *metrics) pollSlot(ctx context.Context, cfg Config) {
+	var conn *pgx.Conn
+	defer func() {
+		if conn != nil {
+			conn.Close(context.Background())
+		}
+	}()
+	t := time.NewTicker(cfg.SlotPollInterval)
+	defer t.Stop()
+	failing := false
+	for {
+		st, err := readSlotStatus(ctx, &conn, cfg)
+		if err != nil && ctx.Err() == nil && !failing {
+			cfg.Logger.Debug("read slot status for metrics", "err", err)
+		}
+		failing = err != nil
+		m.slotMu.Lock()
+		m.slot = st
+		m.slotMu.Unlock()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// slotStatusQuery reads through to_jsonb, so that a server without these
+// columns (before PostgreSQL 13) reads NULL instead of failing.
+const slotStatusQuery = `
+SELECT to_jsonb(s)->>'wal_status', to_jsonb(s)->>'safe_wal_size'
+FROM pg_replication_slots s WHERE s.slot_name = $1`
+
+// readSlotStatus queries the slot on *conn, connecting first when *conn is
+// nil; after an error *conn is closed and nil.
+func readSlotStatus(ctx context.Context, conn **pgx.Conn, cfg Config) (slotStatus, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if *conn == nil {
+		c, err := connect(ctx, cfg.PostgresURL)
+		if err != nil {
+			return slotStatus{}, err
+		}
+		*conn = c
+	}
+	var walStatus, safe *string
+	err := (*conn).QueryRow(ctx, slotStatusQuery, cfg.Slot).Scan(&walStatus, &safe)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return slotStatus{}, nil
+	}
+	if err != nil {
+		(*conn).Close(context.Background())
+		*conn = nil
+		return slotStatus{}, fmt.Errorf("read slot %s: %w", cfg.Slot, err)
+	}
+	st := slotStatus{known: walStatus != nil}
+	if walStatus != nil {
+		st.walStatus = *walStatus
+	}
+	if safe != nil {
+		n, err := strconv.ParseInt(*safe, 10, 64)
+		if err != nil {
+			return slotStatus{}, fmt.Errorf("read slot %s: safe_wal_size %q: %w", cfg.Slot, *safe, err)
+		}
+		st.safeWALSize = &n
+	}
+	return st, nil
+}

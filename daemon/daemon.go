@@ -56,6 +56,15 @@ type Config struct {
 	// SlotPollInterval is how often the slot's wal_status and safe_wal_size
 	// are read for /metrics. Zero means 10s.
 	SlotPollInterval time.Duration
+	// Heartbeat is how often a logical decoding message is written so that
+	// the slot moves even when keepalives stop coming. Zero means 1m.
+	Heartbeat time.Duration
+	// Reload, when not nil, asks for the rules to be re-read with LoadRules,
+	// validated against the live schema and swapped in between
+	// transactions. The command line sends on it on SIGHUP.
+	Reload <-chan struct{}
+	// LoadRules re-reads the rules file for a reload. Nil disables reloads.
+	LoadRules func() (*mapping.Config, error)
 }
 
 func (c *Config) setDefaults() {
@@ -76,6 +85,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxBackoff == 0 {
 		c.MaxBackoff = 10 * time.Second
+	}
+	if c.Heartbeat == 0 {
+		c.Heartbeat = time.Minute
 	}
 	if c.ReadyRedisWithin == 0 {
 		c.ReadyRedisWithin = 30 * time.Second
@@ -163,9 +175,15 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	log.Info("redis is reachable", "addr", pginvalidator.RedactURL(cfg.RedisURL))
 
-	p := &pipeline{cfg: cfg, log: log, inv: inv, mapper: mapper, batch: invalidator.NewBatch(), m: m}
+	go heartbeat(ctx, cfg)
+
+	p := &pipeline{cfg: cfg, log: log, inv: inv, mapper: mapper, batch: invalidator.NewBatch(), m: m,
+		reloaded: make(chan *mapping.Config, 1)}
 	p.mapper.OnProblem = func(table, column string, err error) {
 		log.Error("rule cannot be applied", "table", table, "column", column, "err", err)
+	}
+	if cfg.Reload != nil && cfg.LoadRules != nil {
+		go p.watchReloads(ctx, cfg.Rules)
 	}
 	err = retry(ctx, cfg, "stream", func() error {
 		err := p.session(ctx)

@@ -27,6 +27,8 @@ type pipeline struct {
 	cmds   []pginvalidator.Command // scratch for one change's commands
 	m      *metrics
 
+	reloaded chan *mapping.Config // validated rules waiting to be swapped in between transactions
+
 	streamed bool // a session has streamed before: a missing slot now means it was lost
 }
 
@@ -79,7 +81,7 @@ func (p *pipeline) session(ctx context.Context) error {
 
 	err = p.consume(ctx, stream, events, streamErr)
 	stop()
-	<-readerDone // the deferred Close may write to the connection only after the reader left it
+	<-readerDone    // the deferred Close may write to the connection only after the reader left it
 	p.batch.Reset() // unacknowledged work is replayed by the next session
 	p.m.discard()
 	return err
@@ -100,6 +102,9 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 		ackable  pglogrepl.LSN // end LSN of the last transaction complete in the batch
 		batchTxs int
 		commitAt time.Time
+		// pendingRules are reloaded rules waiting for the end of the
+		// transaction in progress: a transaction is mapped by one rule set.
+		pendingRules *mapping.Config
 	)
 	flush := func() error {
 		sent := p.batch.Len() > 0
@@ -128,7 +133,13 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 			return ctx.Err()
 		case err := <-streamErr:
 			return err
+		case rules := <-p.reloaded:
+			pendingRules = rules
 		case chunk = <-events:
+		}
+		if pendingRules != nil && !inTx {
+			p.swapRules(pendingRules)
+			pendingRules = nil
 		}
 		for i := range chunk {
 			ev := &chunk[i]
@@ -155,6 +166,10 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 				ackable, commitAt = ev.LSN, ev.CommitTime
 				batchTxs++
 				p.m.committed(ev.LSN, ev.CommitTime)
+				if pendingRules != nil {
+					p.swapRules(pendingRules)
+					pendingRules = nil
+				}
 			case replication.Idle:
 				// Everything the server sent before this keepalive is in the
 				// batch or applied, so once the batch is applied the slot
@@ -203,4 +218,11 @@ func classifyStartError(err error, slot string) error {
 			"changes were lost and caches may be stale; drop it with SELECT pg_drop_replication_slot('%s'), flush the affected keys, and restart", err, slot, slot))
 	}
 	return err
+}
+
+// swapRules puts reloaded rules in force. It runs between transactions.
+func (p *pipeline) swapRules(rules *mapping.Config) {
+	p.mapper.SetRules(rules)
+	p.cfg.Rules = rules
+	p.log.Info("reloaded rules in force", "file", rules.File, "tables", rules.Tables())
 }

@@ -56,15 +56,22 @@ type Stats struct {
 
 // NewMapper returns a Mapper for the rules of c.
 func NewMapper(c *Config) *Mapper {
-	m := &Mapper{
-		file:  c.File,
-		rules: make(map[string][]*Rule),
-		plans: make(map[uint32]*plan),
-	}
+	m := &Mapper{}
+	m.SetRules(c)
+	return m
+}
+
+// SetRules replaces the Mapper's rules with those of c, keeping its
+// counters. Call it between transactions, from the goroutine that calls
+// Commands; the next change compiles its plan against the new rules.
+func (m *Mapper) SetRules(c *Config) {
+	m.file = c.File
+	m.rules = make(map[string][]*Rule)
+	m.plans = make(map[uint32]*plan)
+	m.last = nil
 	for _, r := range c.Rules {
 		m.rules[r.QualifiedName()] = append(m.rules[r.QualifiedName()], r)
 	}
-	return m
 }
 
 // Stats returns the counters so far.

@@ -309,3 +309,28 @@ del  = ["product-list:category:<id>", "odd*key:<id>"]
 		t.Errorf("FlushCommands:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+func TestSetRulesKeepsCounters(t *testing.T) {
+	first, err := Parse("a.toml", []byte("[[rule]]\ntable = \"t\"\ndel = [\"a:<id>\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := Parse("b.toml", []byte("[[rule]]\ntable = \"t\"\ndel = [\"b:<id>\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel := &pginvalidator.Relation{ID: 1, Schema: "public", Name: "t", Columns: []pginvalidator.Column{{Name: "id", Key: true}}}
+	ch := &pginvalidator.Change{Rel: rel, Op: pginvalidator.OpInsert,
+		New: pginvalidator.Row{{Kind: pginvalidator.ValueText, Data: []byte("7")}}}
+	m := NewMapper(first)
+	if got := m.Commands(nil, ch); len(got) != 1 || got[0].Key != "a:7" {
+		t.Fatalf("before SetRules: %v", got)
+	}
+	m.SetRules(second) // same *Relation: the cached plan must not survive
+	if got := m.Commands(nil, ch); len(got) != 1 || got[0].Key != "b:7" {
+		t.Fatalf("after SetRules: %v", got)
+	}
+	if got := m.Stats().Del; got != 2 {
+		t.Fatalf("Stats().Del = %d after SetRules, want 2", got)
+	}
+}

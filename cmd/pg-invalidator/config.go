@@ -48,6 +48,7 @@ func (c *commonFlags) daemonConfig(logger *slog.Logger, needRedis bool) (daemon.
 		RedisURL:    firstOf(c.redis, os.Getenv("REDIS_URL"), rules.Redis.URL),
 		Slot:        rules.Postgres.Slot,
 		Publication: rules.Postgres.Publication,
+		Heartbeat:   rules.Postgres.Heartbeat,
 		Logger:      logger,
 	}
 	if cfg.PostgresURL == "" {

@@ -5,8 +5,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/pg-invalidator/pg-invalidator/daemon"
+	"github.com/pg-invalidator/pg-invalidator/mapping"
 )
 
 func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -22,7 +26,9 @@ Streams logical replication from PostgreSQL and deletes or increments the
 Redis keys that rules.toml derives from each changed row. It creates the
 publication and the replication slot when they are missing, validates the
 rules against the live schema first, and refuses to start on any problem.
-It waits out an unreachable PostgreSQL or Redis. SIGINT or SIGTERM stops it.
+It waits out an unreachable PostgreSQL or Redis. SIGHUP reloads the rules
+file (validated first; on failure the old rules stay). SIGINT or SIGTERM
+stops it.
 With --metrics-addr it serves Prometheus metrics on /metrics, liveness on
 /healthz and readiness on /readyz.
 
@@ -42,5 +48,27 @@ Flags:
 		return err
 	}
 	cfg.MetricsAddr = *metricsAddr
+
+	// SIGHUP re-reads the rules file; the daemon validates it and swaps it
+	// in between transactions, or keeps the old rules and logs why.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	reload := make(chan struct{}, 1)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				select {
+				case reload <- struct{}{}:
+				default: // a reload is already pending
+				}
+			}
+		}
+	}()
+	cfg.Reload = reload
+	cfg.LoadRules = func() (*mapping.Config, error) { return mapping.Load(c.config) }
 	return daemon.Run(ctx, cfg)
 }

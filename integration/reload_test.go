@@ -1,0 +1,101 @@
+package integration
+
+import (
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pg-invalidator/pg-invalidator/mapping"
+)
+
+const twoTablesSchema = `
+CREATE TABLE items (id bigint PRIMARY KEY, cat int, v int NOT NULL DEFAULT 0);
+ALTER TABLE items REPLICA IDENTITY FULL;
+CREATE TABLE tags (id bigint PRIMARY KEY, name text);
+INSERT INTO items (id, cat) SELECT g, g % 10 FROM generate_series(1, 10) g;
+`
+
+func TestReloadSwapsRules(t *testing.T) {
+	f := newFixture(t, twoTablesSchema, markerSchema)
+	path := f.rules(itemsRules)
+	cfg := f.config(path)
+	reload := make(chan struct{}, 1)
+	cfg.Reload = reload
+	cfg.LoadRules = func() (*mapping.Config, error) { return mapping.Load(path) }
+	f.startConfig(cfg)
+
+	// A valid new file: a rule for tags, and items keys renamed.
+	os.WriteFile(path, []byte(strings.ReplaceAll(`
+[[rule]]
+table = "items"
+del = ["{p}item2:<id>"]
+
+[[rule]]
+table = "tags"
+del = ["{p}tag:<id>"]
+`+markerRule, "{p}", f.prefix)), 0o644)
+	reload <- struct{}{}
+	waitFor(t, 20*time.Second, func() bool {
+		f.cache("tag:1")
+		f.exec("INSERT INTO tags VALUES ($1, 'x') ON CONFLICT (id) DO UPDATE SET name = 'y'", 1)
+		f.sync()
+		return !f.exists("tag:1")
+	}, func() string { return "the new rule for tags never took effect" })
+	f.cache("item:1", "item2:1")
+	f.exec("UPDATE items SET v = v + 1 WHERE id = 1")
+	f.waitGone("item2:1")
+	f.sync()
+	if !f.exists("item:1") {
+		t.Fatal("the old template still runs after the reload")
+	}
+
+	// An invalid file (a column tags lacks) changes nothing.
+	os.WriteFile(path, []byte(strings.ReplaceAll(`
+[[rule]]
+table = "tags"
+del = ["{p}tag:<no_such_column>"]
+`+markerRule, "{p}", f.prefix)), 0o644)
+	reload <- struct{}{}
+	time.Sleep(500 * time.Millisecond)
+	f.cache("item2:2", "tag:2")
+	f.exec("UPDATE items SET v = v + 1 WHERE id = 2")
+	f.exec("INSERT INTO tags VALUES (2, 'z')")
+	f.waitGone("item2:2", "tag:2")
+}
+
+func TestSIGHUPReloadsTheBinary(t *testing.T) {
+	f := newFixture(t, twoTablesSchema, markerSchema)
+	path := f.rules(itemsRules)
+	p := f.startProcess(path)
+	f.waitSlotActive("pg_invalidator", nil)
+
+	os.WriteFile(path, []byte(strings.ReplaceAll(itemsRules+`
+[[rule]]
+table = "tags"
+del = ["{p}tag:<id>"]
+`, "{p}", f.prefix)), 0o644)
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, 20*time.Second, func() bool { return strings.Contains(p.stderr.String(), "reloaded rules in force") },
+		func() string { return "no reload logged:\n" + p.stderr.String() })
+	f.cache("tag:5")
+	f.exec("INSERT INTO tags VALUES (5, 'x')")
+	f.waitGone("tag:5")
+}
+
+func TestHeartbeatMovesAnIdleSlot(t *testing.T) {
+	f := newFixture(t, itemsSchema, markerSchema)
+	cfg := f.config(f.rules(itemsRules))
+	cfg.Heartbeat = 100 * time.Millisecond
+	f.startConfig(cfg)
+
+	// Nothing else writes: only the heartbeat makes WAL, and the slot follows.
+	// (PostgreSQL itself logs a running-transactions record every 15 s, so
+	// the wait is kept well below that.)
+	start := f.walLSN()
+	waitFor(t, 5*time.Second, func() bool { return f.walLSN() > start && f.slotLSN("pg_invalidator") > start },
+		func() string {
+			return "slot at " + lsnText(f.slotLSN("pg_invalidator")) + ", WAL at " + lsnText(f.walLSN()) + ", started at " + lsnText(start)
+		})
+}

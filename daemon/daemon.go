@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"strings"
 	"time"
@@ -65,6 +66,19 @@ type Config struct {
 	Reload <-chan struct{}
 	// LoadRules re-reads the rules file for a reload. Nil disables reloads.
 	LoadRules func() (*mapping.Config, error)
+
+	// Resync, when true, recovers from a lost slot (invalidated, or gone
+	// while the daemon ran) instead of stopping: the slot is dropped and
+	// created anew, every key the rules can render is flushed as a TRUNCATE
+	// would flush it, and streaming goes on. False: a lost slot is fatal.
+	Resync bool
+	// DryRun, when true, streams from a temporary slot and prints each
+	// transaction's commands to DryRunOut instead of applying them. It
+	// connects to neither Redis nor the real slot, and changes nothing in
+	// the database. False: run for real.
+	DryRun bool
+	// DryRunOut receives the JSON lines of a dry run. Nil means os.Stdout.
+	DryRunOut io.Writer
 }
 
 func (c *Config) setDefaults() {
@@ -149,6 +163,9 @@ func checkSchema(ctx context.Context, conn *pgx.Conn, rules *mapping.Config) err
 // and another error only when something cannot be fixed by retrying.
 func Run(ctx context.Context, cfg Config) error {
 	cfg.setDefaults()
+	if cfg.DryRun {
+		return dryRun(ctx, cfg)
+	}
 	log := cfg.Logger
 
 	inv, err := invalidator.New(invalidator.Options{URL: cfg.RedisURL, Logger: log})

@@ -34,6 +34,7 @@ type metrics struct {
 	rowChanges   *prometheus.CounterVec
 	latency      prometheus.Histogram
 	reconnects   prometheus.Counter
+	resyncs      prometheus.Counter
 
 	rels    map[uint32]*relCounters // by Relation.ID; pipeline goroutine only
 	lastRel *relCounters            // the previous change's; pipeline goroutine only
@@ -95,6 +96,10 @@ func newMetrics(rules *mapping.Config, mapper *mapping.Mapper, inv *invalidator.
 			Name: "pg_invalidator_reconnects_total",
 			Help: "Replication sessions that ended with an error and were retried.",
 		}),
+		resyncs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pg_invalidator_resyncs_total",
+			Help: "Lost replication slots recreated, with every rule's keys flushed (run --resync).",
+		}),
 		rels:   make(map[uint32]*relCounters),
 		mapper: mapper,
 		inv:    inv,
@@ -105,7 +110,7 @@ func newMetrics(rules *mapping.Config, mapper *mapping.Mapper, inv *invalidator.
 			m.rowChanges.WithLabelValues(table, op.String())
 		}
 	}
-	m.reg.MustRegister(m.transactions, m.rowChanges, m.latency, m.reconnects, scrapeCollector{m},
+	m.reg.MustRegister(m.transactions, m.rowChanges, m.latency, m.reconnects, m.resyncs, scrapeCollector{m},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

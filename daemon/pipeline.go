@@ -34,7 +34,7 @@ type pipeline struct {
 
 // session runs one replication connection until it fails or ctx ends.
 func (p *pipeline) session(ctx context.Context) error {
-	if p.streamed {
+	if p.streamed || p.cfg.Resync {
 		if err := p.requireSlot(ctx); err != nil {
 			return err
 		}
@@ -57,12 +57,26 @@ func (p *pipeline) session(ctx context.Context) error {
 
 	created, err := replication.EnsureSlot(ctx, stream.Conn(), p.cfg.Slot)
 	if err != nil {
-		return err
+		// A lost slot is recreated here under Resync; the connection
+		// stays usable for START_REPLICATION.
+		if err := p.ensureSlotFailed(ctx, err); err != nil {
+			return err
+		}
 	}
 	if created {
-		p.log.Info("replication slot created", "slot", p.cfg.Slot)
+		if err := p.slotCreated(ctx, stream.Conn()); err != nil {
+			return err
+		}
 	}
 	if err := stream.Start(ctx); err != nil {
+		if p.cfg.Resync && slotInvalidated(err) {
+			// A failed Start leaves the connection unusable: recreate
+			// the slot, then stream from it on a new session.
+			if err := p.resync(ctx, "invalidated (START_REPLICATION refused it)", true); err != nil {
+				return err
+			}
+			return errResynced
+		}
 		return classifyStartError(err, p.cfg.Slot)
 	}
 	p.streamed = true
@@ -183,7 +197,9 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 		}
 		// Flush when the stream has run dry: no fixed delay, and a batch as
 		// large as the backlog allows.
-		if len(events) == 0 || p.batch.Len() >= p.cfg.MaxBatch {
+		// A long run of transactions with nothing to send is still flushed
+		// now and then, so that they are acknowledged.
+		if len(events) == 0 || p.batch.Len() >= p.cfg.MaxBatch || batchTxs >= p.cfg.MaxBatch {
 			if err := flush(); err != nil {
 				return err
 			}
@@ -193,6 +209,9 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 
 // requireSlot refuses to recreate a slot that disappeared while the daemon
 // was running: the changes in between are gone, and caches may be stale.
+// Under Resync it recreates the slot and flushes instead, and it does so
+// for a slot missing at start too: after a failover a fresh start cannot
+// tell a lost slot from a first one.
 func (p *pipeline) requireSlot(ctx context.Context) error {
 	conn, err := connect(ctx, p.cfg.PostgresURL)
 	if err != nil {
@@ -204,8 +223,14 @@ func (p *pipeline) requireSlot(ctx context.Context) error {
 		return err
 	}
 	if !slot.Exists {
-		return fatal(fmt.Errorf("replication slot %s disappeared while the daemon was running (a failover, or someone dropped it): "+
-			"changes made since then were not invalidated and caches may be stale; flush the affected keys, then restart the daemon to create a new slot", p.cfg.Slot))
+		if p.cfg.Resync {
+			why := "missing at start (a first start, or lost in a failover)"
+			if p.streamed {
+				why = "disappeared while the daemon was running"
+			}
+			return p.resync(ctx, why, false)
+		}
+		return slotDisappeared(p.cfg.Slot)
 	}
 	return nil
 }
@@ -215,7 +240,7 @@ func classifyStartError(err error, slot string) error {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "55000" {
 		return fatal(fmt.Errorf("%w\nreplication slot %s has been invalidated (it fell behind max_slot_wal_keep_size): "+
-			"changes were lost and caches may be stale; drop it with SELECT pg_drop_replication_slot('%s'), flush the affected keys, and restart", err, slot, slot))
+			"changes were lost and caches may be stale; drop it with SELECT pg_drop_replication_slot('%s'), flush the affected keys, and restart; %s", err, slot, slot, resyncHint))
 	}
 	return err
 }

@@ -48,10 +48,26 @@ func retryable(err error) bool {
 	return true
 }
 
+// slotBusyDelay is the pause between attempts to take a replication slot that
+// another process streams from. It does not grow: a standby daemon must take
+// over within a second or two of the active one dying, however long it has
+// been waiting.
+const slotBusyDelay = time.Second
+
+// slotInUse reports whether err is PostgreSQL refusing START_REPLICATION
+// because another walsender holds the slot: SQLSTATE 55006 object_in_use,
+// "replication slot … is active for PID …".
+func slotInUse(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "55006"
+}
+
 // retry runs fn until it succeeds, fails with an error retrying cannot fix,
 // or ctx ends. It logs the first failure of a streak and the recovery, not
 // every attempt. A run of fn that lasted longer than a minute resets the
-// backoff: the failure is new, not part of the old streak.
+// backoff: the failure is new, not part of the old streak. A slot held by
+// another process is retried every slotBusyDelay (capped by MaxBackoff)
+// instead of with a growing backoff, so that a standby takes over promptly.
 func retry(ctx context.Context, cfg Config, step string, fn func() error) error {
 	delay := 100 * time.Millisecond
 	failing := false
@@ -70,19 +86,29 @@ func retry(ctx context.Context, cfg Config, step string, fn func() error) error 
 		if time.Since(start) > time.Minute {
 			delay, failing = 100*time.Millisecond, false
 		}
-		if !failing {
-			cfg.Logger.Warn(step+" failed, retrying with backoff", "err", err)
-			failing = true
-		} else {
-			cfg.Logger.Debug(step+" failed again", "err", err, "retry_in", delay)
+		busy := slotInUse(err)
+		wait := delay
+		if busy {
+			wait = min(slotBusyDelay, cfg.MaxBackoff)
 		}
+		switch {
+		case failing:
+			cfg.Logger.Debug(step+" failed again", "err", err, "retry_in", wait)
+		case busy:
+			cfg.Logger.Info("replication slot is in use by another process, standing by", "slot", cfg.Slot, "err", err)
+		default:
+			cfg.Logger.Warn(step+" failed, retrying with backoff", "err", err)
+		}
+		failing = true
 		// Full jitter keeps a fleet of daemons from reconnecting in step.
-		sleep := time.Duration(rand.Int64N(int64(delay))) + delay/2
+		sleep := time.Duration(rand.Int64N(int64(wait))) + wait/2
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(sleep):
 		}
-		delay = min(delay*2, cfg.MaxBackoff)
+		if !busy {
+			delay = min(delay*2, cfg.MaxBackoff)
+		}
 	}
 }

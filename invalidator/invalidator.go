@@ -15,25 +15,32 @@
 // transaction applied across several batches; the one exception is a
 // transaction that increments more than MaxOpenIncrs distinct keys (see
 // Batch). go-redis never resends a pipeline
-// by itself here (MaxRetries: -1), so a timeout does not double an INCR
-// behind our back; a command whose reply was lost is still resent, and may
-// run twice.
+// by itself here (MaxRetries: -1, and MaxRedirects: -1 on a cluster), so a
+// timeout does not double an INCR behind our back; a command whose reply was
+// lost is still resent, and may run twice.
+//
+// It speaks to one server (mode single), to the master a set of sentinels
+// names (mode sentinel), or to Redis Cluster (mode cluster). In a cluster,
+// each pipeline goes to the master that owns its keys' slots; a command
+// answered MOVED or ASK is resent, alone, where Redis said, and patterns are
+// scanned on every master. With Options.WaitReplicas, every pipeline ends
+// with WAIT on the connection that carried its writes, and its commands
+// count as applied only once enough replicas acknowledged them; otherwise
+// they are resent (see Options.WaitReplicas).
 package invalidator
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"math/bits"
 	"math/rand/v2"
-	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"github.com/redis/go-redis/v9/maintnotifications"
 
 	pginvalidator "github.com/pg-invalidator/pg-invalidator"
 )
@@ -41,7 +48,36 @@ import (
 // Options configures an Invalidator.
 type Options struct {
 	// URL is a redis:// or rediss:// URL, as go-redis's ParseURL reads it.
+	// Mode single only.
 	URL string
+	// Mode is ModeSingle, ModeCluster or ModeSentinel; empty means
+	// ModeSingle.
+	Mode string
+	// Addrs are the cluster's seed nodes (ModeCluster) or the sentinels
+	// (ModeSentinel), as host:port. Nil in mode single.
+	Addrs []string
+	// MasterName is the master's name at the sentinels; ModeSentinel only.
+	MasterName string
+	// Username and Password authenticate with AUTH (an ACL user when
+	// Username is set). Empty: the URL's, or none. The sentinels themselves
+	// are reached without a password.
+	Username, Password string
+	// TLS turns TLS on; in mode single a rediss:// URL does too. TLSCA is
+	// a PEM file of the CAs to trust (empty: the system's), TLSCert and
+	// TLSKey a client certificate and its key (empty: none), and
+	// TLSServerName the name the server's certificate must hold (empty: the
+	// host dialled). Setting any of them while TLS is off is an error.
+	TLS                                   bool
+	TLSCA, TLSCert, TLSKey, TLSServerName string
+	// WaitReplicas, when above zero, ends every pipeline that writes with
+	// WAIT WaitReplicas WaitTimeout on the same connection, so on the master
+	// that ran its commands. Fewer acknowledgements than WaitReplicas, or a
+	// failed WAIT, make Apply resend the pipeline's commands, with backoff,
+	// until a WAIT confirms them: the master may have failed over and lost
+	// them. An INCR may then count twice. Zero: no WAIT.
+	WaitReplicas int
+	// WaitTimeout is how long one WAIT may block; zero means 1s.
+	WaitTimeout time.Duration
 	// Logger receives state changes; nil means slog.Default().
 	Logger *slog.Logger
 	// MinBackoff and MaxBackoff bound the wait before a retry: the n-th wait
@@ -53,22 +89,28 @@ type Options struct {
 	PipelineSize int
 }
 
-// Invalidator runs batches of commands against one Redis server.
+// Invalidator runs batches of commands against Redis: one server, a
+// sentinel-managed master, or a cluster.
 type Invalidator struct {
-	client     *redis.Client
-	log        *slog.Logger
-	url        string // raw, for RedactError only
-	addr       string // host:port, for logs
-	minBackoff time.Duration
-	maxBackoff time.Duration
-	scanCount  int64
-	pipeSize   int
+	client       redis.UniversalClient // single, or cluster
+	single       *redis.Client         // mode single or sentinel; nil in a cluster
+	cluster      *redis.ClusterClient  // mode cluster; nil otherwise
+	log          *slog.Logger
+	url          string // raw, for RedactError only
+	password     string // Options.Password, for redaction only
+	addr         string // host:port, or the topology, for logs
+	waitReplicas int    // 0: no WAIT
+	waitTimeout  time.Duration
+	minBackoff   time.Duration
+	maxBackoff   time.Duration
+	scanCount    int64
+	pipeSize     int
 
 	mu        sync.Mutex // serializes Apply; protects the fields below
 	down      bool       // the last attempt failed
 	downSince time.Time
-	ops       []op          // scratch: the commands of one pipeline or SCAN page
-	cmds      []redis.Cmder // scratch: their replies
+	ops       []op                     // scratch: the commands of one pipeline or SCAN page
+	groups    map[*redis.Client]*group // scratch: ops by the master that serves them
 
 	stats counters
 }
@@ -77,36 +119,45 @@ type Invalidator struct {
 type op struct {
 	action pginvalidator.Action // DelPattern and IncrPattern act on one key found by SCAN
 	key    string
-	n      int64 // INCRBY amount, Incr only
+	n      int64  // INCRBY amount, Incr only
+	ask    string // a cluster master to send it to once, after ASKING; empty: its slot's master
 }
 
-// New parses opts.URL and builds a client. It does not connect: see Ping.
-// Errors never contain the URL's password.
-func New(opts Options) (*Invalidator, error) {
-	ro, err := redis.ParseURL(opts.URL)
-	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) { // it quotes the whole URL, and RedactURL cannot parse it
-			return nil, fmt.Errorf("parse redis url: %w", ue.Err)
-		}
-		return nil, fmt.Errorf("parse redis url %s: %w",
-			pginvalidator.RedactURL(opts.URL), pginvalidator.RedactError(err, opts.URL))
-	}
-	ro.MaxRetries = -1        // never resend a whole pipeline: INCRs would run twice
-	ro.DialerRetries = 1      // our own backoff decides when to try again
-	ro.DisableIdentity = true // no CLIENT SETINFO: Redis 7.0 logs handshake errors
-	ro.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
-	rememberPassword(ro.Password)
+// group is one pipeline to one master, and what came of it.
+type group struct {
+	client   *redis.Client
+	ops      []op
+	cmds     []redis.Cmder // their replies
+	done     []int         // indexes of ops that succeeded, to count once confirmed
+	failed   []op          // ops to send again
+	err      error         // the last error of a failed op
+	redirect bool          // only MOVED or ASK failed ops here
+}
 
+// New checks opts and builds a client for its mode: it parses the URL,
+// reads the TLS files and resolves nothing else. It does not connect: see
+// Ping. Errors name the setting at fault and never contain a password.
+func New(opts Options) (*Invalidator, error) {
 	inv := &Invalidator{
-		client:     redis.NewClient(ro),
-		log:        opts.Logger,
-		url:        opts.URL,
-		addr:       ro.Addr,
-		minBackoff: opts.MinBackoff,
-		maxBackoff: opts.MaxBackoff,
-		scanCount:  int64(opts.ScanCount),
-		pipeSize:   opts.PipelineSize,
+		log:          opts.Logger,
+		url:          opts.URL,
+		password:     opts.Password,
+		waitReplicas: opts.WaitReplicas,
+		waitTimeout:  opts.WaitTimeout,
+		minBackoff:   opts.MinBackoff,
+		maxBackoff:   opts.MaxBackoff,
+		scanCount:    int64(opts.ScanCount),
+		pipeSize:     opts.PipelineSize,
+		groups:       make(map[*redis.Client]*group),
+	}
+	if inv.waitReplicas < 0 {
+		return nil, fmt.Errorf("redis wait_replicas %d: want zero or more", inv.waitReplicas)
+	}
+	if inv.waitTimeout <= 0 {
+		inv.waitTimeout = defaultWaitTimeout
+	}
+	if err := inv.newClient(opts); err != nil {
+		return nil, err
 	}
 	if inv.log == nil {
 		inv.log = slog.Default()
@@ -127,13 +178,46 @@ func New(opts Options) (*Invalidator, error) {
 	return inv, nil
 }
 
-// Ping checks once that Redis answers; it does not retry.
+// Ping checks once that Redis answers, every master of a cluster; it does
+// not retry.
 func (inv *Invalidator) Ping(ctx context.Context) error {
-	if err := inv.client.Ping(ctx).Err(); err != nil {
-		return fmt.Errorf("ping redis %s: %w", inv.addr, pginvalidator.RedactError(err, inv.url))
+	var err error
+	if inv.cluster != nil {
+		err = inv.cluster.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+			if err := c.Ping(ctx).Err(); err != nil {
+				return fmt.Errorf("%s: %w", c.Options().Addr, err)
+			}
+			return nil
+		})
+	} else {
+		err = inv.single.Ping(ctx).Err()
+	}
+	if err != nil {
+		return fmt.Errorf("ping redis %s: %w", inv.addr, inv.redactErr(err))
 	}
 	return nil
 }
+
+// Addr describes where Redis is, for logs: host:port in mode single, the
+// sentinels and master name, or the cluster's seed nodes.
+func (inv *Invalidator) Addr() string { return inv.addr }
+
+// redactErr hides the passwords Redis was given in err's text.
+func (inv *Invalidator) redactErr(err error) error {
+	err = pginvalidator.RedactError(err, inv.url)
+	if err != nil && inv.password != "" && strings.Contains(err.Error(), inv.password) {
+		return redactedError{msg: strings.ReplaceAll(err.Error(), inv.password, "REDACTED"), err: err}
+	}
+	return err
+}
+
+type redactedError struct {
+	msg string
+	err error
+}
+
+func (e redactedError) Error() string { return e.msg }
+func (e redactedError) Unwrap() error { return e.err }
 
 // Close closes the client's connections.
 func (inv *Invalidator) Close() error { return inv.client.Close() }
@@ -201,64 +285,192 @@ func (inv *Invalidator) run(ctx context.Context, ops []op) error {
 	return nil
 }
 
-// exec sends ops in one pipeline, then resends the ones that failed, and
-// only those, until each has succeeded or been skipped, or ctx is done.
-// It reorders ops.
+// exec sends ops in pipelines, one to each master that serves some of
+// them, then resends the ones that failed, and only those, until each has
+// succeeded or been skipped, or ctx is done. It reorders ops.
 func (inv *Invalidator) exec(ctx context.Context, ops []op) error {
-	for attempt := 0; ; attempt++ {
-		pipe := inv.client.Pipeline()
-		cmds := inv.cmds[:0]
-		for _, o := range ops {
-			cmds = append(cmds, o.queue(ctx, pipe))
+	redirects := 0 // consecutive attempts where only MOVED or ASK failed
+	for attempt := 0; ; {
+		groups, failed, lastErr := inv.route(ctx, ops)
+		if len(groups) == 1 {
+			inv.send(ctx, groups[0])
+		} else {
+			var wg sync.WaitGroup
+			for _, g := range groups {
+				wg.Go(func() { inv.send(ctx, g) })
+			}
+			wg.Wait()
 		}
-		inv.cmds = cmds
-		_, _ = pipe.Exec(ctx) // it returns only the first error: each reply is checked below
-
-		failed, lastErr := ops[:0], error(nil)
-		for i, c := range cmds {
-			err := c.Err()
-			switch {
-			case err == nil:
-				inv.stats.count(ops[i], c)
-			case permanent(err):
-				inv.stats.errors.Add(1)
-				inv.stats.skipped.Add(1)
-				inv.log.Error("redis rejected a command for good, skipping it",
-					"action", ops[i].action.String(), "key", ops[i].key, "err", err)
-			default:
-				inv.stats.errors.Add(1)
-				failed, lastErr = append(failed, ops[i]), err
+		redirectOnly := lastErr == nil
+		for _, g := range groups {
+			failed = append(failed, g.failed...)
+			if g.err != nil {
+				lastErr = g.err
+				redirectOnly = redirectOnly && g.redirect
 			}
 		}
 		if len(failed) == 0 {
 			return nil
 		}
 		ops = failed
+		inv.stats.retries.Add(uint64(len(ops)))
+		if redirectOnly && redirects < 5 {
+			// The slot map is stale: reload it now, and resend at once.
+			redirects++
+			_, _ = inv.masters(ctx)
+			continue
+		}
+		redirects = 0
+		if inv.cluster != nil {
+			inv.cluster.ReloadState(ctx) // a master may have failed over
+		}
 		if err := inv.backoff(ctx, attempt, lastErr); err != nil {
 			return err
 		}
-		inv.stats.retries.Add(uint64(len(ops)))
+		attempt++
+	}
+}
+
+// route splits ops by the master that serves them. failed holds the ops
+// whose master is unknown (the cluster's slot map could not be loaded), and
+// err why. route writes failed over ops, which the groups no longer need.
+func (inv *Invalidator) route(ctx context.Context, ops []op) (groups []*group, failed []op, err error) {
+	if len(inv.groups) > 64 { // the topology changed many times
+		clear(inv.groups)
+	}
+	for _, g := range inv.groups {
+		g.ops = g.ops[:0]
+	}
+	failed = ops[:0]
+	for _, o := range ops {
+		c, cerr := inv.masterFor(ctx, o.key, o.ask)
+		if cerr != nil {
+			inv.stats.errors.Add(1)
+			o.ask = ""
+			failed, err = append(failed, o), cerr
+			continue
+		}
+		g := inv.groups[c]
+		if g == nil {
+			g = &group{client: c}
+			inv.groups[c] = g
+		}
+		if len(g.ops) == 0 {
+			groups = append(groups, g)
+		}
+		g.ops = append(g.ops, o)
+	}
+	return groups, failed, err
+}
+
+// send runs g's ops in one pipeline, ending it with WAIT when replicas must
+// confirm, and sorts the outcome into g.failed and the stats.
+func (inv *Invalidator) send(ctx context.Context, g *group) {
+	pipe := g.client.Pipeline()
+	g.cmds = g.cmds[:0]
+	for _, o := range g.ops {
+		if o.ask != "" {
+			_ = pipe.Process(ctx, redis.NewCmd(ctx, "asking"))
+		}
+		g.cmds = append(g.cmds, o.queue(ctx, pipe))
+	}
+	var wait *redis.Cmd
+	if inv.waitReplicas > 0 { // Pipeliner has no Wait; the read timeout covers it (see readTimeout)
+		wait = pipe.Do(ctx, "wait", inv.waitReplicas, inv.waitTimeout.Milliseconds())
+	}
+	_, _ = pipe.Exec(ctx) // it returns only the first error: each reply is checked below
+
+	g.done, g.failed, g.err, g.redirect = g.done[:0], g.failed[:0], nil, true
+	for i, c := range g.cmds {
+		o := g.ops[i]
+		o.ask = ""
+		err := c.Err()
+		switch {
+		case err == nil:
+			g.done = append(g.done, i)
+		case permanent(err):
+			inv.stats.errors.Add(1)
+			inv.stats.skipped.Add(1)
+			inv.log.Error("redis rejected a command for good, skipping it",
+				"action", o.action.String(), "key", o.key, "err", err)
+		default:
+			inv.stats.errors.Add(1)
+			moved, ask := redirect(err)
+			o.ask = ask
+			g.redirect = g.redirect && (moved || ask != "")
+			g.failed, g.err = append(g.failed, o), err
+		}
+	}
+	if wait != nil && len(g.done) > 0 {
+		n, err := wait.Int64()
+		if err == nil && n < int64(inv.waitReplicas) {
+			err = fmt.Errorf("WAIT %d %d: %d replicas acknowledged the writes of %s", inv.waitReplicas,
+				inv.waitTimeout.Milliseconds(), n, g.client.Options().Addr)
+		}
+		if err != nil { // the writes may be lost on failover: send them again
+			for _, i := range g.done {
+				o := g.ops[i]
+				o.ask = ""
+				g.failed = append(g.failed, o)
+			}
+			inv.stats.errors.Add(uint64(len(g.done)))
+			g.done, g.err, g.redirect = g.done[:0], err, false
+		}
+	}
+	for _, i := range g.done {
+		inv.stats.count(g.ops[i], g.cmds[i])
 	}
 }
 
 // scan runs action (DelPattern or IncrPattern) on every key matching
-// pattern, one SCAN page at a time.
+// pattern, on every master, one SCAN page at a time. After a failure it
+// goes on where it stopped on each master it knows by address; a master
+// that replaced another after a failover is scanned from its start.
 func (inv *Invalidator) scan(ctx context.Context, pattern string, action pginvalidator.Action) error {
-	var cursor uint64
-	for {
-		var keys []string
-		var next uint64
-		for attempt := 0; ; attempt++ {
-			var err error
-			keys, next, err = inv.client.Scan(ctx, cursor, pattern, inv.scanCount).Result()
-			if err == nil {
+	cursors := make(map[string]uint64) // by master address; absent: from the start
+	finished := make(map[string]bool)  // masters scanned to the end, by address
+	for attempt := 0; ; attempt++ {
+		masters, err := inv.masters(ctx)
+		for _, m := range masters {
+			if err != nil {
 				break
 			}
-			inv.stats.errors.Add(1)
-			if err := inv.backoff(ctx, attempt, err); err != nil {
+			addr := "" // the one master, whatever its address
+			if inv.cluster != nil {
+				addr = m.Options().Addr
+			}
+			if finished[addr] {
+				continue
+			}
+			cursor := cursors[addr]
+			err = inv.scanNode(ctx, m, pattern, action, &cursor)
+			cursors[addr] = cursor
+			if ctx.Err() != nil { // run gave up: ctx is done
 				return err
 			}
-			inv.stats.retries.Add(1)
+			finished[addr] = err == nil
+		}
+		if err == nil {
+			return nil
+		}
+		inv.stats.errors.Add(1)
+		if inv.cluster != nil {
+			inv.cluster.ReloadState(ctx)
+		}
+		if err := inv.backoff(ctx, attempt, err); err != nil {
+			return err
+		}
+		inv.stats.retries.Add(1)
+	}
+}
+
+// scanNode runs action on the keys matching pattern on master m, from
+// *cursor to the end, keeping *cursor up to date.
+func (inv *Invalidator) scanNode(ctx context.Context, m *redis.Client, pattern string, action pginvalidator.Action, cursor *uint64) error {
+	for {
+		keys, next, err := m.Scan(ctx, *cursor, pattern, inv.scanCount).Result()
+		if err != nil {
+			return err
 		}
 		ops := inv.ops[:0]
 		for _, k := range keys {
@@ -271,7 +483,7 @@ func (inv *Invalidator) scan(ctx context.Context, pattern string, action pginval
 		if next == 0 {
 			return nil
 		}
-		cursor = next
+		*cursor = next
 	}
 }
 
@@ -307,7 +519,7 @@ func permanent(err error) bool {
 // backoff logs that Redis is unavailable, the first time only, and waits
 // before retry attempt+1. It returns ctx's error if ctx ends first.
 func (inv *Invalidator) backoff(ctx context.Context, attempt int, lastErr error) error {
-	lastErr = pginvalidator.RedactError(lastErr, inv.url)
+	lastErr = inv.redactErr(lastErr)
 	if ctx.Err() != nil {
 		return fmt.Errorf("redis %s: %w (last error: %v)", inv.addr, ctx.Err(), lastErr)
 	}

@@ -36,13 +36,16 @@
 // says how to fix it when it can. CheckSchema does the same for the rules
 // against the live catalog, including replica identity settings that would
 // hide old values or make the application's own UPDATE and DELETE fail.
-// Nothing here does I/O except Load reading the file.
+// Nothing here does I/O except Load reading the file, and
+// Config.RedisPassword reading the password's variable or file.
 package mapping
 
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"maps"
+	"net"
 	"os"
 	"regexp"
 	"slices"
@@ -66,6 +69,7 @@ type Config struct {
 	File     string         // the path the config was read from, used in messages
 	Postgres PostgresConfig // the [postgres] table; defaults filled in when absent
 	Redis    RedisConfig    // the [redis] table; all zero when absent
+	Recovery RecoveryConfig // the [recovery] table; defaults filled in when absent
 	Rules    []*Rule        // in file order; never empty after Parse
 }
 
@@ -85,12 +89,22 @@ type PostgresConfig struct {
 	Heartbeat time.Duration
 }
 
-// RedisConfig is the [redis] table. Parse checks only the types of these
-// keys; the invalidator decides what they mean together.
+// What [redis] mode may say.
+const (
+	RedisSingle   = "single"   // one server at url (the default)
+	RedisCluster  = "cluster"  // Redis Cluster, seeded from addrs
+	RedisSentinel = "sentinel" // the master named master, found through the sentinels at addrs
+)
+
+// RedisConfig is the [redis] table. Parse checks the types of these keys
+// and how they go together: a mode it knows, addrs as host:port for
+// cluster and sentinel, master for sentinel only, one password source, a
+// TLS certificate with its key. It reads no file and no variable: see
+// Config.RedisPassword.
 type RedisConfig struct {
 	URL string // connection URL; empty: the caller must get one elsewhere
-	// Mode is how to reach Redis, for example standalone, sentinel or
-	// cluster. Empty: the caller's default.
+	// Mode is RedisSingle, RedisCluster or RedisSentinel. Empty: the file
+	// does not say, which means RedisSingle.
 	Mode         string
 	Addrs        []string // server addresses for sentinel or cluster; nil: use URL
 	Master       string   // the sentinel master name; empty: none
@@ -107,6 +121,25 @@ type RedisConfig struct {
 	// WaitReplicas is how many replicas must acknowledge each batch (WAIT).
 	// Zero: do not wait.
 	WaitReplicas int
+
+	lines map[string]int // line of each key the file gives, for RedisPassword
+}
+
+// What [recovery] on_slot_lost may say.
+const (
+	// OnSlotLostStop stops the daemon with a message saying what to do.
+	OnSlotLostStop = "stop"
+	// OnSlotLostResync drops the lost slot, creates a new one, flushes every
+	// key the rules can render, and streams on.
+	OnSlotLostResync = "resync"
+)
+
+// RecoveryConfig is the [recovery] table.
+type RecoveryConfig struct {
+	// OnSlotLost is what to do when the replication slot was invalidated or
+	// disappeared: OnSlotLostStop or OnSlotLostResync. Parse sets
+	// OnSlotLostStop when the file leaves it out.
+	OnSlotLost string
 }
 
 // Rule is one [[rule]]: which table, which keys, on which operations.
@@ -189,6 +222,7 @@ func Parse(file string, data []byte) (*Config, error) {
 	c := &Config{
 		File:     file,
 		Postgres: PostgresConfig{Slot: DefaultSlot, Publication: DefaultPublication},
+		Recovery: RecoveryConfig{OnSlotLost: OnSlotLostStop},
 	}
 	for _, k := range sortedKeys(doc) {
 		path := []string{k}
@@ -197,10 +231,12 @@ func Parse(file string, data []byte) (*Config, error) {
 			p.postgres(&c.Postgres, doc[k])
 		case "redis":
 			p.redis(&c.Redis, doc[k])
+		case "recovery":
+			p.recovery(&c.Recovery, doc[k])
 		case "rule":
 			c.Rules = p.rules(doc[k])
 		default:
-			p.addf(path, "unknown key %q; the top level allows only [postgres], [redis] and [[rule]]", k)
+			p.addf(path, "unknown key %q; the top level allows only [postgres], [redis], [recovery] and [[rule]]", k)
 		}
 	}
 	if _, ok := doc["rule"]; !ok {
@@ -229,7 +265,8 @@ var (
 	postgresKeys = []string{"url", "slot", "publication", "heartbeat"}
 	redisKeys    = []string{"url", "mode", "addrs", "master", "username", "password_env", "password_file",
 		"tls", "tls_ca", "tls_cert", "tls_key", "tls_server_name", "wait_replicas"}
-	ruleKeys = []string{"table", "del", "incr", "on"}
+	recoveryKeys = []string{"on_slot_lost"}
+	ruleKeys     = []string{"table", "del", "incr", "on"}
 )
 
 func (p *parser) unknown(path []string, table string, allowed []string) {
@@ -297,8 +334,144 @@ func (p *parser) redis(c *RedisConfig, v any) {
 			} else {
 				p.wrongType(path, "a whole number, zero or more", m[k])
 			}
+		case k == "password":
+			p.addf(path, "unknown key %q in [redis]; allowed keys: %s; a password does not belong in the rules file: name the variable or file that holds it with password_env or password_file",
+				k, strings.Join(redisKeys, ", "))
 		default:
 			p.unknown(path, "[redis]", redisKeys)
+		}
+	}
+	c.lines = make(map[string]int, len(m))
+	for k := range m {
+		c.lines[k] = p.lines.line("redis", k)
+	}
+	p.redisTogether(c, m)
+}
+
+// redisTogether checks that the [redis] keys in m, parsed into c, make
+// sense together.
+func (p *parser) redisTogether(c *RedisConfig, m map[string]any) {
+	at := func(k string) []string {
+		if _, ok := m[k]; ok {
+			return []string{"redis", k}
+		}
+		return []string{"redis"}
+	}
+	mode := c.Mode
+	switch mode {
+	case "", RedisSingle:
+		mode = RedisSingle
+	case RedisCluster, RedisSentinel:
+	default:
+		p.addf(at("mode"), "mode %q is not a choice; use %q (the default, with url), %q or %q", c.Mode, RedisSingle, RedisCluster, RedisSentinel)
+		return
+	}
+	if mode == RedisSingle {
+		if _, ok := m["addrs"]; ok {
+			p.addf(at("addrs"), `addrs is for mode "cluster" or "sentinel"; mode "single" connects to url`)
+		}
+	} else {
+		if _, ok := m["url"]; ok {
+			p.addf(at("url"), `url is for mode "single"; mode %q connects to addrs (put a username in username, a password in password_env or password_file)`, mode)
+		}
+		if _, ok := m["addrs"]; !ok || len(c.Addrs) == 0 {
+			what := "the cluster's seed nodes"
+			if mode == RedisSentinel {
+				what = "the sentinels"
+			}
+			p.addf(at("addrs"), `mode %q needs addrs, %s: addrs = ["host:port", ...]`, mode, what)
+		}
+		for i, a := range c.Addrs {
+			host, port, err := net.SplitHostPort(a)
+			if n, perr := strconv.Atoi(port); err != nil || host == "" || perr != nil || n < 1 || n > 65535 {
+				p.addf(at("addrs"), "addrs[%d] %q is not host:port", i, a)
+			}
+		}
+	}
+	switch {
+	case mode == RedisSentinel && c.Master == "":
+		p.addf(at("master"), `mode "sentinel" needs master, the name the sentinels monitor: master = "mymaster"`)
+	case mode != RedisSentinel && c.Master != "":
+		p.addf(at("master"), `master is for mode "sentinel" only`)
+	}
+	if _, env := m["password_env"]; env {
+		if _, file := m["password_file"]; file {
+			p.addf(at("password_file"), "give password_env or password_file, not both")
+		}
+		if c.PasswordEnv == "" {
+			p.addf(at("password_env"), "password_env is empty; name the environment variable that holds the password")
+		}
+	}
+	if _, ok := m["password_file"]; ok && c.PasswordFile == "" {
+		p.addf(at("password_file"), "password_file is empty; give the path of the file that holds the password")
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		p.addf(at("tls_cert"), "tls_cert and tls_key go together: give both (a client certificate and its key), or neither")
+	}
+	if mode != RedisSingle && !c.TLS { // in mode single, a rediss:// url turns TLS on
+		for _, k := range []string{"tls_ca", "tls_cert", "tls_key", "tls_server_name"} {
+			if _, ok := m[k]; ok {
+				p.addf(at(k), "%s is set but tls is not true; add tls = true", k)
+			}
+		}
+	}
+}
+
+// RedisPassword returns the Redis password from the environment variable
+// [redis] password_env names, or from the file password_file names (its
+// content without a trailing newline), or "" when the file names neither.
+// Its error is a *Problem at the key's line; it never holds the password.
+func (c *Config) RedisPassword() (string, error) {
+	r := c.Redis
+	problem := func(key, format string, args ...any) error {
+		return &Problem{File: c.File, Line: r.lines[key], Msg: fmt.Sprintf(format, args...)}
+	}
+	switch {
+	case r.PasswordEnv != "":
+		v, ok := os.LookupEnv(r.PasswordEnv)
+		if !ok {
+			return "", problem("password_env", "redis password_env %s: the environment variable is not set", r.PasswordEnv)
+		}
+		if v == "" {
+			return "", problem("password_env", "redis password_env %s: the environment variable is empty", r.PasswordEnv)
+		}
+		return v, nil
+	case r.PasswordFile != "":
+		b, err := os.ReadFile(r.PasswordFile)
+		if err != nil {
+			var pe *fs.PathError
+			if errors.As(err, &pe) {
+				err = pe.Err
+			}
+			return "", problem("password_file", "redis password_file %s: %v", r.PasswordFile, err)
+		}
+		pw := strings.TrimRight(string(b), "\r\n")
+		if pw == "" {
+			return "", problem("password_file", "redis password_file %s: the file is empty", r.PasswordFile)
+		}
+		return pw, nil
+	}
+	return "", nil
+}
+
+func (p *parser) recovery(c *RecoveryConfig, v any) {
+	m := p.table([]string{"recovery"}, v)
+	for _, k := range sortedKeys(m) {
+		path := []string{"recovery", k}
+		switch k {
+		case "on_slot_lost":
+			var s string
+			if !p.str(path, m[k], &s) {
+				break
+			}
+			if s != OnSlotLostStop && s != OnSlotLostResync {
+				p.addf(path, "on_slot_lost %q is not a choice; use %q (the default: stop and say what to do) or %q (recreate the slot and flush every rule's keys)",
+					s, OnSlotLostStop, OnSlotLostResync)
+				break
+			}
+			c.OnSlotLost = s
+		default:
+			p.unknown(path, "[recovery]", recoveryKeys)
 		}
 	}
 }

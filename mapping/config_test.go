@@ -45,13 +45,11 @@ func TestLoad(t *testing.T) {
 		t.Errorf("Postgres = %+v, want %+v", c.Postgres, wantPostgres)
 	}
 	wantRedis := RedisConfig{
-		URL:           "redis://localhost:6379/0",
 		Mode:          "sentinel",
 		Addrs:         []string{"10.0.0.1:26379", "10.0.0.2:26379"},
 		Master:        "mymaster",
 		Username:      "invalidator",
 		PasswordEnv:   "REDIS_PASSWORD",
-		PasswordFile:  "/run/secrets/redis",
 		TLS:           true,
 		TLSCA:         "/etc/ssl/ca.pem",
 		TLSCert:       "/etc/ssl/cert.pem",
@@ -59,8 +57,13 @@ func TestLoad(t *testing.T) {
 		TLSServerName: "redis.internal",
 		WaitReplicas:  1,
 	}
-	if !reflect.DeepEqual(c.Redis, wantRedis) {
-		t.Errorf("Redis = %+v, want %+v", c.Redis, wantRedis)
+	gotRedis := c.Redis
+	gotRedis.lines = nil
+	if !reflect.DeepEqual(gotRedis, wantRedis) {
+		t.Errorf("Redis = %+v, want %+v", gotRedis, wantRedis)
+	}
+	if got, want := c.Recovery, (RecoveryConfig{OnSlotLost: OnSlotLostResync}); got != want {
+		t.Errorf("Recovery = %+v, want %+v", got, want)
 	}
 	want := `23 public.products on=insert, update, delete, truncate del:26:product:<id> del:28:product-list:category:<category_id> incr:30:cache:version:products
 32 public.products on=update, delete incr:35:product:<<v2>>:<id>
@@ -85,6 +88,9 @@ func TestParseDefaults(t *testing.T) {
 	want := PostgresConfig{Slot: DefaultSlot, Publication: DefaultPublication}
 	if c.Postgres != want {
 		t.Errorf("Postgres = %+v, want %+v", c.Postgres, want)
+	}
+	if got, want := c.Recovery, (RecoveryConfig{OnSlotLost: OnSlotLostStop}); got != want {
+		t.Errorf("Recovery = %+v, want %+v", got, want)
 	}
 	if got, want := describe(c), "1 public.items on=insert, update, delete, truncate incr:3:v\n"; got != want {
 		t.Errorf("rules = %q, want %q", got, want)
@@ -178,9 +184,20 @@ func TestParseErrors(t *testing.T) {
 		want string
 	}{
 		{"syntax.toml", `testdata/syntax.toml:9: TOML syntax error after key "rule.del": expected a comma (',') or array terminator (']'), but got '['`},
-		{"unknown_top.toml", `testdata/unknown_top.toml:8: unknown key "redsi"; the top level allows only [postgres], [redis] and [[rule]]`},
+		{"unknown_top.toml", `testdata/unknown_top.toml:8: unknown key "redsi"; the top level allows only [postgres], [redis], [recovery] and [[rule]]`},
 		{"unknown_postgres.toml", `testdata/unknown_postgres.toml:4: unknown key "slot_name" in [postgres]; allowed keys: url, slot, publication, heartbeat`},
-		{"unknown_redis.toml", `testdata/unknown_redis.toml:3: unknown key "password" in [redis]; allowed keys: url, mode, addrs, master, username, password_env, password_file, tls, tls_ca, tls_cert, tls_key, tls_server_name, wait_replicas`},
+		{"unknown_redis.toml", `testdata/unknown_redis.toml:3: unknown key "password" in [redis]; allowed keys: url, mode, addrs, master, username, password_env, password_file, tls, tls_ca, tls_cert, tls_key, tls_server_name, wait_replicas; a password does not belong in the rules file: name the variable or file that holds it with password_env or password_file`},
+		{"redis_bad_mode.toml", `testdata/redis_bad_mode.toml:3: mode "replicated" is not a choice; use "single" (the default, with url), "cluster" or "sentinel"`},
+		{"redis_cluster.toml", `testdata/redis_cluster.toml:1: mode "cluster" needs addrs, the cluster's seed nodes: addrs = ["host:port", ...]
+testdata/redis_cluster.toml:2: url is for mode "single"; mode "cluster" connects to addrs (put a username in username, a password in password_env or password_file)
+testdata/redis_cluster.toml:4: master is for mode "sentinel" only`},
+		{"redis_sentinel.toml", `testdata/redis_sentinel.toml:1: mode "sentinel" needs master, the name the sentinels monitor: master = "mymaster"
+testdata/redis_sentinel.toml:3: addrs[1] "sentinel-2" is not host:port
+testdata/redis_sentinel.toml:5: give password_env or password_file, not both
+testdata/redis_sentinel.toml:6: tls_ca is set but tls is not true; add tls = true`},
+		{"redis_single.toml", `testdata/redis_single.toml:3: addrs is for mode "cluster" or "sentinel"; mode "single" connects to url
+testdata/redis_single.toml:4: tls_cert and tls_key go together: give both (a client certificate and its key), or neither
+testdata/redis_single.toml:5: password_env is empty; name the environment variable that holds the password`},
 		{"unknown_rule.toml", `testdata/unknown_rule.toml:7: unknown key "delete" in [[rule]]; allowed keys: table, del, incr, on`},
 		{"no_templates.toml", `testdata/no_templates.toml:6: rule has neither del nor incr; add del = ["key:<column>"] or incr = ["key"]`},
 		{"no_table.toml", `testdata/no_table.toml:1: rule has no table; add table = "schema.table" (or just "table" for the public schema)`},
@@ -197,6 +214,8 @@ func TestParseErrors(t *testing.T) {
 		{"no_rules.toml", `testdata/no_rules.toml: no [[rule]] found; add at least one, with a table and del or incr`},
 		{"rule_not_array.toml", `testdata/rule_not_array.toml:1: rule must be an array of tables: write each rule under its own [[rule]] header, with double brackets`},
 		{"bad_heartbeat.toml", `testdata/bad_heartbeat.toml:2: heartbeat "1 minute" is not a positive duration; write one like "30s" or "1m"`},
+		{"bad_on_slot_lost.toml", `testdata/bad_on_slot_lost.toml:2: on_slot_lost "recreate" is not a choice; use "stop" (the default: stop and say what to do) or "resync" (recreate the slot and flush every rule's keys)`},
+		{"unknown_recovery.toml", `testdata/unknown_recovery.toml:2: unknown key "on_lost" in [recovery]; allowed keys: on_slot_lost`},
 		{"bad_slot.toml", `testdata/bad_slot.toml:2: slot "PG-Invalidator" is not a valid replication slot name: use 1 to 63 lowercase letters, digits and underscores`},
 		{"several.toml", `testdata/several.toml:4: unknown key "slto" in [postgres]; allowed keys: url, slot, publication, heartbeat
 testdata/several.toml:13: template "product-list:<category_id": the "<" at byte 14 has no closing ">"; end the column name with ">", or write "<<" for a literal "<"
@@ -283,4 +302,45 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestRedisPassword(t *testing.T) {
+	c, err := Load("testdata/redis_password.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := fmt.Sprintf("%s %q %s %v %s %d", c.Redis.Mode, c.Redis.Addrs, c.Redis.Username, c.Redis.TLS, c.Redis.TLSCA, c.Redis.WaitReplicas),
+		`cluster ["127.0.0.1:7000" "127.0.0.1:7001"] invalidator true ca.pem 1`; got != want {
+		t.Errorf("Redis = %s, want %s", got, want)
+	}
+	_, err = c.RedisPassword()
+	if got, want := fmt.Sprint(err), "testdata/redis_password.toml:5: redis password_env PGINV_TEST_REDIS_PASSWORD: the environment variable is not set"; got != want {
+		t.Errorf("unset: got %s, want %s", got, want)
+	}
+	t.Setenv("PGINV_TEST_REDIS_PASSWORD", "")
+	_, err = c.RedisPassword()
+	if got, want := fmt.Sprint(err), "testdata/redis_password.toml:5: redis password_env PGINV_TEST_REDIS_PASSWORD: the environment variable is empty"; got != want {
+		t.Errorf("empty: got %s, want %s", got, want)
+	}
+	t.Setenv("PGINV_TEST_REDIS_PASSWORD", "s3cret")
+	if pw, err := c.RedisPassword(); pw != "s3cret" || err != nil {
+		t.Errorf("set: got %q, %v, want s3cret", pw, err)
+	}
+
+	c, err = Load("testdata/redis_password_file.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.RedisPassword()
+	if got, want := fmt.Sprint(err), "testdata/redis_password_file.toml:3: redis password_file testdata/no-such-password-file: no such file or directory"; got != want {
+		t.Errorf("missing file: got %s, want %s", got, want)
+	}
+	file := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(file, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c.Redis.PasswordFile = file
+	if pw, err := c.RedisPassword(); pw != "s3cret" || err != nil {
+		t.Errorf("file: got %q, %v, want s3cret", pw, err)
+	}
 }

@@ -49,6 +49,7 @@ func (c *commonFlags) daemonConfig(logger *slog.Logger, needRedis bool) (daemon.
 		Slot:        rules.Postgres.Slot,
 		Publication: rules.Postgres.Publication,
 		Heartbeat:   rules.Postgres.Heartbeat,
+		Resync:      rules.Recovery.OnSlotLost == mapping.OnSlotLostResync,
 		Logger:      logger,
 	}
 	if cfg.PostgresURL == "" {

@@ -19,6 +19,8 @@ func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	var c commonFlags
 	c.register(fs)
 	metricsAddr := fs.String("metrics-addr", "", "host:port to serve /metrics, /healthz and /readyz on, such as 127.0.0.1:9187 (default: none)")
+	resync := fs.Bool("resync", false, `when the replication slot is lost, recreate it and flush every key the rules can render, instead of stopping (default: [recovery] on_slot_lost in the rules file, else stop)`)
+	dryRun := fs.Bool("dry-run", false, "print each transaction's commands as JSON lines on stdout instead of applying them; uses a temporary slot, no Redis, and changes nothing")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: pg-invalidator run [flags]
 
@@ -31,6 +33,12 @@ file (validated first; on failure the old rules stay). SIGINT or SIGTERM
 stops it.
 With --metrics-addr it serves Prometheus metrics on /metrics, liveness on
 /healthz and readiness on /readyz.
+A lost replication slot stops it with a message that says what to do;
+with --resync it recreates the slot, flushes every key the rules can
+render, and streams on.
+With --dry-run it streams from a temporary slot and prints each
+transaction's commands as JSON lines on stdout, touching neither Redis nor
+the real slot; only transactions committed after it starts are shown.
 
 Flags:
 `)
@@ -43,11 +51,20 @@ Flags:
 	if err != nil {
 		return err
 	}
-	cfg, err := c.daemonConfig(logger, true)
+	cfg, err := c.daemonConfig(logger, !*dryRun)
 	if err != nil {
 		return err
 	}
 	cfg.MetricsAddr = *metricsAddr
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "resync" { // the flag, when given, overrides the file
+			cfg.Resync = *resync
+		}
+	})
+	if *dryRun {
+		cfg.DryRun, cfg.DryRunOut = true, stdout
+		return daemon.Run(ctx, cfg)
+	}
 
 	// SIGHUP re-reads the rules file; the daemon validates it and swaps it
 	// in between transactions, or keeps the old rules and logs why.

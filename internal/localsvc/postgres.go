@@ -23,6 +23,7 @@ type Postgres struct {
 	binDir  string
 	user    serviceUser
 	options []string
+	tls     bool // TCP connections need TLS (hostssl)
 
 	mu   sync.Mutex // protects cmd and done
 	cmd  *exec.Cmd
@@ -33,6 +34,8 @@ type Postgres struct {
 type PostgresOptions struct {
 	// Settings are extra "name=value" server settings, passed as -c flags.
 	Settings []string
+	// TLS, when not nil, turns ssl on and makes TCP connections require it.
+	TLS *PostgresTLS
 }
 
 // StartPostgres runs initdb in a new temporary directory and starts the server
@@ -63,6 +66,15 @@ func StartPostgres(ctx context.Context, opts PostgresOptions) (*Postgres, error)
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("initdb: %w: %s", err, bytes.TrimSpace(out))
 	}
+	if opts.TLS != nil {
+		settings, err := p.setupTLS(opts.TLS)
+		if err != nil {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+		p.options = append(settings, p.options...)
+		p.tls = true
+	}
 	if err := p.Start(ctx); err != nil {
 		os.RemoveAll(dir)
 		return nil, err
@@ -71,8 +83,14 @@ func StartPostgres(ctx context.Context, opts PostgresOptions) (*Postgres, error)
 }
 
 // URL returns a connection URL for the "postgres" superuser and database.
+// With TLS it says sslmode=require; add sslrootcert (and sslcert and sslkey
+// when client certificates are required) to verify the server.
 func (p *Postgres) URL() string {
-	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", p.Port)
+	mode := "disable"
+	if p.tls {
+		mode = "require"
+	}
+	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=%s", p.Port, mode)
 }
 
 // Start starts the server on its data directory and waits until it accepts
@@ -116,7 +134,7 @@ func (p *Postgres) Start(ctx context.Context) error {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		conn, err := pgconn.Connect(cctx, p.URL())
+		conn, err := pgconn.Connect(cctx, p.readyURL())
 		cancel()
 		if err == nil {
 			conn.Close(ctx)
@@ -148,8 +166,9 @@ func (p *Postgres) signal(sig syscall.Signal) error {
 	if p.cmd == nil {
 		return nil
 	}
-	// Signal the whole process group, so that after a SIGKILL no backend is
-	// left holding the port or the shared memory.
+	shm := p.shmID()
+	// Signal the postmaster's process group. Backends are not in it (each
+	// calls setsid), so after a SIGKILL they are waited for below.
 	syscall.Kill(-p.cmd.Process.Pid, sig)
 	select {
 	case <-p.done:
@@ -162,6 +181,7 @@ func (p *Postgres) signal(sig syscall.Signal) error {
 	for i := 0; i < 1000 && syscall.Kill(-p.cmd.Process.Pid, 0) == nil; i++ {
 		time.Sleep(10 * time.Millisecond)
 	}
+	waitShmDetached(shm, 10*time.Second)
 	p.cmd, p.done = nil, nil
 	return nil
 }

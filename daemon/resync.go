@@ -1,0 +1,208 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pg-invalidator/pg-invalidator/invalidator"
+	"github.com/pg-invalidator/pg-invalidator/replication"
+)
+
+// A slot is lost when PostgreSQL invalidated it (it fell behind
+// max_slot_wal_keep_size) or when it disappeared while the daemon ran (a
+// failover, or someone dropped it). Either way changes went by unseen and
+// any cached key may be stale. Without Config.Resync that is fatal, and the
+// message says what to do; with it, resync recovers and streaming goes on.
+
+// resyncHint ends every fatal lost-slot message: the way out that needs no
+// manual flush.
+const resyncHint = `or restart with --resync (or [recovery] on_slot_lost = "resync" in the rules file) to have the daemon recreate the slot and flush every key the rules can render`
+
+// errResynced ends a session whose connection a failed START_REPLICATION
+// left unusable after the slot was recreated. It is retryable: the next
+// session streams from the new slot.
+var errResynced = errors.New("replication slot recreated after it was lost; reconnecting to stream from it")
+
+// slotDisappeared is the fatal error for a slot that vanished while the
+// daemon ran, without Resync.
+func slotDisappeared(slot string) error {
+	return fatal(fmt.Errorf("replication slot %s disappeared while the daemon was running (a failover, or someone dropped it): "+
+		"changes made since then were not invalidated and caches may be stale; flush the affected keys, then restart the daemon to create a new slot; %s", slot, resyncHint))
+}
+
+// slotCreated handles a slot that EnsureSlot had to create, on repl. On a
+// first start without Resync that is simply the first run. Otherwise the
+// slot vanished after requireSlot saw it (or after resync made it): it was
+// lost. Under Resync the new slot exists already, so the flush is what is
+// left to do; without it the slot is dropped again and the loss is fatal.
+func (p *pipeline) slotCreated(ctx context.Context, repl *pgconn.PgConn) error {
+	if !p.streamed && !p.cfg.Resync {
+		p.log.Info("replication slot created", "slot", p.cfg.Slot)
+		return nil
+	}
+	if p.cfg.Resync {
+		return p.flushAll(ctx, "disappeared while the daemon was starting a session", false)
+	}
+	if err := pglogrepl.DropReplicationSlot(ctx, repl, p.cfg.Slot, pglogrepl.DropReplicationSlotOptions{}); err != nil {
+		return fmt.Errorf("drop replication slot %s: %w", p.cfg.Slot, err)
+	}
+	return slotDisappeared(p.cfg.Slot)
+}
+
+// resync recovers from a lost slot: it drops the slot if it still exists,
+// creates a new one, and only then flushes every key the rules can render,
+// each template the way a TRUNCATE of its table would. The order matters:
+// the new slot already holds every change committed after the flush began,
+// so none goes unseen. force drops the slot even when pg_replication_slots
+// does not say wal_status lost (START_REPLICATION said it was invalidated).
+func (p *pipeline) resync(ctx context.Context, why string, force bool) error {
+	slot := p.cfg.Slot
+	conn, err := connect(ctx, p.cfg.PostgresURL)
+	if err != nil {
+		return err
+	}
+	dropped, err := dropSlot(ctx, conn, slot, force)
+	conn.Close(context.Background())
+	if err != nil {
+		return err
+	}
+
+	repl, err := replication.Connect(ctx, replication.Config{
+		URL:         p.cfg.PostgresURL,
+		Slot:        slot,
+		Publication: p.cfg.Publication,
+		Logger:      p.log,
+	})
+	if err != nil {
+		return err
+	}
+	_, err = replication.EnsureSlot(ctx, repl.Conn(), slot)
+	cctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	repl.Close(cctx)
+	cancel()
+	if err != nil {
+		return err
+	}
+
+	return p.flushAll(ctx, why, dropped)
+}
+
+// flushAll runs every rule's FlushCommands once the new slot exists, logs
+// the resync and counts it. When the flush does not finish, the new slot
+// is dropped again so that a start with Resync finds it missing and
+// resyncs anew.
+func (p *pipeline) flushAll(ctx context.Context, why string, dropped bool) error {
+	slot := p.cfg.Slot
+	cmds := p.cfg.Rules.FlushCommands()
+	b := invalidator.NewBatch()
+	for _, c := range cmds {
+		b.Add(c)
+	}
+	b.EndTx()
+	before := p.inv.Stats()
+	if err := p.inv.Apply(ctx, b); err != nil {
+		// Apply gives up only when ctx ends. A start would stream from the
+		// new slot without flushing, so drop it again: a start with Resync
+		// then finds it missing and resyncs anew.
+		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if derr := dropNewSlot(dctx, p.cfg.PostgresURL, slot); derr != nil {
+			p.log.Error("resync interrupted before the flush finished, and the new replication slot could not be dropped again: caches may be stale; "+
+				"flush the rules' keys by hand, or drop the slot and start with --resync", "slot", slot, "err", derr)
+		} else {
+			p.log.Warn("resync interrupted before the flush finished; dropped the new replication slot so that the next start with --resync starts over", "slot", slot)
+		}
+		return fmt.Errorf("flush after recreating replication slot %s: %w", slot, err)
+	}
+	after := p.inv.Stats()
+	p.m.resyncs.Inc()
+	p.log.Warn("resync: the replication slot was lost or missing, so a new one was created and every key the rules can render was flushed",
+		"slot", slot, "reason", why, "old_slot_dropped", dropped, "commands", len(cmds),
+		"keys_deleted", (after.Del+after.DelPatternKeys)-(before.Del+before.DelPatternKeys),
+		"keys_incremented", (after.Incr+after.IncrPatternKeys)-(before.Incr+before.IncrPatternKeys))
+	return nil
+}
+
+// dropSlot drops slot if it exists in the current database and, unless
+// force, is lost. A walsender still holding it is terminated first, but only
+// when the drop fails because of it (SQLSTATE 55006).
+func dropSlot(ctx context.Context, conn *pgx.Conn, slot string, force bool) (dropped bool, err error) {
+	const drop = `
+SELECT pg_drop_replication_slot(s.slot_name)
+FROM pg_replication_slots s
+WHERE s.slot_name = $1 AND s.database = current_database() AND ($2 OR to_jsonb(s)->>'wal_status' = 'lost')`
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		tag, err := conn.Exec(ctx, drop, slot, force)
+		if err == nil {
+			return tag.RowsAffected() > 0, nil
+		}
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "55006" || time.Now().After(deadline) {
+			return false, fmt.Errorf("drop lost replication slot %s: %w", slot, err)
+		}
+		if _, err := conn.Exec(ctx, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL`, slot); err != nil {
+			return false, fmt.Errorf("terminate the walsender on lost replication slot %s: %w", slot, err)
+		}
+		select {
+		case <-ctx.Done():
+			return false, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// dropNewSlot drops the slot a resync created when its flush did not finish.
+func dropNewSlot(ctx context.Context, url, slot string) error {
+	conn, err := connect(ctx, url)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	_, err = dropSlot(ctx, conn, slot, true)
+	return err
+}
+
+// ensureSlotFailed handles an error from replication.EnsureSlot. When the
+// slot is lost (wal_status lost) it resyncs under Resync, and otherwise
+// says how --resync would recover. Any other error is returned as it is.
+func (p *pipeline) ensureSlotFailed(ctx context.Context, err error) error {
+	var slotErr *replication.SlotError
+	if !errors.As(err, &slotErr) {
+		return err
+	}
+	conn, cerr := connect(ctx, p.cfg.PostgresURL)
+	if cerr != nil {
+		return cerr
+	}
+	info, rerr := replication.ReadSlot(ctx, conn, p.cfg.Slot)
+	conn.Close(context.Background())
+	if rerr != nil {
+		return rerr
+	}
+	if !info.Exists || info.WALStatus != "lost" {
+		return err // not lost: a wrong plugin, database or kind, which resync must not touch
+	}
+	if !p.cfg.Resync {
+		return fmt.Errorf("%w; %s", err, resyncHint)
+	}
+	return p.resync(ctx, "invalidated (wal_status lost)", false)
+}
+
+// slotInvalidated reports whether START_REPLICATION failed because the slot
+// was invalidated: SQLSTATE 55000 object_not_in_prerequisite_state, with
+// "This slot has been invalidated because ..." in the detail. The same code
+// also means other things (a slot of another database, wal_level too low),
+// so the text is checked too.
+func slotInvalidated(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "55000" &&
+		strings.Contains(pgErr.Message+" "+pgErr.Detail, "invalidated")
+}

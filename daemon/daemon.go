@@ -79,6 +79,12 @@ type Config struct {
 	DryRun bool
 	// DryRunOut receives the JSON lines of a dry run. Nil means os.Stdout.
 	DryRunOut io.Writer
+
+	// Redis is how to reach Redis beyond RedisURL: mode (single, cluster,
+	// sentinel), addrs, master, credentials, TLS and wait_replicas. Its URL
+	// and Logger are ignored: RedisURL and Logger take their place. The zero
+	// value means mode single at RedisURL, as the URL says.
+	Redis invalidator.Options
 }
 
 func (c *Config) setDefaults() {
@@ -168,7 +174,9 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	log := cfg.Logger
 
-	inv, err := invalidator.New(invalidator.Options{URL: cfg.RedisURL, Logger: log})
+	redisOpts := cfg.Redis
+	redisOpts.URL, redisOpts.Logger = cfg.RedisURL, log
+	inv, err := invalidator.New(redisOpts)
 	if err != nil {
 		return err
 	}
@@ -190,7 +198,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := retry(ctx, cfg, "connect to redis", func() error { return inv.Ping(ctx) }); err != nil {
 		return ignoreCanceled(ctx, err)
 	}
-	log.Info("redis is reachable", "addr", pginvalidator.RedactURL(cfg.RedisURL))
+	log.Info("redis is reachable", "addr", inv.Addr())
 
 	go heartbeat(ctx, cfg)
 

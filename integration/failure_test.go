@@ -433,8 +433,8 @@ func TestSlotDroppedWhileRunningStopsTheDaemon(t *testing.T) {
 
 	select {
 	case err := <-done:
-		if err == nil || !strings.Contains(err.Error(), "disappeared") {
-			t.Fatalf("Run = %v, want an error saying the slot disappeared", err)
+		if err == nil || !strings.Contains(err.Error(), "disappeared") || !strings.Contains(err.Error(), "--resync") {
+			t.Fatalf("Run = %v, want an error saying the slot disappeared, and that --resync recovers", err)
 		}
 		t.Logf("daemon stopped with: %v", err)
 	case <-time.After(20 * time.Second):
@@ -474,7 +474,8 @@ func TestInvalidatedSlotStopsWithAClearMessage(t *testing.T) {
 	}
 
 	err = daemon.Run(context.Background(), cfg)
-	if err == nil || !strings.Contains(err.Error(), "invalidated") || !strings.Contains(err.Error(), "pg_drop_replication_slot") {
+	if err == nil || !strings.Contains(err.Error(), "invalidated") || !strings.Contains(err.Error(), "pg_drop_replication_slot") ||
+		!strings.Contains(err.Error(), "--resync") {
 		t.Fatalf("Run on a lost slot = %v, want a fatal error that says what happened and what to run", err)
 	}
 	t.Logf("daemon stopped with: %v", err)

@@ -32,7 +32,10 @@ func (c *commonFlags) register(fs *flag.FlagSet) {
 }
 
 // daemonConfig loads the rules file and resolves each URL: the flag, then
-// the environment, then the file. check needs no Redis URL.
+// the environment, then the file. check needs no Redis URL. In [redis] mode
+// cluster or sentinel, Redis is reached through addrs, and no Redis URL is
+// used. The Redis password is read (password_env or password_file) only
+// when Redis is needed.
 func (c *commonFlags) daemonConfig(logger *slog.Logger, needRedis bool) (daemon.Config, error) {
 	rules, err := mapping.Load(c.config)
 	if err != nil {
@@ -55,8 +58,26 @@ func (c *commonFlags) daemonConfig(logger *slog.Logger, needRedis bool) (daemon.
 	if cfg.PostgresURL == "" {
 		return cfg, fmt.Errorf("no PostgreSQL URL: pass --postgres, set DATABASE_URL, or set url in the [postgres] table of %s", c.config)
 	}
-	if cfg.RedisURL == "" && needRedis {
+	r := rules.Redis
+	single := r.Mode == "" || r.Mode == mapping.RedisSingle
+	if !single {
+		if c.redis != "" {
+			return cfg, fmt.Errorf("--redis: [redis] mode %q in %s reaches Redis through addrs, not a URL; remove the flag", r.Mode, c.config)
+		}
+		cfg.RedisURL = "" // REDIS_URL does not apply either
+	}
+	if cfg.RedisURL == "" && single && needRedis {
 		return cfg, fmt.Errorf("no Redis URL: pass --redis, set REDIS_URL, or set url in the [redis] table of %s", c.config)
+	}
+	cfg.Redis = invalidator.Options{
+		Mode: r.Mode, Addrs: r.Addrs, MasterName: r.Master, Username: r.Username,
+		TLS: r.TLS, TLSCA: r.TLSCA, TLSCert: r.TLSCert, TLSKey: r.TLSKey, TLSServerName: r.TLSServerName,
+		WaitReplicas: r.WaitReplicas,
+	}
+	if needRedis {
+		if cfg.Redis.Password, err = rules.RedisPassword(); err != nil {
+			return cfg, &daemon.ConfigError{Problems: []error{err}}
+		}
 	}
 	return cfg, nil
 }

@@ -131,7 +131,10 @@ func (f *fixture) startConfig(cfg daemon.Config) *running {
 	return r
 }
 
-func (f *fixture) waitSlotActive(slot string, done <-chan error) {
+// waitSlotActive waits until slot is active. done, when not nil, delivers
+// the daemon's exit; an exit before streaming fails the test, and the value
+// is put back for whoever waits on done next.
+func (f *fixture) waitSlotActive(slot string, done chan error) {
 	f.t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
@@ -142,6 +145,7 @@ func (f *fixture) waitSlotActive(slot string, done <-chan error) {
 		}
 		select {
 		case err := <-done:
+			done <- err
 			f.t.Fatalf("daemon stopped before streaming: %v", err)
 		case <-time.After(20 * time.Millisecond):
 		}

@@ -28,7 +28,7 @@ func TestRedisCluster(t *testing.T) {
 	t.Cleanup(func() { rdb.Close() })
 
 	f := newFixtureOn(t, env.PostgresURL, "redis://"+cl.Addrs()[0]+"/0",
-		"CREATE TABLE items (id int PRIMARY KEY, category int NOT NULL)")
+		"CREATE TABLE items (id int PRIMARY KEY, category int NOT NULL)", "ALTER TABLE items REPLICA IDENTITY FULL")
 	cfg := f.config(f.rules(`
 [[rule]]
 table = "items"

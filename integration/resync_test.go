@@ -150,10 +150,10 @@ func TestResyncRecreatesASlotDroppedWhileRunning(t *testing.T) {
 
 // dryRunOutput is one line of run --dry-run.
 type dryRunOutput struct {
-	XID        uint32 `json:"xid"`
-	LSN        string `json:"lsn"`
-	CommitTime string `json:"commit_time"`
-	Partial    bool   `json:"partial"`
+	XID        uint32          `json:"xid"`
+	LSN        string          `json:"lsn"`
+	CommitTime string          `json:"commit_time"`
+	Partial    bool            `json:"partial"`
 	Commands   []dryRunCommand `json:"commands"`
 }
 
@@ -299,8 +299,9 @@ func TestDryRunThroughTheBinary(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	var waitErr error
+	exited := make(chan struct{})
+	go func() { waitErr = cmd.Wait(); close(exited) }()
 	t.Cleanup(func() {
 		cmd.Process.Kill()
 		<-exited
@@ -319,9 +320,9 @@ func TestDryRunThroughTheBinary(t *testing.T) {
 	}
 	cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case err := <-exited:
-		if err != nil {
-			t.Errorf("dry run after SIGTERM: %v, want exit 0", err)
+	case <-exited:
+		if waitErr != nil {
+			t.Errorf("dry run after SIGTERM: %v, want exit 0", waitErr)
 		}
 	case <-time.After(10 * time.Second):
 		t.Error("the dry run did not stop on SIGTERM")

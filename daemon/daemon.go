@@ -212,7 +212,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	err = retry(ctx, cfg, "stream", func() error {
 		err := p.session(ctx)
-		if err != nil && retryable(err) && ctx.Err() == nil {
+		if err != nil && retryable(err) && !slotInUse(err) && ctx.Err() == nil { // a standby waiting for the slot is not reconnecting
 			m.reconnects.Inc()
 		}
 		return err

@@ -3,8 +3,8 @@
 //
 //	replication.Stream  -> events, in WAL order
 //	mapping.Mapper      -> commands for each row change
-//	invalidator.Apply   -> Redis, checked command by command
-//	Stream.Ack          -> the transaction's end LSN, only after Redis said yes
+//	invalidator.Apply   -> Redis, checked command by command, on every target
+//	Stream.Ack          -> the transaction's end LSN, only after every target said yes
 //
 // It decides what is fatal: a bad rule or schema stops the daemon before it
 // streams; a lost connection to PostgreSQL or Redis never does.
@@ -83,8 +83,14 @@ type Config struct {
 	// Redis is how to reach Redis beyond RedisURL: mode (single, cluster,
 	// sentinel), addrs, master, credentials, TLS and wait_replicas. Its URL
 	// and Logger are ignored: RedisURL and Logger take their place. The zero
-	// value means mode single at RedisURL, as the URL says.
+	// value means mode single at RedisURL, as the URL says. Targets, when
+	// set, takes its place.
 	Redis invalidator.Options
+	// Targets are the Redis deployments to invalidate, each applying every
+	// transaction before it is acknowledged. The one named
+	// mapping.DefaultTarget takes RedisURL when its URL is empty. Nil means
+	// one target, the default, from Redis and RedisURL.
+	Targets []Target
 }
 
 func (c *Config) setDefaults() {
@@ -174,9 +180,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	log := cfg.Logger
 
-	redisOpts := cfg.Redis
-	redisOpts.URL, redisOpts.Logger = cfg.RedisURL, log
-	inv, err := invalidator.New(redisOpts)
+	inv, err := newTargets(cfg)
 	if err != nil {
 		return err
 	}
@@ -198,7 +202,13 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := retry(ctx, cfg, "connect to redis", func() error { return inv.Ping(ctx) }); err != nil {
 		return ignoreCanceled(ctx, err)
 	}
-	log.Info("redis is reachable", "addr", inv.Addr())
+	for _, t := range inv {
+		if len(inv) == 1 && t.name == mapping.DefaultTarget {
+			log.Info("redis is reachable", "addr", t.inv.Addr())
+		} else {
+			log.Info("redis is reachable", "target", t.name, "addr", t.inv.Addr())
+		}
+	}
 
 	go heartbeat(ctx, cfg)
 

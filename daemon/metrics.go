@@ -44,10 +44,9 @@ type metrics struct {
 	acked        atomic.Uint64 // highest position acknowledged, across sessions
 	pendingSince atomic.Int64  // commit time (Unix ns) of the oldest transaction received and not applied; 0: none
 	streaming    atomic.Bool   // a session is streaming
-	redisOK      atomic.Int64  // when Redis last answered (Unix ns); 0: never
 
-	mapper *mapping.Mapper
-	inv    *invalidator.Invalidator
+	mapper  *mapping.Mapper
+	targets targets // each knows when its Redis last answered
 
 	slotMu sync.Mutex // protects slot
 	slot   slotStatus
@@ -76,7 +75,7 @@ var actions = []string{"del", "incr", "del_pattern", "incr_pattern"}
 // latencyBuckets span a millisecond on one host to minutes behind a backlog.
 var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}
 
-func newMetrics(rules *mapping.Config, mapper *mapping.Mapper, inv *invalidator.Invalidator) *metrics {
+func newMetrics(rules *mapping.Config, mapper *mapping.Mapper, ts targets) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		transactions: prometheus.NewCounter(prometheus.CounterOpts{
@@ -100,9 +99,9 @@ func newMetrics(rules *mapping.Config, mapper *mapping.Mapper, inv *invalidator.
 			Name: "pg_invalidator_resyncs_total",
 			Help: "Lost replication slots recreated, with every rule's keys flushed (run --resync).",
 		}),
-		rels:   make(map[uint32]*relCounters),
-		mapper: mapper,
-		inv:    inv,
+		rels:    make(map[uint32]*relCounters),
+		mapper:  mapper,
+		targets: ts,
 	}
 	// Every rule table shows up from the start, at zero.
 	for _, table := range rules.Tables() {
@@ -154,10 +153,7 @@ func (m *metrics) committed(end pglogrepl.LSN, commitTime time.Time) {
 }
 
 // applied records that Redis has applied every transaction received so far.
-func (m *metrics) applied(now time.Time, redisAnswered bool) {
-	if redisAnswered {
-		m.redisOK.Store(now.UnixNano())
-	}
+func (m *metrics) applied(now time.Time) {
 	for _, t := range m.commits {
 		m.latency.Observe(max(now.Sub(t).Seconds(), 0)) // clock skew between hosts
 	}
@@ -178,19 +174,37 @@ func (m *metrics) ack(lsn pglogrepl.LSN) {
 
 // ready says whether /readyz should answer 200 and, if not, why.
 func (m *metrics) ready(now time.Time, within time.Duration) (bool, string) {
-	return readiness(now, m.streaming.Load(), m.redisOK.Load(), within)
+	as := make([]answered, len(m.targets))
+	for i, t := range m.targets {
+		as[i] = answered{name: t.name, at: t.answered.Load()}
+	}
+	return readiness(now, m.streaming.Load(), as, within)
 }
 
-// readiness is ready: streaming, and Redis answered within the last within.
-func readiness(now time.Time, streaming bool, redisOK int64, within time.Duration) (bool, string) {
-	switch {
-	case !streaming:
+// answered is when a target's Redis last answered (Unix ns); 0: never.
+type answered struct {
+	name string
+	at   int64
+}
+
+// readiness is ready: streaming, and every target's Redis answered within
+// the last within. The first target at fault is named, unless it is the
+// default alone: "redis target eu has not answered for 12s".
+func readiness(now time.Time, streaming bool, targets []answered, within time.Duration) (bool, string) {
+	if !streaming {
 		return false, "not streaming from postgresql"
-	case redisOK == 0:
-		return false, "redis has not answered yet"
 	}
-	if age := now.Sub(time.Unix(0, redisOK)); age > within {
-		return false, fmt.Sprintf("redis has not answered for %s", age.Round(100*time.Millisecond))
+	for _, t := range targets {
+		who := "redis"
+		if len(targets) > 1 || t.name != mapping.DefaultTarget {
+			who = "redis target " + t.name
+		}
+		if t.at == 0 {
+			return false, who + " has not answered yet"
+		}
+		if age := now.Sub(time.Unix(0, t.at)); age > within {
+			return false, fmt.Sprintf("%s has not answered for %s", who, age.Round(100*time.Millisecond))
+		}
 	}
 	return true, ""
 }
@@ -232,14 +246,17 @@ var (
 		"Keys not rendered, by reason: null (a placeholder column was NULL), unavailable (the stream did not send the value), unknown_column (the table has no such column).",
 		[]string{"reason"}, nil)
 	commandsDesc = prometheus.NewDesc("pg_invalidator_commands_total",
-		"Redis commands applied, by action: UNLINK for del, INCR/INCRBY for incr, and for del_pattern and incr_pattern the keys SCAN found and unlinked or incremented.",
-		[]string{"action"}, nil)
+		"Redis commands applied, by action: UNLINK for del, INCR/INCRBY for incr, and for del_pattern and incr_pattern the keys SCAN found and unlinked or incremented; by target.",
+		[]string{"action", "target"}, nil)
 	redisErrorsDesc = prometheus.NewDesc("pg_invalidator_redis_errors_total",
-		"Redis commands and SCAN calls that failed, whether retried or rejected for good.", nil, nil)
+		"Redis commands and SCAN calls that failed, whether retried or rejected for good, by target.", []string{"target"}, nil)
 	redisRetriesDesc = prometheus.NewDesc("pg_invalidator_redis_retries_total",
-		"Redis commands and SCAN calls sent again after a failure.", nil, nil)
+		"Redis commands and SCAN calls sent again after a failure, by target.", []string{"target"}, nil)
 	redisRejectedDesc = prometheus.NewDesc("pg_invalidator_redis_rejected_total",
-		"Redis commands rejected for good (WRONGTYPE, not an integer, overflow), logged and skipped.", nil, nil)
+		"Redis commands rejected for good (WRONGTYPE, not an integer, overflow), logged and skipped, by target.", []string{"target"}, nil)
+	targetUpDesc = prometheus.NewDesc("pg_invalidator_target_up",
+		"1 when the target's last Apply or ping succeeded, else 0; a target at 0 holds the acknowledgement back.",
+		[]string{"target"}, nil)
 	batchDesc = prometheus.NewDesc("pg_invalidator_batch_commands",
 		"Commands per batch applied to Redis.", nil, nil)
 	lagBytesDesc = prometheus.NewDesc("pg_invalidator_replication_lag_bytes",
@@ -264,7 +281,7 @@ type scrapeCollector struct{ m *metrics }
 
 func (c scrapeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{keysRenderedDesc, keysSkippedDesc, commandsDesc, redisErrorsDesc,
-		redisRetriesDesc, redisRejectedDesc, batchDesc, lagBytesDesc, lagSecondsDesc, ackedDesc, streamingDesc,
+		redisRetriesDesc, redisRejectedDesc, targetUpDesc, batchDesc, lagBytesDesc, lagSecondsDesc, ackedDesc, streamingDesc,
 		slotWALStatusDesc, slotSafeWALSizeDesc} {
 		ch <- d
 	}
@@ -287,13 +304,18 @@ func (c scrapeCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(keysSkippedDesc, ms.SkippedUnavailable, "unavailable")
 	counter(keysSkippedDesc, ms.SkippedUnknownColumn, "unknown_column")
 
-	is := m.inv.Stats()
-	for i, v := range []uint64{is.Del, is.Incr, is.DelPatternKeys, is.IncrPatternKeys} {
-		counter(commandsDesc, v, actions[i])
+	for _, t := range m.targets {
+		is := t.inv.Stats()
+		for i, v := range []uint64{is.Del, is.Incr, is.DelPatternKeys, is.IncrPatternKeys} {
+			counter(commandsDesc, v, actions[i], t.name)
+		}
+		counter(redisErrorsDesc, is.Errors, t.name)
+		counter(redisRetriesDesc, is.Retries, t.name)
+		counter(redisRejectedDesc, is.Skipped, t.name)
+		gauge(targetUpDesc, boolValue(t.up.Load()), t.name)
 	}
-	counter(redisErrorsDesc, is.Errors)
-	counter(redisRetriesDesc, is.Retries)
-	counter(redisRejectedDesc, is.Skipped)
+	// Every target applies every batch: the first one's sizes stand for all.
+	is := m.targets[0].inv.Stats()
 	ch <- prometheus.MustNewConstHistogram(batchDesc, is.Batches, float64(is.BatchCommands), batchBuckets(is))
 
 	now := time.Now()
@@ -325,7 +347,7 @@ func boolValue(b bool) float64 {
 // serveMetrics listens on cfg.MetricsAddr and serves /metrics, /healthz and
 // /readyz, and polls the slot and Redis for them, until the returned stop is
 // called. A listen error is returned at once: retrying cannot free the port.
-func serveMetrics(ctx context.Context, cfg Config, m *metrics, inv *invalidator.Invalidator) (stop func(), err error) {
+func serveMetrics(ctx context.Context, cfg Config, m *metrics, ts targets) (stop func(), err error) {
 	ln, err := net.Listen("tcp", cfg.MetricsAddr)
 	if err != nil {
 		return nil, fmt.Errorf("listen for metrics: %w", err)
@@ -339,7 +361,7 @@ func serveMetrics(ctx context.Context, cfg Config, m *metrics, inv *invalidator.
 		}
 	})
 	wg.Go(func() { m.pollSlot(ctx, cfg) })
-	wg.Go(func() { m.pingRedis(ctx, inv, min(cfg.ReadyRedisWithin/3, 5*time.Second)) })
+	wg.Go(func() { m.pingRedis(ctx, ts, min(cfg.ReadyRedisWithin/3, 5*time.Second)) })
 	cfg.Logger.Info("serving metrics", "addr", ln.Addr().String())
 	return func() {
 		cancel()
@@ -373,16 +395,15 @@ func (m *metrics) handler(within time.Duration) http.Handler {
 	return mux
 }
 
-// pingRedis pings Redis every interval, so that readiness knows Redis
-// answers while no writes arrive.
-func (m *metrics) pingRedis(ctx context.Context, inv *invalidator.Invalidator, every time.Duration) {
+// pingRedis pings every target every interval, so that readiness and
+// target_up know which Redis answers while no writes arrive, and which one
+// holds the acknowledgement back.
+func (m *metrics) pingRedis(ctx context.Context, ts targets, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		pctx, cancel := context.WithTimeout(ctx, every)
-		if inv.Ping(pctx) == nil {
-			m.redisOK.Store(time.Now().UnixNano())
-		}
+		_ = ts.Ping(pctx) // each target records its own outcome
 		cancel()
 		select {
 		case <-ctx.Done():

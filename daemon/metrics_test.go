@@ -22,22 +22,28 @@ import (
 func TestReadiness(t *testing.T) {
 	now := time.Unix(1000, 0)
 	ago := func(d time.Duration) int64 { return now.Add(-d).UnixNano() }
+	one := func(at int64) []answered { return []answered{{mapping.DefaultTarget, at}} }
+	two := func(eu, us int64) []answered { return []answered{{"eu", eu}, {"us", us}} }
 	tests := []struct {
 		name      string
 		streaming bool
-		redisOK   int64
+		targets   []answered
 		wantOK    bool
 		wantWhy   string
 	}{
-		{"not streaming", false, ago(time.Second), false, "not streaming from postgresql"},
-		{"redis never answered", true, 0, false, "redis has not answered yet"},
-		{"redis silent too long", true, ago(31 * time.Second), false, "redis has not answered for 31s"},
-		{"redis answered just now", true, ago(time.Second), true, ""},
-		{"redis answered at the limit", true, ago(30 * time.Second), true, ""},
+		{"not streaming", false, one(ago(time.Second)), false, "not streaming from postgresql"},
+		{"redis never answered", true, one(0), false, "redis has not answered yet"},
+		{"redis silent too long", true, one(ago(31 * time.Second)), false, "redis has not answered for 31s"},
+		{"redis answered just now", true, one(ago(time.Second)), true, ""},
+		{"redis answered at the limit", true, one(ago(30 * time.Second)), true, ""},
+		{"one named target", true, []answered{{"eu", 0}}, false, "redis target eu has not answered yet"},
+		{"both targets answered", true, two(ago(time.Second), ago(2*time.Second)), true, ""},
+		{"one target silent", true, two(ago(time.Second), ago(12*time.Second+30*time.Second)), false, "redis target us has not answered for 42s"},
+		{"one target never answered", true, two(0, ago(time.Second)), false, "redis target eu has not answered yet"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ok, why := readiness(now, tt.streaming, tt.redisOK, 30*time.Second)
+			ok, why := readiness(now, tt.streaming, tt.targets, 30*time.Second)
 			if ok != tt.wantOK || why != tt.wantWhy {
 				t.Errorf("readiness = %v, %q; want %v, %q", ok, why, tt.wantOK, tt.wantWhy)
 			}
@@ -96,7 +102,7 @@ incr = ["v:items"]
 	}
 	t.Cleanup(func() { inv.Close() })
 	mapper := mapping.NewMapper(rules)
-	return newMetrics(rules, mapper, inv), mapper
+	return newMetrics(rules, mapper, targets{{name: mapping.DefaultTarget, inv: inv}}), mapper
 }
 
 // gather returns every sample by series, written as name{label="value",...}
@@ -171,8 +177,9 @@ func TestMetricsCountRowsAndReadStats(t *testing.T) {
 		`pg_invalidator_keys_rendered_total{action="incr"}`:                    3,
 		`pg_invalidator_keys_skipped_total{reason="null"}`:                     1,
 		`pg_invalidator_keys_skipped_total{reason="unavailable"}`:              0,
-		`pg_invalidator_commands_total{action="del"}`:                          0,
-		`pg_invalidator_redis_errors_total`:                                    0,
+		`pg_invalidator_commands_total{action="del",target="default"}`:         0,
+		`pg_invalidator_redis_errors_total{target="default"}`:                  0,
+		`pg_invalidator_target_up{target="default"}`:                           0,
 		`pg_invalidator_batch_commands_count`:                                  0,
 		`pg_invalidator_acknowledged_lsn`:                                      100,
 		`pg_invalidator_replication_lag_bytes`:                                 60,
@@ -194,7 +201,7 @@ func TestMetricsCountRowsAndReadStats(t *testing.T) {
 		t.Error("slot_wal_status present before the slot was ever read")
 	}
 
-	m.applied(time.Now(), true)
+	m.applied(time.Now())
 	got = gather(t, m)
 	if g := got["pg_invalidator_commit_to_applied_seconds_count"]; g != 1 {
 		t.Errorf("commit_to_applied_seconds_count after applying = %v, want 1", g)
@@ -242,7 +249,7 @@ func TestHandler(t *testing.T) {
 		t.Errorf("/readyz before streaming = %d %q, want 503", code, body)
 	}
 	m.streaming.Store(true)
-	m.redisOK.Store(time.Now().UnixNano())
+	m.targets[0].record(true)
 	if code, body := get("/readyz"); code != 200 || body != "ready\n" {
 		t.Errorf("/readyz while streaming = %d %q, want 200 \"ready\\n\"", code, body)
 	}

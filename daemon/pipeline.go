@@ -21,7 +21,7 @@ import (
 type pipeline struct {
 	cfg    Config
 	log    *slog.Logger
-	inv    *invalidator.Invalidator
+	inv    targets // every Redis deployment; a batch counts as applied once all have applied it
 	mapper *mapping.Mapper
 	batch  *invalidator.Batch
 	cmds   []pginvalidator.Command // scratch for one change's commands
@@ -127,7 +127,7 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 				return fmt.Errorf("apply batch: %w", err)
 			}
 		}
-		p.m.applied(time.Now(), sent)
+		p.m.applied(time.Now())
 		if ackable != 0 {
 			stream.Ack(ackable)
 			p.m.ack(stream.Acked())

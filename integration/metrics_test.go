@@ -129,7 +129,8 @@ func TestMetricsCountWhatTheDaemonDid(t *testing.T) {
 		`pg_invalidator_row_changes_total{op="insert",table="public.marker"}`: 1,
 		`pg_invalidator_keys_rendered_total{action="del"}`:                    5,
 		`pg_invalidator_keys_skipped_total{reason="null"}`:                    1,
-		`pg_invalidator_commands_total{action="del"}`:                         5,
+		`pg_invalidator_commands_total{action="del",target="default"}`:        5,
+		`pg_invalidator_target_up{target="default"}`:                          1,
 		`pg_invalidator_commit_to_applied_seconds_count`:                      3,
 		`pg_invalidator_batch_commands_count`:                                 1,
 		`pg_invalidator_acknowledged_lsn`:                                     1,
@@ -138,10 +139,10 @@ func TestMetricsCountWhatTheDaemonDid(t *testing.T) {
 		`process_resident_memory_bytes`:                                       1,
 	})
 	for series, want := range map[string]float64{
-		`pg_invalidator_commands_total{action="incr"}`: 0,
-		`pg_invalidator_redis_errors_total`:            0,
-		`pg_invalidator_reconnects_total`:              0,
-		`pg_invalidator_replication_lag_seconds`:       0, // everything committed is applied
+		`pg_invalidator_commands_total{action="incr",target="default"}`: 0,
+		`pg_invalidator_redis_errors_total{target="default"}`:           0,
+		`pg_invalidator_reconnects_total`:                               0,
+		`pg_invalidator_replication_lag_seconds`:                        0, // everything committed is applied
 	} {
 		if got, ok := s[series]; !ok || got != want {
 			t.Errorf("%s = %v (present: %v), want %v", series, got, ok, want)
@@ -201,7 +202,7 @@ func TestMetricsFlagThroughTheBinary(t *testing.T) {
 	f.waitGone("item:7")
 	atLeast(t, scrape(t, addr), map[string]float64{
 		`pg_invalidator_row_changes_total{op="delete",table="public.items"}`: 1,
-		`pg_invalidator_commands_total{action="del"}`:                        1,
+		`pg_invalidator_commands_total{action="del",target="default"}`:       1,
 		`pg_invalidator_streaming`:                                           1,
 	})
 }

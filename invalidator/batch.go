@@ -80,13 +80,14 @@ func (b *Batch) Len() int {
 // Reset empties the batch, the open transaction included, keeping its
 // memory for the next one.
 func (b *Batch) Reset() {
-	b.applied()
+	b.Applied()
 	clear(b.txIncrs)
 }
 
-// applied empties what Apply has sent, keeping the open transaction's Incr
-// keys for its EndTx.
-func (b *Batch) applied() {
+// Applied empties what Apply sends, keeping the open transaction's Incr
+// keys for its EndTx. Apply calls it; after ApplyShared, the caller does,
+// once every Invalidator has applied b.
+func (b *Batch) Applied() {
 	clear(b.dels)
 	clear(b.incrs)
 	clear(b.delPatterns)

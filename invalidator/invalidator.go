@@ -242,6 +242,18 @@ func (inv *Invalidator) Close() error { return inv.client.Close() }
 //
 // Concurrent calls to Apply are serialized; Stats may be called at any time.
 func (inv *Invalidator) Apply(ctx context.Context, b *Batch) error {
+	if err := inv.ApplyShared(ctx, b); err != nil {
+		return err
+	}
+	b.Applied()
+	return nil
+}
+
+// ApplyShared is Apply without emptying b: it only reads b, so that several
+// Invalidators, one per Redis deployment, may apply the same b at once, as
+// long as nothing changes b meanwhile. Once every one of them has returned
+// nil, the caller empties b with b.Applied.
+func (inv *Invalidator) ApplyShared(ctx context.Context, b *Batch) error {
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
 	size := b.Len()
@@ -267,7 +279,6 @@ func (inv *Invalidator) Apply(ctx context.Context, b *Batch) error {
 			return fmt.Errorf("increment keys matching %q: %w", p, err)
 		}
 	}
-	b.applied()
 	inv.stats.observeBatch(size)
 	inv.available()
 	return nil

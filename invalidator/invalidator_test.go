@@ -133,6 +133,44 @@ func TestApplyDelAndIncr(t *testing.T) {
 	}
 }
 
+func TestApplySharedKeepsBatch(t *testing.T) {
+	ctx := context.Background()
+	inv1, rdb := newInvalidator(t, env.RedisURL, Options{})
+	inv2, _ := newInvalidator(t, env.RedisURL, Options{})
+	p := testenv.UniqueName() + ":"
+	set(t, rdb, p+"a", "1")
+
+	b := NewBatch()
+	b.Add(pginvalidator.Command{Action: pginvalidator.Del, Key: p + "a"})
+	b.Add(pginvalidator.Command{Action: pginvalidator.Incr, Key: p + "k"})
+	b.EndTx()
+	b.Add(pginvalidator.Command{Action: pginvalidator.Incr, Key: p + "open"}) // a transaction still open
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	for i, inv := range []*Invalidator{inv1, inv2} {
+		wg.Go(func() { errs[i] = inv.ApplyShared(ctx, b) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	if b.Len() != 2 {
+		t.Errorf("Len() after ApplyShared = %d, want 2: the batch is the caller's to empty", b.Len())
+	}
+	want := map[string]string{p + "a": "", p + "k": "2", p + "open": ""} // each Invalidator incremented k once
+	if got := values(t, rdb, want); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("after two ApplyShared got %v, want %v", got, want)
+	}
+	b.Applied()
+	if b.Len() != 0 {
+		t.Errorf("Len() after Applied = %d, want 0", b.Len())
+	}
+	b.EndTx() // the open transaction survived Applied
+	if b.Len() != 1 {
+		t.Errorf("Len() after the open transaction's EndTx = %d, want 1", b.Len())
+	}
+}
+
 func TestDelPattern(t *testing.T) {
 	ctx := context.Background()
 	inv, rdb := newInvalidator(t, env.RedisURL, Options{ScanCount: 100, PipelineSize: 300})

@@ -123,8 +123,10 @@ func TestClusterRedirects(t *testing.T) {
 	if got := dstC.Get(ctx, key).Val(); got != "2" {
 		t.Errorf("after MOVED, %s = %q, want 2", key, got)
 	}
-	if st := inv.Stats(); st.Incr != 2 || st.Errors != 2 || st.Skipped != 0 {
-		t.Errorf("Stats() = %+v, want Incr 2, Errors 2 (one ASK, one MOVED), Skipped 0", st)
+	// At least one ASK and one MOVED; a node that has not yet seen the
+	// SETSLOT may redirect once more. The value above shows each INCR ran once.
+	if st := inv.Stats(); st.Incr != 2 || st.Errors < 2 || st.Skipped != 0 {
+		t.Errorf("Stats() = %+v, want Incr 2, Errors >= 2 (an ASK and a MOVED), Skipped 0", st)
 	}
 }
 

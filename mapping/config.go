@@ -37,7 +37,8 @@
 // against the live catalog, including replica identity settings that would
 // hide old values or make the application's own UPDATE and DELETE fail.
 // Nothing here does I/O except Load reading the file, and
-// Config.RedisPassword reading the password's variable or file.
+// Config.RedisPassword and Config.TargetPassword reading the password's
+// variable or file.
 package mapping
 
 import (
@@ -71,6 +72,36 @@ type Config struct {
 	Redis    RedisConfig    // the [redis] table; all zero when absent
 	Recovery RecoveryConfig // the [recovery] table; defaults filled in when absent
 	Rules    []*Rule        // in file order; never empty after Parse
+	// TargetTables are the [[target]] tables, in file order; nil when the
+	// file has none. See Targets.
+	TargetTables []Target
+
+	hasRedis bool // the file has a [redis] table
+}
+
+// DefaultTarget is the name of the target the [redis] table describes.
+const DefaultTarget = "default"
+
+// Target is one Redis deployment to invalidate, such as the cache of one
+// region: the [redis] table, named DefaultTarget, or a [[target]] table.
+// Every target applies every transaction before it is acknowledged.
+type Target struct {
+	Name  string      // unique among the targets
+	Line  int         // line of its [[target]] or [redis] header; zero when the file has no [redis] table
+	Redis RedisConfig // its keys, as [redis] takes them
+}
+
+// Targets returns every Redis target: the [redis] table as DefaultTarget,
+// then the [[target]] tables in file order. [redis] is left out when it is
+// absent and [[target]] tables are given; with neither, the one target is
+// DefaultTarget with a zero RedisConfig, which the command line completes
+// (--redis, REDIS_URL).
+func (c *Config) Targets() []Target {
+	var ts []Target
+	if c.hasRedis || len(c.TargetTables) == 0 {
+		ts = append(ts, Target{Name: DefaultTarget, Line: c.Redis.lines[""], Redis: c.Redis})
+	}
+	return append(ts, c.TargetTables...)
 }
 
 // PostgresConfig is the [postgres] table.
@@ -122,7 +153,7 @@ type RedisConfig struct {
 	// Zero: do not wait.
 	WaitReplicas int
 
-	lines map[string]int // line of each key the file gives, for RedisPassword
+	lines map[string]int // line of each key the file gives, and "" of the table, for passwords
 }
 
 // What [recovery] on_slot_lost may say.
@@ -230,13 +261,16 @@ func Parse(file string, data []byte) (*Config, error) {
 		case "postgres":
 			p.postgres(&c.Postgres, doc[k])
 		case "redis":
-			p.redis(&c.Redis, doc[k])
+			c.hasRedis = true
+			p.redis([]string{"redis"}, &c.Redis, p.table(path, doc[k]))
+		case "target":
+			c.TargetTables = p.targets(doc[k], doc["redis"] != nil)
 		case "recovery":
 			p.recovery(&c.Recovery, doc[k])
 		case "rule":
 			c.Rules = p.rules(doc[k])
 		default:
-			p.addf(path, "unknown key %q; the top level allows only [postgres], [redis], [recovery] and [[rule]]", k)
+			p.addf(path, "unknown key %q; the top level allows only [postgres], [redis], [[target]], [recovery] and [[rule]]", k)
 		}
 	}
 	if _, ok := doc["rule"]; !ok {
@@ -265,6 +299,7 @@ var (
 	postgresKeys = []string{"url", "slot", "publication", "heartbeat"}
 	redisKeys    = []string{"url", "mode", "addrs", "master", "username", "password_env", "password_file",
 		"tls", "tls_ca", "tls_cert", "tls_key", "tls_server_name", "wait_replicas"}
+	targetKeys   = append([]string{"name"}, redisKeys...)
 	recoveryKeys = []string{"on_slot_lost"}
 	ruleKeys     = []string{"table", "del", "incr", "on"}
 )
@@ -308,16 +343,22 @@ func (p *parser) postgres(c *PostgresConfig, v any) {
 	}
 }
 
-func (p *parser) redis(c *RedisConfig, v any) {
-	m := p.table([]string{"redis"}, v)
+// redis parses the keys of m, the [redis] table or a [[target]] at path,
+// into c. A [[target]]'s name is left to targets.
+func (p *parser) redis(path []string, c *RedisConfig, m map[string]any) {
+	table, allowed := "[redis]", redisKeys
+	if path[0] == "target" {
+		table, allowed = "[[target]]", targetKeys
+	}
 	strs := map[string]*string{
 		"url": &c.URL, "mode": &c.Mode, "master": &c.Master, "username": &c.Username,
 		"password_env": &c.PasswordEnv, "password_file": &c.PasswordFile,
 		"tls_ca": &c.TLSCA, "tls_cert": &c.TLSCert, "tls_key": &c.TLSKey, "tls_server_name": &c.TLSServerName,
 	}
 	for _, k := range sortedKeys(m) {
-		path := []string{"redis", k}
+		path := append(path[:len(path):len(path)], k)
 		switch {
+		case k == "name" && table == "[[target]]":
 		case strs[k] != nil:
 			p.str(path, m[k], strs[k])
 		case k == "addrs":
@@ -335,27 +376,88 @@ func (p *parser) redis(c *RedisConfig, v any) {
 				p.wrongType(path, "a whole number, zero or more", m[k])
 			}
 		case k == "password":
-			p.addf(path, "unknown key %q in [redis]; allowed keys: %s; a password does not belong in the rules file: name the variable or file that holds it with password_env or password_file",
-				k, strings.Join(redisKeys, ", "))
+			p.addf(path, "unknown key %q in %s; allowed keys: %s; a password does not belong in the rules file: name the variable or file that holds it with password_env or password_file",
+				k, table, strings.Join(allowed, ", "))
 		default:
-			p.unknown(path, "[redis]", redisKeys)
+			p.unknown(path, table, allowed)
 		}
 	}
-	c.lines = make(map[string]int, len(m))
+	c.lines = make(map[string]int, len(m)+1)
+	c.lines[""] = p.lines.line(path...)
 	for k := range m {
-		c.lines[k] = p.lines.line("redis", k)
+		c.lines[k] = p.lines.line(append(path[:len(path):len(path)], k)...)
 	}
-	p.redisTogether(c, m)
+	p.redisTogether(path, c, m)
+}
+
+// targetName is what a [[target]] name may be: it shows in logs, metric
+// labels and messages.
+var targetName = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,63}$`)
+
+// targets parses the [[target]] tables. withRedis says whether the file
+// has a [redis] table, whose target is named DefaultTarget.
+func (p *parser) targets(v any, withRedis bool) []Target {
+	var tables []map[string]any
+	switch v := v.(type) {
+	case []map[string]any: // [[target]] headers
+		tables = v
+	case []any: // target = [{...}, {...}]
+		for i, e := range v {
+			m, ok := e.(map[string]any)
+			if !ok {
+				p.wrongType([]string{"target", strconv.Itoa(i)}, "a table", e)
+			}
+			tables = append(tables, m)
+		}
+	default:
+		p.addf([]string{"target"}, "target must be an array of tables: write each target under its own [[target]] header, with double brackets")
+		return nil
+	}
+	var targets []Target
+	seen := make(map[string]int) // name -> line of the target that took it first
+	if withRedis {
+		seen[DefaultTarget] = 0
+	}
+	for i, m := range tables {
+		if m == nil {
+			continue
+		}
+		path := []string{"target", strconv.Itoa(i)}
+		t := Target{Line: p.lines.line(path...)}
+		p.redis(path, &t.Redis, m)
+		switch name, ok := m["name"]; {
+		case !ok:
+			p.addf(path, `target has no name; add name = "eu" (letters, digits, "_", "-" and ".")`)
+		case p.str(append(path, "name"), name, &t.Name):
+			at := append(path, "name")
+			if first, dup := seen[t.Name]; dup && t.Name == DefaultTarget && withRedis {
+				p.addf(at, "target name %q is the [redis] table's; choose another name", t.Name)
+			} else if dup {
+				p.addf(at, "target name %q is taken by the target on line %d; give each target its own name", t.Name, first)
+			} else if !targetName.MatchString(t.Name) {
+				p.addf(at, "target name %q is not valid: use 1 to 63 letters, digits, \"_\", \"-\" and \".\"", t.Name)
+			} else {
+				seen[t.Name] = t.Line
+			}
+		}
+		if mode, _ := m["mode"].(string); (mode == "" || mode == RedisSingle) && t.Redis.URL == "" {
+			if _, ok := m["url"]; !ok {
+				p.addf(path, `target needs url = "redis://host:6379/0" in mode "single": --redis and REDIS_URL apply only to [redis]`)
+			}
+		}
+		targets = append(targets, t)
+	}
+	return targets
 }
 
 // redisTogether checks that the [redis] keys in m, parsed into c, make
 // sense together.
-func (p *parser) redisTogether(c *RedisConfig, m map[string]any) {
+func (p *parser) redisTogether(path []string, c *RedisConfig, m map[string]any) {
 	at := func(k string) []string {
 		if _, ok := m[k]; ok {
-			return []string{"redis", k}
+			return append(path[:len(path):len(path)], k)
 		}
-		return []string{"redis"}
+		return path
 	}
 	mode := c.Mode
 	switch mode {
@@ -421,19 +523,29 @@ func (p *parser) redisTogether(c *RedisConfig, m map[string]any) {
 // [redis] password_env names, or from the file password_file names (its
 // content without a trailing newline), or "" when the file names neither.
 // Its error is a *Problem at the key's line; it never holds the password.
-func (c *Config) RedisPassword() (string, error) {
-	r := c.Redis
+func (c *Config) RedisPassword() (string, error) { return c.password(c.Redis, "redis") }
+
+// TargetPassword is RedisPassword for target t, one of Targets. Its
+// messages name the target: "target eu password_env EU_PASSWORD: ...".
+func (c *Config) TargetPassword(t Target) (string, error) {
+	if t.Name == DefaultTarget && (c.hasRedis || len(c.TargetTables) == 0) {
+		return c.RedisPassword()
+	}
+	return c.password(t.Redis, "target "+t.Name)
+}
+
+func (c *Config) password(r RedisConfig, what string) (string, error) {
 	problem := func(key, format string, args ...any) error {
-		return &Problem{File: c.File, Line: r.lines[key], Msg: fmt.Sprintf(format, args...)}
+		return &Problem{File: c.File, Line: r.lines[key], Msg: what + " " + fmt.Sprintf(format, args...)}
 	}
 	switch {
 	case r.PasswordEnv != "":
 		v, ok := os.LookupEnv(r.PasswordEnv)
 		if !ok {
-			return "", problem("password_env", "redis password_env %s: the environment variable is not set", r.PasswordEnv)
+			return "", problem("password_env", "password_env %s: the environment variable is not set", r.PasswordEnv)
 		}
 		if v == "" {
-			return "", problem("password_env", "redis password_env %s: the environment variable is empty", r.PasswordEnv)
+			return "", problem("password_env", "password_env %s: the environment variable is empty", r.PasswordEnv)
 		}
 		return v, nil
 	case r.PasswordFile != "":
@@ -443,11 +555,11 @@ func (c *Config) RedisPassword() (string, error) {
 			if errors.As(err, &pe) {
 				err = pe.Err
 			}
-			return "", problem("password_file", "redis password_file %s: %v", r.PasswordFile, err)
+			return "", problem("password_file", "password_file %s: %v", r.PasswordFile, err)
 		}
 		pw := strings.TrimRight(string(b), "\r\n")
 		if pw == "" {
-			return "", problem("password_file", "redis password_file %s: the file is empty", r.PasswordFile)
+			return "", problem("password_file", "password_file %s: the file is empty", r.PasswordFile)
 		}
 		return pw, nil
 	}
@@ -653,7 +765,7 @@ func (p *parser) wrongType(path []string, want string, v any) {
 // keyName names the key at path for a message: "postgres.slot", "del",
 // "del[1]".
 func keyName(path []string) string {
-	if len(path) > 2 && path[0] == "rule" {
+	if len(path) > 2 && (path[0] == "rule" || path[0] == "target") {
 		path = path[2:]
 	}
 	var b strings.Builder

@@ -184,7 +184,7 @@ func TestParseErrors(t *testing.T) {
 		want string
 	}{
 		{"syntax.toml", `testdata/syntax.toml:9: TOML syntax error after key "rule.del": expected a comma (',') or array terminator (']'), but got '['`},
-		{"unknown_top.toml", `testdata/unknown_top.toml:8: unknown key "redsi"; the top level allows only [postgres], [redis], [recovery] and [[rule]]`},
+		{"unknown_top.toml", `testdata/unknown_top.toml:8: unknown key "redsi"; the top level allows only [postgres], [redis], [[target]], [recovery] and [[rule]]`},
 		{"unknown_postgres.toml", `testdata/unknown_postgres.toml:4: unknown key "slot_name" in [postgres]; allowed keys: url, slot, publication, heartbeat`},
 		{"unknown_redis.toml", `testdata/unknown_redis.toml:3: unknown key "password" in [redis]; allowed keys: url, mode, addrs, master, username, password_env, password_file, tls, tls_ca, tls_cert, tls_key, tls_server_name, wait_replicas; a password does not belong in the rules file: name the variable or file that holds it with password_env or password_file`},
 		{"redis_bad_mode.toml", `testdata/redis_bad_mode.toml:3: mode "replicated" is not a choice; use "single" (the default, with url), "cluster" or "sentinel"`},
@@ -211,6 +211,17 @@ testdata/redis_single.toml:5: password_env is empty; name the environment variab
 		{"wrong_type.toml", `testdata/wrong_type.toml:3: del must be an array of strings, like ["a", "b"]; got a string`},
 		{"wrong_element.toml", `testdata/wrong_element.toml:5: del[1] must be a string, in double quotes; got an integer`},
 		{"wrong_type_redis.toml", `testdata/wrong_type_redis.toml:3: redis.tls must be a boolean, true or false; got a string`},
+		{"target_bad.toml", `testdata/target_bad.toml:4: target has no name; add name = "eu" (letters, digits, "_", "-" and ".")
+testdata/target_bad.toml:8: target name "default" is the [redis] table's; choose another name
+testdata/target_bad.toml:11: mode "sentinel" needs master, the name the sentinels monitor: master = "mymaster"
+testdata/target_bad.toml:15: tls_ca is set but tls is not true; add tls = true
+testdata/target_bad.toml:16: unknown key "passwd" in [[target]]; allowed keys: name, url, mode, addrs, master, username, password_env, password_file, tls, tls_ca, tls_cert, tls_key, tls_server_name, wait_replicas
+testdata/target_bad.toml:19: target name "eu" is taken by the target on line 11; give each target its own name
+testdata/target_bad.toml:22: target needs url = "redis://host:6379/0" in mode "single": --redis and REDIS_URL apply only to [redis]
+testdata/target_bad.toml:23: target name "us west" is not valid: use 1 to 63 letters, digits, "_", "-" and "."
+testdata/target_bad.toml:24: unknown key "password" in [[target]]; allowed keys: name, url, mode, addrs, master, username, password_env, password_file, tls, tls_ca, tls_cert, tls_key, tls_server_name, wait_replicas; a password does not belong in the rules file: name the variable or file that holds it with password_env or password_file`},
+		{"target_not_array.toml", `testdata/target_not_array.toml:1: target must be an array of tables: write each target under its own [[target]] header, with double brackets`},
+		{"wrong_type_target.toml", `testdata/wrong_type_target.toml:3: wait_replicas must be a whole number, zero or more; got a string`},
 		{"no_rules.toml", `testdata/no_rules.toml: no [[rule]] found; add at least one, with a table and del or incr`},
 		{"rule_not_array.toml", `testdata/rule_not_array.toml:1: rule must be an array of tables: write each rule under its own [[rule]] header, with double brackets`},
 		{"bad_heartbeat.toml", `testdata/bad_heartbeat.toml:2: heartbeat "1 minute" is not a positive duration; write one like "30s" or "1m"`},
@@ -342,5 +353,64 @@ func TestRedisPassword(t *testing.T) {
 	c.Redis.PasswordFile = file
 	if pw, err := c.RedisPassword(); pw != "s3cret" || err != nil {
 		t.Errorf("file: got %q, %v, want s3cret", pw, err)
+	}
+}
+
+func TestTargets(t *testing.T) {
+	tests := []struct {
+		file string
+		want []string // name line url mode addrs wait_replicas password_env
+	}{
+		{"targets.toml", []string{
+			"default 1 redis://127.0.0.1:6379/0  [] 0 ",
+			"eu 4 redis://eu-cache:6379/0  [] 0 PGINV_TEST_EU_PASSWORD",
+			"us 9  cluster [us-cache-1:7000 us-cache-2:7000] 1 ",
+		}},
+		{"targets_only.toml", []string{"eu 1 redis://eu-cache:6379/0  [] 0 "}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			c, err := Load("testdata/" + tt.file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, tg := range c.Targets() {
+				r := tg.Redis
+				got = append(got, fmt.Sprintf("%s %d %s %s %v %d %s", tg.Name, tg.Line, r.URL, r.Mode, r.Addrs, r.WaitReplicas, r.PasswordEnv))
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("Targets() =\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(tt.want, "\n"))
+			}
+		})
+	}
+	// Without [redis] nor [[target]], the one target is the default, for
+	// --redis and REDIS_URL to complete.
+	c, err := Parse("rules.toml", []byte("[[rule]]\ntable = \"t\"\ndel = [\"k\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Targets(); len(got) != 1 || got[0].Name != DefaultTarget || got[0].Redis.URL != "" {
+		t.Errorf("Targets() without [redis] = %+v, want the default target alone", got)
+	}
+}
+
+func TestTargetPassword(t *testing.T) {
+	c, err := Load("testdata/targets.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := c.Targets()
+	if pw, err := c.TargetPassword(ts[0]); pw != "" || err != nil {
+		t.Errorf("TargetPassword(default) = %q, %v; want none", pw, err)
+	}
+	os.Unsetenv("PGINV_TEST_EU_PASSWORD")
+	_, err = c.TargetPassword(ts[1])
+	if got, want := fmt.Sprint(err), "testdata/targets.toml:7: target eu password_env PGINV_TEST_EU_PASSWORD: the environment variable is not set"; got != want {
+		t.Errorf("TargetPassword(eu) error = %q, want %q", got, want)
+	}
+	t.Setenv("PGINV_TEST_EU_PASSWORD", "s3cret")
+	if pw, err := c.TargetPassword(ts[1]); pw != "s3cret" || err != nil {
+		t.Errorf("TargetPassword(eu) = %q, %v; want the variable's value", pw, err)
 	}
 }

@@ -35,7 +35,9 @@ func (c *commonFlags) register(fs *flag.FlagSet) {
 // the environment, then the file. check needs no Redis URL. In [redis] mode
 // cluster or sentinel, Redis is reached through addrs, and no Redis URL is
 // used. The Redis password is read (password_env or password_file) only
-// when Redis is needed.
+// when Redis is needed. --redis and REDIS_URL are for [redis] only: each
+// [[target]] gives its own url, and a file with [[target]] tables and no
+// [redis] table has no use for them.
 func (c *commonFlags) daemonConfig(logger *slog.Logger, needRedis bool) (daemon.Config, error) {
 	rules, err := mapping.Load(c.config)
 	if err != nil {
@@ -58,28 +60,60 @@ func (c *commonFlags) daemonConfig(logger *slog.Logger, needRedis bool) (daemon.
 	if cfg.PostgresURL == "" {
 		return cfg, fmt.Errorf("no PostgreSQL URL: pass --postgres, set DATABASE_URL, or set url in the [postgres] table of %s", c.config)
 	}
+	all := rules.Targets()
+	hasDefault := len(all) > len(rules.TargetTables) // [redis] is a target
 	r := rules.Redis
 	single := r.Mode == "" || r.Mode == mapping.RedisSingle
-	if !single {
+	if !hasDefault {
+		if c.redis != "" {
+			return cfg, fmt.Errorf("--redis: %s has [[target]] tables and no [redis] table; give each target its url in the file, or add a [redis] table", c.config)
+		}
+		cfg.RedisURL = "" // REDIS_URL does not apply either
+	} else if !single {
 		if c.redis != "" {
 			return cfg, fmt.Errorf("--redis: [redis] mode %q in %s reaches Redis through addrs, not a URL; remove the flag", r.Mode, c.config)
 		}
 		cfg.RedisURL = "" // REDIS_URL does not apply either
 	}
-	if cfg.RedisURL == "" && single && needRedis {
+	if cfg.RedisURL == "" && single && hasDefault && needRedis {
 		return cfg, fmt.Errorf("no Redis URL: pass --redis, set REDIS_URL, or set url in the [redis] table of %s", c.config)
 	}
-	cfg.Redis = invalidator.Options{
-		Mode: r.Mode, Addrs: r.Addrs, MasterName: r.Master, Username: r.Username,
-		TLS: r.TLS, TLSCA: r.TLSCA, TLSCert: r.TLSCert, TLSKey: r.TLSKey, TLSServerName: r.TLSServerName,
-		WaitReplicas: r.WaitReplicas,
-	}
-	if needRedis {
+	cfg.Redis = redisOptions(r)
+	if needRedis && hasDefault {
 		if cfg.Redis.Password, err = rules.RedisPassword(); err != nil {
 			return cfg, &daemon.ConfigError{Problems: []error{err}}
 		}
 	}
+	if len(rules.TargetTables) == 0 {
+		return cfg, nil
+	}
+	var problems []error
+	for _, t := range all {
+		opts := redisOptions(t.Redis)
+		if t.Name == mapping.DefaultTarget && hasDefault {
+			opts = cfg.Redis
+			opts.URL = cfg.RedisURL
+		} else if needRedis {
+			if opts.Password, err = rules.TargetPassword(t); err != nil {
+				problems = append(problems, err)
+			}
+		}
+		cfg.Targets = append(cfg.Targets, daemon.Target{Name: t.Name, Redis: opts})
+	}
+	if len(problems) > 0 {
+		return cfg, &daemon.ConfigError{Problems: problems}
+	}
 	return cfg, nil
+}
+
+// redisOptions turns a [redis] table or a [[target]] into invalidator
+// options, without the password, which is read only when Redis is needed.
+func redisOptions(r mapping.RedisConfig) invalidator.Options {
+	return invalidator.Options{
+		URL: r.URL, Mode: r.Mode, Addrs: r.Addrs, MasterName: r.Master, Username: r.Username,
+		TLS: r.TLS, TLSCA: r.TLSCA, TLSCert: r.TLSCert, TLSKey: r.TLSKey, TLSServerName: r.TLSServerName,
+		WaitReplicas: r.WaitReplicas,
+	}
 }
 
 func firstOf(values ...string) string {

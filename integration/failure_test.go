@@ -38,7 +38,14 @@ type process struct {
 
 func (f *fixture) startProcess(rulesPath string, args ...string) *process {
 	f.t.Helper()
-	all := append([]string{"run", "--config", rulesPath, "--postgres", f.dbURL, "--redis", f.redisURL}, args...)
+	return f.startProcessURL(f.dbURL, rulesPath, args...)
+}
+
+// startProcessURL is startProcess with another PostgreSQL URL, such as one
+// that logs in as a less privileged role.
+func (f *fixture) startProcessURL(pgURL, rulesPath string, args ...string) *process {
+	f.t.Helper()
+	all := append([]string{"run", "--config", rulesPath, "--postgres", pgURL, "--redis", f.redisURL}, args...)
 	cmd := exec.Command(daemonBinary(f.t), all...)
 	p := &process{cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
 	cmd.Stderr = p.stderr
@@ -447,7 +454,12 @@ func TestSlotDroppedWhileRunningStopsTheDaemon(t *testing.T) {
 	}
 }
 
-func TestInvalidatedSlotStopsWithAClearMessage(t *testing.T) {
+// lostSlotFixture runs the daemon on rules once, on a private PostgreSQL
+// with max_slot_wal_keep_size=1MB, stops it, and writes WAL until the slot
+// is invalidated (wal_status lost). before runs while the daemon is away,
+// before the slot is lost.
+func lostSlotFixture(t *testing.T, rules string, before func(f *fixture)) (*fixture, daemon.Config) {
+	t.Helper()
 	pg, err := localsvc.StartPostgres(context.Background(), localsvc.PostgresOptions{
 		Settings: []string{"max_slot_wal_keep_size=1MB", "max_wal_size=32MB", "min_wal_size=32MB"},
 	})
@@ -456,13 +468,14 @@ func TestInvalidatedSlotStopsWithAClearMessage(t *testing.T) {
 	}
 	t.Cleanup(func() { pg.Close() })
 	f := newFixtureOn(t, pg.URL(), env.RedisURL, itemsSchema, markerSchema, "CREATE TABLE noise (pad text)")
-	cfg := f.config(f.rules(itemsRules))
+	cfg := f.config(f.rules(rules))
 	r := f.startConfig(cfg)
 	if err := r.stop(); err != nil {
 		t.Fatal(err)
 	}
-
-	// With the daemon away, the slot falls behind max_slot_wal_keep_size.
+	if before != nil {
+		before(f)
+	}
 	for i := 0; i < 8; i++ {
 		f.exec("INSERT INTO noise SELECT repeat(md5(g::text), 32) FROM generate_series(1, 10000) g")
 		f.exec("CHECKPOINT")
@@ -472,8 +485,12 @@ func TestInvalidatedSlotStopsWithAClearMessage(t *testing.T) {
 	if status != "lost" {
 		t.Fatalf("wal_status = %q after writing past max_slot_wal_keep_size, want lost", status)
 	}
+	return f, cfg
+}
 
-	err = daemon.Run(context.Background(), cfg)
+func TestInvalidatedSlotStopsWithAClearMessage(t *testing.T) {
+	_, cfg := lostSlotFixture(t, itemsRules, nil)
+	err := daemon.Run(context.Background(), cfg)
 	if err == nil || !strings.Contains(err.Error(), "invalidated") || !strings.Contains(err.Error(), "pg_drop_replication_slot") ||
 		!strings.Contains(err.Error(), "--resync") {
 		t.Fatalf("Run on a lost slot = %v, want a fatal error that says what happened and what to run", err)

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/pg-invalidator/pg-invalidator/daemon"
-	"github.com/pg-invalidator/pg-invalidator/internal/localsvc"
 	"github.com/pg-invalidator/pg-invalidator/replication"
 )
 
@@ -78,37 +77,16 @@ func (f *fixture) checkResynced(metrics string, resyncs float64) {
 }
 
 func TestResyncRecreatesAnInvalidatedSlot(t *testing.T) {
-	pg, err := localsvc.StartPostgres(context.Background(), localsvc.PostgresOptions{
-		Settings: []string{"max_slot_wal_keep_size=1MB", "max_wal_size=32MB", "min_wal_size=32MB"},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pg.Close() })
-	f := newFixtureOn(t, pg.URL(), env.RedisURL, itemsSchema, markerSchema, "CREATE TABLE noise (pad text)")
-	cfg := f.config(f.rules(resyncRules))
-	r := f.startConfig(cfg)
-	if err := r.stop(); err != nil {
-		t.Fatal(err)
-	}
-
 	// With the daemon away, the slot falls behind max_slot_wal_keep_size,
 	// and a change to items in the meantime is lost with it.
-	f.exec("UPDATE items SET v = v + 1 WHERE id = 1")
-	for i := 0; i < 8; i++ {
-		f.exec("INSERT INTO noise SELECT repeat(md5(g::text), 32) FROM generate_series(1, 10000) g")
-		f.exec("CHECKPOINT")
-	}
-	var status string
-	f.db.QueryRow(context.Background(), "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'pg_invalidator'").Scan(&status)
-	if status != "lost" {
-		t.Fatalf("wal_status = %q after writing past max_slot_wal_keep_size, want lost", status)
-	}
+	f, cfg := lostSlotFixture(t, resyncRules, func(f *fixture) {
+		f.exec("UPDATE items SET v = v + 1 WHERE id = 1")
+	})
 	f.cacheForResync()
 
 	cfg.Resync = true
 	cfg.MetricsAddr = metricsAddr(t)
-	r = f.startConfig(cfg)
+	r := f.startConfig(cfg)
 	f.checkResynced(cfg.MetricsAddr, 1)
 	select {
 	case err := <-r.done:

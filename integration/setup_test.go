@@ -209,24 +209,3 @@ func hasLine(text, line string) bool {
 	}
 	return false
 }
-
-// startProcessURL is startProcess with another PostgreSQL URL, such as one
-// that logs in as a less privileged role.
-func (f *fixture) startProcessURL(pgURL, rulesPath string) *process {
-	f.t.Helper()
-	cmd := exec.Command(daemonBinary(f.t), "run", "--config", rulesPath, "--postgres", pgURL, "--redis", f.redisURL)
-	p := &process{cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
-	cmd.Stderr = p.stderr
-	if err := cmd.Start(); err != nil {
-		f.t.Fatal(err)
-	}
-	go func() { cmd.Wait(); close(p.done) }()
-	f.t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-p.done
-		if f.t.Failed() {
-			f.t.Logf("daemon stderr:\n%s", p.stderr)
-		}
-	})
-	return p
-}

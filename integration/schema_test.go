@@ -17,7 +17,7 @@ func TestUnrelatedTablesAndSchemaChanges(t *testing.T) {
 	f.start(f.rules(`
 [[rule]]
 table = "products"
-del = ["{p}product:<id>", "{p}named:<name>"]
+del = ["{p}product:<id>", "{p}named:<name>", "{p}body:<body>"]
 ` + markerRule))
 
 	t.Run("changes to a table no rule names are ignored", func(t *testing.T) {
@@ -27,14 +27,20 @@ del = ["{p}product:<id>", "{p}named:<name>"]
 	t.Run("ADD COLUMN needs nothing", func(t *testing.T) {
 		f.exec("ALTER TABLE products ADD COLUMN color text")
 		f.cache("product:1", "named:lamp")
-		f.exec("INSERT INTO products (id, name, color) VALUES (1, 'lamp', 'red')")
-		f.waitGone("product:1", "named:lamp")
+		f.exec("INSERT INTO products (id, name, body, color) VALUES (1, 'lamp', 'b', 'red')")
+		f.waitGone("product:1", "named:lamp", "body:b")
 	})
 	t.Run("a dropped template column stops only that template", func(t *testing.T) {
-		f.exec("ALTER TABLE products DROP COLUMN name")
-		f.cache("product:2")
-		f.exec("INSERT INTO products (id) VALUES (2)")
-		f.waitGone("product:2")
+		f.exec("ALTER TABLE products DROP COLUMN body")
+		f.cache("product:2", "named:desk")
+		f.exec("INSERT INTO products (id, name) VALUES (2, 'desk')")
+		f.waitGone("product:2", "named:desk")
+	})
+	t.Run("a renamed template column stops only that template", func(t *testing.T) {
+		f.exec("ALTER TABLE products RENAME COLUMN name TO title")
+		f.cache("product:3")
+		f.exec("INSERT INTO products (id, title) VALUES (3, 'chair')")
+		f.waitGone("product:3")
 	})
 	t.Run("a dropped table does not stop the daemon", func(t *testing.T) {
 		f.exec("DROP TABLE audit")

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -52,6 +53,8 @@ const (
 	cRecvlogical = "pg_recvlogical"
 	cBaseline    = "baseline"
 	cDaemon      = "daemon"
+	// cDaemonCluster is the daemon against a Redis Cluster (-cluster).
+	cDaemonCluster = "daemon (cluster)"
 )
 
 var contenders = []string{cDecode, cRecvlogical, cBaseline, cDaemon}
@@ -76,9 +79,16 @@ func (e *env) catchup(ctx context.Context, name, backlog string, build func(cont
 	sc := &CatchUp{Scenario: name, Backlog: backlog, Transactions: txs + 1, Rows: rows + 1, BuildSeconds: time.Since(t).Seconds()}
 	e.step("%s: backlog written in %.1fs", name, sc.BuildSeconds)
 
+	contenders := contenders
+	if e.o.cluster {
+		if err := e.startCluster(ctx); err != nil {
+			return nil, err
+		}
+		contenders = append(contenders[:len(contenders):len(contenders)], cDaemonCluster)
+	}
 	copies := map[string]string{}
 	for _, c := range contenders {
-		copies[c] = src + "_" + c
+		copies[c] = src + "_" + strings.NewReplacer(" ", "_", "(", "", ")", "").Replace(c)
 		if err := e.copySlot(ctx, src, copies[c]); err != nil {
 			return nil, err
 		}
@@ -103,7 +113,7 @@ func (e *env) catchup(ctx context.Context, name, backlog string, build func(cont
 	sc.Runs = append(sc.Runs, decode)
 	e.step("%s: %s took %.2fs (%d messages, %.0f MB of WAL)", name, cDecode, decode.Seconds, decode.Messages, float64(sc.WALBytes)/1e6)
 
-	// 2-4. The streaming contenders, each alone.
+	// 2-5. The streaming contenders, each alone.
 	for _, c := range contenders[1:] {
 		e.step("%s: %s", name, c)
 		var r Run
@@ -112,12 +122,18 @@ func (e *env) catchup(ctx context.Context, name, backlog string, build func(cont
 		case cRecvlogical:
 			r, err = e.runRecvlogical(ctx, copies[c], end)
 		case cBaseline:
-			r, err = e.runConsumer(ctx, c, copies[c], end, e.baselineArgs(copies[c], e.redis.URL()))
+			r, err = e.runConsumer(ctx, e.rdb, c, copies[c], end, e.baselineArgs(copies[c], e.redis.URL()))
 		case cDaemon:
 			var args []string
 			args, err = e.daemonArgs(copies[c], e.redis.URL())
 			if err == nil {
-				r, err = e.runConsumer(ctx, c, copies[c], end, args)
+				r, err = e.runConsumer(ctx, e.rdb, c, copies[c], end, args)
+			}
+		case cDaemonCluster:
+			var args []string
+			args, err = e.daemonClusterArgs(copies[c])
+			if err == nil {
+				r, err = e.runConsumer(ctx, e.crdb, c, copies[c], end, args)
 			}
 		}
 		if err != nil {
@@ -235,21 +251,32 @@ func (e *env) baselineArgs(slot, redisURL string) []string {
 }
 
 func (e *env) daemonArgs(slot, redisURL string) ([]string, error) {
-	rules, err := e.writeRules(slot)
+	rules, err := e.writeRules(slot, nil)
 	if err != nil {
 		return nil, err
 	}
 	return []string{e.daemon, "run", "--config", rules, "--postgres", e.pg.URL(), "--redis", redisURL}, nil
 }
 
+// daemonClusterArgs runs the daemon against the Redis Cluster: its rules
+// file says mode = "cluster" with the masters as seeds, and --redis must not
+// be given.
+func (e *env) daemonClusterArgs(slot string) ([]string, error) {
+	rules, err := e.writeRules(slot, e.clusterSeeds)
+	if err != nil {
+		return nil, err
+	}
+	return []string{e.daemon, "run", "--config", rules, "--postgres", e.pg.URL()}, nil
+}
+
 // runConsumer times a child that invalidates keys (baseline or daemon): from
-// its start until the sentinel key is gone from Redis and the slot's
-// confirmed_flush_lsn has reached end.
-func (e *env) runConsumer(ctx context.Context, name, slot string, end pglogrepl.LSN, args []string) (Run, error) {
-	if err := populate(ctx, e.rdb, e.o.largeRows); err != nil {
+// its start until the sentinel key is gone from rdb (a single Redis or the
+// cluster) and the slot's confirmed_flush_lsn has reached end.
+func (e *env) runConsumer(ctx context.Context, rdb redis.UniversalClient, name, slot string, end pglogrepl.LSN, args []string) (Run, error) {
+	if err := populate(ctx, rdb, e.o.largeRows); err != nil {
 		return Run{}, err
 	}
-	redis0 := redisCPU(ctx, e.rdb)
+	redis0 := redisCPU(ctx, rdb)
 	t := time.Now()
 	c, err := startChild(args[0], filepath.Join(e.tmp, slot+".log"), args[1:]...)
 	if err != nil {
@@ -269,7 +296,7 @@ func (e *env) runConsumer(ctx context.Context, name, slot string, end pglogrepl.
 			return Run{}, err
 		}
 		if !keyGone {
-			n, err := e.rdb.Exists(ctx, sentinelKey).Result()
+			n, err := rdb.Exists(ctx, sentinelKey).Result()
 			if err != nil {
 				return Run{}, fmt.Errorf("poll redis: %w", err)
 			}
@@ -304,13 +331,20 @@ func (e *env) runConsumer(ctx context.Context, name, slot string, end pglogrepl.
 		server = s
 	}
 	return Run{Contender: name, Seconds: elapsed.Seconds(), ClientCPU: client.cpu, ServerCPU: server.cpu,
-		RedisCPU: redisCPU(ctx, e.rdb) - redis0, PeakRSSKB: client.hwmKB}, nil
+		RedisCPU: redisCPU(ctx, rdb) - redis0, PeakRSSKB: client.hwmKB}, nil
 }
 
 // populate empties Redis and sets every key the rules can derive from items,
-// so that each contender deletes keys that exist.
-func populate(ctx context.Context, rdb *redis.Client, rows int) error {
-	if err := rdb.FlushAll(ctx).Err(); err != nil {
+// so that each contender deletes keys that exist. On a cluster it flushes
+// every master, and the pipeline is split by slot.
+func populate(ctx context.Context, rdb redis.UniversalClient, rows int) error {
+	var err error
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		err = cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return c.FlushAll(ctx).Err() })
+	} else {
+		err = rdb.FlushAll(ctx).Err()
+	}
+	if err != nil {
 		return fmt.Errorf("flush redis: %w", err)
 	}
 	const batch = 10_000

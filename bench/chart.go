@@ -16,6 +16,8 @@ var colors = map[string]string{
 	cRecvlogical: "#7fa7c9",
 	cBaseline:    "#e08a2c",
 	cDaemon:      "#1f5f9e",
+	// the daemon against a Redis Cluster
+	cDaemonCluster: "#5b3f8c",
 }
 
 const (
@@ -70,7 +72,7 @@ func chartSVG(r *Results) string {
 	// Heights of the two panels.
 	catchH := 0.0
 	if len(r.CatchUp) > 0 {
-		catchH = 70 + float64(len(r.CatchUp))*(4*(barH+barGap)+groupGap) + 40
+		catchH = 70 + catchUpBarsH(r) + 40
 	}
 	staleH := 0.0
 	if len(r.Stale) > 0 {
@@ -92,6 +94,16 @@ func chartSVG(r *Results) string {
 	}
 	s.f(`</svg>`)
 	return s.b.String()
+}
+
+// catchUpBarsH is the height of the catch-up bars: one per run, a gap
+// after each scenario.
+func catchUpBarsH(r *Results) float64 {
+	h := 0.0
+	for _, sc := range r.CatchUp {
+		h += float64(len(sc.Runs))*(barH+barGap) + groupGap
+	}
+	return h
 }
 
 func shortPG(v string) string {
@@ -119,7 +131,7 @@ func catchUpPanel(s *svg, r *Results, y0 float64) {
 	x0, x1 := float64(marginL), float64(chartW-marginR-210)
 	sx := logScale(lo, hi, x0, x1)
 	top := y0 + 44
-	bottom := top + float64(len(r.CatchUp))*(4*(barH+barGap)+groupGap)
+	bottom := top + catchUpBarsH(r)
 	for _, t := range logTicks(lo, hi) {
 		s.f(`<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#e4e4e4"/>`, sx(t), top, sx(t), bottom)
 		s.text(sx(t), bottom+14, "middle", `fill="#555"`, tickLabel(t)+"×")

@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -43,17 +44,21 @@ const (
 
 // env is the private PostgreSQL and Redis and the binaries under test.
 type env struct {
-	o       options
-	root    string
-	tmp     string
-	pg      *localsvc.Postgres
-	redis   *localsvc.Redis
-	conn    *pgx.Conn     // control connection: setup, slots, polling
-	rdb     *redis.Client // the Redis the catch-up contenders write to
-	daemon  string        // path of the built pg-invalidator
-	self    string        // path of this program, run again as "bench baseline"
-	machine Machine
-	t0      time.Time
+	o     options
+	root  string
+	tmp   string
+	pg    *localsvc.Postgres
+	redis *localsvc.Redis
+	conn  *pgx.Conn     // control connection: setup, slots, polling
+	rdb   *redis.Client // the Redis the catch-up contenders write to
+	// The Redis Cluster of "daemon (cluster)", started by startCluster.
+	cluster      *localsvc.RedisCluster
+	crdb         *redis.ClusterClient
+	clusterSeeds []string // the masters' host:port, the daemon's addrs
+	daemon       string   // path of the built pg-invalidator
+	self         string   // path of this program, run again as "bench baseline"
+	machine      Machine
+	t0           time.Time
 }
 
 func (e *env) logf(format string, args ...any) {
@@ -135,7 +140,34 @@ func setup(ctx context.Context, root string, o options) (_ *env, err error) {
 	return e, nil
 }
 
+// startCluster starts the Redis Cluster once per run: 3 masters, each with
+// one replica.
+func (e *env) startCluster(ctx context.Context) error {
+	if e.cluster != nil {
+		return nil
+	}
+	e.step("starting a Redis Cluster (3 masters, 3 replicas)")
+	c, err := localsvc.StartRedisCluster(ctx, 3, 1, 5*time.Second)
+	if err != nil {
+		return fmt.Errorf("start the redis cluster: %w", err)
+	}
+	e.cluster = c
+	e.clusterSeeds = c.Addrs()[:3] // seeds only: the client and the daemon discover the rest
+	e.crdb = redis.NewClusterClient(&redis.ClusterOptions{
+		Addrs:                    e.clusterSeeds,
+		DisableIdentity:          true,
+		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
+	})
+	return nil
+}
+
 func (e *env) close() {
+	if e.crdb != nil {
+		e.crdb.Close()
+	}
+	if e.cluster != nil {
+		e.cluster.Close()
+	}
 	if e.conn != nil {
 		e.conn.Close(context.Background())
 	}
@@ -256,8 +288,21 @@ func infoField(info, key string) string {
 	return ""
 }
 
-// redisCPU returns used_cpu_sys + used_cpu_user of a Redis, in seconds.
-func redisCPU(ctx context.Context, rdb *redis.Client) float64 {
+// redisCPU returns used_cpu_sys + used_cpu_user of a Redis, in seconds; of
+// a cluster, summed over every node, masters and replicas.
+func redisCPU(ctx context.Context, rdb redis.UniversalClient) float64 {
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		var mu sync.Mutex
+		sum := 0.0
+		cc.ForEachShard(ctx, func(ctx context.Context, c *redis.Client) error {
+			v := redisCPU(ctx, c)
+			mu.Lock()
+			sum += v
+			mu.Unlock()
+			return nil
+		})
+		return sum
+	}
 	info, err := rdb.Info(ctx, "cpu").Result()
 	if err != nil {
 		return 0
@@ -353,8 +398,9 @@ func (e *env) slotState(ctx context.Context, name string) (pglogrepl.LSN, int, e
 	return lsn, int(*pid), nil
 }
 
-// writeRules writes the daemon's rules file for one slot.
-func (e *env) writeRules(slot string) (string, error) {
+// writeRules writes the daemon's rules file for one slot; with seeds, a
+// [redis] table in mode "cluster" with those addrs.
+func (e *env) writeRules(slot string, seeds []string) (string, error) {
 	path := filepath.Join(e.tmp, slot+".toml")
 	rules := fmt.Sprintf(`[postgres]
 slot = %q
@@ -368,5 +414,12 @@ del   = ["item:<id>", "items:cat:<cat>"]
 table = "public.other"
 del   = ["other:<id>"]
 `, slot, publication)
+	if len(seeds) > 0 {
+		q := make([]string, len(seeds))
+		for i, a := range seeds {
+			q[i] = strconv.Quote(a)
+		}
+		rules += fmt.Sprintf("\n[redis]\nmode  = \"cluster\"\naddrs = [%s]\n", strings.Join(q, ", "))
+	}
 	return path, os.WriteFile(path, []byte(rules), 0o644)
 }

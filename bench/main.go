@@ -21,7 +21,10 @@
 //     after each commit, run as a child process (bench baseline ...);
 //   - daemon: bin/pg-invalidator run, built from ./cmd/pg-invalidator and run
 //     as a child process, timed until its slot's confirmed_flush_lsn reached
-//     the backlog's last commit and that commit's key was gone from Redis.
+//     the backlog's last commit and that commit's key was gone from Redis;
+//   - daemon (cluster): the same binary against a private Redis Cluster of 3
+//     masters and 3 replicas ([redis] mode = "cluster"), started once, when a
+//     catch-up scenario first runs; -cluster=false leaves it out.
 //
 // The stale window scenario runs the daemon and the baseline side by side,
 // each on its own slot and its own Redis, and measures how long a key stays
@@ -54,6 +57,7 @@ type options struct {
 	scenarios string // which scenarios to run
 	outDir    string // where the JSON goes
 	chart     string // where the SVG goes; empty: none
+	cluster   bool   // also run the daemon against a Redis Cluster in the catch-up scenarios
 	verbose   bool
 }
 
@@ -74,6 +78,7 @@ func main() {
 	flag.StringVar(&o.scenarios, "scenarios", "small,large,stale", "comma-separated scenarios to run: small, large, stale")
 	flag.StringVar(&o.outDir, "out", "", "directory for the JSON results (default: bench/results in the module)")
 	flag.StringVar(&o.chart, "chart", "", "SVG chart to write (default: docs/benchmarks.svg in the module; \"-\" for none)")
+	flag.BoolVar(&o.cluster, "cluster", true, "in the catch-up scenarios, also run the daemon against a 3-master Redis Cluster (\"daemon (cluster)\")")
 	flag.BoolVar(&o.verbose, "v", false, "print each step with its time")
 	flag.Usage = func() {
 		fmt.Fprint(flag.CommandLine.Output(), `Usage: go run ./bench [flags]

@@ -131,7 +131,9 @@ func (f *fixture) startConfig(cfg daemon.Config) *running {
 	return r
 }
 
-// waitSlotActive waits until slot is active. done, when not nil, delivers
+// waitSlotActive waits until a walsender streams from slot: past START_REPLICATION,
+// so the slot has reached its consistent point and every later commit will be
+// decoded (a slot being created shows as active earlier). done, when not nil, delivers
 // the daemon's exit; an exit before streaming fails the test, and the value
 // is put back for whoever waits on done next.
 func (f *fixture) waitSlotActive(slot string, done chan error) {
@@ -139,7 +141,8 @@ func (f *fixture) waitSlotActive(slot string, done chan error) {
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		var active bool
-		err := f.db.QueryRow(context.Background(), "SELECT active FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&active)
+		err := f.db.QueryRow(context.Background(), `SELECT EXISTS (SELECT 1 FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
+			WHERE s.slot_name = $1 AND r.state IN ('catchup', 'streaming'))`, slot).Scan(&active)
 		if err == nil && active {
 			return
 		}

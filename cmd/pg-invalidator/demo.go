@@ -160,7 +160,8 @@ func (d *demo) waitStreaming(ctx context.Context, slot string, daemonDone <-chan
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
 		var active bool
-		err := d.pg.QueryRow(ctx, "SELECT active FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&active)
+		err := d.pg.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
+			WHERE s.slot_name = $1 AND r.state IN ('catchup', 'streaming'))`, slot).Scan(&active)
 		if err == nil && active {
 			return nil
 		}

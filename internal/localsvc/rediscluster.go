@@ -36,8 +36,16 @@ func StartRedisCluster(ctx context.Context, masters, replicas int, nodeTimeout t
 	}
 	c := &RedisCluster{dir: dir}
 	for range masters * (1 + replicas) {
+		// The bus port defaults to port+10000, which nothing keeps free:
+		// pick one that is free now instead.
+		busPort, err := FreePort()
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
 		n, err := newRedisNode(dir, func(port int, dir string) []string {
 			return append(baseArgs(port, dir), "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+				"--cluster-port", strconv.Itoa(busPort),
 				"--cluster-node-timeout", strconv.FormatInt(nodeTimeout.Milliseconds(), 10),
 				"--cluster-replica-validity-factor", "0")
 		})

@@ -3,94 +3,41 @@ package localsvc
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
-	"sync"
 	"syscall"
 	"time"
 )
 
-// Redis is a private redis-server that keeps nothing on disk.
+// Redis is a private redis-server that keeps nothing on disk: one RedisNode
+// in a directory of its own.
 type Redis struct {
-	Port int
-	Dir  string
-	bin  string
-
-	mu   sync.Mutex // protects cmd and done
-	cmd  *exec.Cmd
-	done chan struct{} // closed when cmd has exited
+	*RedisNode
+	parent string // the temporary directory Close removes
 }
 
 // StartRedis starts redis-server on a free port and waits until it answers PING.
 func StartRedis(ctx context.Context) (*Redis, error) {
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		return nil, errors.New("redis-server not found on PATH; " + InstallHint)
-	}
-	dir, err := os.MkdirTemp("", "pginv-redis-")
+	parent, err := os.MkdirTemp("", "pginv-redis-")
 	if err != nil {
 		return nil, fmt.Errorf("make the Redis directory: %w", err)
 	}
-	port, err := FreePort()
+	n, err := newRedisNode(parent, baseArgs)
 	if err != nil {
+		os.RemoveAll(parent)
 		return nil, err
 	}
-	r := &Redis{Port: port, Dir: dir, bin: bin}
-	if err := r.Start(ctx); err != nil {
-		os.RemoveAll(dir)
+	if err := n.Start(ctx); err != nil {
+		os.RemoveAll(parent)
 		return nil, err
 	}
-	return r, nil
+	return &Redis{RedisNode: n, parent: parent}, nil
 }
 
 // URL returns the redis:// URL of database 0.
 func (r *Redis) URL() string { return fmt.Sprintf("redis://127.0.0.1:%d/0", r.Port) }
-
-// Addr returns host:port.
-func (r *Redis) Addr() string { return "127.0.0.1:" + strconv.Itoa(r.Port) }
-
-// Start starts the server on its port, again after Stop.
-func (r *Redis) Start(ctx context.Context) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.cmd != nil {
-		return errors.New("redis is already running")
-	}
-	cmd := exec.Command(r.bin,
-		"--port", strconv.Itoa(r.Port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", r.Dir,
-		"--logfile", filepath.Join(r.Dir, "redis.log"))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start redis-server: %w", err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	r.cmd, r.done = cmd, done
-
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if err := ping(r.Addr()); err == nil {
-			return nil
-		} else if time.Now().After(deadline) {
-			return fmt.Errorf("redis-server did not answer PING within 30s: %w", err)
-		}
-		select {
-		case <-done:
-			r.cmd, r.done = nil, nil
-			b, _ := os.ReadFile(filepath.Join(r.Dir, "redis.log"))
-			return fmt.Errorf("redis-server exited at start: %s", b)
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
 
 func ping(addr string) error {
 	c, err := net.DialTimeout("tcp", addr, time.Second)
@@ -115,14 +62,7 @@ func ping(addr string) error {
 // Stop kills the server and waits for it to exit. Redis keeps nothing on
 // disk here, so a later Start begins empty.
 func (r *Redis) Stop() error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.cmd == nil {
-		return nil
-	}
-	r.cmd.Process.Signal(syscall.SIGKILL)
-	<-r.done
-	r.cmd, r.done = nil, nil
+	r.Kill()
 	return nil
 }
 
@@ -153,7 +93,6 @@ func (r *Redis) StopSave() error {
 
 // Close stops the server and removes its directory.
 func (r *Redis) Close() error {
-	err := r.Stop()
-	os.RemoveAll(r.Dir)
-	return err
+	r.Kill()
+	return os.RemoveAll(filepath.Clean(r.parent))
 }

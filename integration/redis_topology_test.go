@@ -4,13 +4,13 @@ import (
 	"context"
 	"fmt"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/pg-invalidator/pg-invalidator/internal/localsvc"
+	"github.com/pg-invalidator/pg-invalidator/internal/testenv"
 	"github.com/pg-invalidator/pg-invalidator/invalidator"
 )
 
@@ -80,37 +80,13 @@ incr = ["{p}version"]
 
 	// TRUNCATE: item:* and list:* are patterns, scanned on every master.
 	cache("list:7")
-	on := masterCounts(t, rdb, f.key("*"))
+	on := testenv.KeysPerMaster(t, rdb, f.key("*"))
 	if len(on) != 3 {
 		t.Fatalf("the test's keys are on %d masters, want 3: %v", len(on), on)
 	}
 	f.exec("TRUNCATE items")
 	waitGone(append(items, "list:7")...)
-	if got := masterCounts(t, rdb, f.key("*")); len(got) != 1 {
+	if got := testenv.KeysPerMaster(t, rdb, f.key("*")); len(got) != 1 {
 		t.Errorf("keys left per master after TRUNCATE = %v, want only the version key", got)
 	}
-}
-
-// masterCounts counts the keys matching pattern on each master that has any.
-func masterCounts(t *testing.T, rdb *redis.ClusterClient, pattern string) map[string]int {
-	t.Helper()
-	var mu sync.Mutex
-	counts := make(map[string]int)
-	err := rdb.ForEachMaster(context.Background(), func(ctx context.Context, c *redis.Client) error {
-		n := 0
-		iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
-		for iter.Next(ctx) {
-			n++
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		if n > 0 {
-			counts[c.Options().Addr] = n
-		}
-		return iter.Err()
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return counts
 }

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -15,6 +14,7 @@ import (
 
 	pginvalidator "github.com/pg-invalidator/pg-invalidator"
 	"github.com/pg-invalidator/pg-invalidator/internal/localsvc"
+	"github.com/pg-invalidator/pg-invalidator/internal/testenv"
 )
 
 // TestClusterSpread applies keys and patterns whose matches live on every
@@ -30,7 +30,7 @@ func TestClusterSpread(t *testing.T) {
 		kv = append(kv, "a:"+strconv.Itoa(i), "x", "b:"+strconv.Itoa(i), "x", "v:"+strconv.Itoa(i), "7")
 	}
 	clusterSet(t, rdb, 0, kv...)
-	perMaster := countPerMaster(t, rdb, "b:*")
+	perMaster := testenv.KeysPerMaster(t, rdb, "b:*")
 	if len(perMaster) != 3 {
 		t.Fatalf("b:* keys on %d masters, want 3: %v", len(perMaster), perMaster)
 	}
@@ -46,10 +46,10 @@ func TestClusterSpread(t *testing.T) {
 	if err := inv.Apply(ctx, b); err != nil {
 		t.Fatal(err)
 	}
-	if got := countPerMaster(t, rdb, "a:*"); sum(got) != 500 {
+	if got := testenv.KeysPerMaster(t, rdb, "a:*"); sum(got) != 500 {
 		t.Errorf("a:* keys left = %v, want 500 in all", got)
 	}
-	if got := countPerMaster(t, rdb, "b:*"); sum(got) != 0 {
+	if got := testenv.KeysPerMaster(t, rdb, "b:*"); sum(got) != 0 {
 		t.Errorf("b:* keys left = %v, want none", got)
 	}
 	for _, k := range []string{"n:0", "n:499", "v:0", "v:999", "a:500"} {
@@ -413,30 +413,6 @@ func clusterSet(t *testing.T, rdb *redis.ClusterClient, replicas int, kv ...stri
 			t.Fatalf("WAIT %d on %s = %v", replicas, m.Options().Addr, wait.Val())
 		}
 	}
-}
-
-// countPerMaster counts the keys matching pattern on each master.
-func countPerMaster(t *testing.T, rdb *redis.ClusterClient, pattern string) map[string]int {
-	t.Helper()
-	var mu sync.Mutex
-	counts := make(map[string]int)
-	err := rdb.ForEachMaster(context.Background(), func(ctx context.Context, c *redis.Client) error {
-		iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
-		n := 0
-		for iter.Next(ctx) {
-			n++
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		if n > 0 {
-			counts[c.Options().Addr] = n
-		}
-		return iter.Err()
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return counts
 }
 
 func sum(m map[string]int) int {

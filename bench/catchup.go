@@ -57,7 +57,7 @@ const (
 	cDaemonCluster = "daemon (cluster)"
 )
 
-var contenders = []string{cDecode, cRecvlogical, cBaseline, cDaemon}
+var allContenders = []string{cDecode, cRecvlogical, cBaseline, cDaemon}
 
 // catchup creates a slot, writes a backlog with build, ends it with the
 // sentinel transaction, copies the slot once per contender and times each.
@@ -79,12 +79,17 @@ func (e *env) catchup(ctx context.Context, name, backlog string, build func(cont
 	sc := &CatchUp{Scenario: name, Backlog: backlog, Transactions: txs + 1, Rows: rows + 1, BuildSeconds: time.Since(t).Seconds()}
 	e.step("%s: backlog written in %.1fs", name, sc.BuildSeconds)
 
-	contenders := contenders
+	var contenders []string
+	for _, c := range allContenders {
+		if !e.skipped(c) {
+			contenders = append(contenders, c)
+		}
+	}
 	if e.o.cluster {
 		if err := e.startCluster(ctx); err != nil {
 			return nil, err
 		}
-		contenders = append(contenders[:len(contenders):len(contenders)], cDaemonCluster)
+		contenders = append(contenders, cDaemonCluster)
 	}
 	copies := map[string]string{}
 	for _, c := range contenders {
@@ -144,6 +149,16 @@ func (e *env) catchup(ctx context.Context, name, backlog string, build func(cont
 		e.step("%s: %s took %.2fs (%.2f× decode)", name, c, r.Seconds, r.Ratio)
 	}
 	return sc, nil
+}
+
+// skipped reports whether -skip names contender c.
+func (e *env) skipped(c string) bool {
+	for s := range strings.SplitSeq(e.o.skip, ",") {
+		if strings.TrimSpace(s) == c {
+			return true
+		}
+	}
+	return false
 }
 
 // buildSmall writes o.smallTxs single-row UPDATE transactions with pgbench.
@@ -213,6 +228,11 @@ func (e *env) runRecvlogical(ctx context.Context, slot string, end pglogrepl.LSN
 	}
 	dsn := fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres", e.pg.Port)
 	redis0 := redisCPU(ctx, e.rdb)
+	stopPerf, err := e.startPerf(slot)
+	if err != nil {
+		return Run{}, err
+	}
+	defer stopPerf()
 	t := time.Now()
 	c, err := startChild(bin, filepath.Join(e.tmp, slot+".log"), "-d", dsn, "--slot", slot, "--start", "--no-loop",
 		"-o", "proto_version=1", "-o", "publication_names="+publication, "--endpos", end.String(), "-f", "/dev/null")
@@ -277,6 +297,11 @@ func (e *env) runConsumer(ctx context.Context, rdb redis.UniversalClient, name, 
 		return Run{}, err
 	}
 	redis0 := redisCPU(ctx, rdb)
+	stopPerf, err := e.startPerf(slot)
+	if err != nil {
+		return Run{}, err
+	}
+	defer stopPerf()
 	t := time.Now()
 	c, err := startChild(args[0], filepath.Join(e.tmp, slot+".log"), args[1:]...)
 	if err != nil {

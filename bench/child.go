@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -86,4 +88,27 @@ func (c *child) tail() string {
 // failure describes an early exit.
 func (c *child) failure() error {
 	return fmt.Errorf("%s exited early (%v); its output ends with:\n%s", c.name, c.err, c.tail())
+}
+
+// startPerf starts "perf record" on the whole machine, with call graphs,
+// writing to dir/name.data; the returned function stops it and waits for
+// the file. Without -perf it does nothing.
+func (e *env) startPerf(name string) (stop func(), err error) {
+	if e.o.perfDir == "" {
+		return func() {}, nil
+	}
+	if err := os.MkdirAll(e.o.perfDir, 0o755); err != nil {
+		return nil, err
+	}
+	out := filepath.Join(e.o.perfDir, strings.NewReplacer(" ", "_", "(", "", ")", "", ":", "-").Replace(name)+".data")
+	c, err := startChild("perf", out+".log", "record", "-a", "-g", "-F", "999", "-o", out)
+	if err != nil {
+		return nil, fmt.Errorf("-perf needs perf(1): %w", err)
+	}
+	time.Sleep(200 * time.Millisecond) // perf is recording once its buffers are mapped
+	return func() {
+		c.cmd.Process.Signal(syscall.SIGINT)
+		<-c.done
+		e.step("perf: %s (perf report -i %s --sort comm,pid,dso,sym)", out, out)
+	}, nil
 }

@@ -58,6 +58,8 @@ type options struct {
 	outDir    string // where the JSON goes
 	chart     string // where the SVG goes; empty: none
 	cluster   bool   // also run the daemon against a Redis Cluster in the catch-up scenarios
+	skip      string // catch-up contenders left out, comma-separated
+	perfDir   string // where perf record writes a profile of each streaming contender; empty: no profiling
 	verbose   bool
 }
 
@@ -79,6 +81,8 @@ func main() {
 	flag.StringVar(&o.outDir, "out", "", "directory for the JSON results (default: bench/results in the module)")
 	flag.StringVar(&o.chart, "chart", "", "SVG chart to write (default: docs/benchmarks.svg in the module; \"-\" for none)")
 	flag.BoolVar(&o.cluster, "cluster", true, "in the catch-up scenarios, also run the daemon against a 3-master Redis Cluster (\"daemon (cluster)\")")
+	flag.StringVar(&o.skip, "skip", "", "catch-up contenders to leave out, comma-separated: pg_recvlogical, baseline, daemon (decode always runs: it is the yardstick)")
+	flag.StringVar(&o.perfDir, "perf", "", "record a machine-wide perf profile (perf record -a -g) of each catch-up contender into this directory")
 	flag.BoolVar(&o.verbose, "v", false, "print each step with its time")
 	flag.Usage = func() {
 		fmt.Fprint(flag.CommandLine.Output(), `Usage: go run ./bench [flags]
@@ -125,6 +129,14 @@ func run(ctx context.Context, o options) error {
 		case "":
 		default:
 			return fmt.Errorf("-scenarios: unknown scenario %q (want small, large or stale)", s)
+		}
+	}
+
+	for c := range strings.SplitSeq(o.skip, ",") {
+		switch c = strings.TrimSpace(c); c {
+		case cRecvlogical, cBaseline, cDaemon, "":
+		default:
+			return fmt.Errorf("-skip: unknown contender %q (want pg_recvlogical, baseline or daemon)", c)
 		}
 	}
 

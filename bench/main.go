@@ -59,6 +59,7 @@ type options struct {
 	chart     string // where the SVG goes; empty: none
 	cluster   bool   // also run the daemon against a Redis Cluster in the catch-up scenarios
 	skip      string // catch-up contenders left out, comma-separated
+	runs      int    // runs of each catch-up contender but the baseline; the median is reported
 	perfDir   string // where perf record writes a profile of each streaming contender; empty: no profiling
 	verbose   bool
 }
@@ -81,6 +82,7 @@ func main() {
 	flag.StringVar(&o.outDir, "out", "", "directory for the JSON results (default: bench/results in the module)")
 	flag.StringVar(&o.chart, "chart", "", "SVG chart to write (default: docs/benchmarks.svg in the module; \"-\" for none)")
 	flag.BoolVar(&o.cluster, "cluster", true, "in the catch-up scenarios, also run the daemon against a 3-master Redis Cluster (\"daemon (cluster)\")")
+	flag.IntVar(&o.runs, "runs", 3, "runs of each catch-up contender (the baseline runs once); the table shows the median run")
 	flag.StringVar(&o.skip, "skip", "", "catch-up contenders to leave out, comma-separated: pg_recvlogical, baseline, daemon (decode always runs: it is the yardstick)")
 	flag.StringVar(&o.perfDir, "perf", "", "record a machine-wide perf profile (perf record -a -g) of each catch-up contender into this directory")
 	flag.BoolVar(&o.verbose, "v", false, "print each step with its time")
@@ -96,8 +98,8 @@ Flags:
 		flag.PrintDefaults()
 	}
 	flag.Parse()
-	if o.smallTxs < 1 || o.largeRows < 1 || o.samples < 1 || o.clients < 1 || o.loadTPS < 1 {
-		fmt.Fprintln(os.Stderr, "bench: -small-txs, -large-rows, -samples, -clients and -load-tps must be at least 1")
+	if o.smallTxs < 1 || o.largeRows < 1 || o.samples < 1 || o.clients < 1 || o.loadTPS < 1 || o.runs < 1 {
+		fmt.Fprintln(os.Stderr, "bench: -small-txs, -large-rows, -samples, -clients, -load-tps and -runs must be at least 1")
 		os.Exit(2)
 	}
 
@@ -152,7 +154,7 @@ func run(ctx context.Context, o options) error {
 		Machine: e.machine,
 		Params: Params{
 			SmallTxs: o.smallTxs, LargeRows: o.largeRows, Samples: o.samples, LoadTPS: o.loadTPS,
-			PgbenchClients: o.clients, PostgresSettings: postgresSettings,
+			PgbenchClients: o.clients, Runs: o.runs, PostgresSettings: postgresSettings,
 			Templates: []string{"item:<id>", "items:cat:<cat>", "other:<id>"},
 		},
 	}

@@ -29,6 +29,7 @@ type Params struct {
 	Samples          int      `json:"samples"`
 	LoadTPS          int      `json:"load_tps"`
 	PgbenchClients   int      `json:"pgbench_clients"`
+	Runs             int      `json:"runs_per_contender"`
 	PostgresSettings []string `json:"postgres_settings"`
 	Templates        []string `json:"templates"`
 }
@@ -100,11 +101,16 @@ func printResults(w io.Writer, r *Results) {
 	fmt.Fprintf(w, "\nbench run %s, %.0f s in all\n\n", r.Date, r.TotalSeconds)
 	if len(r.CatchUp) > 0 {
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "scenario\tcontender\tseconds\tratio to decode\tclient CPU s\tserver CPU s\tRedis CPU s\tpeak RSS MB\t")
+		fmt.Fprintln(tw, "scenario\tcontender\tseconds\tratio to decode\tclient CPU s\tserver CPU s\tRedis CPU s\tpeak RSS MB\tevery run s\t")
 		for _, sc := range r.CatchUp {
 			for _, x := range sc.Runs {
-				fmt.Fprintf(tw, "%s\t%s\t%.2f\t%.2f×\t%s\t%.2f\t%s\t%s\t\n", sc.Scenario, x.Contender, x.Seconds, x.Ratio,
-					blankZero(x.ClientCPU, "%.2f"), x.ServerCPU, blankZero(x.RedisCPU, "%.2f"), blankZero(float64(x.PeakRSSKB)/1024, "%.1f"))
+				var all []string
+				for _, s := range x.AllSeconds {
+					all = append(all, fmt.Sprintf("%.2f", s))
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%.2f\t%.2f×\t%s\t%.2f\t%s\t%s\t%s\t\n", sc.Scenario, x.Contender, x.Seconds, x.Ratio,
+					blankZero(x.ClientCPU, "%.2f"), x.ServerCPU, blankZero(x.RedisCPU, "%.2f"), blankZero(float64(x.PeakRSSKB)/1024, "%.1f"),
+					strings.Join(all, " "))
 			}
 		}
 		tw.Flush()

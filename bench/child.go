@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 )
@@ -91,7 +90,7 @@ func (c *child) failure() error {
 }
 
 // startPerf starts "perf record" on the whole machine, with call graphs,
-// writing to dir/name.data; the returned function stops it and waits for
+// writing to dir/name.data (name is a slot name, safe in a file name); the returned function stops it and waits for
 // the file. Without -perf it does nothing.
 func (e *env) startPerf(name string) (stop func(), err error) {
 	if e.o.perfDir == "" {
@@ -100,7 +99,7 @@ func (e *env) startPerf(name string) (stop func(), err error) {
 	if err := os.MkdirAll(e.o.perfDir, 0o755); err != nil {
 		return nil, err
 	}
-	out := filepath.Join(e.o.perfDir, strings.NewReplacer(" ", "_", "(", "", ")", "", ":", "-").Replace(name)+".data")
+	out := filepath.Join(e.o.perfDir, name+".data")
 	c, err := startChild("perf", out+".log", "record", "-a", "-g", "-F", "999", "-o", out)
 	if err != nil {
 		return nil, fmt.Errorf("-perf needs perf(1): %w", err)

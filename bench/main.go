@@ -6,8 +6,9 @@
 // It starts its own PostgreSQL and Redis (internal/localsvc) and needs
 // nothing else:
 //
-//	go run ./bench                     # full size (see -help); about 6 minutes on 2 cores
+//	go run ./bench                     # full size (see -help); about 7 minutes on 2 cores
 //	go run ./bench -small-txs 20000 -large-rows 100000 -samples 200
+//	go run ./bench -scenarios small -skip baseline -perf /tmp/perf   # profile each contender
 //	go run ./bench chart bench/results/latest.json docs/benchmarks.svg   # redraw the chart
 //
 // Every contender of a catch-up scenario starts from its own copy of one

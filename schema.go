@@ -31,3 +31,15 @@ type TableInfo struct {
 
 // QualifiedName returns "schema.table".
 func (t TableInfo) QualifiedName() string { return t.Schema + "." + t.Name }
+
+// SplitTableName splits "schema.table", the form rules.toml and every
+// message use, into its parts. A name without a dot is in the public schema.
+// It does not validate: mapping reports malformed names with their line.
+func SplitTableName(s string) (schema, table string) {
+	for i := 0; i < len(s); i++ {
+		if s[i] == '.' {
+			return s[:i], s[i+1:]
+		}
+	}
+	return "public", s
+}

@@ -35,7 +35,6 @@ import (
 	"log/slog"
 	"math/bits"
 	"math/rand/v2"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -43,6 +42,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	pginvalidator "github.com/pg-invalidator/pg-invalidator"
+	"github.com/pg-invalidator/pg-invalidator/internal/redact"
 )
 
 // Options configures an Invalidator.
@@ -96,7 +96,7 @@ type Invalidator struct {
 	single       *redis.Client         // mode single or sentinel; nil in a cluster
 	cluster      *redis.ClusterClient  // mode cluster; nil otherwise
 	log          *slog.Logger
-	url          string // raw, for RedactError only
+	url          string // raw, for redaction only
 	password     string // Options.Password, for redaction only
 	addr         string // host:port, or the topology, for logs
 	waitReplicas int    // 0: no WAIT
@@ -204,20 +204,8 @@ func (inv *Invalidator) Addr() string { return inv.addr }
 
 // redactErr hides the passwords Redis was given in err's text.
 func (inv *Invalidator) redactErr(err error) error {
-	err = pginvalidator.RedactError(err, inv.url)
-	if err != nil && inv.password != "" && strings.Contains(err.Error(), inv.password) {
-		return redactedError{msg: strings.ReplaceAll(err.Error(), inv.password, "REDACTED"), err: err}
-	}
-	return err
+	return redact.Secrets(redact.Error(err, inv.url), inv.password)
 }
-
-type redactedError struct {
-	msg string
-	err error
-}
-
-func (e redactedError) Error() string { return e.msg }
-func (e redactedError) Unwrap() error { return e.err }
 
 // Close closes the client's connections.
 func (inv *Invalidator) Close() error { return inv.client.Close() }

@@ -16,6 +16,7 @@ import (
 	pginvalidator "github.com/pg-invalidator/pg-invalidator"
 	"github.com/pg-invalidator/pg-invalidator/daemon"
 	"github.com/pg-invalidator/pg-invalidator/internal/localsvc"
+	"github.com/pg-invalidator/pg-invalidator/internal/redact"
 	"github.com/pg-invalidator/pg-invalidator/mapping"
 	"github.com/pg-invalidator/pg-invalidator/migrations"
 )
@@ -63,7 +64,7 @@ Flags:
 		d.closers = append(d.closers, func() { rd.Close() })
 		pgURL, redisURL = pg.URL(), rd.URL()
 	}
-	fmt.Fprintf(stdout, "  PostgreSQL %s\n  Redis      %s\n", pginvalidator.RedactURL(pgURL), pginvalidator.RedactURL(redisURL))
+	fmt.Fprintf(stdout, "  PostgreSQL %s\n  Redis      %s\n", redact.URL(pgURL), redact.URL(redisURL))
 
 	rules, source, err := demoRules(*config)
 	if err != nil {
@@ -126,13 +127,13 @@ func (d *demo) close() {
 func (d *demo) connect(ctx context.Context, pgURL, redisURL string) error {
 	conn, err := pgx.Connect(ctx, pgURL)
 	if err != nil {
-		return fmt.Errorf("connect to postgres: %w", pginvalidator.RedactError(err, pgURL))
+		return fmt.Errorf("connect to postgres: %w", redact.Error(err, pgURL))
 	}
 	d.pg = conn
 	d.closers = append(d.closers, func() { conn.Close(context.Background()) })
 	opts, err := redis.ParseURL(redisURL)
 	if err != nil {
-		return fmt.Errorf("parse redis url %s: %w", pginvalidator.RedactURL(redisURL), pginvalidator.RedactError(err, redisURL))
+		return fmt.Errorf("parse redis url %s: %w", redact.URL(redisURL), redact.Error(err, redisURL))
 	}
 	opts.DisableIdentity = true
 	d.rdb = redis.NewClient(opts)

@@ -15,6 +15,7 @@ import (
 
 	pginvalidator "github.com/pg-invalidator/pg-invalidator"
 	"github.com/pg-invalidator/pg-invalidator/daemon"
+	"github.com/pg-invalidator/pg-invalidator/internal/redact"
 	"github.com/pg-invalidator/pg-invalidator/mapping"
 	"github.com/pg-invalidator/pg-invalidator/replication"
 )
@@ -82,7 +83,7 @@ Flags:
 	defer cancel()
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
-		return fmt.Errorf("connect to postgres %s: %w", pginvalidator.RedactURL(url), pginvalidator.RedactError(err, url))
+		return fmt.Errorf("connect to postgres %s: %w", redact.URL(url), redact.Error(err, url))
 	}
 	defer conn.Close(context.Background())
 

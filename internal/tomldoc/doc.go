@@ -4,12 +4,13 @@
 // helpers that both readers of rules.toml use: mapping for the [[rule]]
 // tables, config for the rest of the file.
 //
-// A value is what the TOML decoder gives for map[string]any: string, int64,
-// float64, bool, a date or time, []any, map[string]any, or
-// []map[string]any for an array of tables.
+// Values are what go-toml gives for map[string]any: string, int64, float64,
+// bool, a date or time, []any (arrays and arrays of tables alike) and
+// map[string]any.
 package tomldoc
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"maps"
@@ -17,7 +18,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/BurntSushi/toml"
+	"github.com/pelletier/go-toml/v2"
 )
 
 // Doc is a decoded TOML document and the lines of its keys.
@@ -28,21 +29,31 @@ type Doc struct {
 }
 
 // Parse decodes data, the content of the file named file. A TOML syntax
-// error is returned as Errors holding one *Problem at its line.
+// error is returned as Errors holding one *Problem at its line, which says
+// at which column and, when it is inside a key/value, after which key.
 func Parse(file string, data []byte) (*Doc, error) {
-	var root map[string]any
-	if _, err := toml.Decode(string(data), &root); err != nil {
-		var pe toml.ParseError
-		if !errors.As(err, &pe) {
-			return nil, Errors{&Problem{File: file, Msg: err.Error()}}
-		}
-		msg := "TOML syntax error: " + pe.Message
-		if pe.LastKey != "" {
-			msg = fmt.Sprintf("TOML syntax error after key %q: %s", pe.LastKey, pe.Message)
-		}
-		return nil, Errors{&Problem{File: file, Line: pe.Position.Line, Msg: msg}}
+	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf")) // a byte order mark, as editors on Windows write
+	lines, err := indexLines(file, data)
+	if err != nil {
+		return nil, Errors{err}
 	}
-	return &Doc{File: file, Root: root, lines: indexLines(string(data))}, nil
+	var root map[string]any
+	if err := toml.Unmarshal(data, &root); err != nil {
+		// The syntax is right (indexLines parsed it): a key defined twice,
+		// a date that does not exist, an integer out of range.
+		var de *toml.DecodeError
+		if !errors.As(err, &de) {
+			return nil, Errors{&Problem{File: file, Msg: "TOML syntax error: " + err.Error()}}
+		}
+		line, col := de.Position()
+		msg := "TOML syntax error: "
+		if key := lines.keyAt(line); key != "" {
+			msg = fmt.Sprintf("TOML syntax error after key %q: ", key)
+		}
+		msg += fmt.Sprintf("%s (column %d)", strings.TrimPrefix(de.Error(), "toml: "), col)
+		return nil, Errors{&Problem{File: file, Line: line, Msg: msg}}
+	}
+	return &Doc{File: file, Root: root, lines: lines}, nil
 }
 
 // Line returns the line of the key or array element at path, or of its
@@ -96,9 +107,7 @@ func (c *Checker) Table(path []string, v any) map[string]any {
 // that is not an array is reported, and Tables returns false.
 func (c *Checker) Tables(name string, v any) ([]map[string]any, bool) {
 	switch v := v.(type) {
-	case []map[string]any: // [[name]] headers
-		return v, true
-	case []any: // name = [{...}, {...}]
+	case []any: // [[name]] headers, or name = [{...}, {...}]
 		tables := make([]map[string]any, 0, len(v))
 		for i, e := range v {
 			m, ok := e.(map[string]any)
@@ -182,7 +191,7 @@ func keyName(path []string) string {
 }
 
 func typeName(v any) string {
-	switch v.(type) {
+	switch v := v.(type) {
 	case string:
 		return "a string"
 	case int64:
@@ -192,11 +201,23 @@ func typeName(v any) string {
 	case bool:
 		return "a boolean"
 	case []any:
+		if isTables(v) {
+			return "an array of tables"
+		}
 		return "an array"
 	case map[string]any:
 		return "a table"
-	case []map[string]any:
-		return "an array of tables"
 	}
 	return "a date or time"
+}
+
+// isTables reports whether a is a non-empty array whose elements are all
+// tables: [[name]] headers, or an array of inline tables.
+func isTables(a []any) bool {
+	for _, e := range a {
+		if _, ok := e.(map[string]any); !ok {
+			return false
+		}
+	}
+	return len(a) > 0
 }

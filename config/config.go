@@ -7,8 +7,8 @@
 // It reads the file, and, in ReadPasswords only, the environment variables
 // and files that password_env and password_file name. It resolves no flag
 // and no other environment variable: the command line puts --postgres,
-// DATABASE_URL, --redis and REDIS_URL on top of what the file says. Tests
-// and the bench read rules files through it as the daemon does.
+// DATABASE_URL, --redis and REDIS_URL on top of what the file says. The
+// integration tests read rules files through it as the daemon does.
 package config
 
 import (

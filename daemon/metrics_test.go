@@ -22,7 +22,7 @@ import (
 func TestReadiness(t *testing.T) {
 	now := time.Unix(1000, 0)
 	ago := func(d time.Duration) int64 { return now.Add(-d).UnixNano() }
-	one := func(at int64) []answered { return []answered{{mapping.DefaultTarget, at}} }
+	one := func(at int64) []answered { return []answered{{DefaultTarget, at}} }
 	two := func(eu, us int64) []answered { return []answered{{"eu", eu}, {"us", us}} }
 	tests := []struct {
 		name      string
@@ -102,7 +102,7 @@ incr = ["v:items"]
 	}
 	t.Cleanup(func() { inv.Close() })
 	mapper := mapping.NewMapper(rules)
-	return newMetrics(rules, mapper, targets{{name: mapping.DefaultTarget, inv: inv}}), mapper
+	return newMetrics(rules, mapper, fanout{{name: DefaultTarget, inv: inv}}), mapper
 }
 
 // gather returns every sample by series, written as name{label="value",...}

@@ -66,11 +66,23 @@ type Options struct {
 	TLS                                   bool
 	TLSCA, TLSCert, TLSKey, TLSServerName string
 	// WaitReplicas, when above zero, ends every pipeline that writes with
-	// WAIT WaitReplicas WaitTimeout on the same connection, so on the master
-	// that ran its commands. Fewer acknowledgements than WaitReplicas, or a
-	// failed WAIT, make Apply resend the pipeline's commands, with backoff,
-	// until a WAIT confirms them: the master may have failed over and lost
-	// them. An INCR may then count twice. Zero: no WAIT.
+	// WAIT n WaitTimeout on the same connection, so on the master that ran
+	// its commands, where n is WaitReplicas or, on a master with fewer
+	// replicas online, as many as it has (none: no WAIT). Fewer
+	// acknowledgements than n, unless the master has lost replicas
+	// meanwhile, or a failed WAIT, make Apply resend the pipeline's
+	// commands, with backoff, until a WAIT confirms them: the master may have
+	// failed over and lost them. An INCR may then count twice.
+	//
+	// A master with fewer replicas than WaitReplicas is degraded (see
+	// Degraded): a write it acknowledged is held by fewer replicas, or only
+	// by itself, until a replica attaches and syncs. A replica that attaches
+	// later copies the master's data, so it holds those writes too; a
+	// failover that promotes a replica that was not online meanwhile loses
+	// them. A replica counts while it is in state online and acknowledged
+	// the replication stream within the last 5s. The count of each master is
+	// read with INFO replication, at most once a second, and again when a
+	// WAIT comes back short. Zero: no WAIT.
 	WaitReplicas int
 	// WaitTimeout is how long one WAIT may block; zero means 1s.
 	WaitTimeout time.Duration
@@ -88,19 +100,21 @@ type Options struct {
 // Invalidator runs batches of commands against Redis: one server, a
 // sentinel-managed master, or a cluster.
 type Invalidator struct {
-	client       redis.UniversalClient // single, or cluster
-	single       *redis.Client         // mode single or sentinel; nil in a cluster
-	cluster      *redis.ClusterClient  // mode cluster; nil otherwise
-	log          *slog.Logger
-	url          string // raw, for redaction only
-	password     string // Options.Password, for redaction only
-	addr         string // host:port, or the topology, for logs
-	waitReplicas int    // 0: no WAIT
-	waitTimeout  time.Duration
-	minBackoff   time.Duration
-	maxBackoff   time.Duration
-	scanCount    int64
-	pipeSize     int
+	client         redis.UniversalClient // single, or cluster
+	single         *redis.Client         // mode single or sentinel; nil in a cluster
+	cluster        *redis.ClusterClient  // mode cluster; nil otherwise
+	log            *slog.Logger
+	url            string // raw, for redaction only
+	password       string // Options.Password, for redaction only
+	addr           string // host:port, or the topology, for logs
+	waitReplicas   int    // 0: no WAIT
+	waitTimeout    time.Duration
+	minBackoff     time.Duration
+	maxBackoff     time.Duration
+	scanCount      int64
+	pipeSize       int
+	replicas       replicaSet  // how many replicas WAIT asks for, per master
+	sentinelMaster *dialedAddr // mode sentinel: where the master is; nil otherwise
 
 	mu        sync.Mutex // serializes Apply; protects the fields below
 	down      bool       // the last attempt failed
@@ -139,6 +153,7 @@ func New(opts Options) (*Invalidator, error) {
 	if inv.log == nil {
 		inv.log = slog.Default()
 	}
+	inv.replicas = replicaSet{want: inv.waitReplicas, log: inv.log, masters: make(map[string]*masterReplicas)}
 	if inv.minBackoff <= 0 {
 		inv.minBackoff = 50 * time.Millisecond
 	}
@@ -156,18 +171,30 @@ func New(opts Options) (*Invalidator, error) {
 }
 
 // Ping checks once that Redis answers, every master of a cluster; it does
-// not retry.
+// not retry. With Options.WaitReplicas, it also reads how many replicas each
+// master has (see Degraded), and fails when it cannot.
 func (inv *Invalidator) Ping(ctx context.Context) error {
+	ping := func(ctx context.Context, c *redis.Client) error {
+		if err := c.Ping(ctx).Err(); err != nil {
+			return err
+		}
+		if inv.waitReplicas > 0 { // keeps Degraded true while no batch comes
+			if _, err := inv.replicas.waitFor(ctx, c, inv.masterAddr(c), false); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	var err error
 	if inv.cluster != nil {
 		err = inv.cluster.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
-			if err := c.Ping(ctx).Err(); err != nil {
+			if err := ping(ctx, c); err != nil {
 				return fmt.Errorf("%s: %w", c.Options().Addr, err)
 			}
 			return nil
 		})
 	} else {
-		err = inv.single.Ping(ctx).Err()
+		err = ping(ctx, inv.single)
 	}
 	if err != nil {
 		return fmt.Errorf("ping redis %s: %w", inv.addr, inv.redactErr(err))

@@ -93,6 +93,8 @@ func (inv *Invalidator) newClient(opts Options) error {
 			ReadTimeout:     readTimeout,
 			DisableIdentity: true,
 		})
+		inv.sentinelMaster = &dialedAddr{}
+		inv.single.AddHook(inv.sentinelMaster)
 		inv.client = inv.single
 		inv.addr = "sentinel master " + opts.MasterName + " via " + strings.Join(opts.Addrs, ",")
 	case ModeCluster:

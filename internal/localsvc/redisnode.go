@@ -114,6 +114,22 @@ func (n *RedisNode) Kill() {
 	n.cmd, n.done = nil, nil
 }
 
+// Pause stops the process with SIGSTOP, as a frozen host would: its
+// connections stay open, and nothing answers on them, until Resume.
+func (n *RedisNode) Pause() error { return n.signal(syscall.SIGSTOP) }
+
+// Resume continues a process Pause stopped.
+func (n *RedisNode) Resume() error { return n.signal(syscall.SIGCONT) }
+
+func (n *RedisNode) signal(sig syscall.Signal) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cmd == nil {
+		return errors.New("redis node is not running")
+	}
+	return n.cmd.Process.Signal(sig)
+}
+
 // Running reports whether the process runs.
 func (n *RedisNode) Running() bool {
 	n.mu.Lock()

@@ -18,7 +18,7 @@ import (
 // as UNLINK, Incr keys as INCR or INCRBY, then each DelPattern pattern is
 // scanned and its keys unlinked, and each IncrPattern pattern is scanned and
 // its keys incremented (only while they exist: IncrPattern never creates a
-// key).
+// key), each once, though SCAN may return a key twice (see scanDedupe).
 //
 // While Redis is unavailable (down, LOADING, OOM, READONLY, timeouts, ...)
 // Apply retries the failed commands, without end, until ctx is done; then

@@ -23,10 +23,13 @@
 // names (mode sentinel), or to Redis Cluster (mode cluster). In a cluster,
 // each pipeline goes to the master that owns its keys' slots; a command
 // answered MOVED or ASK is resent, alone, where Redis said, and patterns are
-// scanned on every master. With Options.WaitReplicas, every pipeline ends
-// with WAIT on the connection that carried its writes, and its commands
-// count as applied only once enough replicas acknowledged them; otherwise
-// they are resent (see Options.WaitReplicas).
+// scanned on every master, which must own every slot between them. A scan
+// cut short by a restart or a failover starts over on the new server
+// process: a SCAN cursor means nothing to another. With
+// Options.WaitReplicas, every pipeline ends with WAIT on the connection
+// that carried its writes, and its commands count as applied only once the
+// replicas the master has (up to WaitReplicas) acknowledged them; otherwise
+// they are resent (see Options.WaitReplicas and Degraded).
 package invalidator
 
 import (
@@ -115,6 +118,9 @@ type Invalidator struct {
 	pipeSize       int
 	replicas       replicaSet  // how many replicas WAIT asks for, per master
 	sentinelMaster *dialedAddr // mode sentinel: where the master is; nil otherwise
+	// scanPage reads one SCAN page and the server's run_id: the function
+	// scanPage, wrapped by tests only.
+	scanPage func(ctx context.Context, m *redis.Client, cursor uint64, match string, count int64) ([]string, uint64, string, error)
 
 	mu        sync.Mutex // serializes Apply; protects the fields below
 	down      bool       // the last attempt failed
@@ -140,6 +146,7 @@ func New(opts Options) (*Invalidator, error) {
 		scanCount:    int64(opts.ScanCount),
 		pipeSize:     opts.PipelineSize,
 		groups:       make(map[*redis.Client]*group),
+		scanPage:     scanPage,
 	}
 	if inv.waitReplicas < 0 {
 		return nil, fmt.Errorf("redis wait_replicas %d: want zero or more", inv.waitReplicas)

@@ -132,6 +132,63 @@ func TestClusterRedirects(t *testing.T) {
 	}
 }
 
+// TestClusterPatternNeedsEverySlot seeds the invalidator with a node that
+// has not joined the cluster: its CLUSTER SLOTS is empty, so the slot map
+// names no master. A TRUNCATE pattern must not pass for done on it: Apply
+// retries until the node has joined, then scans every master.
+func TestClusterPatternNeedsEverySlot(t *testing.T) {
+	ctx := context.Background()
+	cl := startCluster(t)
+	rdb := clusterClient(t, cl)
+	var kv []string
+	for i := range 1000 {
+		kv = append(kv, "lone:"+strconv.Itoa(i), "x")
+	}
+	clusterSet(t, rdb, 0, kv...)
+	lone, err := cl.StartLoneNode(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	inv := newTopologyInvalidator(t, Options{Mode: ModeCluster, Addrs: []string{lone.Addr()},
+		MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+
+	b := NewBatch()
+	b.Add(pginvalidator.Command{Action: pginvalidator.DelPattern, Key: "lone:*"})
+	b.EndTx()
+	done := make(chan error, 1)
+	go func() { done <- inv.Apply(ctx, b) }()
+	select {
+	case err := <-done:
+		t.Fatalf("Apply returned %v on a slot map without masters; %d keys left", err, len(clusterKeys(t, rdb, "lone:*")))
+	case <-time.After(time.Second):
+	}
+	if want := "the cluster's masters own 0 of 16384 slots"; !strings.Contains(logs.String(), want) {
+		t.Errorf("logs do not say %q:\n%s", want, logs.String())
+	}
+
+	member := nodeClient(t, cl.Nodes[0].Addr())
+	bus, err := member.ConfigGet(ctx, "cluster-port").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustDo(t, nodeClient(t, lone.Addr()), "CLUSTER", "MEET", "127.0.0.1", cl.Nodes[0].Port, bus["cluster-port"])
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Apply still running 30s after the node joined the cluster")
+	}
+	if left := clusterKeys(t, rdb, "lone:*"); len(left) > 0 {
+		t.Errorf("%d keys left after the pattern, such as %v", len(left), left[:min(5, len(left))])
+	}
+	if st := inv.Stats(); st.DelPatternKeys != 1000 || st.Retries == 0 {
+		t.Errorf("Stats() = %+v, want DelPatternKeys 1000 and retries", st)
+	}
+}
+
 // TestClusterFailoverWaitReplicas kills a master with SIGKILL while batches
 // are applied with wait_replicas = 1, and does not restart it: its replica
 // takes over with no replica of its own. Every key of every batch Apply

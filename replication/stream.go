@@ -46,10 +46,11 @@ const (
 	// Commit ends a transaction. LSN is its TransactionEndLSN, the position
 	// to acknowledge once everything the transaction caused is applied.
 	Commit
-	// Idle reports that the server has sent everything up to LSN and nothing
-	// is in flight on the wire. A consumer with nothing pending may
-	// acknowledge LSN, so that the slot moves while published tables are quiet.
-	Idle
+	// Keepalive is the server's primary keepalive message: it has sent
+	// everything up to LSN (its ServerWALEnd), and nothing is in flight on
+	// the wire. A consumer with nothing pending may acknowledge LSN, so that
+	// the slot moves while published tables are quiet.
+	Keepalive
 )
 
 // Event is one step of the stream.
@@ -134,12 +135,10 @@ func Connect(ctx context.Context, cfg Config) (*Stream, error) {
 	return s, nil
 }
 
-// Conn returns the replication connection, for slot management before Run.
-func (s *Stream) Conn() *pgconn.PgConn { return s.conn }
-
 // Start sends START_REPLICATION at LSN 0, so the server resumes at the slot's
 // confirmed_flush_lsn. After a failed Start the connection is unusable: Close
-// it and connect again.
+// it and connect again. A slot the server has invalidated is a *SlotError
+// that says what to do; SlotInvalidated reports it.
 func (s *Stream) Start(ctx context.Context) error {
 	err := pglogrepl.StartReplication(ctx, s.conn, s.cfg.Slot, 0, pglogrepl.StartReplicationOptions{
 		PluginArgs: []string{
@@ -148,6 +147,9 @@ func (s *Stream) Start(ctx context.Context) error {
 		},
 	})
 	if err != nil {
+		if SlotInvalidated(err) {
+			return invalidatedError(s.cfg.Slot, err)
+		}
 		return fmt.Errorf("start replication on slot %s: %w", s.cfg.Slot, err)
 	}
 	s.started = true
@@ -308,7 +310,7 @@ func (s *Stream) handleCopyData(chunk []Event, data []byte) ([]Event, error) {
 			default:
 			}
 		}
-		return append(chunk, Event{Kind: Idle, LSN: ka.ServerWALEnd}), nil
+		return append(chunk, Event{Kind: Keepalive, LSN: ka.ServerWALEnd}), nil
 	case pglogrepl.XLogDataByteID:
 		xld, err := pglogrepl.ParseXLogData(data[1:])
 		if err != nil {

@@ -62,7 +62,7 @@ func dryRun(ctx context.Context, cfg Config) error {
 	if err := checkDryRun(ctx, cfg); err != nil {
 		return ignoreCanceled(ctx, err)
 	}
-	cfg.Slot = fmt.Sprintf("pg_invalidator_dryrun_%d", os.Getpid())
+	cfg.Slot = fmt.Sprintf("%s_dryrun_%d", replication.DefaultSlot, os.Getpid())
 	if n := dryRunSlots.Add(1); n > 1 {
 		cfg.Slot = fmt.Sprintf("%s_%d", cfg.Slot, n)
 	}

@@ -5,6 +5,7 @@ import (
 	"reflect"
 	"testing"
 
+	pginvalidator "github.com/pg-invalidator/pg-invalidator"
 	"github.com/pg-invalidator/pg-invalidator/internal/testenv"
 )
 
@@ -32,5 +33,25 @@ func TestReplicaIdentityFullSQL(t *testing.T) {
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("got %q\nwant %q", got, want)
+	}
+}
+
+func TestWithFullIdentity(t *testing.T) {
+	tables := map[string]pginvalidator.TableInfo{
+		"public.a": {Schema: "public", Name: "a", Exists: true, ReplicaIdentity: pginvalidator.IdentityDefault, HasPrimaryKey: true,
+			Columns: []string{"id", "v", "g"}, Generated: []string{"g"}, IdentityColumns: []string{"id"}},
+		"public.b": {Schema: "public", Name: "b", Exists: true, ReplicaIdentity: pginvalidator.IdentityNothing,
+			Columns: []string{"id"}},
+		"public.gone": {Schema: "public", Name: "gone"},
+	}
+	got := WithFullIdentity(tables, []string{"public.a", "public.gone"})
+	wantA := tables["public.a"]
+	wantA.ReplicaIdentity, wantA.IdentityColumns = pginvalidator.IdentityFull, []string{"id", "v"}
+	want := map[string]pginvalidator.TableInfo{"public.a": wantA, "public.b": tables["public.b"], "public.gone": tables["public.gone"]}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got\n%+v\nwant\n%+v", got, want)
+	}
+	if tables["public.a"].ReplicaIdentity != pginvalidator.IdentityDefault {
+		t.Error("WithFullIdentity changed its argument")
 	}
 }

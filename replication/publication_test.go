@@ -314,3 +314,44 @@ func TestPublicationSQL(t *testing.T) {
 		t.Errorf("ready publication: got %q, want nothing", got)
 	}
 }
+
+func TestPublicationPlan(t *testing.T) {
+	t.Parallel()
+	db := testenv.NewDatabase(t, env.PostgresURL)
+	testenv.Exec(t, db, `CREATE TABLE a (id int PRIMARY KEY)`, `CREATE TABLE b (id int PRIMARY KEY)`, `CREATE PUBLICATION p FOR TABLE a`)
+	conn := connect(t, db)
+	got, err := PublicationPlan(context.Background(), conn, "p", []string{"a", "b"})
+	want := []Statement{{SQL: `ALTER PUBLICATION "p" ADD TABLE "public"."b"`, Why: "publication p lacks tables public.b"}}
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Errorf("got %q, %v; want %q", got, err, want)
+	}
+	if tables := readPublication(t, conn, "p").tables; !slices.Equal(tables, []string{"public.a"}) {
+		t.Errorf("planning changed the publication: %q", tables)
+	}
+}
+
+func TestDropTablesFromPublication(t *testing.T) {
+	t.Parallel()
+	_, asRole := newRole(t)
+	db := testenv.NewDatabase(t, env.PostgresURL)
+	testenv.Exec(t, db,
+		`CREATE TABLE a (id int PRIMARY KEY)`,
+		`CREATE TABLE b (id int PRIMARY KEY)`,
+		`CREATE TABLE c (id int PRIMARY KEY)`,
+		`CREATE PUBLICATION p FOR TABLE a, b, c`,
+	)
+	ctx := context.Background()
+
+	// Not the owner: nothing changes.
+	err := DropTablesFromPublication(ctx, connect(t, asRole(db)), "p", []string{"public.b"})
+	if want := "the publication belongs to another role; a DBA may drop them"; err == nil || err.Error() != want {
+		t.Errorf("not the owner: got %v, want %q", err, want)
+	}
+	conn := connect(t, db)
+	if err := DropTablesFromPublication(ctx, conn, "p", []string{"public.b", "c", "public.nosuch"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := readPublication(t, conn, "p").tables; !slices.Equal(got, []string{"public.a"}) {
+		t.Errorf("publication tables: got %q, want public.a", got)
+	}
+}

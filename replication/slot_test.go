@@ -110,3 +110,132 @@ func TestEnsureSlotUnusable(t *testing.T) {
 		}
 	}
 }
+
+func TestDropSlot(t *testing.T) {
+	t.Parallel()
+	db := testenv.NewDatabase(t, env.PostgresURL)
+	testenv.Exec(t, db, `CREATE TABLE a (id int PRIMARY KEY)`, `CREATE PUBLICATION p FOR TABLE a`)
+	conn := connect(t, db)
+	ctx := context.Background()
+	slot := testenv.UniqueName()
+	repl := connectReplication(t, db)
+	if _, err := EnsureSlot(ctx, repl, slot); err != nil {
+		t.Fatal(err)
+	}
+
+	// DropLostSlot leaves a slot that can still stream alone.
+	if dropped, err := DropLostSlot(ctx, conn, slot); err != nil || dropped {
+		t.Fatalf("DropLostSlot on a reserved slot = %v, %v; want false, nil", dropped, err)
+	}
+
+	// DropSlot terminates the walsender streaming from it.
+	err := pglogrepl.StartReplication(ctx, repl, slot, 0,
+		pglogrepl.StartReplicationOptions{PluginArgs: []string{"proto_version '1'", "publication_names 'p'"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		streaming, err := SlotStreaming(ctx, conn, slot)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if streaming {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("SlotStreaming never said true")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if dropped, err := DropSlot(ctx, conn, slot); err != nil || !dropped {
+		t.Fatalf("DropSlot on an active slot = %v, %v; want true, nil", dropped, err)
+	}
+	if got, err := SlotState(ctx, conn, slot); err != nil || got.Exists {
+		t.Errorf("after DropSlot: %+v, %v", got, err)
+	}
+	if dropped, err := DropSlot(ctx, conn, slot); err != nil || dropped {
+		t.Errorf("DropSlot on a missing slot = %v, %v; want false, nil", dropped, err)
+	}
+}
+
+func TestStreamSlots(t *testing.T) {
+	t.Parallel()
+	db := testenv.NewDatabase(t, env.PostgresURL)
+	testenv.Exec(t, db, `CREATE TABLE a (id int PRIMARY KEY)`, `CREATE PUBLICATION p FOR TABLE a`)
+	conn := connect(t, db)
+	ctx := context.Background()
+	slot := testenv.UniqueName()
+	open := func() *Stream {
+		t.Helper()
+		s, err := Connect(ctx, Config{URL: db, Slot: slot, Publication: "p"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+
+	// A temporary slot goes with its connection.
+	s := open()
+	if err := s.CreateTemporarySlot(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := SlotState(ctx, conn, slot); err != nil || !got.Temporary {
+		t.Errorf("temporary slot: %+v, %v", got, err)
+	}
+	s.Close(ctx)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got, err := SlotState(ctx, conn, slot)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !got.Exists {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the temporary slot outlived its connection")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	// EnsureSlot creates the permanent one; DropSlot drops it.
+	s = open()
+	defer s.Close(ctx)
+	if created, err := s.EnsureSlot(ctx); err != nil || !created {
+		t.Fatalf("EnsureSlot = %v, %v", created, err)
+	}
+	if err := s.DropSlot(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := SlotState(ctx, conn, slot); err != nil || got.Exists {
+		t.Errorf("after Stream.DropSlot: %+v, %v", got, err)
+	}
+}
+
+func TestEmitHeartbeat(t *testing.T) {
+	t.Parallel()
+	db := testenv.NewDatabase(t, env.PostgresURL)
+	slot := testenv.UniqueName()
+	testenv.Exec(t, db, `SELECT pg_create_logical_replication_slot('`+slot+`', 'test_decoding')`)
+	conn := connect(t, db)
+	ctx := context.Background()
+	if err := EmitHeartbeat(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	// The message is not flushed at once (it is no commit): peek, which reads
+	// flushed WAL only, sees it once the WAL writer has flushed it.
+	var data *string
+	for deadline := time.Now().Add(10 * time.Second); data == nil; time.Sleep(20 * time.Millisecond) {
+		err := conn.QueryRow(ctx, `SELECT string_agg(data, ' | ') FROM pg_logical_slot_peek_changes($1, NULL, NULL)`, slot).Scan(&data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no change decoded after 10s")
+		}
+	}
+	if want := "message: transactional: 0 prefix: pg_invalidator, sz: 9 content:heartbeat"; *data != want {
+		t.Errorf("decoded %q, want %q", *data, want)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pg-invalidator/pg-invalidator/internal/localsvc"
+	"github.com/pg-invalidator/pg-invalidator/internal/testenv"
 	"github.com/pg-invalidator/pg-invalidator/replication"
 )
 
@@ -148,10 +149,16 @@ func TestPrerequisiteFreeSlotAndWALSender(t *testing.T) {
 			"no free WAL sender: max_wal_senders is 1 and 1 is in use by other replication connections (standbys, subscribers, other consumers); " +
 				"fix: raise the limit with ALTER SYSTEM SET max_wal_senders = 2; then restart PostgreSQL (a reload is not enough); " +
 				"or end a replication connection nobody needs (pg_stat_replication lists them)"}
-		f := newFixtureOn(t, pg.URL(), env.RedisURL, itemsSchema, markerSchema)
+		// The daemon's role, as setup makes it: no superuser, which sees
+		// other roles' walsenders only in part.
+		role := testenv.UniqueName()
+		testExec(t, pg.URL(), "CREATE ROLE "+role+" LOGIN REPLICATION PASSWORD 'pw'")
+		t.Cleanup(func() { testExec(t, pg.URL(), "DROP ROLE "+role) })
+		f := newFixtureOn(t, pg.URL(), env.RedisURL, itemsSchema, markerSchema, "GRANT SELECT ON items, marker TO "+role)
 		rules := f.rules(itemsRules)
-		refuses(t, want, "check", "--config", rules, "--postgres", f.dbURL)
-		refuses(t, want, "run", "--config", rules, "--postgres", f.dbURL, "--redis", f.redisURL)
+		roleURL := asRole(t, f.dbURL, role, "pw")
+		refuses(t, want, "check", "--config", rules, "--postgres", roleURL)
+		refuses(t, want, "run", "--config", rules, "--postgres", roleURL, "--redis", f.redisURL)
 		f.createdNothing("run")
 	})
 

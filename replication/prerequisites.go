@@ -66,17 +66,19 @@ func ServerProblems(ctx context.Context, conn *pgx.Conn, slot string) (s Server,
 	if s.VersionNum < MinServerVersion {
 		return s, serverProblems(s), nil
 	}
-	// A walsender of the daemon's own slot is not counted: it is the
-	// daemon's, from before a restart, or the active one a standby waits for.
+	// pg_stat_replication lists every walsender, streaming or not, to every
+	// role (pg_stat_activity hides other roles' backend_type from a role
+	// without pg_read_all_stats). A walsender of the daemon's own slot is
+	// not counted: it is the daemon's, from before a restart, or the active
+	// one a standby waits for.
 	err = conn.QueryRow(ctx, `
 SELECT current_setting('wal_level'),
        current_setting('max_replication_slots')::int,
        current_setting('max_wal_senders')::int,
        ARRAY(SELECT slot_name::text FROM pg_replication_slots ORDER BY slot_name),
        EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1),
-       (SELECT count(*)::int FROM pg_stat_activity a
-        WHERE a.backend_type = 'walsender'
-          AND a.pid IS DISTINCT FROM (SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1))`, slot).
+       (SELECT count(*)::int FROM pg_stat_replication r
+        WHERE r.pid IS DISTINCT FROM (SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1))`, slot).
 		Scan(&s.WALLevel, &s.MaxSlots, &s.MaxWALSenders, &s.Slots, &s.SlotExists, &s.WALSenders)
 	if err != nil {
 		return s, nil, fmt.Errorf("read replication settings: %w", err)

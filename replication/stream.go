@@ -1,9 +1,15 @@
-// Package replication speaks PostgreSQL's logical replication protocol with
-// the pgoutput plugin (proto_version 1, no streaming of in-progress
-// transactions) and turns the WAL into pginvalidator.Change values.
+// Package replication is everything the daemon says to PostgreSQL. It
+// speaks the logical replication protocol with the pgoutput plugin
+// (proto_version 1, no streaming of in-progress transactions) and turns the
+// WAL into pginvalidator.Change values (stream.go, tuple.go); it reads the
+// catalog (catalog.go, identity.go), keeps the publication (publication.go)
+// and the slot (slot.go), checks the server's and the role's prerequisites
+// (prerequisites.go, role.go), writes heartbeats (heartbeat.go), prints the
+// SQL a DBA runs (statement.go), and says what the server's errors mean
+// (errors.go). No SQL is written anywhere else.
 //
-// It guarantees:
-//   - the stream starts at the slot's confirmed_flush_lsn (START_REPLICATION at
+// The stream guarantees:
+//   - it starts at the slot's confirmed_flush_lsn (START_REPLICATION at
 //     LSN 0), so nothing acknowledged is replayed and nothing unacknowledged is
 //     skipped;
 //   - the server is told a position only when the consumer calls Ack, and

@@ -189,9 +189,9 @@ func TestMetricsCountRowsAndReadStats(t *testing.T) {
 	}
 }
 
-// TestDocumentedMetricsExist keeps the README and the Grafana dashboard in
-// step with the metrics: every pg_invalidator_ name they use exists, and the
-// README lists every one.
+// TestDocumentedMetricsExist keeps the docs and the Grafana dashboard in
+// step with the metrics: every pg_invalidator_ name they use exists, and
+// docs/metrics.md lists every one.
 func TestDocumentedMetricsExist(t *testing.T) {
 	m, _ := newTestMetrics(t)
 	safe := int64(1)
@@ -207,7 +207,8 @@ func TestDocumentedMetricsExist(t *testing.T) {
 		}
 	}
 	name := regexp.MustCompile(`pg_invalidator_[a-z_]*[a-z]`)
-	for _, file := range []string{"../README.md", "../deploy/grafana/pg-invalidator.json"} {
+	for _, file := range []string{"../docs/metrics.md", "../README.md", "../docs/guarantees.md", "../docs/high-availability.md",
+		"../docs/operations.md", "../docs/postgresql.md", "../docs/redis.md", "../docs/rules.md", "../deploy/grafana/pg-invalidator.json"} {
 		data, err := os.ReadFile(file)
 		if err != nil {
 			t.Fatal(err)
@@ -226,7 +227,7 @@ func TestDocumentedMetricsExist(t *testing.T) {
 			}
 			used[n] = true
 		}
-		if file == "../README.md" {
+		if file == "../docs/metrics.md" {
 			for n := range registered {
 				if !used[n] {
 					t.Errorf("%s does not document %s", file, n)

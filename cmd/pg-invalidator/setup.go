@@ -25,7 +25,7 @@ func setupCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	)
 	fs.StringVar(&config, "config", "rules.toml", "rules file")
 	fs.StringVar(&postgres, "postgres", "", "PostgreSQL URL of a role that may make these changes, such as a superuser (default: $DATABASE_URL, then [postgres] url in the rules file)")
-	fs.StringVar(&role, "role", "pg_invalidator", "the role the daemon will log in as")
+	fs.StringVar(&role, "role", "pginvalidator", "the role the daemon will log in as (PostgreSQL reserves names that start with pg_)")
 	fs.BoolVar(&apply, "apply", false, "run the SQL, in one transaction, instead of printing it")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: pg-invalidator setup [flags]

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"net/url"
 	"os/exec"
 	"strings"
 	"testing"
@@ -86,7 +87,7 @@ func TestPrerequisiteWALLevel(t *testing.T) {
 	walLevel := "wal_level is replica, but logical decoding needs logical; fix: as a superuser, run ALTER SYSTEM SET wal_level = logical; " +
 		"then restart PostgreSQL (a reload is not enough). A managed service takes its own parameter instead, then a reboot: " +
 		"rds.logical_replication = 1 on Amazon RDS and Aurora, cloudsql.logical_decoding = on on Google Cloud SQL, " +
-		"azure.replication_support = logical on Azure Database for PostgreSQL"
+		"wal_level = logical as a server parameter on Azure flexible server (azure.replication_support = logical on the retired single server)"
 	want := []string{"pg-invalidator: 1 problem(s) found:", walLevel}
 
 	t.Run("check", func(t *testing.T) {
@@ -112,11 +113,45 @@ func TestPrerequisiteWALLevel(t *testing.T) {
 		f.exec(replication.CreatePublicationSQL("pg_invalidator", []string{"items", "marker"}))
 		refuses(t, want, "run", "--dry-run", "--config", f.rules(itemsRules), "--postgres", f.dbURL)
 	})
+
+	// On Amazon RDS the fix is a parameter group, and the right to
+	// replicate comes with membership in rds_replication: the server's own
+	// settings and roles give the service away. Here a database setting and
+	// a role play the part.
+	t.Run("on Amazon RDS", func(t *testing.T) {
+		testExec(t, pg.URL(), "CREATE ROLE rds_replication NOLOGIN")
+		t.Cleanup(func() { testExec(t, pg.URL(), "DROP ROLE rds_replication") })
+		role := testenv.UniqueName()
+		testExec(t, pg.URL(), "CREATE ROLE "+role+" LOGIN PASSWORD 'pw'")
+		t.Cleanup(func() { testExec(t, pg.URL(), "DROP ROLE "+role) })
+		f := newFixtureOn(t, pg.URL(), env.RedisURL, itemsSchema, markerSchema, "GRANT SELECT ON items, marker TO "+role)
+		f.exec("ALTER DATABASE " + dbName(t, f.dbURL) + " SET rds.logical_replication = '0'")
+		rules := f.rules(itemsRules)
+		rdsWALLevel := "wal_level is replica, but logical decoding needs logical; fix: this is Amazon RDS or Aurora: " +
+			"set rds.logical_replication = 1 in the DB parameter group (on Aurora, the DB cluster parameter group), then reboot"
+		roleURL := asRole(t, f.dbURL, role, "pw")
+		refuses(t, []string{"pg-invalidator: 2 problem(s) found:", rdsWALLevel,
+			"role " + role + " is not a member of rds_replication, so it may not stream changes (Amazon RDS and Aurora grant the right through that role); " +
+				`fix: as the master user, run GRANT rds_replication TO "` + role + `";`,
+		}, "check", "--config", rules, "--postgres", roleURL)
+		f.exec("GRANT rds_replication TO " + role)
+		refuses(t, []string{"pg-invalidator: 1 problem(s) found:", rdsWALLevel}, "check", "--config", rules, "--postgres", roleURL)
+	})
+}
+
+// dbName returns the database a URL names.
+func dbName(t *testing.T, dbURL string) string {
+	t.Helper()
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimPrefix(u.Path, "/")
 }
 
 // TestPrerequisiteFreeSlotAndWALSender runs against a server with one
 // replication slot and one WAL sender, which another consumer, or the
-// daemon itself, takes.
+// daemon itself, takes; and then plays Amazon RDS on it.
 func TestPrerequisiteFreeSlotAndWALSender(t *testing.T) {
 	pg := startPostgres(t, "max_replication_slots=1", "max_wal_senders=1")
 
@@ -182,6 +217,36 @@ func TestPrerequisiteFreeSlotAndWALSender(t *testing.T) {
 				"fix: raise the limit with ALTER SYSTEM SET max_wal_senders = 2; then restart PostgreSQL (a reload is not enough); " +
 				"or end a replication connection nobody needs (pg_stat_replication lists them)",
 		}, "run", "--dry-run", "--config", rules, "--postgres", f.dbURL)
+	})
+
+	// Where the server has an rds_replication role, as Amazon RDS and Aurora
+	// do, no role may be given the REPLICATION attribute: setup grants
+	// rds_replication instead, and check accepts it. (This server is
+	// borrowed, being private: the role must not reach other tests.)
+	t.Run("setup on Amazon RDS", func(t *testing.T) {
+		testExec(t, pg.URL(), "CREATE ROLE rds_replication NOLOGIN")
+		role := testenv.UniqueName()
+		t.Cleanup(func() { testExec(t, pg.URL(), "DROP ROLE IF EXISTS "+role+", rds_replication") })
+		f := newFixtureOn(t, pg.URL(), env.RedisURL, itemsSchema, markerSchema)
+		rules := f.rules(itemsRules)
+		stdout, stderr, code := runCLI(t, "setup", "--config", rules, "--postgres", f.dbURL, "--role", role, "--apply")
+		if code != 0 {
+			t.Fatalf("setup --apply: exit %d\nstderr:\n%s", code, stderr)
+		}
+		for _, want := range []string{
+			`CREATE ROLE "` + role + `" WITH LOGIN PASSWORD NULL;`,
+			"-- Amazon RDS and Aurora grant the right to replicate through this role",
+			`GRANT rds_replication TO "` + role + `";`,
+			`GRANT SELECT ON TABLE "public"."items", "public"."marker" TO "` + role + `";`,
+		} {
+			if !hasLine(stdout, want) {
+				t.Errorf("setup output lacks the line\n%s\nin:\n%s", want, stdout)
+			}
+		}
+		f.exec("ALTER ROLE " + role + " PASSWORD 'pw'")
+		if stdout, stderr, code := runCLI(t, "check", "--config", rules, "--postgres", asRole(t, f.dbURL, role, "pw")); code != 0 {
+			t.Errorf("check as a member of rds_replication: exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+		}
 	})
 }
 

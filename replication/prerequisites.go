@@ -3,6 +3,7 @@ package replication
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -42,6 +43,27 @@ type Server struct {
 	// streams from the daemon's own slot (a previous or an active instance
 	// of the daemon, which a standby replaces).
 	WALSenders int
+
+	// Managed names the managed service the server's own settings give
+	// away, such as "Amazon RDS or Aurora"; empty for none.
+	Managed string
+}
+
+// managedService is a managed PostgreSQL, told by a setting only it
+// defines, and how logical decoding is turned on there.
+type managedService struct {
+	setting string // a setting only this service defines
+	name    string
+	fix     string // how to get wal_level = logical
+}
+
+// managedServices are checked in order; the first whose setting exists wins.
+var managedServices = []managedService{
+	{"rds.logical_replication", "Amazon RDS or Aurora",
+		"set rds.logical_replication = 1 in the DB parameter group (on Aurora, the DB cluster parameter group), then reboot"},
+	{"cloudsql.logical_decoding", "Google Cloud SQL", "set the database flag cloudsql.logical_decoding = on, then restart"},
+	{"azure.replication_support", "Azure Database for PostgreSQL single server", "set azure.replication_support = logical, then restart"},
+	{"azure.extensions", "Azure Database for PostgreSQL flexible server", "set the server parameter wal_level = logical, then restart"},
 }
 
 // String sums up the server for a line of check's output.
@@ -71,17 +93,29 @@ func ServerProblems(ctx context.Context, conn *pgx.Conn, slot string) (s Server,
 	// without pg_read_all_stats). A walsender of the daemon's own slot is
 	// not counted: it is the daemon's, from before a restart, or the active
 	// one a standby waits for.
+	settings := make([]string, len(managedServices))
+	for i, m := range managedServices {
+		settings[i] = m.setting
+	}
+	var managed []string
 	err = conn.QueryRow(ctx, `
-SELECT current_setting('wal_level'),
+SELECT ARRAY(SELECT s FROM unnest($2::text[]) AS s WHERE current_setting(s, true) IS NOT NULL),
+       current_setting('wal_level'),
        current_setting('max_replication_slots')::int,
        current_setting('max_wal_senders')::int,
        ARRAY(SELECT slot_name::text FROM pg_replication_slots ORDER BY slot_name),
        EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1),
        (SELECT count(*)::int FROM pg_stat_replication r
-        WHERE r.pid IS DISTINCT FROM (SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1))`, slot).
-		Scan(&s.WALLevel, &s.MaxSlots, &s.MaxWALSenders, &s.Slots, &s.SlotExists, &s.WALSenders)
+        WHERE r.pid IS DISTINCT FROM (SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1))`, slot, settings).
+		Scan(&managed, &s.WALLevel, &s.MaxSlots, &s.MaxWALSenders, &s.Slots, &s.SlotExists, &s.WALSenders)
 	if err != nil {
 		return s, nil, fmt.Errorf("read replication settings: %w", err)
+	}
+	for _, m := range managedServices {
+		if slices.Contains(managed, m.setting) {
+			s.Managed = m.name
+			break
+		}
 	}
 	return s, serverProblems(s), nil
 }
@@ -100,12 +134,19 @@ func serverProblems(s Server) []error {
 	}
 	var problems []error
 	if s.WALLevel != "logical" {
-		problems = append(problems, &PrerequisiteError{
+		p := &PrerequisiteError{
 			Msg: fmt.Sprintf("wal_level is %s, but logical decoding needs logical", s.WALLevel),
 			Fix: "as a superuser, run ALTER SYSTEM SET wal_level = logical; " + restart + ". " +
 				"A managed service takes its own parameter instead, then a reboot: rds.logical_replication = 1 on Amazon RDS and Aurora, " +
-				"cloudsql.logical_decoding = on on Google Cloud SQL, azure.replication_support = logical on Azure Database for PostgreSQL",
-		})
+				"cloudsql.logical_decoding = on on Google Cloud SQL, wal_level = logical as a server parameter on Azure flexible server " +
+				"(azure.replication_support = logical on the retired single server)",
+		}
+		for _, m := range managedServices {
+			if m.name == s.Managed {
+				p.Fix = "this is " + m.name + ": " + m.fix
+			}
+		}
+		problems = append(problems, p)
 	}
 	if !s.SlotExists && len(s.Slots) >= s.MaxSlots {
 		msg := fmt.Sprintf("no free replication slot: max_replication_slots is %d", s.MaxSlots)

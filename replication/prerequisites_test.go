@@ -21,7 +21,8 @@ func TestServerProblems(t *testing.T) {
 	const restart = "then restart PostgreSQL (a reload is not enough)"
 	walLevel := "wal_level is replica, but logical decoding needs logical; fix: as a superuser, run ALTER SYSTEM SET wal_level = logical; " +
 		restart + ". A managed service takes its own parameter instead, then a reboot: rds.logical_replication = 1 on Amazon RDS and Aurora, " +
-		"cloudsql.logical_decoding = on on Google Cloud SQL, azure.replication_support = logical on Azure Database for PostgreSQL"
+		"cloudsql.logical_decoding = on on Google Cloud SQL, wal_level = logical as a server parameter on Azure flexible server " +
+		"(azure.replication_support = logical on the retired single server)"
 	tests := []struct {
 		name string
 		s    Server
@@ -34,6 +35,14 @@ func TestServerProblems(t *testing.T) {
 			"PostgreSQL 12.17 is not supported: pg-invalidator needs PostgreSQL 13 or later (for publish_via_partition_root and pg_replication_slots.wal_status); " +
 				"fix: upgrade the server to PostgreSQL 13 or later (15 and 16 are tested)"}},
 		{"wal_level replica", with(func(s *Server) { s.WALLevel = "replica" }), []string{walLevel}},
+		{"wal_level replica on Amazon RDS", with(func(s *Server) { s.WALLevel, s.Managed = "replica", "Amazon RDS or Aurora" }), []string{
+			"wal_level is replica, but logical decoding needs logical; fix: this is Amazon RDS or Aurora: set rds.logical_replication = 1 " +
+				"in the DB parameter group (on Aurora, the DB cluster parameter group), then reboot"}},
+		{"wal_level replica on Cloud SQL", with(func(s *Server) { s.WALLevel, s.Managed = "replica", "Google Cloud SQL" }), []string{
+			"wal_level is replica, but logical decoding needs logical; fix: this is Google Cloud SQL: set the database flag cloudsql.logical_decoding = on, then restart"}},
+		{"wal_level replica on Azure", with(func(s *Server) { s.WALLevel, s.Managed = "replica", "Azure Database for PostgreSQL flexible server" }), []string{
+			"wal_level is replica, but logical decoding needs logical; fix: this is Azure Database for PostgreSQL flexible server: " +
+				"set the server parameter wal_level = logical, then restart"}},
 		{"slots used up", with(func(s *Server) { s.MaxSlots, s.Slots = 2, []string{"a", "b"} }), []string{
 			"no free replication slot: max_replication_slots is 2 and 2 slots are in use (a, b); fix: drop a slot nobody uses with " +
 				"SELECT pg_drop_replication_slot('name'), or raise the limit with ALTER SYSTEM SET max_replication_slots = 3; " + restart}},

@@ -2,7 +2,6 @@ package replication
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -10,14 +9,23 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
+// rdsReplication is the role through which Amazon RDS and Aurora grant the
+// right to replicate: there, no role may be given the REPLICATION
+// attribute.
+const rdsReplication = "rds_replication"
+
 // roleNeeds is what a role lacks to stream rule tables from a publication a
 // DBA created.
 type roleNeeds struct {
-	role        string
-	exists      bool
-	replication bool        // it may not stream: it lacks LOGIN or REPLICATION (and is no superuser)
-	usage       []string    // schemas it lacks USAGE on, in the order of the tables
-	read        []qualified // tables it lacks SELECT on, in the order given
+	role   string
+	exists bool
+	rds    bool // the server grants replication through membership in rds_replication
+	login  bool // it may log in (false when it does not exist)
+	// replicate: it has the REPLICATION attribute, is a superuser, or (on
+	// RDS) is a member of rds_replication.
+	replicate bool
+	usage     []string    // schemas it lacks USAGE on, in the order of the tables
+	read      []qualified // tables it lacks SELECT on, in the order given
 }
 
 // readRoleNeeds works out what role lacks for the tables in names. A
@@ -25,18 +33,20 @@ type roleNeeds struct {
 // catalog check reports them.
 func readRoleNeeds(ctx context.Context, conn *pgx.Conn, role string, names []string) (roleNeeds, error) {
 	n := roleNeeds{role: role}
-	var login, replication, super bool
-	err := conn.QueryRow(ctx, `SELECT rolcanlogin, rolreplication, rolsuper FROM pg_roles WHERE rolname = $1`, role).
-		Scan(&login, &replication, &super)
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-	case err != nil:
+	var super bool
+	err := conn.QueryRow(ctx, `
+SELECT g.oid IS NOT NULL, r.oid IS NOT NULL,
+       coalesce(r.rolcanlogin, false), coalesce(r.rolsuper, false),
+       coalesce(r.rolreplication OR r.rolsuper OR (g.oid IS NOT NULL AND pg_has_role(r.oid, g.oid, 'MEMBER')), false)
+FROM (SELECT 1) AS one
+LEFT JOIN pg_roles r ON r.rolname = $1
+LEFT JOIN pg_roles g ON g.rolname = $2`, role, rdsReplication).Scan(&n.rds, &n.exists, &n.login, &super, &n.replicate)
+	if err != nil {
 		return n, fmt.Errorf("read role %s: %w", role, err)
-	case super:
-		return roleNeeds{role: role, exists: true}, nil
-	default:
-		n.exists = true
-		n.replication = !login || !replication
+	}
+	if super {
+		n.login = true // what a superuser lacks is not for setup to fix
+		return n, nil
 	}
 
 	tables := splitNames(names)
@@ -91,9 +101,25 @@ ORDER BY w.i`, role, tschemas, tnames)
 	return n, nil
 }
 
-// roleSQL is the statement that gives the role LOGIN and REPLICATION.
-func (n roleNeeds) roleSQL() string {
-	return "ALTER ROLE " + pgx.Identifier{n.role}.Sanitize() + " WITH LOGIN REPLICATION"
+// roleSQL returns the statements that let an existing role log in and
+// replicate: the LOGIN and REPLICATION attributes, or on RDS the LOGIN
+// attribute and membership in rds_replication. None when it has both.
+func (n roleNeeds) roleSQL() []string {
+	id := pgx.Identifier{n.role}.Sanitize()
+	switch {
+	case n.login && n.replicate:
+		return nil
+	case !n.rds:
+		return []string{"ALTER ROLE " + id + " WITH LOGIN REPLICATION"}
+	}
+	var out []string
+	if !n.login {
+		out = append(out, "ALTER ROLE "+id+" WITH LOGIN")
+	}
+	if !n.replicate {
+		out = append(out, "GRANT "+rdsReplication+" TO "+id)
+	}
+	return out
 }
 
 // usageSQL is the statement that grants the missing USAGE, or "".
@@ -124,7 +150,8 @@ func (n roleNeeds) selectSQL() string {
 // stream the tables in names from a publication a DBA created: LOGIN and
 // REPLICATION, USAGE on the tables' schemas and SELECT on the tables. Only
 // what the role lacks is returned; a superuser lacks nothing. A missing role
-// is created without a password.
+// is created without a password. On Amazon RDS and Aurora, where no role may
+// be given REPLICATION, the role is granted rds_replication instead.
 func RoleSQL(ctx context.Context, conn *pgx.Conn, role string, names []string) ([]Statement, error) {
 	n, err := readRoleNeeds(ctx, conn, role, names)
 	if err != nil {
@@ -133,13 +160,20 @@ func RoleSQL(ctx context.Context, conn *pgx.Conn, role string, names []string) (
 	var out []Statement
 	roleSQL := pgx.Identifier{role}.Sanitize()
 	switch {
+	case !n.exists && n.rds:
+		out = append(out, Statement{
+			SQL: "CREATE ROLE " + roleSQL + " WITH LOGIN PASSWORD NULL",
+			Why: "then give it a password (ALTER ROLE " + roleSQL + " PASSWORD '...'), or let pg_hba.conf admit it another way",
+		}, Statement{SQL: "GRANT " + rdsReplication + " TO " + roleSQL, Why: "Amazon RDS and Aurora grant the right to replicate through this role"})
 	case !n.exists:
 		out = append(out, Statement{
 			SQL: "CREATE ROLE " + roleSQL + " WITH LOGIN REPLICATION PASSWORD NULL",
 			Why: "then give it a password (ALTER ROLE " + roleSQL + " PASSWORD '...'), or let pg_hba.conf admit it another way",
 		})
-	case n.replication:
-		out = append(out, Statement{SQL: n.roleSQL()})
+	default:
+		for _, sql := range n.roleSQL() {
+			out = append(out, Statement{SQL: sql})
+		}
 	}
 	if sql := n.usageSQL(); sql != "" {
 		out = append(out, Statement{SQL: sql})
@@ -150,8 +184,9 @@ func RoleSQL(ctx context.Context, conn *pgx.Conn, role string, names []string) (
 	return out, nil
 }
 
-// RoleProblems checks that the connecting role may stream (REPLICATION or
-// superuser) and read the rule tables in names (USAGE on their schemas and
+// RoleProblems checks that the connecting role may stream (REPLICATION,
+// superuser, or on Amazon RDS and Aurora membership in rds_replication) and
+// read the rule tables in names (USAGE on their schemas and
 // SELECT on them). Each problem is a *PrerequisiteError whose fix is the
 // ALTER ROLE or GRANT to run; err is for a failure to read the catalog.
 // Tables that do not exist are not reported: DescribeTables finds them.
@@ -165,10 +200,17 @@ func RoleProblems(ctx context.Context, conn *pgx.Conn, names []string) ([]error,
 		return nil, err
 	}
 	var problems []error
-	if n.replication {
+	switch {
+	case n.replicate:
+	case n.rds:
+		problems = append(problems, &PrerequisiteError{
+			Msg: fmt.Sprintf("role %s is not a member of %s, so it may not stream changes (Amazon RDS and Aurora grant the right through that role)", role, rdsReplication),
+			Fix: "as the master user, run GRANT " + rdsReplication + " TO " + pgx.Identifier{role}.Sanitize() + ";",
+		})
+	default:
 		problems = append(problems, &PrerequisiteError{
 			Msg: fmt.Sprintf("role %s has neither the REPLICATION attribute nor superuser, so it may not stream changes", role),
-			Fix: "as a superuser, run " + n.roleSQL() + "; (pg-invalidator setup prints every statement the role needs)",
+			Fix: "as a superuser, run ALTER ROLE " + pgx.Identifier{role}.Sanitize() + " WITH LOGIN REPLICATION; (pg-invalidator setup prints every statement the role needs)",
 		})
 	}
 	if sql := n.usageSQL(); sql != "" {

@@ -88,16 +88,16 @@ func ServerProblems(ctx context.Context, conn *pgx.Conn, slot string) (s Server,
 	if s.VersionNum < MinServerVersion {
 		return s, serverProblems(s), nil
 	}
-	// pg_stat_replication lists every walsender, streaming or not, to every
-	// role (pg_stat_activity hides other roles' backend_type from a role
-	// without pg_read_all_stats). A walsender of the daemon's own slot is
-	// not counted: it is the daemon's, from before a restart, or the active
-	// one a standby waits for.
 	settings := make([]string, len(managedServices))
 	for i, m := range managedServices {
 		settings[i] = m.setting
 	}
 	var managed []string
+	// pg_stat_replication lists every walsender, streaming or not, to every
+	// role (pg_stat_activity hides other roles' backend_type from a role
+	// without pg_read_all_stats). A walsender of the daemon's own slot is
+	// not counted: it is the daemon's, from before a restart, or the active
+	// one a standby waits for.
 	err = conn.QueryRow(ctx, `
 SELECT ARRAY(SELECT s FROM unnest($2::text[]) AS s WHERE current_setting(s, true) IS NOT NULL),
        current_setting('wal_level'),

@@ -22,19 +22,23 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pg-invalidator/pg-invalidator/invalidator"
 	"github.com/pg-invalidator/pg-invalidator/mapping"
 	"github.com/pg-invalidator/pg-invalidator/replication"
 )
 
-// Config is everything Run needs. The command line builds it.
+// Config is everything Run needs. The command line builds it, from the
+// rules file (see package config), its flags and the environment.
 type Config struct {
-	Rules       *mapping.Config
+	Rules       *mapping.Rules
 	PostgresURL string
-	RedisURL    string
 	Slot        string // zero means replication.DefaultSlot
 	Publication string // zero means replication.DefaultPublication
 	Logger      *slog.Logger
+
+	// Targets are the Redis deployments to invalidate, each applying every
+	// transaction before it is acknowledged. Run needs at least one, unless
+	// DryRun; a dry run connects to none.
+	Targets []Target
 
 	// MaxBatch is how many pending commands force a flush to Redis even while
 	// more data is waiting, or in the middle of a large transaction. Zero
@@ -65,7 +69,7 @@ type Config struct {
 	// transactions. The command line sends on it on SIGHUP.
 	Reload <-chan struct{}
 	// LoadRules re-reads the rules file for a reload. Nil disables reloads.
-	LoadRules func() (*mapping.Config, error)
+	LoadRules func() (*mapping.Rules, error)
 
 	// Resync, when true, recovers from a lost slot (invalidated, or gone
 	// while the daemon ran) instead of stopping: the slot is dropped and
@@ -79,18 +83,6 @@ type Config struct {
 	DryRun bool
 	// DryRunOut receives the JSON lines of a dry run. Nil means os.Stdout.
 	DryRunOut io.Writer
-
-	// Redis is how to reach Redis beyond RedisURL: mode (single, cluster,
-	// sentinel), addrs, master, credentials, TLS and wait_replicas. Its URL
-	// and Logger are ignored: RedisURL and Logger take their place. The zero
-	// value means mode single at RedisURL, as the URL says. Targets, when
-	// set, takes its place.
-	Redis invalidator.Options
-	// Targets are the Redis deployments to invalidate, each applying every
-	// transaction before it is acknowledged. The one named
-	// mapping.DefaultTarget takes RedisURL when its URL is empty. Nil means
-	// one target, the default, from Redis and RedisURL.
-	Targets []Target
 }
 
 func (c *Config) setDefaults() {
@@ -164,7 +156,7 @@ func connect(ctx context.Context, url string) (*pgx.Conn, error) {
 // slot), the connecting role's rights on the rule tables, and the rules
 // against the live schema. Every problem found is in one *ConfigError, the
 // server's first.
-func verify(ctx context.Context, conn *pgx.Conn, rules *mapping.Config, slot string) (replication.Server, error) {
+func verify(ctx context.Context, conn *pgx.Conn, rules *mapping.Rules, slot string) (replication.Server, error) {
 	srv, problems, err := replication.ServerProblems(ctx, conn, slot)
 	if err != nil {
 		return srv, err
@@ -191,7 +183,7 @@ func verify(ctx context.Context, conn *pgx.Conn, rules *mapping.Config, slot str
 
 // checkSchema validates rules against the live schema: the check a reload
 // makes before new rules take over.
-func checkSchema(ctx context.Context, conn *pgx.Conn, rules *mapping.Config) error {
+func checkSchema(ctx context.Context, conn *pgx.Conn, rules *mapping.Rules) error {
 	tables, err := replication.DescribeTables(ctx, conn, rules.Tables())
 	if err != nil {
 		return fmt.Errorf("describe rule tables: %w", err)
@@ -219,7 +211,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	log := cfg.Logger
 
-	redis, err := newTargets(cfg)
+	redis, err := newFanout(cfg)
 	if err != nil {
 		return err
 	}
@@ -247,7 +239,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return ignoreCanceled(ctx, err)
 	}
 	for _, t := range redis {
-		if len(redis) == 1 && t.name == mapping.DefaultTarget {
+		if len(redis) == 1 && t.name == DefaultTarget {
 			log.Info("redis is reachable", "addr", t.inv.Addr())
 		} else {
 			log.Info("redis is reachable", "target", t.name, "addr", t.inv.Addr())

@@ -10,15 +10,13 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-
-	"github.com/pg-invalidator/pg-invalidator/mapping"
 )
 
 // serveMetrics listens on cfg.MetricsAddr and serves /metrics, /healthz and
 // /readyz, and polls the slot and Redis for them, until ctx ends. Its
 // goroutines are on wg: the caller cancels ctx, then waits. A listen error
 // is returned at once: retrying cannot free the port.
-func serveMetrics(ctx context.Context, wg *sync.WaitGroup, cfg Config, m *metrics, ts targets) error {
+func serveMetrics(ctx context.Context, wg *sync.WaitGroup, cfg Config, m *metrics, ts fanout) error {
 	ln, err := net.Listen("tcp", cfg.MetricsAddr)
 	if err != nil {
 		return fmt.Errorf("listen for metrics: %w", err)
@@ -69,7 +67,7 @@ func (m *metrics) handler(within time.Duration) http.Handler {
 // pingRedis pings every target every interval, so that readiness and
 // target_up know which Redis answers while no writes arrive, and which one
 // holds the acknowledgement back.
-func (m *metrics) pingRedis(ctx context.Context, ts targets, every time.Duration) {
+func (m *metrics) pingRedis(ctx context.Context, ts fanout, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -108,7 +106,7 @@ func readiness(now time.Time, streaming bool, targets []answered, within time.Du
 	}
 	for _, t := range targets {
 		who := "redis"
-		if len(targets) > 1 || t.name != mapping.DefaultTarget {
+		if len(targets) > 1 || t.name != DefaultTarget {
 			who = "redis target " + t.name
 		}
 		if t.at == 0 {

@@ -9,14 +9,12 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/pg-invalidator/pg-invalidator/mapping"
 )
 
 func TestReadiness(t *testing.T) {
 	now := time.Unix(1000, 0)
 	ago := func(d time.Duration) int64 { return now.Add(-d).UnixNano() }
-	one := func(at int64) []answered { return []answered{{mapping.DefaultTarget, at}} }
+	one := func(at int64) []answered { return []answered{{DefaultTarget, at}} }
 	two := func(eu, us int64) []answered { return []answered{{"eu", eu}, {"us", us}} }
 	tests := []struct {
 		name      string

@@ -42,7 +42,7 @@ type metrics struct {
 	streaming    atomic.Bool   // a session is streaming
 
 	mapper  *mapping.Mapper
-	targets targets // each knows when its Redis last answered
+	targets fanout // each knows when its Redis last answered
 
 	slotMu sync.Mutex           // protects slot
 	slot   replication.SlotInfo // what the last poll of pg_replication_slots said; zero: unknown
@@ -64,7 +64,7 @@ var actions = []string{"del", "incr", "del_pattern", "incr_pattern"}
 // latencyBuckets span a millisecond on one host to minutes behind a backlog.
 var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}
 
-func newMetrics(rules *mapping.Config, mapper *mapping.Mapper, ts targets) *metrics {
+func newMetrics(rules *mapping.Rules, mapper *mapping.Mapper, ts fanout) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		transactions: prometheus.NewCounter(prometheus.CounterOpts{

@@ -67,7 +67,7 @@ incr = ["v:items"]
 	}
 	t.Cleanup(func() { inv.Close() })
 	mapper := mapping.NewMapper(rules)
-	return newMetrics(rules, mapper, targets{{name: mapping.DefaultTarget, inv: inv}}), mapper
+	return newMetrics(rules, mapper, fanout{{name: DefaultTarget, inv: inv}}), mapper
 }
 
 // gather returns every sample by series, written as name{label="value",...}

@@ -18,13 +18,13 @@ import (
 type pipeline struct {
 	cfg    Config
 	log    *slog.Logger
-	sink   sink    // where each transaction's commands go: every Redis target, or a dry run's output
-	redis  targets // every Redis deployment, which resync flushes; nil in a dry run
+	sink   sink   // where each transaction's commands go: every Redis target, or a dry run's output
+	redis  fanout // every Redis deployment, which resync flushes; nil in a dry run
 	mapper *mapping.Mapper
 	cmds   []pginvalidator.Command // scratch for one change's commands
 	m      *metrics
 
-	reloaded chan *mapping.Config // validated rules waiting to be swapped in between transactions
+	reloaded chan *mapping.Rules // validated rules waiting to be swapped in between transactions
 
 	// dryRun streams once from a temporary slot (cfg.Slot names it) that it
 	// creates, instead of from the daemon's permanent slot. A lost
@@ -35,9 +35,9 @@ type pipeline struct {
 
 // newPipeline returns a pipeline that maps changes with mapper and delivers
 // the commands to s. redis is what a resync flushes (nil for a dry run).
-func newPipeline(cfg Config, mapper *mapping.Mapper, m *metrics, s sink, redis targets) *pipeline {
+func newPipeline(cfg Config, mapper *mapping.Mapper, m *metrics, s sink, redis fanout) *pipeline {
 	p := &pipeline{cfg: cfg, log: cfg.Logger, sink: s, redis: redis, mapper: mapper, m: m,
-		reloaded: make(chan *mapping.Config, 1)}
+		reloaded: make(chan *mapping.Rules, 1)}
 	mapper.OnProblem = func(table, column string, err error) {
 		p.log.Error("rule cannot be applied", "table", table, "column", column, "err", err)
 	}
@@ -166,7 +166,7 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 		commitAt time.Time
 		// pendingRules are reloaded rules waiting for the end of the
 		// transaction in progress: a transaction is mapped by one rule set.
-		pendingRules *mapping.Config
+		pendingRules *mapping.Rules
 	)
 	flush := func() error {
 		if err := p.sink.flush(applyCtx); err != nil {
@@ -284,7 +284,7 @@ func (p *pipeline) requireSlot(ctx context.Context) error {
 }
 
 // swapRules puts reloaded rules in force. It runs between transactions.
-func (p *pipeline) swapRules(rules *mapping.Config) {
+func (p *pipeline) swapRules(rules *mapping.Rules) {
 	p.mapper.SetRules(rules)
 	p.cfg.Rules = rules
 	p.log.Info("reloaded rules in force", "file", rules.File, "tables", rules.Tables())

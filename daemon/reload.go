@@ -13,7 +13,7 @@ import (
 // and hands them to the pipeline, which swaps them in between transactions.
 // A file that fails any step changes nothing: the old rules stay in force
 // and the log says why.
-func (p *pipeline) watchReloads(ctx context.Context, current *mapping.Config) {
+func (p *pipeline) watchReloads(ctx context.Context, current *mapping.Rules) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -40,7 +40,7 @@ func (p *pipeline) watchReloads(ctx context.Context, current *mapping.Config) {
 // prepareReload loads and validates the new rules, adds their new tables to
 // the publication, and drops the tables the old rules named and the new ones
 // do not, when this role owns the publication.
-func (p *pipeline) prepareReload(ctx context.Context, old *mapping.Config) (*mapping.Config, error) {
+func (p *pipeline) prepareReload(ctx context.Context, old *mapping.Rules) (*mapping.Rules, error) {
 	rules, err := p.cfg.LoadRules()
 	if err != nil {
 		return nil, err

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pg-invalidator/pg-invalidator/internal/testenv"
+	"github.com/pg-invalidator/pg-invalidator/invalidator"
 	"github.com/pg-invalidator/pg-invalidator/mapping"
 	"github.com/pg-invalidator/pg-invalidator/replication"
 )
@@ -99,14 +100,14 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 			cfg := Config{
 				Rules:            rules,
 				PostgresURL:      db,
-				RedisURL:         env.RedisURL,
+				Targets:          []Target{{Name: DefaultTarget, Redis: invalidator.Options{URL: env.RedisURL}}},
 				Logger:           slog.New(slog.NewTextHandler(io.Discard, nil)),
 				MaxBackoff:       100 * time.Millisecond,
 				MetricsAddr:      "127.0.0.1:0",
 				SlotPollInterval: 10 * time.Millisecond,
 				Heartbeat:        10 * time.Millisecond,
 				Reload:           make(chan struct{}),
-				LoadRules:        func() (*mapping.Config, error) { return rules, nil },
+				LoadRules:        func() (*mapping.Rules, error) { return rules, nil },
 				DryRun:           tt.dryRun,
 				DryRunOut:        io.Discard,
 			}

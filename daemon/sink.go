@@ -39,11 +39,11 @@ type sink interface {
 // redisSink batches the commands and applies each batch to every Redis
 // target.
 type redisSink struct {
-	targets targets
+	targets fanout
 	batch   *invalidator.Batch
 }
 
-func newRedisSink(ts targets) *redisSink {
+func newRedisSink(ts fanout) *redisSink {
 	return &redisSink{targets: ts, batch: invalidator.NewBatch()}
 }
 

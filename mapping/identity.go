@@ -37,7 +37,7 @@ func unusableIdentity(info pginvalidator.TableInfo) string {
 // IdentityNeed is a rule table whose replica identity must become FULL, and
 // why.
 type IdentityNeed struct {
-	Table  string // "schema.table", as Config.Tables names it
+	Table  string // "schema.table", as Rules.Tables names it
 	Reason string // one line, without the table's name
 }
 
@@ -48,7 +48,7 @@ type IdentityNeed struct {
 // uses a column outside it. tables is what the catalog says, keyed by
 // "schema.table"; a table that does not exist or is FULL already is left
 // out.
-func (c *Config) FullIdentityNeeds(tables map[string]pginvalidator.TableInfo) []IdentityNeed {
+func (rs *Rules) FullIdentityNeeds(tables map[string]pginvalidator.TableInfo) []IdentityNeed {
 	var out []IdentityNeed
 	for _, name := range slices.Sorted(maps.Keys(tables)) {
 		info := tables[name]
@@ -59,7 +59,7 @@ func (c *Config) FullIdentityNeeds(tables map[string]pginvalidator.TableInfo) []
 		switch {
 		case unusableIdentity(info) == "":
 			var cols []string
-			for _, r := range c.Rules {
+			for _, r := range rs.List {
 				if r.QualifiedName() != name {
 					continue
 				}

@@ -78,10 +78,10 @@ incr = ["b:<x>"]
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := rules.Rules[0].OldColumns(); got != nil {
+	if got := rules.List[0].OldColumns(); got != nil {
 		t.Errorf("insert and truncate only: got %q, want none", got)
 	}
-	if got, want := rules.Rules[1].OldColumns(), []string{"id", "x"}; !reflect.DeepEqual(got, want) {
+	if got, want := rules.List[1].OldColumns(), []string{"id", "x"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("delete: got %q, want %q", got, want)
 	}
 }

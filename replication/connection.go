@@ -8,7 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	pginvalidator "github.com/pg-invalidator/pg-invalidator"
+	"github.com/pg-invalidator/pg-invalidator/internal/redact"
 )
 
 // TextSettings are the run-time parameters pinned on every replication
@@ -29,7 +29,7 @@ var TextSettings = map[string]string{
 func ConnectSQL(ctx context.Context, url string) (*pgx.Conn, error) {
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
-		return nil, fmt.Errorf("connect to postgres %s: %w", pginvalidator.RedactURL(url), pginvalidator.RedactError(err, url))
+		return nil, fmt.Errorf("connect to postgres %s: %w", redact.URL(url), redact.Error(err, url))
 	}
 	return conn, nil
 }
@@ -51,7 +51,7 @@ func ReplicationURL(dsn string) (string, error) {
 	base, query, _ := strings.Cut(dsn, "?")
 	if _, err := url.ParseQuery(query); err != nil {
 		// The query may hold a password= parameter: leave it out.
-		return "", fmt.Errorf("replication url %s: invalid query string", pginvalidator.RedactURL(base))
+		return "", fmt.Errorf("replication url %s: invalid query string", redact.URL(base))
 	}
 	var params []string
 	for p := range strings.SplitSeq(query, "&") {

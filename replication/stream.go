@@ -38,6 +38,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	pginvalidator "github.com/pg-invalidator/pg-invalidator"
+	"github.com/pg-invalidator/pg-invalidator/internal/redact"
 )
 
 // EventKind says what an Event carries.
@@ -119,7 +120,7 @@ func Connect(ctx context.Context, cfg Config) (*Stream, error) {
 	}
 	pcfg, err := pgconn.ParseConfig(dsn)
 	if err != nil {
-		return nil, fmt.Errorf("parse postgres url %s: %w", pginvalidator.RedactURL(cfg.URL), pginvalidator.RedactError(err, cfg.URL))
+		return nil, fmt.Errorf("parse postgres url %s: %w", redact.URL(cfg.URL), redact.Error(err, cfg.URL))
 	}
 	for k, v := range TextSettings {
 		pcfg.RuntimeParams[k] = v
@@ -136,7 +137,7 @@ func Connect(ctx context.Context, cfg Config) (*Stream, error) {
 	}
 	s.conn, err = pgconn.ConnectConfig(ctx, pcfg)
 	if err != nil {
-		return nil, fmt.Errorf("connect for replication: %w", pginvalidator.RedactError(err, cfg.URL))
+		return nil, fmt.Errorf("connect for replication: %w", redact.Error(err, cfg.URL))
 	}
 	return s, nil
 }

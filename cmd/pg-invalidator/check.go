@@ -57,6 +57,6 @@ Flags:
 		return err
 	}
 	fmt.Fprintf(stdout, "postgres: ok: %s\n", srv)
-	fmt.Fprintf(stdout, "%s: ok: %d rule(s) on %d table(s) match the live schema\n", c.config, len(cfg.Rules.Rules), len(cfg.Rules.Tables()))
+	fmt.Fprintf(stdout, "%s: ok: %d rule(s) on %d table(s) match the live schema\n", c.config, len(cfg.Rules.List), len(cfg.Rules.Tables()))
 	return nil
 }

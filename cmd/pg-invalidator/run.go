@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pg-invalidator/pg-invalidator/config"
 	"github.com/pg-invalidator/pg-invalidator/daemon"
 	"github.com/pg-invalidator/pg-invalidator/mapping"
 )
@@ -98,6 +99,12 @@ Flags:
 		}
 	}()
 	cfg.Reload = reload
-	cfg.LoadRules = func() (*mapping.Config, error) { return mapping.Load(c.config) }
+	cfg.LoadRules = func() (*mapping.Rules, error) {
+		f, err := config.Load(c.config) // the whole file, so that a reload reports what a start would
+		if err != nil {
+			return nil, err
+		}
+		return f.Rules, nil
+	}
 	return daemon.Run(ctx, cfg)
 }

@@ -11,8 +11,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pg-invalidator/pg-invalidator/config"
 	"github.com/pg-invalidator/pg-invalidator/daemon"
-	"github.com/pg-invalidator/pg-invalidator/mapping"
 	"github.com/pg-invalidator/pg-invalidator/replication"
 )
 
@@ -66,7 +66,7 @@ Flags:
 	if role == "" {
 		return fmt.Errorf("--role is empty; name the role the daemon logs in as")
 	}
-	cfg, err := loadRules(config)
+	cfg, err := loadFile(config)
 	if err != nil {
 		return err
 	}
@@ -173,8 +173,8 @@ func (p *setupPlan) print(w io.Writer) {
 // a server that cannot stream (wal_level, no free slot or WAL sender, an
 // unsupported version), and rule problems that REPLICA IDENTITY FULL
 // would not fix.
-func planSetup(ctx context.Context, tx pgx.Tx, cfg *mapping.Config, role string) (*setupPlan, error) {
-	names := cfg.Tables()
+func planSetup(ctx context.Context, tx pgx.Tx, cfg *config.File, role string) (*setupPlan, error) {
+	names := cfg.Rules.Tables()
 	srv, problems, err := replication.ServerProblems(ctx, tx.Conn(), cfg.Postgres.Slot)
 	if err != nil {
 		return nil, err
@@ -187,13 +187,13 @@ func planSetup(ctx context.Context, tx pgx.Tx, cfg *mapping.Config, role string)
 		return nil, fmt.Errorf("describe rule tables: %w", err)
 	}
 	var full, reasons []string
-	for _, need := range cfg.FullIdentityNeeds(tables) {
+	for _, need := range cfg.Rules.FullIdentityNeeds(tables) {
 		full = append(full, need.Table)
 		reasons = append(reasons, need.Table+": "+need.Reason)
 	}
 	// What would still be wrong with those tables FULL is for the rules'
 	// author to fix, not for setup.
-	problems = append(problems, cfg.CheckSchema(replication.WithFullIdentity(tables, full))...)
+	problems = append(problems, cfg.Rules.CheckSchema(replication.WithFullIdentity(tables, full))...)
 	if len(problems) > 0 {
 		return nil, &daemon.ConfigError{Problems: problems}
 	}
@@ -212,7 +212,7 @@ func planSetup(ctx context.Context, tx pgx.Tx, cfg *mapping.Config, role string)
 	}
 	return &setupPlan{
 		header: fmt.Sprintf("pg-invalidator setup for %s: publication %s, role %s, tables %s",
-			cfg.File, cfg.Postgres.Publication, role, strings.Join(names, ", ")),
+			cfg.Path, cfg.Postgres.Publication, role, strings.Join(names, ", ")),
 		sections: []setupSection{
 			{title: "Role " + role + ", which the daemon logs in as", stmts: roleStmts},
 			{title: "Replica identity, so that updates and deletes send the old values the rules use", notes: reasons, stmts: identStmts},

@@ -177,8 +177,12 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 			stream.Ack(ackable)
 			p.m.ack(stream.Acked())
 			if p.log.Enabled(ctx, slog.LevelDebug) {
-				p.log.Debug("acknowledged", "lsn", ackable.String(), "xid", xid, "txs", batchTxs,
-					"lag", time.Since(commitAt).String())
+				if batchTxs > 0 {
+					p.log.Debug("acknowledged", "lsn", ackable.String(), "xid", xid, "txs", batchTxs,
+						"lag", time.Since(commitAt).String())
+				} else { // a keepalive's position: no transaction, no lag
+					p.log.Debug("acknowledged", "lsn", ackable.String(), "txs", 0)
+				}
 			}
 			ackable, batchTxs = 0, 0
 		}

@@ -3,7 +3,9 @@ package integration
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -90,4 +92,78 @@ incr = ["{p}version"]
 	if got := testenv.KeysPerMaster(t, rdb, f.key("*")); len(got) != 1 {
 		t.Errorf("keys left per master after TRUNCATE = %v, want only the version key", got)
 	}
+}
+
+// TestRedisDegradedStaysReady runs the daemon against a sentinel group (a
+// master and its replica) with wait_replicas = 1, and kills the replica for
+// good: invalidation goes on, /readyz stays 200 and names the master, and
+// pg_invalidator_redis_degraded says 1 for it, until the replica is back.
+func TestRedisDegradedStaysReady(t *testing.T) {
+	ctx := context.Background()
+	sg, err := localsvc.StartRedisSentinel(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sg.Close() })
+	master := sg.Master.Addr()
+	f := newFixtureOn(t, env.PostgresURL, "redis://"+master+"/0", itemsSchema, markerSchema)
+	cfg := f.config(f.rules(itemsRules))
+	cfg.Targets = []daemon.Target{{Name: daemon.DefaultTarget, Redis: invalidator.Options{Mode: invalidator.ModeSentinel,
+		Addrs: sg.SentinelAddrs(), MasterName: localsvc.SentinelMaster, WaitReplicas: 1}}}
+	cfg.MetricsAddr = metricsAddr(t)
+	cfg.ReadyRedisWithin = 3 * time.Second // a ping every second
+	addr := cfg.MetricsAddr
+	f.startConfig(cfg)
+	if body := waitStatus(t, addr, "/readyz", http.StatusOK, 30*time.Second); body != "ready\n" {
+		t.Errorf("/readyz with the replica in sync = %q, want \"ready\\n\"", body)
+	}
+	series := `pg_invalidator_redis_degraded{addr="` + master + `",target="default"}`
+
+	sg.Replica.Kill()
+	f.cache("item:1", "item:2")
+	f.exec("UPDATE items SET v = v + 1 WHERE id IN (1, 2)")
+	f.waitGone("item:1", "item:2")
+	want := "ready\ndegraded: redis master " + master + " has 0 replicas online"
+	waitFor(t, 10*time.Second, func() bool { _, body := httpGet(t, addr, "/readyz"); return strings.HasPrefix(body, want) },
+		func() string {
+			code, body := httpGet(t, addr, "/readyz")
+			return fmt.Sprintf("/readyz = %d %q, want %q...", code, body, want)
+		})
+	if got, ok := scrape(t, addr)[series]; !ok || got != 1 {
+		t.Errorf("%s = %v (present %v), want 1", series, got, ok)
+	}
+	f.cache("item:4") // the batches after the first go on too
+	f.exec("UPDATE items SET v = v + 1 WHERE id = 4")
+	f.waitGone("item:4")
+
+	if err := sg.Replica.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, func() bool { _, body := httpGet(t, addr, "/readyz"); return body == "ready\n" },
+		func() string { _, body := httpGet(t, addr, "/readyz"); return "/readyz still says " + body })
+	if got, ok := scrape(t, addr)[series]; ok {
+		t.Errorf("%s = %v after the replica came back, want it absent", series, got)
+	}
+	f.cache("item:3")
+	f.exec("UPDATE items SET v = v + 1 WHERE id = 3")
+	f.waitGone("item:3")
+	if n := nodeKeys(t, sg.Replica.Addr(), f.key("item:*")); n != 0 {
+		t.Errorf("%d invalidated keys still on the replica", n)
+	}
+}
+
+// nodeKeys counts the keys matching pattern on the server at addr.
+func nodeKeys(t *testing.T, addr, pattern string) int {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: addr, DisableIdentity: true})
+	defer c.Close()
+	n := 0
+	iter := c.Scan(context.Background(), 0, pattern, 1000).Iterator()
+	for iter.Next(context.Background()) {
+		n++
+	}
+	if err := iter.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

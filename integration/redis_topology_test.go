@@ -4,8 +4,12 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -15,6 +19,7 @@ import (
 	"github.com/pg-invalidator/pg-invalidator/internal/localsvc"
 	"github.com/pg-invalidator/pg-invalidator/internal/testenv"
 	"github.com/pg-invalidator/pg-invalidator/invalidator"
+	"github.com/pg-invalidator/pg-invalidator/replication"
 )
 
 // TestRedisCluster runs the daemon against Redis Cluster (3 masters, 3
@@ -166,4 +171,61 @@ func nodeKeys(t *testing.T, addr, pattern string) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// TestSentinelAuthThroughTheBinary runs the binary against sentinels that
+// require an ACL user, in front of a master and replica with a password of
+// their own, every secret read from the environment or a file as the rules
+// file says: a row change invalidates its key, and neither password shows
+// in the output, even at debug level.
+func TestSentinelAuthThroughTheBinary(t *testing.T) {
+	ctx := context.Background()
+	const dataPW, sentinelPW = "Secret-Data-Pw", "Secret-Sentinel-Pw"
+	sg, err := localsvc.StartRedisSentinelWith(ctx, localsvc.SentinelOptions{Password: dataPW,
+		SentinelUsername: "watcher", SentinelPassword: sentinelPW})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sg.Close() })
+	f := newFixtureOn(t, env.PostgresURL, "redis://:"+dataPW+"@"+sg.Master.Addr()+"/0", itemsSchema, markerSchema)
+	pwFile := filepath.Join(t.TempDir(), "sentinel-password")
+	if err := os.WriteFile(pwFile, []byte(sentinelPW+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rules := f.rules(fmt.Sprintf(`
+[redis]
+mode = "sentinel"
+addrs = [%q, %q]
+master = %q
+password_env = "PGINV_TEST_DATA_PASSWORD"
+sentinel_username = "watcher"
+sentinel_password_file = %q
+wait_replicas = 1
+`, sg.SentinelAddrs()[0], sg.SentinelAddrs()[1], localsvc.SentinelMaster, pwFile) + itemsRules)
+
+	cmd := exec.Command(daemonBinary(t), "run", "--config", rules, "--postgres", f.dbURL, "--log-level", "debug")
+	cmd.Env = append(os.Environ(), "PGINV_TEST_DATA_PASSWORD="+dataPW)
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		<-done
+		if t.Failed() {
+			t.Logf("output:\n%s", out.String())
+		}
+	})
+	f.waitSlotActive(replication.DefaultSlot, nil)
+	f.cache("item:1")
+	f.exec("UPDATE items SET v = v + 1 WHERE id = 1")
+	f.waitGone("item:1")
+	cmd.Process.Signal(syscall.SIGTERM)
+	<-done
+	if strings.Contains(out.String(), "Secret") {
+		t.Errorf("a password is in the output:\n%s", out.String())
+	}
 }

@@ -36,6 +36,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -58,9 +60,14 @@ type Options struct {
 	// MasterName is the master's name at the sentinels; ModeSentinel only.
 	MasterName string
 	// Username and Password authenticate with AUTH (an ACL user when
-	// Username is set). Empty: the URL's, or none. The sentinels themselves
-	// are reached without a password.
+	// Username is set). Empty: the URL's, or none. In mode sentinel they are
+	// the master's and replicas', not the sentinels'.
 	Username, Password string
+	// SentinelUsername and SentinelPassword authenticate to the sentinels
+	// (an ACL user when SentinelUsername is set; the sentinels' requirepass
+	// otherwise). Mode sentinel only. Empty: the sentinels are reached
+	// without authentication.
+	SentinelUsername, SentinelPassword string
 	// TLS turns TLS on; in mode single a rediss:// URL does too. TLSCA is
 	// a PEM file of the CAs to trust (empty: the system's), TLSCert and
 	// TLSKey a client certificate and its key (empty: none), and
@@ -107,10 +114,10 @@ type Invalidator struct {
 	single         *redis.Client         // mode single or sentinel; nil in a cluster
 	cluster        *redis.ClusterClient  // mode cluster; nil otherwise
 	log            *slog.Logger
-	url            string // raw, for redaction only
-	password       string // Options.Password, for redaction only
-	addr           string // host:port, or the topology, for logs
-	waitReplicas   int    // 0: no WAIT
+	url            string   // raw, for redaction only
+	passwords      []string // Options.Password and SentinelPassword, for redaction only
+	addr           string   // host:port, or the topology, for logs
+	waitReplicas   int      // 0: no WAIT
 	waitTimeout    time.Duration
 	minBackoff     time.Duration
 	maxBackoff     time.Duration
@@ -138,7 +145,7 @@ func New(opts Options) (*Invalidator, error) {
 	inv := &Invalidator{
 		log:          opts.Logger,
 		url:          opts.URL,
-		password:     opts.Password,
+		passwords:    []string{opts.Password, opts.SentinelPassword},
 		waitReplicas: opts.WaitReplicas,
 		waitTimeout:  opts.WaitTimeout,
 		minBackoff:   opts.MinBackoff,
@@ -204,7 +211,12 @@ func (inv *Invalidator) Ping(ctx context.Context) error {
 		err = ping(ctx, inv.single)
 	}
 	if err != nil {
-		return fmt.Errorf("ping redis %s: %w", inv.addr, inv.redactErr(err))
+		err = inv.redactErr(err)
+		if inv.sentinelMaster != nil && strings.Contains(err.Error(), "sentinels") &&
+			(strings.Contains(err.Error(), "NOAUTH") || strings.Contains(err.Error(), "WRONGPASS")) {
+			err = fmt.Errorf("%w (the sentinels' own credentials are sentinel_username and sentinel_password_env or sentinel_password_file)", err)
+		}
+		return fmt.Errorf("ping redis %s: %w", inv.addr, err)
 	}
 	return nil
 }
@@ -213,10 +225,34 @@ func (inv *Invalidator) Ping(ctx context.Context) error {
 // sentinels and master name, or the cluster's seed nodes.
 func (inv *Invalidator) Addr() string { return inv.addr }
 
-// redactErr hides the passwords Redis was given in err's text.
+// redactErr hides the passwords Redis was given in err's text, and puts
+// the text on one line: go-redis joins the error of each sentinel, one a
+// line, and they are often the same.
 func (inv *Invalidator) redactErr(err error) error {
-	return redact.Secrets(redact.Error(err, inv.url), inv.password)
+	err = redact.Secrets(redact.Error(err, inv.url), inv.passwords...)
+	if err == nil || !strings.Contains(err.Error(), "\n") {
+		return err
+	}
+	var lines []string
+	for line := range strings.Lines(err.Error()) {
+		line = strings.TrimSpace(line)
+		if line != "" && !slices.ContainsFunc(lines, func(l string) bool { return strings.HasSuffix(l, line) }) {
+			lines = append(lines, line)
+		}
+	}
+	return oneLineError{msg: strings.Join(lines, "; "), err: err}
 }
+
+// oneLineError is an error whose text was put on one line.
+type oneLineError struct {
+	msg string
+	err error
+}
+
+func (e oneLineError) Error() string { return e.msg }
+
+// Unwrap keeps errors.Is and errors.As working.
+func (e oneLineError) Unwrap() error { return e.err }
 
 // Close closes the client's connections.
 func (inv *Invalidator) Close() error { return inv.client.Close() }

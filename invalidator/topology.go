@@ -47,6 +47,9 @@ func (inv *Invalidator) newClient(opts Options) error {
 		if len(opts.Addrs) > 0 || opts.MasterName != "" {
 			return errors.New("redis addrs and master are for mode cluster or sentinel; mode single uses the url")
 		}
+		if opts.SentinelUsername != "" || opts.SentinelPassword != "" {
+			return errors.New("redis sentinel username and password are for mode sentinel only")
+		}
 		ro, err := redis.ParseURL(opts.URL)
 		if err != nil {
 			var ue *url.Error
@@ -82,16 +85,19 @@ func (inv *Invalidator) newClient(opts Options) error {
 			return err
 		}
 		rememberPassword(opts.Password)
+		rememberPassword(opts.SentinelPassword)
 		inv.single = redis.NewFailoverClient(&redis.FailoverOptions{
-			MasterName:      opts.MasterName,
-			SentinelAddrs:   opts.Addrs,
-			Username:        opts.Username,
-			Password:        opts.Password,
-			TLSConfig:       tc,
-			MaxRetries:      -1,
-			DialerRetries:   1,
-			ReadTimeout:     readTimeout,
-			DisableIdentity: true,
+			MasterName:       opts.MasterName,
+			SentinelAddrs:    opts.Addrs,
+			SentinelUsername: opts.SentinelUsername,
+			SentinelPassword: opts.SentinelPassword,
+			Username:         opts.Username,
+			Password:         opts.Password,
+			TLSConfig:        tc,
+			MaxRetries:       -1,
+			DialerRetries:    1,
+			ReadTimeout:      readTimeout,
+			DisableIdentity:  true,
 		})
 		inv.sentinelMaster = &dialedAddr{}
 		inv.single.AddHook(inv.sentinelMaster)
@@ -101,8 +107,8 @@ func (inv *Invalidator) newClient(opts Options) error {
 		if len(opts.Addrs) == 0 {
 			return errors.New("redis mode cluster: addrs lists no node; add addrs = [\"host:7000\", ...]")
 		}
-		if opts.MasterName != "" {
-			return errors.New("redis master is for mode sentinel only")
+		if opts.MasterName != "" || opts.SentinelUsername != "" || opts.SentinelPassword != "" {
+			return errors.New("redis master and the sentinel username and password are for mode sentinel only")
 		}
 		tc, err := tlsConfig(opts, nil)
 		if err != nil {

@@ -1,6 +1,7 @@
 package invalidator
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -401,6 +402,84 @@ func checkDegraded(t *testing.T, inv *Invalidator, logs *syncBuffer, master stri
 	}
 	if !strings.Contains(logs.String(), "addr="+master) {
 		t.Errorf("no log line names %s:\n%s", master, logs.String())
+	}
+}
+
+// TestSentinelAuth runs batches through sentinels that require a password
+// (requirepass) or an ACL user, in front of a master and replica with a
+// password of their own, and checks that a wrong or missing sentinel
+// password fails with Redis's error, and never prints a password.
+func TestSentinelAuth(t *testing.T) {
+	ctx := context.Background()
+	const dataPW, sentinelPW = "data-Pw-1", "sentinel-Pw-2"
+	for _, user := range []string{"", "watcher"} {
+		t.Run("user "+cmp.Or(user, "none"), func(t *testing.T) {
+			sg, err := localsvc.StartRedisSentinelWith(ctx, localsvc.SentinelOptions{Password: dataPW,
+				SentinelUsername: user, SentinelPassword: sentinelPW})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { sg.Close() })
+			var logs syncBuffer
+			SetLogger(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+			t.Cleanup(func() { SetLogger(slog.Default()) })
+			base := Options{Mode: ModeSentinel, Addrs: sg.SentinelAddrs(), MasterName: localsvc.SentinelMaster,
+				Password: dataPW, SentinelUsername: user, SentinelPassword: sentinelPW, WaitReplicas: 1,
+				MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(&logs, nil))}
+
+			inv, err := New(base)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { inv.Close() })
+			master := redis.NewClient(&redis.Options{Addr: sg.Master.Addr(), Password: dataPW, DisableIdentity: true})
+			t.Cleanup(func() { master.Close() })
+			set(t, master, "auth:k", "x")
+			b := NewBatch()
+			b.Add(pginvalidator.Command{Action: pginvalidator.Del, Key: "auth:k"})
+			b.EndTx()
+			if err := inv.Apply(ctx, b); err != nil {
+				t.Fatal(err)
+			}
+			if n := master.Exists(ctx, "auth:k").Val(); n != 0 {
+				t.Errorf("auth:k still exists")
+			}
+
+			for _, tt := range []struct {
+				name string
+				opts func(o *Options)
+				want string
+			}{
+				{"wrong sentinel password", func(o *Options) { o.SentinelPassword = "not-" + sentinelPW }, "WRONGPASS"},
+				{"no sentinel password", func(o *Options) { o.SentinelUsername, o.SentinelPassword = "", "" }, "NOAUTH"},
+				{"sentinel password as the data password", func(o *Options) { o.SentinelPassword = dataPW }, "WRONGPASS"},
+			} {
+				t.Run(tt.name, func(t *testing.T) {
+					o := base
+					tt.opts(&o)
+					inv, err := New(o)
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer inv.Close()
+					err = inv.Ping(ctx)
+					if err == nil || !strings.Contains(err.Error(), tt.want) {
+						t.Fatalf("Ping: %v, want an error with %q", err, tt.want)
+					}
+					t.Logf("Ping: %v", err)
+					for _, pw := range []string{dataPW, sentinelPW} {
+						if strings.Contains(err.Error(), pw) {
+							t.Errorf("Ping's error holds a password: %v", err)
+						}
+					}
+				})
+			}
+			for _, pw := range []string{dataPW, sentinelPW} {
+				if strings.Contains(logs.String(), pw) {
+					t.Errorf("a password is in the logs:\n%s", logs.String())
+				}
+			}
+		})
 	}
 }
 

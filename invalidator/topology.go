@@ -50,14 +50,9 @@ func (inv *Invalidator) newClient(opts Options) error {
 		if opts.SentinelUsername != "" || opts.SentinelPassword != "" {
 			return errors.New("redis sentinel username and password are for mode sentinel only")
 		}
-		ro, err := redis.ParseURL(opts.URL)
+		ro, err := parseURL(opts.URL)
 		if err != nil {
-			var ue *url.Error
-			if errors.As(err, &ue) { // it quotes the whole URL, and RedactURL cannot parse it
-				return fmt.Errorf("parse redis url: %w", ue.Err)
-			}
-			return fmt.Errorf("parse redis url %s: %w",
-				redact.URL(opts.URL), redact.Error(err, opts.URL))
+			return err
 		}
 		if opts.Username != "" {
 			ro.Username = opts.Username
@@ -133,6 +128,20 @@ func (inv *Invalidator) newClient(opts Options) error {
 		return fmt.Errorf("redis mode %q: want single, cluster or sentinel", opts.Mode)
 	}
 	return nil
+}
+
+// parseURL reads a redis:// or rediss:// URL as go-redis does. Its error
+// never holds a password.
+func parseURL(raw string) (*redis.Options, error) {
+	ro, err := redis.ParseURL(raw)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) { // it quotes the whole URL, and redact.URL cannot parse it
+			return nil, fmt.Errorf("parse redis url: %w", ue.Err)
+		}
+		return nil, fmt.Errorf("parse redis url %s: %w", redact.URL(raw), redact.Error(err, raw))
+	}
+	return ro, nil
 }
 
 // readTimeout is the read timeout of every connection: go-redis's default

@@ -71,9 +71,9 @@ type Rules struct {
 
 // Rule is one [[rule]]: which table, which keys, on which operations.
 type Rule struct {
-	Line   int         // line of the rule's [[rule]] header
-	Schema string      // never empty after Parse; "public" when the file gives none
-	Table  string      // as PostgreSQL stores it
+	Line    int         // line of the rule's [[rule]] header
+	Schema  string      // never empty after Parse; "public" when the file gives none
+	Table   string      // as PostgreSQL stores it
 	Del     []*Template // keys to delete
 	Incr    []*Template // keys to increment
 	Version []*Template // keys to set to the transaction's LSN

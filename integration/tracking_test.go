@@ -21,6 +21,9 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
+
+	pginvalidator "github.com/pg-invalidator/pg-invalidator"
+	"github.com/pg-invalidator/pg-invalidator/invalidator"
 )
 
 // trackingConn is one RESP3 connection to Redis with CLIENT TRACKING on. It
@@ -251,6 +254,34 @@ func TestClientTrackingDefaultMode(t *testing.T) {
 	}
 	if keys := c.invalidated(300 * time.Millisecond); keys != nil {
 		t.Errorf("an invalidation for a key not read since its last push: %q", keys)
+	}
+
+	// A version command that finds the key at a later LSN, as a replay
+	// does, writes nothing and pushes nothing; an INCR pushes.
+	c.do("GET", f.key("version:items"))
+	c.do("GET", f.key("counter"))
+	inv, err := invalidator.New(invalidator.Options{URL: f.redisURL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inv.Close()
+	b := invalidator.NewBatch()
+	b.Add(pginvalidator.Command{Action: pginvalidator.Version, Key: f.key("version:items")})
+	b.EndTx(1)
+	if err := inv.Apply(context.Background(), b); err != nil {
+		t.Fatal(err)
+	}
+	if keys := c.invalidated(300 * time.Millisecond); keys != nil {
+		t.Errorf("a version key left as it was pushed %q", keys)
+	}
+	b.Clear()
+	b.Add(pginvalidator.Command{Action: pginvalidator.Incr, Key: f.key("counter")})
+	b.EndTx(2)
+	if err := inv.Apply(context.Background(), b); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := c.invalidatedKeys(f.key("counter")), []string{f.key("counter")}; !slices.Equal(got, want) {
+		t.Errorf("after an INCR, pushed %q, want %q", got, want)
 	}
 }
 

@@ -350,7 +350,9 @@ func TestGoRedisClientSideCache(t *testing.T) {
 	waitFor(t, 5*time.Second, func() bool {
 		_, err := app.Get(ctx, f.key("item:1")).Result()
 		return err == redis.Nil
-	}, func() string { return "the application still serves item:1 from its memory after the daemon deleted it" })
+	}, func() string {
+		return "the application still serves item:1 from its memory after the daemon deleted it"
+	})
 	waitFor(t, 5*time.Second, func() bool {
 		return app.Get(ctx, f.key("version:items")).Val() == f.get("version:items")
 	}, func() string {

@@ -122,6 +122,14 @@ func (c *trackingConn) invalidatedKeys(want ...string) []string {
 	return got
 }
 
+// drain reads the pushes that the test's own writes of keys caused.
+func (c *trackingConn) drain(keys ...string) {
+	c.t.Helper()
+	if got := c.invalidatedKeys(keys...); !containsAll(got, keys) {
+		c.t.Fatalf("the test's own writes pushed %q, want %q", got, keys)
+	}
+}
+
 func containsAll(have, want []string) bool {
 	for _, w := range want {
 		if !slices.Contains(have, w) {
@@ -287,13 +295,15 @@ func TestClientTrackingDefaultMode(t *testing.T) {
 
 // TestClientTrackingBroadcast tracks prefixes in BCAST mode: every key the
 // daemon deletes or sets under a prefix is pushed, read or not, a TRUNCATE's
-// pattern included, and nothing outside the prefixes.
+// pattern included, and nothing outside the prefixes. The test's own SETs
+// under the prefixes are pushed too, and drained before each change.
 func TestClientTrackingBroadcast(t *testing.T) {
 	f := newFixture(t, itemsSchema, markerSchema)
 	f.start(f.rules(trackingRules))
 	c := newTrackingConn(t, f.redisAddr(), "BCAST", "PREFIX", f.key("item:"), "PREFIX", f.key("version:"))
 
 	f.cache("item:2", "items:cat:2")
+	c.drain(f.key("item:2"))
 	f.exec("UPDATE items SET v = v + 1 WHERE id = 2")
 	f.exec("UPDATE items SET v = v + 1 WHERE id = 4") // item:4 is not cached: nothing to push
 	f.sync()
@@ -303,6 +313,7 @@ func TestClientTrackingBroadcast(t *testing.T) {
 	}
 
 	f.cache("item:1", "item:7", "item:1999", "items:cat:3")
+	c.drain(f.key("item:1"), f.key("item:7"), f.key("item:1999"))
 	f.exec("TRUNCATE items")
 	f.sync()
 	want = []string{f.key("item:1"), f.key("item:1999"), f.key("item:7"), f.key("version:items")}

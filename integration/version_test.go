@@ -23,6 +23,13 @@ table = "items"
 incr = ["{p}counter:items"]
 ` + markerRule
 
+// versionRulesCats adds a second table that sets the same version key.
+const versionRulesCats = versionRules + `
+[[rule]]
+table = "cats"
+version = ["{p}version:items"]
+`
+
 // commitProbe is a test_decoding slot in the fixture's database that
 // reports the end LSN of each transaction: test_decoding's COMMIT row
 // carries the same position as pgoutput's TransactionEndLSN, the one the
@@ -79,16 +86,21 @@ func (p *commitProbe) onlyCommit() pginvalidator.LSN {
 }
 
 // TestVersionKeyIsTheCommitLSN checks that an UPDATE sets each version key
-// it renders to its transaction's end LSN, as 16 hex digits; that a
+// it renders to its transaction's end LSN, as 16 hex digits; that the
+// transactions replayed from a copy of the slot (made before them, as a
+// crash before the acknowledgement would replay them) leave every version
+// key as it is, even one that a later transaction they do not include had
+// set, while the INCR beside them counts the replay again; and that a
 // TRUNCATE sets the static key and every existing key of a pattern, and
-// creates none; and that a transaction replayed from a copy of the slot
-// (made before it, as a crash before the acknowledgement would replay it)
-// leaves every version key as it is, while the INCR beside them counts the
-// replay again.
+// creates none.
 func TestVersionKeyIsTheCommitLSN(t *testing.T) {
-	f := newFixture(t, itemsSchema, markerSchema)
+	f := newFixture(t, itemsSchema, markerSchema, "CREATE TABLE cats (id int PRIMARY KEY, name text)",
+		"INSERT INTO cats VALUES (1, 'one')",
+		// The replaying daemon's publication leaves cats out. It must exist
+		// before the transactions it is to decode.
+		"CREATE PUBLICATION replay FOR TABLE items, marker")
 	probe := f.commitProbe()
-	cfg := f.config(f.rules(versionRules))
+	cfg := f.config(f.rules(versionRulesCats))
 	r := f.startConfig(cfg)
 	// A copy of the daemon's slot, taken before the changes below: a daemon
 	// streaming from it gets the same transactions again.
@@ -125,20 +137,23 @@ func TestVersionKeyIsTheCommitLSN(t *testing.T) {
 
 	f.exec("UPDATE items SET v = v + 1 WHERE id = 4")
 	second := probe.onlyCommit()
+	f.exec("UPDATE cats SET name = 'uno'") // the last word on version:items, outside the replay
+	third := probe.onlyCommit()
 	f.sync()
 	probe.commits()
-	if second <= first {
-		t.Fatalf("the second transaction ends at %s, not after the first at %s", second, first)
+	if !(first < second && second < third) {
+		t.Fatalf("the transactions end at %s, %s, %s: not in commit order", first, second, third)
 	}
-	want := map[string]pginvalidator.LSN{"version:items": second, "version:cat:1": first, "version:cat:2": first,
+	want := map[string]pginvalidator.LSN{"version:items": third, "version:cat:1": first, "version:cat:2": first,
 		"version:cat:3": first, "version:cat:4": second}
 	f.checkVersions(want)
 
-	// The replay: stop the daemon, stream the same transactions again.
+	// The replay: stop the daemon, stream the items transactions again.
 	if err := r.stop(); err != nil {
 		t.Fatal(err)
 	}
-	cfg.Slot = replaySlot
+	cfg = f.config(f.rules(versionRules))
+	cfg.Slot, cfg.Publication = replaySlot, "replay"
 	f.startConfig(cfg)
 	f.sync()
 	probe.commits()

@@ -20,6 +20,7 @@ import (
 	"github.com/pg-invalidator/pg-invalidator/internal/redact"
 	"github.com/pg-invalidator/pg-invalidator/invalidator"
 	"github.com/pg-invalidator/pg-invalidator/migrations"
+	"github.com/pg-invalidator/pg-invalidator/replication"
 )
 
 func demoCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -157,13 +158,11 @@ func (d *demo) migrate(ctx context.Context) error {
 
 func (d *demo) waitStreaming(ctx context.Context, slot string, daemonDone <-chan error) error {
 	if slot == "" {
-		slot = "pg_invalidator"
+		slot = replication.DefaultSlot
 	}
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
-		var active bool
-		err := d.pg.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
-			WHERE s.slot_name = $1 AND r.state IN ('catchup', 'streaming'))`, slot).Scan(&active)
+		active, err := replication.SlotStreaming(ctx, d.pg, slot)
 		if err == nil && active {
 			return nil
 		}

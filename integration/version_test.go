@@ -188,3 +188,49 @@ func (f *fixture) checkVersions(want map[string]pginvalidator.LSN) {
 		f.t.Error(strings.Join(bad, "\n"))
 	}
 }
+
+// TestResyncSetsVersionKeysToTheNewSlot starts with --resync and no slot,
+// which resyncs once, over version keys left above the server's WAL
+// position, as a failover to a standby that had not replayed everything
+// leaves them, and a counter left by incr: the flush brings each down to the
+// new slot's start, and the next transaction moves them on again.
+func TestResyncSetsVersionKeysToTheNewSlot(t *testing.T) {
+	f := newFixture(t, itemsSchema, markerSchema)
+	probe := f.commitProbe()
+	ahead := pginvalidator.LSN(0xFFFF_FFFF_0000_0000).VersionValue()
+	for k, v := range map[string]string{"version:items": ahead, "version:cat:1": ahead, "version:cat:2": "17"} {
+		if err := f.rdb.Set(context.Background(), f.key(k), v, 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := f.config(f.rules(versionRules))
+	cfg.Resync = true
+	cfg.MetricsAddr = metricsAddr(t)
+	before := pginvalidator.LSN(f.walLSN())
+	f.startConfig(cfg)
+	f.waitResyncs(cfg.MetricsAddr, 1)
+	after := pginvalidator.LSN(f.walLSN())
+
+	start := f.get("version:items")
+	if len(start) != 16 || start < before.VersionValue() || start > after.VersionValue() {
+		t.Fatalf("version:items = %q after the resync, want the new slot's start, between %s and %s",
+			start, before.VersionValue(), after.VersionValue())
+	}
+	for _, k := range []string{"version:cat:1", "version:cat:2"} {
+		if got := f.get(k); got != start {
+			t.Errorf("%s = %q after the resync, want %q like version:items", k, got, start)
+		}
+	}
+	if f.exists("version:cat:3") {
+		t.Error("the resync created version:cat:3")
+	}
+
+	probe.commits()
+	f.exec("UPDATE items SET v = v + 1 WHERE id = 1")
+	lsn := probe.onlyCommit()
+	f.sync()
+	f.checkVersions(map[string]pginvalidator.LSN{"version:items": lsn, "version:cat:1": lsn})
+	if got := f.get("version:cat:2"); got != start {
+		t.Errorf("version:cat:2 = %q, want %q: no row of category 2 changed", got, start)
+	}
+}

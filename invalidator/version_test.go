@@ -394,3 +394,36 @@ func TestClusterVersions(t *testing.T) {
 		}
 	}
 }
+
+// benchmarkApply applies batches of 1000 distinct keys of one action, one
+// transaction each, against the shared Redis; it reports the time per key.
+func benchmarkApply(b *testing.B, action pginvalidator.Action) {
+	inv, err := New(Options{URL: env.RedisURL})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer inv.Close()
+	p := testenv.UniqueName() + ":"
+	keys := make([]string, 1000)
+	for i := range keys {
+		keys[i] = p + strconv.Itoa(i)
+	}
+	batch := NewBatch()
+	lsn := pginvalidator.LSN(1 << 32)
+	for b.Loop() {
+		for _, k := range keys {
+			batch.Add(pginvalidator.Command{Action: action, Key: k})
+		}
+		lsn += 0x100
+		batch.EndTx(lsn)
+		if err := inv.Apply(context.Background(), batch); err != nil {
+			b.Fatal(err)
+		}
+		batch.Clear()
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(keys)), "ns/key")
+}
+
+func BenchmarkApplyIncr(b *testing.B)    { benchmarkApply(b, pginvalidator.Incr) }
+func BenchmarkApplyVersion(b *testing.B) { benchmarkApply(b, pginvalidator.Version) }
+func BenchmarkApplyDel(b *testing.B)     { benchmarkApply(b, pginvalidator.Del) }

@@ -149,12 +149,6 @@ func (a Action) String() string {
 	return fmt.Sprintf("action(%d)", uint8(a))
 }
 
-// Pattern reports whether a is one of the actions whose Key is a glob
-// pattern: DelPattern, IncrPattern and VersionPattern.
-func (a Action) Pattern() bool {
-	return a == DelPattern || a == IncrPattern || a == VersionPattern
-}
-
 // Command is one thing to do to Redis. For the pattern actions Key is a Redis
 // glob pattern with literal glob characters already escaped.
 type Command struct {

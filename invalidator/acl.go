@@ -11,13 +11,20 @@ type ACLNeeds struct {
 	// KeyPatterns are Redis globs of every key the rules render, such as
 	// "product:*" (a template's Pattern); each becomes a ~pattern.
 	KeyPatterns []string
-	// Del and Incr: row changes delete keys (UNLINK) or increment them
-	// (INCR, INCRBY).
-	Del, Incr bool
-	// DelPattern and IncrPattern: a TRUNCATE or a resync scans for keys
-	// (SCAN) and deletes them, or increments them with a script (EVAL,
-	// running EXISTS and INCR).
-	DelPattern, IncrPattern bool
+	// Del, Incr and Version: row changes delete keys (UNLINK), increment
+	// them (INCR, INCRBY), or set them to an LSN with the setVersion script
+	// (EVALSHA, EVAL, running GET and SET).
+	Del, Incr, Version bool
+	// DelPattern, IncrPattern and VersionPattern: a TRUNCATE or a resync
+	// scans for keys (SCAN) and deletes them, increments them with the
+	// incrIfExists script (running EXISTS and INCR), or sets them with
+	// setVersion.
+	DelPattern, IncrPattern, VersionPattern bool
+	// EvictionCheck: with Incr, the daemon reads maxmemory-policy (CONFIG
+	// GET) to warn when Redis may evict the keys it increments. CONFIG GET
+	// can read every setting, requirepass included; without it the
+	// warning says the policy could not be read.
+	EvictionCheck bool
 	// CanaryPattern, when not empty, is the glob of the end-to-end canary's
 	// keys, which the daemon sets and deletes (SET, UNLINK).
 	CanaryPattern string
@@ -66,20 +73,31 @@ func ACLRules(opts Options, needs ACLNeeds) (string, error) {
 	if needs.Del || needs.DelPattern || needs.CanaryPattern != "" {
 		rules = append(rules, "+unlink")
 	}
-	if needs.Incr {
-		rules = append(rules, "+incr", "+incrby")
+	if needs.Incr || needs.IncrPattern {
+		rules = append(rules, "+incr")
 	}
-	if needs.DelPattern || needs.IncrPattern {
+	if needs.Incr {
+		rules = append(rules, "+incrby")
+	}
+	if needs.DelPattern || needs.IncrPattern || needs.VersionPattern {
 		rules = append(rules, "+scan")
 	}
-	if needs.IncrPattern { // incrIfExists, whose commands are checked too
-		rules = append(rules, "+eval", "+exists")
-		if !needs.Incr {
-			rules = append(rules, "+incr")
-		}
+	// The scripts: EVALSHA, EVAL after NOSCRIPT, and the commands they
+	// call, which Redis checks against the user too.
+	if needs.IncrPattern || needs.Version || needs.VersionPattern {
+		rules = append(rules, "+evalsha", "+eval")
 	}
-	if needs.CanaryPattern != "" {
+	if needs.IncrPattern {
+		rules = append(rules, "+exists")
+	}
+	if needs.Version || needs.VersionPattern {
+		rules = append(rules, "+get")
+	}
+	if needs.Version || needs.VersionPattern || needs.CanaryPattern != "" {
 		rules = append(rules, "+set")
+	}
+	if needs.Incr && needs.EvictionCheck {
+		rules = append(rules, "+config|get")
 	}
 	if opts.WaitReplicas > 0 {
 		rules = append(rules, "+wait")

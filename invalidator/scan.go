@@ -12,8 +12,9 @@ import (
 	pginvalidator "github.com/pg-invalidator/pg-invalidator"
 )
 
-// scan runs action (DelPattern or IncrPattern) on every key matching
-// pattern, on every master, one SCAN page at a time.
+// scan runs proto (a DelPattern, IncrPattern or VersionPattern op without
+// its key) on every key matching pattern, on every master, one SCAN page at
+// a time.
 //
 // A SCAN cursor means something only to the server process that issued it:
 // a restarted Redis, or another master after a failover (even at the same
@@ -28,7 +29,7 @@ import (
 // In a cluster, the masters scanned must own all 16,384 slots, as each says
 // itself: a slot map with fewer (a seed node that has not joined the
 // cluster, slots being reassigned) is an error, retried like any other.
-func (inv *Invalidator) scan(ctx context.Context, pattern string, action pginvalidator.Action) error {
+func (inv *Invalidator) scan(ctx context.Context, pattern string, proto op) error {
 	pos := make(map[string]*scanPos) // by master address ("" outside a cluster)
 	for attempt := 0; ; attempt++ {
 		masters, err := inv.scanMasters(ctx)
@@ -43,7 +44,8 @@ func (inv *Invalidator) scan(ctx context.Context, pattern string, action pginval
 			p := pos[addr]
 			if p == nil {
 				p = &scanPos{}
-				if action == pginvalidator.IncrPattern {
+				if proto.action == pginvalidator.IncrPattern { // the one that counts twice
+
 					p.seen = newKeyWindow(scanDedupe)
 				}
 				pos[addr] = p
@@ -51,7 +53,7 @@ func (inv *Invalidator) scan(ctx context.Context, pattern string, action pginval
 			if p.done {
 				continue
 			}
-			err = inv.scanNode(ctx, m, pattern, action, p)
+			err = inv.scanNode(ctx, m, pattern, proto, p)
 			if ctx.Err() != nil { // run gave up: ctx is done
 				return err
 			}
@@ -77,13 +79,14 @@ type scanPos struct {
 	done   bool   // scanned to the end
 	// seen holds the keys of an IncrPattern already incremented on runID's
 	// process, so that a key SCAN returns twice is incremented once; nil
-	// for a DelPattern, whose UNLINK is harmless twice.
+	// for a DelPattern or VersionPattern, whose UNLINK or SET to an LSN is
+	// harmless twice.
 	seen *keyWindow
 }
 
-// scanNode runs action on the keys matching pattern on master m, from p's
+// scanNode runs proto on the keys matching pattern on master m, from p's
 // cursor to the end, keeping p up to date.
-func (inv *Invalidator) scanNode(ctx context.Context, m *redis.Client, pattern string, action pginvalidator.Action, p *scanPos) error {
+func (inv *Invalidator) scanNode(ctx context.Context, m *redis.Client, pattern string, proto op, p *scanPos) error {
 	for {
 		keys, next, runID, err := inv.scanPage(ctx, m, p.cursor, pattern, inv.scanCount)
 		if err != nil {
@@ -102,7 +105,9 @@ func (inv *Invalidator) scanNode(ctx context.Context, m *redis.Client, pattern s
 		ops := inv.ops[:0]
 		for _, k := range keys {
 			if p.seen.add(k) {
-				ops = append(ops, op{action: action, key: k})
+				o := proto
+				o.key = k
+				ops = append(ops, o)
 			}
 		}
 		inv.ops = ops

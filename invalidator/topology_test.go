@@ -45,7 +45,7 @@ func TestClusterSpread(t *testing.T) {
 	}
 	b.Add(pginvalidator.Command{Action: pginvalidator.DelPattern, Key: "b:*"})
 	b.Add(pginvalidator.Command{Action: pginvalidator.IncrPattern, Key: "v:*"})
-	b.EndTx()
+	b.EndTx(0)
 	if err := inv.Apply(ctx, b); err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +106,7 @@ func TestClusterRedirects(t *testing.T) {
 		t.Helper()
 		b := NewBatch()
 		b.Add(pginvalidator.Command{Action: pginvalidator.Incr, Key: key})
-		b.EndTx()
+		b.EndTx(0)
 		if err := inv.Apply(ctx, b); err != nil {
 			t.Fatal(err)
 		}
@@ -156,7 +156,7 @@ func TestClusterPatternNeedsEverySlot(t *testing.T) {
 
 	b := NewBatch()
 	b.Add(pginvalidator.Command{Action: pginvalidator.DelPattern, Key: "lone:*"})
-	b.EndTx()
+	b.EndTx(0)
 	done := make(chan error, 1)
 	go func() { done <- inv.Apply(ctx, b) }()
 	select {
@@ -269,7 +269,7 @@ func TestFrozenReplica(t *testing.T) {
 		set(t, master, key, "cached")
 		b := NewBatch()
 		b.Add(pginvalidator.Command{Action: pginvalidator.Del, Key: key})
-		b.EndTx()
+		b.EndTx(0)
 		start := time.Now()
 		actx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
@@ -340,7 +340,7 @@ func failoverUnderLoad(t *testing.T, prefix string, set func(kv ...string), inv 
 				b.Add(pginvalidator.Command{Action: pginvalidator.Del, Key: prefix + strconv.Itoa(j)})
 			}
 			b.Add(pginvalidator.Command{Action: pginvalidator.Incr, Key: prefix + "version"})
-			b.EndTx()
+			b.EndTx(0)
 			if err := inv.Apply(ctx, b); err != nil {
 				done <- fmt.Errorf("batch %d: %w", i, err)
 				return
@@ -437,7 +437,7 @@ func TestSentinelAuth(t *testing.T) {
 			set(t, master, "auth:k", "x")
 			b := NewBatch()
 			b.Add(pginvalidator.Command{Action: pginvalidator.Del, Key: "auth:k"})
-			b.EndTx()
+			b.EndTx(0)
 			if err := inv.Apply(ctx, b); err != nil {
 				t.Fatal(err)
 			}
@@ -517,7 +517,7 @@ func TestTLSAndACL(t *testing.T) {
 			}
 			b := NewBatch()
 			b.Add(pginvalidator.Command{Action: pginvalidator.Del, Key: "tls:k"})
-			b.EndTx()
+			b.EndTx(0)
 			if err := inv.Apply(ctx, b); err != nil {
 				t.Fatal(err)
 			}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/pg-invalidator/pg-invalidator/config"
 	"github.com/pg-invalidator/pg-invalidator/daemon"
@@ -56,7 +57,7 @@ func redisACLs(f *config.File) ([]redisACL, error) {
 // aclNeeds says what the rules make the daemon send: the keys every
 // template can render, and which actions, TRUNCATE and resync included.
 func aclNeeds(rules *mapping.Rules) invalidator.ACLNeeds {
-	needs := invalidator.ACLNeeds{CanaryPattern: canaryKeys}
+	needs := invalidator.ACLNeeds{CanaryPattern: canaryKeys, EvictionCheck: true}
 	for _, r := range rules.List {
 		for _, t := range r.Del {
 			needs.Del = true
@@ -66,6 +67,11 @@ func aclNeeds(rules *mapping.Rules) invalidator.ACLNeeds {
 		for _, t := range r.Incr {
 			needs.Incr = true
 			needs.IncrPattern = needs.IncrPattern || len(t.Columns()) > 0
+			needs.KeyPatterns = append(needs.KeyPatterns, t.Pattern())
+		}
+		for _, t := range r.Version {
+			needs.Version = true
+			needs.VersionPattern = needs.VersionPattern || len(t.Columns()) > 0
 			needs.KeyPatterns = append(needs.KeyPatterns, t.Pattern())
 		}
 	}
@@ -83,21 +89,25 @@ func printRedisACLs(w io.Writer, acls []redisACL, prefix string) {
 		if i > 0 || prefix != "" {
 			fmt.Fprintln(w)
 		}
-		where := "on the Redis server, and on its replicas"
+		where := "on the Redis server and its replicas"
 		switch a.target.Redis.Mode {
 		case invalidator.ModeCluster:
 			where = "on every node of the cluster, replicas included"
 		case invalidator.ModeSentinel:
-			where = "on the master and on every replica (each may become the master)"
+			where = "on the master and every replica (each may become the master)"
 		}
 		name := ""
 		if len(acls) > 1 || a.target.Name != daemon.DefaultTarget {
 			name = " target " + a.target.Name
 		}
-		fmt.Fprintf(w, "%sRedis%s: the user the daemon logs in as, with only what the rules need; run it %s,\n", note, name, where)
-		fmt.Fprintf(w, "%s(in an ACL file: the same rules after \"user NAME\"). Replace PASSWORD with the password of password_env or password_file.\n", note)
+		fmt.Fprintf(w, "%sRedis%s: the user the daemon logs in as, with only what the rules need. Run this %s\n", note, name, where)
+		fmt.Fprintf(w, "%s(in an ACL file: \"user NAME\" and the same rules), PASSWORD replaced by the password of password_env or password_file.\n", note)
 		if a.target.Redis.Username == "" {
 			fmt.Fprintf(w, "%sThe rules file names no user: add username = %q to the target's table.\n", note, a.user)
+		}
+		if strings.Contains(a.rules, "+config|get") {
+			fmt.Fprintf(w, "%s+config|get lets the daemon warn when maxmemory-policy may evict the keys it increments; it also reads\n", note)
+			fmt.Fprintf(w, "%severy other setting, requirepass included. Without it, the warning says the policy could not be read.\n", note)
 		}
 		fmt.Fprintf(w, "%sACL SETUSER %s reset on >PASSWORD %s\n", prefix, a.user, a.rules)
 		if a.sentinel != "" {

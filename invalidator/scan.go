@@ -131,7 +131,9 @@ func scanPage(ctx context.Context, m *redis.Client, cursor uint64, match string,
 	info := pipe.Info(ctx, "server")
 	scan := pipe.Scan(ctx, cursor, match, count)
 	_, _ = pipe.Exec(ctx) // each reply is checked below
-	if err := info.Err(); err != nil {
+	if err := info.Err(); redis.HasErrorPrefix(err, "NOPERM") {
+		return nil, 0, "", fmt.Errorf("info server: %w (a pattern scan reads the server's run_id: the ACL user needs +info)", err)
+	} else if err != nil {
 		return nil, 0, "", fmt.Errorf("info server: %w", err)
 	}
 	if runID = infoField(info.Val(), "run_id"); runID == "" {

@@ -483,6 +483,71 @@ func TestSentinelAuth(t *testing.T) {
 	}
 }
 
+// TestSentinelACL runs batches, across a failover, as the users
+// ACLRules and SentinelACLRules describe: one on the master and replica,
+// one on the sentinels (beside the user the sentinels use among
+// themselves). ACL LOG must stay empty everywhere.
+func TestSentinelACL(t *testing.T) {
+	ctx := context.Background()
+	const pw = "acl-Pw-3"
+	sg, err := localsvc.StartRedisSentinelWith(ctx, localsvc.SentinelOptions{
+		SentinelUsername: "peer", SentinelPassword: "peer-Pw",
+		SentinelUsers: []string{"user pginv on >" + pw + " " + SentinelACLRules()},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sg.Close() })
+	opts := Options{Mode: ModeSentinel, Addrs: sg.SentinelAddrs(), MasterName: localsvc.SentinelMaster,
+		Username: "pginv", Password: pw, SentinelUsername: "pginv", SentinelPassword: pw, WaitReplicas: 1,
+		MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)}
+	rules, err := ACLRules(opts, ACLNeeds{KeyPatterns: []string{"sa:*"}, Del: true, Incr: true, DelPattern: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes := []*redis.Client{nodeClient(t, sg.Master.Addr()), nodeClient(t, sg.Replica.Addr())}
+	for _, c := range nodes {
+		args := []any{"ACL", "SETUSER", "pginv", "on", ">" + pw}
+		for _, r := range strings.Fields(rules) {
+			args = append(args, r)
+		}
+		mustDo(t, c, args...)
+		mustDo(t, c, "ACL", "LOG", "RESET")
+	}
+	inv := newTopologyInvalidator(t, opts)
+	apply := func(i int) {
+		t.Helper()
+		k := "sa:" + strconv.Itoa(i)
+		b := NewBatch()
+		b.Add(pginvalidator.Command{Action: pginvalidator.Del, Key: k})
+		b.Add(pginvalidator.Command{Action: pginvalidator.Incr, Key: "sa:n"})
+		b.Add(pginvalidator.Command{Action: pginvalidator.DelPattern, Key: "sa:p:*"})
+		b.EndTx(0)
+		actx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if err := inv.Apply(actx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apply(1)
+	sg.Master.Kill()
+	waitFor(t, 30*time.Second, func() bool { return isMaster(t, sg.Replica) }, "no failover")
+	apply(2)
+	if got := nodes[1].Get(ctx, "sa:n").Val(); got != "2" {
+		t.Errorf("sa:n on the new master = %q, want 2", got)
+	}
+	for i, n := range sg.Sentinels {
+		c := redis.NewClient(&redis.Options{Addr: n.Addr(), Username: "peer", Password: "peer-Pw", DisableIdentity: true})
+		defer c.Close()
+		if log := c.Do(ctx, "ACL", "LOG").Val(); fmt.Sprint(log) != "[]" {
+			t.Errorf("ACL LOG on sentinel %d = %v, want it empty", i, log)
+		}
+	}
+	if log := nodes[1].Do(ctx, "ACL", "LOG").Val(); fmt.Sprint(log) != "[]" {
+		t.Errorf("ACL LOG on the new master = %v, want it empty", log)
+	}
+}
+
 // TestTLSAndACL runs batches through a TLS-only Redis whose only user is an
 // ACL user, and checks that the errors of a wrong setup name what is wrong.
 func TestTLSAndACL(t *testing.T) {

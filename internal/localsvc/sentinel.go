@@ -37,6 +37,9 @@ type SentinelOptions struct {
 	// (the default user is then off), or with requirepass when the username
 	// is empty. The sentinels authenticate to each other the same way.
 	SentinelUsername, SentinelPassword string
+	// SentinelUsers are more ACL users of the sentinels, each a line of an
+	// ACL file ("user NAME on >PASSWORD ..."), such as a client's own user.
+	SentinelUsers []string
 }
 
 // StartRedisSentinel starts the master, the replica and the sentinels, and
@@ -97,6 +100,9 @@ func StartRedisSentinelWith(ctx context.Context, opts SentinelOptions) (*RedisSe
 			case opts.SentinelPassword != "":
 				body += fmt.Sprintf("requirepass %s\nsentinel sentinel-pass %[1]s\n", opts.SentinelPassword)
 			}
+			for _, u := range opts.SentinelUsers {
+				body += u + "\n"
+			}
 			os.WriteFile(conf, []byte(body), 0o600)
 			return []string{conf, "--sentinel"}
 		})
@@ -116,8 +122,13 @@ func StartRedisSentinelWith(ctx context.Context, opts SentinelOptions) (*RedisSe
 		return nil, err
 	}
 	if err := s.waitReady(ctx, 30*time.Second); err != nil {
+		var logs strings.Builder // the end of each sentinel's log, to see why
+		for _, n := range s.Sentinels {
+			lines := strings.Split(strings.TrimSpace(n.Log()), "\n")
+			fmt.Fprintf(&logs, "\nsentinel %s:\n%s", n.Addr(), strings.Join(lines[max(0, len(lines)-8):], "\n"))
+		}
 		s.Close()
-		return nil, err
+		return nil, fmt.Errorf("%w%s", err, logs.String())
 	}
 	return s, nil
 }

@@ -100,8 +100,9 @@ func printRedisACLs(w io.Writer, acls []redisACL, prefix string) {
 		if len(acls) > 1 || a.target.Name != daemon.DefaultTarget {
 			name = " target " + a.target.Name
 		}
-		fmt.Fprintf(w, "%sRedis%s: the user the daemon logs in as, with only what the rules need. Run this %s\n", note, name, where)
-		fmt.Fprintf(w, "%s(in an ACL file: \"user NAME\" and the same rules), PASSWORD replaced by the password of password_env or password_file.\n", note)
+		fmt.Fprintf(w, "%sRedis%s: the user the daemon logs in as, with only what the rules need. Replace PASSWORD with the\n", note, name)
+		fmt.Fprintf(w, "%spassword of password_env or password_file, and run this %s,\n", note, where)
+		fmt.Fprintf(w, "%sor write it in the ACL file as \"user NAME\" and the same rules.\n", note)
 		if a.target.Redis.Username == "" {
 			fmt.Fprintf(w, "%sThe rules file names no user: add username = %q to the target's table.\n", note, a.user)
 		}

@@ -106,7 +106,7 @@ func demoRules(path string) (*mapping.Config, string, error) {
 		rules, err := mapping.Load(path)
 		return rules, path, err
 	}
-	rules, err := mapping.Parse("rules.toml (built in)", pginvalidator.ExampleRules)
+	rules, err := mapping.Parse("rules.toml (built in)", migrations.Rules)
 	return rules, "the built-in rules.toml", err
 }
 

@@ -21,20 +21,25 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	pginvalidator "github.com/pg-invalidator/pg-invalidator"
+	"github.com/pg-invalidator/pg-invalidator/internal/redact"
 	"github.com/pg-invalidator/pg-invalidator/invalidator"
 	"github.com/pg-invalidator/pg-invalidator/mapping"
 	"github.com/pg-invalidator/pg-invalidator/replication"
 )
 
-// Config is everything Run needs. The command line builds it.
+// Config is everything Run needs. The command line builds it, from the
+// rules file (see package config), its flags and the environment.
 type Config struct {
-	Rules       *mapping.Config
+	Rules       *mapping.Rules
 	PostgresURL string
-	RedisURL    string
-	Slot        string // zero means "pg_invalidator"
-	Publication string // zero means "pg_invalidator"
+	Slot        string // zero means replication.DefaultSlot
+	Publication string // zero means replication.DefaultPublication
 	Logger      *slog.Logger
+
+	// Targets are the Redis deployments to invalidate, each applying every
+	// transaction before it is acknowledged. Run needs at least one, unless
+	// DryRun; a dry run connects to none.
+	Targets []Target
 
 	// MaxBatch is how many pending commands force a flush to Redis even while
 	// more data is waiting, or in the middle of a large transaction. Zero
@@ -65,7 +70,7 @@ type Config struct {
 	// transactions. The command line sends on it on SIGHUP.
 	Reload <-chan struct{}
 	// LoadRules re-reads the rules file for a reload. Nil disables reloads.
-	LoadRules func() (*mapping.Config, error)
+	LoadRules func() (*mapping.Rules, error)
 
 	// Resync, when true, recovers from a lost slot (invalidated, or gone
 	// while the daemon ran) instead of stopping: the slot is dropped and
@@ -79,26 +84,14 @@ type Config struct {
 	DryRun bool
 	// DryRunOut receives the JSON lines of a dry run. Nil means os.Stdout.
 	DryRunOut io.Writer
-
-	// Redis is how to reach Redis beyond RedisURL: mode (single, cluster,
-	// sentinel), addrs, master, credentials, TLS and wait_replicas. Its URL
-	// and Logger are ignored: RedisURL and Logger take their place. The zero
-	// value means mode single at RedisURL, as the URL says. Targets, when
-	// set, takes its place.
-	Redis invalidator.Options
-	// Targets are the Redis deployments to invalidate, each applying every
-	// transaction before it is acknowledged. The one named
-	// mapping.DefaultTarget takes RedisURL when its URL is empty. Nil means
-	// one target, the default, from Redis and RedisURL.
-	Targets []Target
 }
 
 func (c *Config) setDefaults() {
 	if c.Slot == "" {
-		c.Slot = "pg_invalidator"
+		c.Slot = replication.DefaultSlot
 	}
 	if c.Publication == "" {
-		c.Publication = "pg_invalidator"
+		c.Publication = replication.DefaultPublication
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -153,12 +146,12 @@ func Check(ctx context.Context, cfg Config) error {
 func connect(ctx context.Context, url string) (*pgx.Conn, error) {
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
-		return nil, fmt.Errorf("connect to postgres %s: %w", pginvalidator.RedactURL(url), pginvalidator.RedactError(err, url))
+		return nil, fmt.Errorf("connect to postgres %s: %w", redact.URL(url), redact.Error(err, url))
 	}
 	return conn, nil
 }
 
-func checkSchema(ctx context.Context, conn *pgx.Conn, rules *mapping.Config) error {
+func checkSchema(ctx context.Context, conn *pgx.Conn, rules *mapping.Rules) error {
 	tables, err := replication.DescribeTables(ctx, conn, rules.Tables())
 	if err != nil {
 		return fmt.Errorf("describe rule tables: %w", err)
@@ -180,7 +173,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	log := cfg.Logger
 
-	inv, err := newTargets(cfg)
+	inv, err := newFanout(cfg)
 	if err != nil {
 		return err
 	}
@@ -203,7 +196,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return ignoreCanceled(ctx, err)
 	}
 	for _, t := range inv {
-		if len(inv) == 1 && t.name == mapping.DefaultTarget {
+		if len(inv) == 1 && t.name == DefaultTarget {
 			log.Info("redis is reachable", "addr", t.inv.Addr())
 		} else {
 			log.Info("redis is reachable", "target", t.name, "addr", t.inv.Addr())
@@ -213,7 +206,7 @@ func Run(ctx context.Context, cfg Config) error {
 	go heartbeat(ctx, cfg)
 
 	p := &pipeline{cfg: cfg, log: log, inv: inv, mapper: mapper, batch: invalidator.NewBatch(), m: m,
-		reloaded: make(chan *mapping.Config, 1)}
+		reloaded: make(chan *mapping.Rules, 1)}
 	p.mapper.OnProblem = func(table, column string, err error) {
 		log.Error("rule cannot be applied", "table", table, "column", column, "err", err)
 	}

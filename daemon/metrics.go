@@ -46,7 +46,7 @@ type metrics struct {
 	streaming    atomic.Bool   // a session is streaming
 
 	mapper  *mapping.Mapper
-	targets targets // each knows when its Redis last answered
+	targets fanout // each knows when its Redis last answered
 
 	slotMu sync.Mutex // protects slot
 	slot   slotStatus
@@ -75,7 +75,7 @@ var actions = []string{"del", "incr", "del_pattern", "incr_pattern"}
 // latencyBuckets span a millisecond on one host to minutes behind a backlog.
 var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}
 
-func newMetrics(rules *mapping.Config, mapper *mapping.Mapper, ts targets) *metrics {
+func newMetrics(rules *mapping.Rules, mapper *mapping.Mapper, ts fanout) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		transactions: prometheus.NewCounter(prometheus.CounterOpts{
@@ -196,7 +196,7 @@ func readiness(now time.Time, streaming bool, targets []answered, within time.Du
 	}
 	for _, t := range targets {
 		who := "redis"
-		if len(targets) > 1 || t.name != mapping.DefaultTarget {
+		if len(targets) > 1 || t.name != DefaultTarget {
 			who = "redis target " + t.name
 		}
 		if t.at == 0 {
@@ -347,7 +347,7 @@ func boolValue(b bool) float64 {
 // serveMetrics listens on cfg.MetricsAddr and serves /metrics, /healthz and
 // /readyz, and polls the slot and Redis for them, until the returned stop is
 // called. A listen error is returned at once: retrying cannot free the port.
-func serveMetrics(ctx context.Context, cfg Config, m *metrics, ts targets) (stop func(), err error) {
+func serveMetrics(ctx context.Context, cfg Config, m *metrics, ts fanout) (stop func(), err error) {
 	ln, err := net.Listen("tcp", cfg.MetricsAddr)
 	if err != nil {
 		return nil, fmt.Errorf("listen for metrics: %w", err)
@@ -398,7 +398,7 @@ func (m *metrics) handler(within time.Duration) http.Handler {
 // pingRedis pings every target every interval, so that readiness and
 // target_up know which Redis answers while no writes arrive, and which one
 // holds the acknowledgement back.
-func (m *metrics) pingRedis(ctx context.Context, ts targets, every time.Duration) {
+func (m *metrics) pingRedis(ctx context.Context, ts fanout, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {

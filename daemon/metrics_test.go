@@ -22,7 +22,7 @@ import (
 func TestReadiness(t *testing.T) {
 	now := time.Unix(1000, 0)
 	ago := func(d time.Duration) int64 { return now.Add(-d).UnixNano() }
-	one := func(at int64) []answered { return []answered{{mapping.DefaultTarget, at}} }
+	one := func(at int64) []answered { return []answered{{DefaultTarget, at}} }
 	two := func(eu, us int64) []answered { return []answered{{"eu", eu}, {"us", us}} }
 	tests := []struct {
 		name      string
@@ -102,7 +102,7 @@ incr = ["v:items"]
 	}
 	t.Cleanup(func() { inv.Close() })
 	mapper := mapping.NewMapper(rules)
-	return newMetrics(rules, mapper, targets{{name: mapping.DefaultTarget, inv: inv}}), mapper
+	return newMetrics(rules, mapper, fanout{{name: DefaultTarget, inv: inv}}), mapper
 }
 
 // gather returns every sample by series, written as name{label="value",...}
@@ -270,9 +270,9 @@ func TestHandler(t *testing.T) {
 	}
 }
 
-// TestDocumentedMetricsExist keeps the README and the Grafana dashboard in
-// step with the metrics: every pg_invalidator_ name they use exists, and the
-// README lists every one.
+// TestDocumentedMetricsExist keeps the docs and the Grafana dashboard in
+// step with the metrics: every pg_invalidator_ name they use exists, and
+// docs/metrics.md lists every one.
 func TestDocumentedMetricsExist(t *testing.T) {
 	m, _ := newTestMetrics(t)
 	safe := int64(1)
@@ -288,7 +288,8 @@ func TestDocumentedMetricsExist(t *testing.T) {
 		}
 	}
 	name := regexp.MustCompile(`pg_invalidator_[a-z_]*[a-z]`)
-	for _, file := range []string{"../README.md", "../deploy/grafana/pg-invalidator.json"} {
+	for _, file := range []string{"../docs/metrics.md", "../README.md", "../docs/guarantees.md", "../docs/high-availability.md",
+		"../docs/operations.md", "../docs/postgresql.md", "../docs/redis.md", "../docs/rules.md", "../deploy/grafana/pg-invalidator.json"} {
 		data, err := os.ReadFile(file)
 		if err != nil {
 			t.Fatal(err)
@@ -307,7 +308,7 @@ func TestDocumentedMetricsExist(t *testing.T) {
 			}
 			used[n] = true
 		}
-		if file == "../README.md" {
+		if file == "../docs/metrics.md" {
 			for n := range registered {
 				if !used[n] {
 					t.Errorf("%s does not document %s", file, n)

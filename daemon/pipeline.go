@@ -21,13 +21,13 @@ import (
 type pipeline struct {
 	cfg    Config
 	log    *slog.Logger
-	inv    targets // every Redis deployment; a batch counts as applied once all have applied it
+	inv    fanout // every Redis deployment; a batch counts as applied once all have applied it
 	mapper *mapping.Mapper
 	batch  *invalidator.Batch
 	cmds   []pginvalidator.Command // scratch for one change's commands
 	m      *metrics
 
-	reloaded chan *mapping.Config // validated rules waiting to be swapped in between transactions
+	reloaded chan *mapping.Rules // validated rules waiting to be swapped in between transactions
 
 	streamed bool // a session has streamed before: a missing slot now means it was lost
 }
@@ -118,7 +118,7 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 		commitAt time.Time
 		// pendingRules are reloaded rules waiting for the end of the
 		// transaction in progress: a transaction is mapped by one rule set.
-		pendingRules *mapping.Config
+		pendingRules *mapping.Rules
 	)
 	flush := func() error {
 		sent := p.batch.Len() > 0
@@ -246,7 +246,7 @@ func classifyStartError(err error, slot string) error {
 }
 
 // swapRules puts reloaded rules in force. It runs between transactions.
-func (p *pipeline) swapRules(rules *mapping.Config) {
+func (p *pipeline) swapRules(rules *mapping.Rules) {
 	p.mapper.SetRules(rules)
 	p.cfg.Rules = rules
 	p.log.Info("reloaded rules in force", "file", rules.File, "tables", rules.Tables())

@@ -17,7 +17,7 @@ import (
 // and hands them to the pipeline, which swaps them in between transactions.
 // A file that fails any step changes nothing: the old rules stay in force
 // and the log says why.
-func (p *pipeline) watchReloads(ctx context.Context, current *mapping.Config) {
+func (p *pipeline) watchReloads(ctx context.Context, current *mapping.Rules) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -44,7 +44,7 @@ func (p *pipeline) watchReloads(ctx context.Context, current *mapping.Config) {
 // prepareReload loads and validates the new rules, adds their new tables to
 // the publication, and drops the tables the old rules named and the new ones
 // do not, when this role owns the publication.
-func (p *pipeline) prepareReload(ctx context.Context, old *mapping.Config) (*mapping.Config, error) {
+func (p *pipeline) prepareReload(ctx context.Context, old *mapping.Rules) (*mapping.Rules, error) {
 	rules, err := p.cfg.LoadRules()
 	if err != nil {
 		return nil, err
@@ -115,7 +115,7 @@ func dropFromPublication(ctx context.Context, conn *pgx.Conn, publication string
 	return nil
 }
 
-// splitQualified splits "schema.table" as mapping.Config.Tables writes it.
+// splitQualified splits "schema.table" as mapping.Rules.Tables writes it.
 func splitQualified(t string) (schema, name string, ok bool) {
 	for i := 0; i < len(t); i++ {
 		if t[i] == '.' {

@@ -16,11 +16,11 @@ import (
 // A table without a usable replica identity is refused whatever its rules'
 // on says, because the publication publishes every kind of change for every
 // rule table.
-func (c *Config) CheckSchema(tables map[string]pginvalidator.TableInfo) []error {
+func (rs *Rules) CheckSchema(tables map[string]pginvalidator.TableInfo) []error {
 	var errs []error
-	for _, r := range c.Rules {
+	for _, r := range rs.List {
 		problem := func(format string, args ...any) {
-			errs = append(errs, &Problem{File: c.File, Line: r.Line, Msg: fmt.Sprintf(format, args...)})
+			errs = append(errs, &Problem{File: rs.File, Line: r.Line, Msg: fmt.Sprintf(format, args...)})
 		}
 		name := r.QualifiedName()
 		info, ok := tables[name]

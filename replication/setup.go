@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	pginvalidator "github.com/pg-invalidator/pg-invalidator"
+	"github.com/pg-invalidator/pg-invalidator/internal/redact"
 )
 
 // TextSettings are the run-time parameters pinned on every replication
@@ -752,7 +753,7 @@ func ReplicationURL(dsn string) (string, error) {
 	base, query, _ := strings.Cut(dsn, "?")
 	if _, err := url.ParseQuery(query); err != nil {
 		// The query may hold a password= parameter: leave it out.
-		return "", fmt.Errorf("replication url %s: invalid query string", pginvalidator.RedactURL(base))
+		return "", fmt.Errorf("replication url %s: invalid query string", redact.URL(base))
 	}
 	var params []string
 	for p := range strings.SplitSeq(query, "&") {

@@ -32,6 +32,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	pginvalidator "github.com/pg-invalidator/pg-invalidator"
+	"github.com/pg-invalidator/pg-invalidator/internal/redact"
 )
 
 // EventKind says what an Event carries.
@@ -112,7 +113,7 @@ func Connect(ctx context.Context, cfg Config) (*Stream, error) {
 	}
 	pcfg, err := pgconn.ParseConfig(dsn)
 	if err != nil {
-		return nil, fmt.Errorf("parse postgres url %s: %w", pginvalidator.RedactURL(cfg.URL), pginvalidator.RedactError(err, cfg.URL))
+		return nil, fmt.Errorf("parse postgres url %s: %w", redact.URL(cfg.URL), redact.Error(err, cfg.URL))
 	}
 	for k, v := range TextSettings {
 		pcfg.RuntimeParams[k] = v
@@ -129,7 +130,7 @@ func Connect(ctx context.Context, cfg Config) (*Stream, error) {
 	}
 	s.conn, err = pgconn.ConnectConfig(ctx, pcfg)
 	if err != nil {
-		return nil, fmt.Errorf("connect for replication: %w", pginvalidator.RedactError(err, cfg.URL))
+		return nil, fmt.Errorf("connect for replication: %w", redact.Error(err, cfg.URL))
 	}
 	return s, nil
 }

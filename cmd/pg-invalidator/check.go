@@ -44,6 +44,6 @@ Flags:
 	if err := daemon.Check(ctx, cfg); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "%s: ok: %d rule(s) on %d table(s) match the live schema\n", c.config, len(cfg.Rules.Rules), len(cfg.Rules.Tables()))
+	fmt.Fprintf(stdout, "%s: ok: %d rule(s) on %d table(s) match the live schema\n", c.config, len(cfg.Rules.List), len(cfg.Rules.Tables()))
 	return nil
 }

@@ -15,10 +15,11 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
 
-	pginvalidator "github.com/pg-invalidator/pg-invalidator"
+	"github.com/pg-invalidator/pg-invalidator/config"
 	"github.com/pg-invalidator/pg-invalidator/daemon"
 	"github.com/pg-invalidator/pg-invalidator/internal/localsvc"
-	"github.com/pg-invalidator/pg-invalidator/mapping"
+	"github.com/pg-invalidator/pg-invalidator/internal/redact"
+	"github.com/pg-invalidator/pg-invalidator/invalidator"
 	"github.com/pg-invalidator/pg-invalidator/migrations"
 	"github.com/pg-invalidator/pg-invalidator/replication"
 )
@@ -34,7 +35,7 @@ const cleanupTimeout = 30 * time.Second
 func demoCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	config := fs.String("config", "rules.toml", "rules file (the built-in example when this file does not exist)")
+	rulesPath := fs.String("config", "rules.toml", "rules file (the built-in example when this file does not exist)")
 	logLevel := fs.String("log-level", "warn", "the daemon's log level")
 	pgFlag := fs.String("postgres", "", "run on this PostgreSQL (wal_level=logical, a role that may replicate and create tables) instead of a throwaway one")
 	redisFlag := fs.String("redis", "", "run on this Redis instead of a throwaway one")
@@ -72,7 +73,7 @@ Flags:
 		fmt.Fprintln(stderr, "--reuse-tables needs --postgres: a throwaway PostgreSQL has no tables to reuse")
 		return errUsage
 	}
-	rules, source, err := demoRules(*config)
+	rules, source, err := demoRules(*rulesPath)
 	if err != nil {
 		return err
 	}
@@ -100,7 +101,7 @@ Flags:
 	} else {
 		fmt.Fprintf(stdout, "Using your products and categories (--reuse-tables). Rules from %s:\n", source)
 	}
-	for _, r := range rules.Rules {
+	for _, r := range rules.Rules.List {
 		fmt.Fprintf(stdout, "  %s.%s  del=%v incr=%v\n", r.Schema, r.Table, r.Del, r.Incr)
 	}
 
@@ -109,9 +110,9 @@ Flags:
 	d.stopDaemon = func() { stopDaemon(); <-daemonDone }
 	go func() {
 		daemonDone <- daemon.Run(dctx, daemon.Config{
-			Rules:       rules,
+			Rules:       rules.Rules,
 			PostgresURL: d.pgURL,
-			RedisURL:    d.redisURL,
+			Targets:     []daemon.Target{{Name: daemon.DefaultTarget, Redis: invalidator.Options{URL: d.redisURL}}},
 			Slot:        demoName,
 			Publication: demoName,
 			Logger:      slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})),
@@ -132,7 +133,7 @@ Flags:
 		"  psql '%s' -c \"UPDATE products SET price = price + 1 WHERE id = 3\"\n"+
 		"  redis-cli -u '%s' GET cache:version:products\n"+
 		"Press Ctrl-C to stop; the demo then removes what it created.\n",
-		pginvalidator.RedactURL(d.pgURL), pginvalidator.RedactURL(d.redisURL))
+		redact.URL(d.pgURL), redact.URL(d.redisURL))
 	select {
 	case <-ctx.Done():
 		return nil
@@ -160,12 +161,12 @@ func ignoredEnvNote(pgFlag, redisFlag string) string {
 }
 
 // demoRules loads the rules file, or the built-in example when it is absent.
-func demoRules(path string) (*mapping.Config, string, error) {
+func demoRules(path string) (*config.File, string, error) {
 	if _, err := os.Stat(path); err == nil {
-		rules, err := mapping.Load(path)
+		rules, err := config.Load(path)
 		return rules, path, err
 	}
-	rules, err := mapping.Parse("rules.toml (built in)", migrations.Rules)
+	rules, err := config.Parse("rules.toml (built in)", migrations.Rules)
 	return rules, "the built-in rules.toml", err
 }
 
@@ -228,7 +229,7 @@ func (d *demo) startServers(ctx context.Context) error {
 		d.redisURL, d.redisOwned = rd.URL(), true
 	}
 	fmt.Fprintf(d.out, "  PostgreSQL %s%s\n  Redis      %s%s\n",
-		pginvalidator.RedactURL(d.pgURL), ownership(d.pgOwned), pginvalidator.RedactURL(d.redisURL), ownership(d.redisOwned))
+		redact.URL(d.pgURL), ownership(d.pgOwned), redact.URL(d.redisURL), ownership(d.redisOwned))
 	return nil
 }
 
@@ -242,17 +243,17 @@ func ownership(throwaway bool) string {
 func (d *demo) connect(ctx context.Context) error {
 	conn, err := pgx.Connect(ctx, d.pgURL)
 	if err != nil {
-		return d.interrupted(ctx, fmt.Errorf("connect to postgres: %w", pginvalidator.RedactError(err, d.pgURL)))
+		return d.interrupted(ctx, fmt.Errorf("connect to postgres: %w", redact.Error(err, d.pgURL)))
 	}
 	d.pg = conn
 	opts, err := redis.ParseURL(d.redisURL)
 	if err != nil {
-		return fmt.Errorf("parse redis url %s: %w", pginvalidator.RedactURL(d.redisURL), pginvalidator.RedactError(err, d.redisURL))
+		return fmt.Errorf("parse redis url %s: %w", redact.URL(d.redisURL), redact.Error(err, d.redisURL))
 	}
 	opts.DisableIdentity = true
 	d.rdb = redis.NewClient(opts)
 	if err := d.rdb.Ping(ctx).Err(); err != nil {
-		return d.interrupted(ctx, fmt.Errorf("connect to redis %s: %w", pginvalidator.RedactURL(d.redisURL), pginvalidator.RedactError(err, d.redisURL)))
+		return d.interrupted(ctx, fmt.Errorf("connect to redis %s: %w", redact.URL(d.redisURL), redact.Error(err, d.redisURL)))
 	}
 	return nil
 }
@@ -275,7 +276,7 @@ func (d *demo) prepare(ctx context.Context) error {
 			}
 			return fmt.Errorf("redis %s already holds %s; the demo sets and deletes these keys and does not touch keys it did not create: "+
 				"name a Redis database without them, for example --redis redis://host:6379/15",
-				pginvalidator.RedactURL(d.redisURL), strings.Join(held, ", "))
+				redact.URL(d.redisURL), strings.Join(held, ", "))
 		}
 		d.createdKeys = keys
 	}
@@ -369,7 +370,7 @@ func (d *demo) cleanPostgres(ctx context.Context) (removed []string, err error) 
 	conn, err := pgx.Connect(ctx, d.pgURL)
 	if err != nil {
 		return nil, fmt.Errorf("connect to postgres to remove what the demo created (%s, tables %s): %w",
-			replication.DropSlotAndPublicationSQL(demoName, demoName), strings.Join(d.createdTables, ", "), pginvalidator.RedactError(err, d.pgURL))
+			replication.DropSlotAndPublicationSQL(demoName, demoName), strings.Join(d.createdTables, ", "), redact.Error(err, d.pgURL))
 	}
 	defer conn.Close(ctx)
 	if d.replication {

@@ -14,7 +14,9 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	pginvalidator "github.com/pg-invalidator/pg-invalidator"
+	"github.com/pg-invalidator/pg-invalidator/config"
 	"github.com/pg-invalidator/pg-invalidator/daemon"
+	"github.com/pg-invalidator/pg-invalidator/internal/redact"
 	"github.com/pg-invalidator/pg-invalidator/mapping"
 	"github.com/pg-invalidator/pg-invalidator/replication"
 )
@@ -33,7 +35,7 @@ func setupCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	)
 	fs.StringVar(&config, "config", "rules.toml", "rules file")
 	fs.StringVar(&postgres, "postgres", "", "PostgreSQL URL of a role that may make these changes, such as a superuser (default: $DATABASE_URL, then [postgres] url in the rules file)")
-	fs.StringVar(&role, "role", "pg_invalidator", "the role the daemon will log in as")
+	fs.StringVar(&role, "role", "pginvalidator", "the role the daemon will log in as (PostgreSQL reserves names that start with pg_)")
 	fs.BoolVar(&apply, "apply", false, "run the SQL, in one transaction, instead of printing it")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: pg-invalidator setup [flags]
@@ -69,7 +71,7 @@ Flags:
 	if role == "" {
 		return fmt.Errorf("--role is empty; name the role the daemon logs in as")
 	}
-	cfg, err := loadRules(config)
+	cfg, err := loadFile(config)
 	if err != nil {
 		return err
 	}
@@ -82,7 +84,7 @@ Flags:
 	defer cancel()
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
-		return fmt.Errorf("connect to postgres %s: %w", pginvalidator.RedactURL(url), pginvalidator.RedactError(err, url))
+		return fmt.Errorf("connect to postgres %s: %w", redact.URL(url), redact.Error(err, url))
 	}
 	defer conn.Close(context.Background())
 
@@ -180,16 +182,16 @@ func (p *setupPlan) print(w io.Writer) {
 
 // planSetup reads the live catalog in tx and works out the statements. It
 // changes nothing that outlives tx's savepoints.
-func planSetup(ctx context.Context, tx pgx.Tx, cfg *mapping.Config, role string) (*setupPlan, error) {
-	names := cfg.Tables()
+func planSetup(ctx context.Context, tx pgx.Tx, cfg *config.File, role string) (*setupPlan, error) {
+	names := cfg.Rules.Tables()
 	tables, err := replication.DescribeTables(ctx, tx.Conn(), names)
 	if err != nil {
 		return nil, fmt.Errorf("describe rule tables: %w", err)
 	}
-	full, reasons := needFullIdentity(cfg, tables)
+	full, reasons := needFullIdentity(cfg.Rules, tables)
 	// What would still be wrong with those tables FULL is for the rules'
 	// author to fix, not for setup.
-	if problems := cfg.CheckSchema(withFullIdentity(tables, full)); len(problems) > 0 {
+	if problems := cfg.Rules.CheckSchema(withFullIdentity(tables, full)); len(problems) > 0 {
 		return nil, &daemon.ConfigError{Problems: problems}
 	}
 
@@ -207,7 +209,7 @@ func planSetup(ctx context.Context, tx pgx.Tx, cfg *mapping.Config, role string)
 	}
 	return &setupPlan{
 		header: fmt.Sprintf("pg-invalidator setup for %s: publication %s, role %s, tables %s",
-			cfg.File, cfg.Postgres.Publication, role, strings.Join(names, ", ")),
+			cfg.Path, cfg.Postgres.Publication, role, strings.Join(names, ", ")),
 		sections: []setupSection{
 			{title: "Role " + role + ", which the daemon logs in as", stmts: roleStmts},
 			{title: "Replica identity, so that updates and deletes send the old values the rules use", notes: reasons, stmts: identStmts},
@@ -218,11 +220,11 @@ func planSetup(ctx context.Context, tx pgx.Tx, cfg *mapping.Config, role string)
 
 // needFullIdentity returns the tables ("schema.table", sorted) that need
 // REPLICA IDENTITY FULL, and a line for each saying why. These are the
-// identity problems mapping.Config.CheckSchema reports: a rule that handles
+// identity problems mapping.Rules.CheckSchema reports: a rule that handles
 // update or delete uses a column outside the identity, or the identity is
 // NOTHING or DEFAULT without a primary key, which would make the table's
 // UPDATE and DELETE fail once it is published.
-func needFullIdentity(cfg *mapping.Config, tables map[string]pginvalidator.TableInfo) (names, reasons []string) {
+func needFullIdentity(rules *mapping.Rules, tables map[string]pginvalidator.TableInfo) (names, reasons []string) {
 	for _, name := range slices.Sorted(maps.Keys(tables)) {
 		info := tables[name]
 		if !info.Exists || info.ReplicaIdentity == pginvalidator.IdentityFull {
@@ -236,7 +238,7 @@ func needFullIdentity(cfg *mapping.Config, tables map[string]pginvalidator.Table
 			reason = "has no primary key for REPLICA IDENTITY DEFAULT, so once published its UPDATE and DELETE would fail (SQLSTATE 55000)"
 		default:
 			var cols []string
-			for _, r := range cfg.Rules {
+			for _, r := range rules.List {
 				if r.QualifiedName() != name || !r.On.Has(pginvalidator.OpUpdate) && !r.On.Has(pginvalidator.OpDelete) {
 					continue
 				}

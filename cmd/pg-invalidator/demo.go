@@ -32,7 +32,7 @@ const demoName = "pg_invalidator_demo"
 // after Ctrl-C.
 const cleanupTimeout = 30 * time.Second
 
-func demoCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func demoCommand(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	rulesPath := fs.String("config", "rules.toml", "rules file (the built-in example when this file does not exist)")
@@ -139,6 +139,9 @@ Flags:
 		return nil
 	case err := <-daemonDone:
 		daemonDone <- err // for stopDaemon
+		if err == nil || ctx.Err() != nil {
+			return nil // stopped by the Ctrl-C it was waiting for
+		}
 		return fmt.Errorf("the daemon stopped: %w", err)
 	}
 }

@@ -28,14 +28,9 @@ func (rs *Rules) CheckSchema(tables map[string]pginvalidator.TableInfo) []error 
 			problem(`table %s does not exist, or the connecting role cannot see it; check the schema and table name (write "schema.table" when it is not in public; names are matched as PostgreSQL stores them, usually lowercase)`, name)
 			continue
 		}
-		identityOK := true
-		if info.ReplicaIdentity == pginvalidator.IdentityNothing ||
-			info.ReplicaIdentity == pginvalidator.IdentityDefault && !info.HasPrimaryKey {
-			identityOK = false
-			what := "REPLICA IDENTITY NOTHING"
-			if info.ReplicaIdentity == pginvalidator.IdentityDefault {
-				what = "REPLICA IDENTITY DEFAULT but no primary key"
-			}
+		what := unusableIdentity(info)
+		identityOK := what == ""
+		if !identityOK {
 			problem("table %s has %s: once the publication publishes its updates and deletes, the application's own UPDATE and DELETE on it fail with SQLSTATE 55000; fix: add a primary key, or %s",
 				name, what, identityFix(info))
 		}

@@ -77,8 +77,11 @@ func Uninstall(ctx context.Context, conn *pgx.Conn, tables []string) error {
 	return nil
 }
 
-// UninstallSQL is the statement that drops tables.
+// UninstallSQL is the statement that drops tables; "" for none.
 func UninstallSQL(tables []string) string {
+	if len(tables) == 0 {
+		return ""
+	}
 	quoted := make([]string, len(tables))
 	for i, t := range tables {
 		quoted[i] = pgx.Identifier(strings.SplitN(t, ".", 2)).Sanitize()

@@ -284,13 +284,17 @@ func (d *demo) prepare(ctx context.Context) error {
 		d.createdKeys = keys
 	}
 	if !d.pgOwned {
-		found, err := replication.ExistingSlotAndPublication(ctx, d.pg, demoName, demoName)
+		slot, err := replication.SlotState(ctx, d.pg, demoName)
 		if err != nil {
 			return d.interrupted(ctx, err)
 		}
-		if len(found) > 0 {
-			return fmt.Errorf("the database already has %s: another demo runs on it, or one was killed before it could remove them. "+
-				"If no demo runs, remove them with: %s", strings.Join(found, " and "), replication.DropSlotAndPublicationSQL(demoName, demoName))
+		pub, err := replication.PublicationExists(ctx, d.pg, demoName)
+		if err != nil {
+			return d.interrupted(ctx, err)
+		}
+		if slot.Exists || pub {
+			return fmt.Errorf("the server already has the demo's replication slot or publication %s: another demo runs on it, or one was killed before it could remove them. "+
+				"If no demo runs, remove them with: %s", demoName, replication.TeardownSQL(demoName, demoName))
 		}
 		existing, err := migrations.ExistingTables(ctx, d.pg)
 		if err != nil {
@@ -372,14 +376,24 @@ func (d *demo) cleanRedis(ctx context.Context) (removed []string, err error) {
 func (d *demo) cleanPostgres(ctx context.Context) (removed []string, err error) {
 	conn, err := pgx.Connect(ctx, d.pgURL)
 	if err != nil {
-		return nil, fmt.Errorf("connect to postgres to remove what the demo created (%s, tables %s): %w",
-			replication.DropSlotAndPublicationSQL(demoName, demoName), strings.Join(d.createdTables, ", "), redact.Error(err, d.pgURL))
+		return nil, fmt.Errorf("connect to postgres to remove what the demo created: %w; remove it by hand with: %s",
+			redact.Error(err, d.pgURL), d.teardownSQL())
 	}
 	defer conn.Close(ctx)
 	if d.replication {
-		removed, err = replication.DropSlotAndPublication(ctx, conn, demoName, demoName)
+		dropped, err := replication.DropSlot(ctx, conn, demoName)
+		if err != nil {
+			return removed, fmt.Errorf("%w; remove it by hand with: %s", err, replication.TeardownSQL(demoName, demoName))
+		}
+		if dropped {
+			removed = append(removed, "replication slot "+demoName)
+		}
+		dropped, err = replication.DropPublication(ctx, conn, demoName)
 		if err != nil {
 			return removed, err
+		}
+		if dropped {
+			removed = append(removed, "publication "+demoName)
 		}
 	}
 	if err := migrations.Uninstall(ctx, conn, d.createdTables); err != nil {
@@ -391,12 +405,22 @@ func (d *demo) cleanPostgres(ctx context.Context) (removed []string, err error) 
 	return removed, nil
 }
 
+// teardownSQL is what removes by hand what cleanPostgres removes.
+func (d *demo) teardownSQL() string {
+	var stmts []string
+	if d.replication {
+		stmts = append(stmts, replication.TeardownSQL(demoName, demoName))
+	}
+	if drop := migrations.UninstallSQL(d.createdTables); drop != "" {
+		stmts = append(stmts, drop+";")
+	}
+	return strings.Join(stmts, " ")
+}
+
 func (d *demo) waitStreaming(ctx context.Context, slot string, daemonDone chan error) error {
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
-		var active bool
-		err := d.pg.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
-			WHERE s.slot_name = $1 AND r.state IN ('catchup', 'streaming'))`, slot).Scan(&active)
+		active, err := replication.SlotStreaming(ctx, d.pg, slot)
 		if err == nil && active {
 			return nil
 		}

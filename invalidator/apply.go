@@ -181,8 +181,7 @@ func (inv *Invalidator) send(ctx context.Context, g *group) {
 	var wait *redis.Cmd
 	want, countErr := 0, error(nil)
 	if inv.waitReplicas > 0 {
-		addr := inv.masterAddr(g.client)
-		want, countErr = inv.replicas.waitFor(ctx, g.client, addr, false)
+		want, countErr = inv.replicas.waitFor(ctx, g.client, false)
 	}
 	if want > 0 { // Pipeliner has no Wait; the read timeout covers it (see readTimeout)
 		wait = pipe.Do(ctx, "wait", want, inv.waitTimeout.Milliseconds())
@@ -220,7 +219,7 @@ func (inv *Invalidator) send(ctx context.Context, g *group) {
 			// The master may have lost a replica since its count was read:
 			// then WAIT asks for the ones it still has.
 			addr := inv.masterAddr(g.client)
-			now, nowErr := inv.replicas.waitFor(ctx, g.client, addr, true)
+			now, nowErr := inv.replicas.waitFor(ctx, g.client, true)
 			switch {
 			case nowErr == nil && int64(now) <= n:
 			case countErr != nil || nowErr != nil:

@@ -170,7 +170,8 @@ func New(opts Options) (*Invalidator, error) {
 	if inv.log == nil {
 		inv.log = slog.Default()
 	}
-	inv.replicas = replicaSet{want: inv.waitReplicas, log: inv.log, masters: make(map[string]*masterReplicas)}
+	inv.replicas = replicaSet{want: inv.waitReplicas, log: inv.log, addrOf: inv.masterAddr,
+		masters: make(map[string]*masterReplicas)}
 	if inv.minBackoff <= 0 {
 		inv.minBackoff = 50 * time.Millisecond
 	}
@@ -196,7 +197,7 @@ func (inv *Invalidator) Ping(ctx context.Context) error {
 			return err
 		}
 		if inv.waitReplicas > 0 { // keeps Degraded true while no batch comes
-			if _, err := inv.replicas.waitFor(ctx, c, inv.masterAddr(c), false); err != nil {
+			if _, err := inv.replicas.waitFor(ctx, c, false); err != nil {
 				return err
 			}
 		}

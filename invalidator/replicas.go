@@ -42,6 +42,9 @@ type DegradedMaster struct {
 type replicaSet struct {
 	want int // Options.WaitReplicas; 0: no WAIT, and no reading
 	log  *slog.Logger
+	// addrOf names the master behind a client (Invalidator.masterAddr);
+	// with sentinels it is known only once a connection was dialled.
+	addrOf func(c *redis.Client) string
 
 	mu      sync.Mutex                 // protects masters
 	masters map[string]*masterReplicas // by address
@@ -54,13 +57,14 @@ type masterReplicas struct {
 	degraded bool      // online < want at the last reading, and logged so
 }
 
-// waitFor returns how many replicas a WAIT on the master behind c, at addr,
-// must ask for: WaitReplicas, or fewer when the master has fewer replicas
-// online. It reads the count with INFO replication when the one it has is
-// older than replicasFresh, or at once when force is set. It returns
-// WaitReplicas, and why, when the count cannot be read.
-func (r *replicaSet) waitFor(ctx context.Context, c *redis.Client, addr string, force bool) (int, error) {
+// waitFor returns how many replicas a WAIT on the master behind c must ask
+// for: WaitReplicas, or fewer when the master has fewer replicas online. It
+// reads the count with INFO replication when the one it has is older than
+// replicasFresh, or at once when force is set. It returns WaitReplicas, and
+// why, when the count cannot be read.
+func (r *replicaSet) waitFor(ctx context.Context, c *redis.Client, force bool) (int, error) {
 	now := time.Now()
+	addr := r.addrOf(c)
 	r.mu.Lock()
 	m := r.masters[addr]
 	if m != nil && !force && now.Sub(m.readAt) < replicasFresh {
@@ -80,6 +84,7 @@ func (r *replicaSet) waitFor(ctx context.Context, c *redis.Client, addr string, 
 	if !isMaster { // its writes fail with READONLY: nothing to count
 		return r.want, nil
 	}
+	addr = r.addrOf(c) // INFO may have dialled the first connection
 
 	r.mu.Lock()
 	defer r.mu.Unlock()

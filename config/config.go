@@ -5,7 +5,8 @@
 // a top-level key that belongs to no table.
 //
 // It reads the file, and, in ReadPasswords only, the environment variables
-// and files that password_env and password_file name. It resolves no flag
+// and files that password_env and password_file name (and
+// sentinel_password_env and sentinel_password_file). It resolves no flag
 // and no other environment variable: the command line puts --postgres,
 // DATABASE_URL, --redis and REDIS_URL on top of what the file says. The
 // integration tests read rules files through it as the daemon does.
@@ -51,8 +52,10 @@ type File struct {
 	Targets []daemon.Target
 	Rules   *mapping.Rules // the [[rule]] tables; never empty after Parse
 
-	hasDefault bool     // Targets[0] is the default target: the [redis] table, or no [[target]]
-	passwords  []secret // where each target's password comes from, by index in Targets
+	hasDefault bool // Targets[0] is the default target: the [redis] table, or no [[target]]
+	// passwords and sentinelPasswords say where each target's password and
+	// its sentinels' password come from, by index in Targets.
+	passwords, sentinelPasswords []secret
 }
 
 // Postgres is the [postgres] table.
@@ -124,7 +127,8 @@ func Parse(path string, data []byte) (*File, error) {
 	_, hasTargets := doc.Root["target"]
 	if f.hasDefault = hasRedis || !hasTargets; f.hasDefault {
 		f.Targets = []daemon.Target{{Name: daemon.DefaultTarget}}
-		f.passwords = []secret{{what: "redis"}}
+		f.passwords = []secret{{what: "redis", key: "password"}}
+		f.sentinelPasswords = []secret{{what: "redis", key: "sentinel_password"}}
 	}
 	for _, k := range tomldoc.SortedKeys(doc.Root) {
 		switch k {
@@ -132,7 +136,7 @@ func Parse(path string, data []byte) (*File, error) {
 			p.postgres(&f.Postgres, doc.Root[k])
 		case "redis":
 			path := []string{"redis"}
-			f.Targets[0].Redis, f.passwords[0] = p.redis(path, p.Table(path, doc.Root[k]))
+			f.Targets[0].Redis, f.passwords[0], f.sentinelPasswords[0] = p.redis(path, p.Table(path, doc.Root[k]))
 		case "target":
 			p.targets(f, doc.Root[k], hasRedis)
 		case "recovery":
@@ -156,6 +160,7 @@ type parser struct{ *tomldoc.Checker }
 var (
 	postgresKeys = []string{"url", "slot", "publication", "heartbeat"}
 	redisKeys    = []string{"url", "mode", "addrs", "master", "username", "password_env", "password_file",
+		"sentinel_username", "sentinel_password_env", "sentinel_password_file",
 		"tls", "tls_ca", "tls_cert", "tls_key", "tls_server_name", "wait_replicas"}
 	targetKeys   = append([]string{"name"}, redisKeys...)
 	recoveryKeys = []string{"on_slot_lost"}
@@ -193,20 +198,23 @@ func (p *parser) postgres(c *Postgres, v any) {
 	}
 }
 
-// secret says where a target's password comes from, and where the file
-// says so.
+// secret says where a target's password (or its sentinels') comes from,
+// and where the file says so.
 type secret struct {
 	what      string // "redis" or "target eu", to begin messages with
-	env, file string // the password_env and password_file keys; empty: not given
-	envLine   int    // line of password_env
-	fileLine  int    // line of password_file
+	key       string // "password" or "sentinel_password": the keys are key_env and key_file
+	env, file string // the values of key_env and key_file; empty: not given
+	envLine   int    // line of key_env
+	fileLine  int    // line of key_file
 }
 
-// redis parses the keys of m, the [redis] table or a [[target]] at path.
-// A [[target]]'s name is left to targets.
-func (p *parser) redis(path []string, m map[string]any) (invalidator.Options, secret) {
+// redis parses the keys of m, the [redis] table or a [[target]] at path,
+// and says where its password and its sentinels' password come from. A
+// [[target]]'s name is left to targets.
+func (p *parser) redis(path []string, m map[string]any) (invalidator.Options, secret, secret) {
 	var o invalidator.Options
-	s := secret{what: "redis"}
+	s := secret{what: "redis", key: "password"}
+	ss := secret{what: "redis", key: "sentinel_password"}
 	table, allowed := "[redis]", redisKeys
 	if path[0] == "target" {
 		table, allowed = "[[target]]", targetKeys
@@ -214,6 +222,7 @@ func (p *parser) redis(path []string, m map[string]any) (invalidator.Options, se
 	strs := map[string]*string{
 		"url": &o.URL, "mode": &o.Mode, "master": &o.MasterName, "username": &o.Username,
 		"password_env": &s.env, "password_file": &s.file,
+		"sentinel_username": &o.SentinelUsername, "sentinel_password_env": &ss.env, "sentinel_password_file": &ss.file,
 		"tls_ca": &o.TLSCA, "tls_cert": &o.TLSCert, "tls_key": &o.TLSKey, "tls_server_name": &o.TLSServerName,
 	}
 	for _, k := range tomldoc.SortedKeys(m) {
@@ -236,17 +245,19 @@ func (p *parser) redis(path []string, m map[string]any) (invalidator.Options, se
 			} else {
 				p.WrongType(at, "a whole number, zero or more", m[k])
 			}
-		case k == "password":
-			p.Addf(at, "unknown key %q in %s; allowed keys: %s; a password does not belong in the rules file: name the variable or file that holds it with password_env or password_file",
+		case k == "password", k == "sentinel_password":
+			p.Addf(at, "unknown key %q in %s; allowed keys: %s; a password does not belong in the rules file: name the variable or file that holds it with %[1]s_env or %[1]s_file",
 				k, table, strings.Join(allowed, ", "))
 		default:
 			p.Unknown(at, table, allowed)
 		}
 	}
-	s.envLine = p.Doc.Line(tomldoc.Key(path, "password_env")...)
-	s.fileLine = p.Doc.Line(tomldoc.Key(path, "password_file")...)
-	p.redisTogether(path, o, s, m)
-	return o, s
+	for _, sec := range []*secret{&s, &ss} {
+		sec.envLine = p.Doc.Line(tomldoc.Key(path, sec.key+"_env")...)
+		sec.fileLine = p.Doc.Line(tomldoc.Key(path, sec.key+"_file")...)
+	}
+	p.redisTogether(path, o, s, ss, m)
+	return o, s, ss
 }
 
 // targetName is what a [[target]] name may be: it shows in logs, metric
@@ -271,8 +282,8 @@ func (p *parser) targets(f *File, v any, withRedis bool) {
 		path := []string{"target", strconv.Itoa(i)}
 		line := p.Doc.Line(path...)
 		t := daemon.Target{}
-		var s secret
-		t.Redis, s = p.redis(path, m)
+		var s, ss secret
+		t.Redis, s, ss = p.redis(path, m)
 		switch name, ok := m["name"]; {
 		case !ok:
 			p.Addf(path, `target has no name; add name = "eu" (letters, digits, "_", "-" and ".")`)
@@ -293,15 +304,16 @@ func (p *parser) targets(f *File, v any, withRedis bool) {
 				p.Addf(path, `target needs url = "redis://host:6379/0" in mode "single": --redis and REDIS_URL apply only to [redis]`)
 			}
 		}
-		s.what = "target " + t.Name
+		s.what, ss.what = "target "+t.Name, "target "+t.Name
 		f.Targets = append(f.Targets, t)
 		f.passwords = append(f.passwords, s)
+		f.sentinelPasswords = append(f.sentinelPasswords, ss)
 	}
 }
 
 // redisTogether checks that the keys in m, the [redis] table or a
-// [[target]] at path parsed into o and s, make sense together.
-func (p *parser) redisTogether(path []string, o invalidator.Options, s secret, m map[string]any) {
+// [[target]] at path parsed into o, s and ss, make sense together.
+func (p *parser) redisTogether(path []string, o invalidator.Options, s, ss secret, m map[string]any) {
 	at := func(k string) []string {
 		if _, ok := m[k]; ok {
 			return tomldoc.Key(path, k)
@@ -346,16 +358,30 @@ func (p *parser) redisTogether(path []string, o invalidator.Options, s secret, m
 	case mode != invalidator.ModeSentinel && o.MasterName != "":
 		p.Addf(at("master"), `master is for mode "sentinel" only`)
 	}
-	if _, env := m["password_env"]; env {
-		if _, file := m["password_file"]; file {
-			p.Addf(at("password_file"), "give password_env or password_file, not both")
-		}
-		if s.env == "" {
-			p.Addf(at("password_env"), "password_env is empty; name the environment variable that holds the password")
+	if mode != invalidator.ModeSentinel {
+		for _, k := range []string{"sentinel_username", "sentinel_password_env", "sentinel_password_file"} {
+			if _, ok := m[k]; ok {
+				p.Addf(at(k), `%s is for mode "sentinel" only: it authenticates to the sentinels`, k)
+			}
 		}
 	}
-	if _, ok := m["password_file"]; ok && s.file == "" {
-		p.Addf(at("password_file"), "password_file is empty; give the path of the file that holds the password")
+	for _, sec := range []secret{s, ss} {
+		env, file := sec.key+"_env", sec.key+"_file"
+		whose := "the password"
+		if sec.key == "sentinel_password" {
+			whose = "the sentinels' password"
+		}
+		if _, ok := m[env]; ok {
+			if _, ok := m[file]; ok {
+				p.Addf(at(file), "give %s or %s, not both", env, file)
+			}
+			if sec.env == "" {
+				p.Addf(at(env), "%s is empty; name the environment variable that holds %s", env, whose)
+			}
+		}
+		if _, ok := m[file]; ok && sec.file == "" {
+			p.Addf(at(file), "%s is empty; give the path of the file that holds %s", file, whose)
+		}
 	}
 	if (o.TLSCert == "") != (o.TLSKey == "") {
 		p.Addf(at("tls_cert"), "tls_cert and tls_key go together: give both (a client certificate and its key), or neither")
@@ -393,23 +419,29 @@ func (p *parser) recovery(c *Recovery, v any) {
 
 // ReadPasswords sets the password of every target that names one: from the
 // environment variable its password_env names, or from the file its
-// password_file names (the content without a trailing newline). Its error
-// is an Errors of every *Problem found, each at the key's line and naming
-// the target ("target eu password_env EU_PASSWORD: ..."); it never holds a
-// password.
+// password_file names (the content without a trailing newline); and its
+// sentinels' password alike, from sentinel_password_env or
+// sentinel_password_file. Its error is an Errors of every *Problem found,
+// each at the key's line and naming the target ("target eu password_env
+// EU_PASSWORD: ..."); it never holds a password.
 func (f *File) ReadPasswords() error {
 	var problems Errors
-	for i, s := range f.passwords {
-		pw, err := s.read()
-		if err != "" {
-			line := s.envLine
-			if s.env == "" {
-				line = s.fileLine
+	for i := range f.Targets {
+		for _, x := range []struct {
+			s  secret
+			to *string
+		}{{f.passwords[i], &f.Targets[i].Redis.Password}, {f.sentinelPasswords[i], &f.Targets[i].Redis.SentinelPassword}} {
+			pw, err := x.s.read()
+			if err != "" {
+				line := x.s.envLine
+				if x.s.env == "" {
+					line = x.s.fileLine
+				}
+				problems = append(problems, &Problem{File: f.Path, Line: line, Msg: x.s.what + " " + err})
+				continue
 			}
-			problems = append(problems, &Problem{File: f.Path, Line: line, Msg: s.what + " " + err})
-			continue
+			*x.to = pw
 		}
-		f.Targets[i].Redis.Password = pw
 	}
 	if len(problems) > 0 {
 		return problems
@@ -423,10 +455,10 @@ func (s secret) read() (pw, problem string) {
 	case s.env != "":
 		v, ok := os.LookupEnv(s.env)
 		if !ok {
-			return "", fmt.Sprintf("password_env %s: the environment variable is not set", s.env)
+			return "", fmt.Sprintf("%s_env %s: the environment variable is not set", s.key, s.env)
 		}
 		if v == "" {
-			return "", fmt.Sprintf("password_env %s: the environment variable is empty", s.env)
+			return "", fmt.Sprintf("%s_env %s: the environment variable is empty", s.key, s.env)
 		}
 		return v, ""
 	case s.file != "":
@@ -436,11 +468,11 @@ func (s secret) read() (pw, problem string) {
 			if errors.As(err, &pe) {
 				err = pe.Err
 			}
-			return "", fmt.Sprintf("password_file %s: %v", s.file, err)
+			return "", fmt.Sprintf("%s_file %s: %v", s.key, s.file, err)
 		}
 		pw := strings.TrimRight(string(b), "\r\n")
 		if pw == "" {
-			return "", fmt.Sprintf("password_file %s: the file is empty", s.file)
+			return "", fmt.Sprintf("%s_file %s: the file is empty", s.key, s.file)
 		}
 		return pw, ""
 	}

@@ -61,7 +61,7 @@ func TestLoad(t *testing.T) {
 	if !reflect.DeepEqual(c.Targets, wantTargets) {
 		t.Errorf("Targets = %+v, want %+v", c.Targets, wantTargets)
 	}
-	if got, want := c.passwords[0], (secret{what: "redis", env: "REDIS_PASSWORD", envLine: 14, fileLine: 8}); got != want {
+	if got, want := c.passwords[0], (secret{what: "redis", key: "password", env: "REDIS_PASSWORD", envLine: 14, fileLine: 8}); got != want {
 		t.Errorf("password source = %+v, want %+v", got, want)
 	}
 	if got, want := c.Recovery, (Recovery{OnSlotLost: OnSlotLostResync}); got != want {
@@ -175,7 +175,7 @@ func TestParseErrors(t *testing.T) {
 		{"syntax.toml", `testdata/syntax.toml:9: TOML syntax error after key "rule.del": expected ',' or ']' after array value (column 1)`},
 		{"unknown_top.toml", `testdata/unknown_top.toml:8: unknown key "redsi"; the top level allows only [postgres], [redis], [[target]], [recovery] and [[rule]]`},
 		{"unknown_postgres.toml", `testdata/unknown_postgres.toml:4: unknown key "slot_name" in [postgres]; allowed keys: url, slot, publication, heartbeat`},
-		{"unknown_redis.toml", `testdata/unknown_redis.toml:3: unknown key "password" in [redis]; allowed keys: url, mode, addrs, master, username, password_env, password_file, tls, tls_ca, tls_cert, tls_key, tls_server_name, wait_replicas; a password does not belong in the rules file: name the variable or file that holds it with password_env or password_file`},
+		{"unknown_redis.toml", `testdata/unknown_redis.toml:3: unknown key "password" in [redis]; allowed keys: url, mode, addrs, master, username, password_env, password_file, sentinel_username, sentinel_password_env, sentinel_password_file, tls, tls_ca, tls_cert, tls_key, tls_server_name, wait_replicas; a password does not belong in the rules file: name the variable or file that holds it with password_env or password_file`},
 		{"redis_bad_mode.toml", `testdata/redis_bad_mode.toml:3: mode "replicated" is not a choice; use "single" (the default, with url), "cluster" or "sentinel"`},
 		{"redis_cluster.toml", `testdata/redis_cluster.toml:1: mode "cluster" needs addrs, the cluster's seed nodes: addrs = ["host:port", ...]
 testdata/redis_cluster.toml:2: url is for mode "single"; mode "cluster" connects to addrs (put a username in username, a password in password_env or password_file)
@@ -187,16 +187,21 @@ testdata/redis_sentinel.toml:6: tls_ca is set but tls is not true; add tls = tru
 		{"redis_single.toml", `testdata/redis_single.toml:3: addrs is for mode "cluster" or "sentinel"; mode "single" connects to url
 testdata/redis_single.toml:4: tls_cert and tls_key go together: give both (a client certificate and its key), or neither
 testdata/redis_single.toml:5: password_env is empty; name the environment variable that holds the password`},
+		{"redis_sentinel_auth.toml", `testdata/redis_sentinel_auth.toml:6: give sentinel_password_env or sentinel_password_file, not both
+testdata/redis_sentinel_auth.toml:7: unknown key "sentinel_password" in [redis]; allowed keys: url, mode, addrs, master, username, password_env, password_file, sentinel_username, sentinel_password_env, sentinel_password_file, tls, tls_ca, tls_cert, tls_key, tls_server_name, wait_replicas; a password does not belong in the rules file: name the variable or file that holds it with sentinel_password_env or sentinel_password_file
+testdata/redis_sentinel_auth.toml:12: sentinel_username is for mode "sentinel" only: it authenticates to the sentinels
+testdata/redis_sentinel_auth.toml:13: sentinel_password_env is for mode "sentinel" only: it authenticates to the sentinels
+testdata/redis_sentinel_auth.toml:13: sentinel_password_env is empty; name the environment variable that holds the sentinels' password`},
 		{"wrong_type_redis.toml", `testdata/wrong_type_redis.toml:3: redis.tls must be a boolean, true or false; got a string`},
 		{"target_bad.toml", `testdata/target_bad.toml:4: target has no name; add name = "eu" (letters, digits, "_", "-" and ".")
 testdata/target_bad.toml:8: target name "default" is the [redis] table's; choose another name
 testdata/target_bad.toml:11: mode "sentinel" needs master, the name the sentinels monitor: master = "mymaster"
 testdata/target_bad.toml:15: tls_ca is set but tls is not true; add tls = true
-testdata/target_bad.toml:16: unknown key "passwd" in [[target]]; allowed keys: name, url, mode, addrs, master, username, password_env, password_file, tls, tls_ca, tls_cert, tls_key, tls_server_name, wait_replicas
+testdata/target_bad.toml:16: unknown key "passwd" in [[target]]; allowed keys: name, url, mode, addrs, master, username, password_env, password_file, sentinel_username, sentinel_password_env, sentinel_password_file, tls, tls_ca, tls_cert, tls_key, tls_server_name, wait_replicas
 testdata/target_bad.toml:19: target name "eu" is taken by the target on line 11; give each target its own name
 testdata/target_bad.toml:22: target needs url = "redis://host:6379/0" in mode "single": --redis and REDIS_URL apply only to [redis]
 testdata/target_bad.toml:23: target name "us west" is not valid: use 1 to 63 letters, digits, "_", "-" and "."
-testdata/target_bad.toml:24: unknown key "password" in [[target]]; allowed keys: name, url, mode, addrs, master, username, password_env, password_file, tls, tls_ca, tls_cert, tls_key, tls_server_name, wait_replicas; a password does not belong in the rules file: name the variable or file that holds it with password_env or password_file`},
+testdata/target_bad.toml:24: unknown key "password" in [[target]]; allowed keys: name, url, mode, addrs, master, username, password_env, password_file, sentinel_username, sentinel_password_env, sentinel_password_file, tls, tls_ca, tls_cert, tls_key, tls_server_name, wait_replicas; a password does not belong in the rules file: name the variable or file that holds it with password_env or password_file`},
 		{"target_not_array.toml", `testdata/target_not_array.toml:1: target must be an array of tables: write each target under its own [[target]] header, with double brackets`},
 		{"wrong_type_target.toml", `testdata/wrong_type_target.toml:3: wait_replicas must be a whole number, zero or more; got a string`},
 		{"no_rules.toml", `testdata/no_rules.toml: no [[rule]] found; add at least one, with a table and del, incr or version`},
@@ -316,6 +321,40 @@ func TestReadPasswords(t *testing.T) {
 	c.passwords[0].file = file
 	if err := c.ReadPasswords(); c.Targets[0].Redis.Password != "s3cret" || err != nil {
 		t.Errorf("file: got %q, %v, want s3cret", c.Targets[0].Redis.Password, err)
+	}
+}
+
+func TestReadSentinelPasswords(t *testing.T) {
+	c, err := Load("testdata/redis_sentinel_password.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := c.Targets[0].Redis
+	if got, want := fmt.Sprintf("%s %s %s", r.Mode, r.Username, r.SentinelUsername), "sentinel invalidator watcher"; got != want {
+		t.Errorf("Redis = %s, want %s", got, want)
+	}
+	os.Unsetenv("PGINV_TEST_SENTINEL_PASSWORD")
+	t.Setenv("PGINV_TEST_REDIS_PASSWORD", "data-pw")
+	err = c.ReadPasswords()
+	if got, want := fmt.Sprint(err), "testdata/redis_sentinel_password.toml:7: redis sentinel_password_env PGINV_TEST_SENTINEL_PASSWORD: the environment variable is not set\n"+
+		"testdata/redis_sentinel_password.toml:16: target eu sentinel_password_file testdata/no-such-sentinel-password: no such file or directory"; got != want {
+		t.Errorf("unset:\ngot  %s\nwant %s", got, want)
+	}
+	t.Setenv("PGINV_TEST_SENTINEL_PASSWORD", "sentinel-pw")
+	file := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(file, []byte("eu-sentinel-pw\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c.sentinelPasswords[1].file = file
+	if err := c.ReadPasswords(); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, tg := range c.Targets {
+		got = append(got, tg.Name+"="+tg.Redis.Password+","+tg.Redis.SentinelPassword)
+	}
+	if want := []string{"default=data-pw,sentinel-pw", "eu=,eu-sentinel-pw"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("passwords = %q, want %q", got, want)
 	}
 }
 

@@ -43,7 +43,7 @@ func serveMetrics(ctx context.Context, wg *sync.WaitGroup, cfg Config, m *metric
 
 // handler serves /metrics in the Prometheus text format, /healthz (the
 // process is alive) and /readyz (streaming, and Redis answered within the
-// last within).
+// last within; a ready body names any degraded Redis master after "ready").
 func (m *metrics) handler(within time.Duration) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg}))
@@ -60,6 +60,9 @@ func (m *metrics) handler(within time.Duration) http.Handler {
 			return
 		}
 		fmt.Fprintln(w, "ready")
+		for _, note := range degradedNotes(m.targets) {
+			fmt.Fprintln(w, note)
+		}
 	})
 	return mux
 }

@@ -237,7 +237,7 @@ type scrapeCollector struct{ m *metrics }
 func (c scrapeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{keysRenderedDesc, keysSkippedDesc, commandsDesc, versionKeptDesc, redisErrorsDesc,
 		redisRetriesDesc, redisRejectedDesc, targetUpDesc, batchDesc, lagBytesDesc, lagSecondsDesc, ackedDesc, streamingDesc,
-		slotWALStatusDesc, slotSafeWALSizeDesc} {
+		slotWALStatusDesc, slotSafeWALSizeDesc, redisDegradedDesc} {
 		ch <- d
 	}
 }
@@ -270,6 +270,7 @@ func (c scrapeCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(redisRejectedDesc, is.Skipped, t.name)
 		gauge(targetUpDesc, boolValue(t.up.Load()), t.name)
 	}
+	collectDegraded(ch, m.targets)
 	// Every target applies every batch: the first one's sizes stand for all.
 	if len(m.targets) > 0 {
 		is := m.targets[0].inv.Stats()

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
 	pginvalidator "github.com/pg-invalidator/pg-invalidator"
@@ -204,6 +205,14 @@ func TestDocumentedMetricsExist(t *testing.T) {
 	for _, f := range families {
 		if strings.HasPrefix(f.GetName(), "pg_invalidator_") {
 			registered[f.GetName()] = true
+		}
+	}
+	descs := make(chan *prometheus.Desc, 64) // and those present only in some states
+	scrapeCollector{m}.Describe(descs)
+	close(descs)
+	for d := range descs {
+		if fq := regexp.MustCompile(`fqName: "(pg_invalidator_[a-z_]+)"`).FindStringSubmatch(d.String()); fq != nil {
+			registered[fq[1]] = true
 		}
 	}
 	name := regexp.MustCompile(`pg_invalidator_[a-z_]*[a-z]`)

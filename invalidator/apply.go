@@ -1,6 +1,7 @@
 package invalidator
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"sync"
@@ -16,7 +17,8 @@ import (
 // every Invalidator), the caller empties b with b.Clear. Del keys are sent
 // as UNLINK, Incr keys as INCR or INCRBY, Version keys as the setVersion
 // script; then each DelPattern pattern is scanned and its keys unlinked,
-// each IncrPattern pattern is scanned and its keys incremented, and each
+// each IncrPattern pattern is scanned and its keys incremented, each once
+// though SCAN may return a key twice (see scanDedupe), and each
 // VersionPattern pattern is scanned and its keys set to the LSN (only while
 // they exist: a pattern never creates a key).
 //
@@ -177,8 +179,12 @@ func (inv *Invalidator) send(ctx context.Context, g *group) {
 		g.cmds = append(g.cmds, o.queue(ctx, pipe))
 	}
 	var wait *redis.Cmd
-	if inv.waitReplicas > 0 { // Pipeliner has no Wait; the read timeout covers it (see readTimeout)
-		wait = pipe.Do(ctx, "wait", inv.waitReplicas, inv.waitTimeout.Milliseconds())
+	want, countErr := 0, error(nil)
+	if inv.waitReplicas > 0 {
+		want, countErr = inv.replicas.waitFor(ctx, g.client, false)
+	}
+	if want > 0 { // Pipeliner has no Wait; the read timeout covers it (see readTimeout)
+		wait = pipe.Do(ctx, "wait", want, inv.waitTimeout.Milliseconds())
 	}
 	_, _ = pipe.Exec(ctx) // it returns only the first error: each reply is checked below
 
@@ -209,9 +215,20 @@ func (inv *Invalidator) send(ctx context.Context, g *group) {
 	}
 	if wait != nil && len(g.done) > 0 {
 		n, err := wait.Int64()
-		if err == nil && n < int64(inv.waitReplicas) {
-			err = fmt.Errorf("WAIT %d %d: %d replicas acknowledged the writes of %s", inv.waitReplicas,
-				inv.waitTimeout.Milliseconds(), n, g.client.Options().Addr)
+		if err == nil && n < int64(want) {
+			// The master may have lost a replica since its count was read:
+			// then WAIT asks for the ones it still has.
+			addr := inv.masterAddr(g.client)
+			now, nowErr := inv.replicas.waitFor(ctx, g.client, true)
+			switch {
+			case nowErr == nil && int64(now) <= n:
+			case countErr != nil || nowErr != nil:
+				err = fmt.Errorf("WAIT %d %d: %d replicas acknowledged the writes of %s (%w)", want,
+					inv.waitTimeout.Milliseconds(), n, addr, cmp.Or(nowErr, countErr))
+			default:
+				err = fmt.Errorf("WAIT %d %d: %d replicas acknowledged the writes of %s", want,
+					inv.waitTimeout.Milliseconds(), n, addr)
+			}
 		}
 		if err != nil { // the writes may be lost on failover: send them again
 			for _, i := range g.done {

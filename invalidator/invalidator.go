@@ -26,16 +26,21 @@
 // names (mode sentinel), or to Redis Cluster (mode cluster). In a cluster,
 // each pipeline goes to the master that owns its keys' slots; a command
 // answered MOVED or ASK is resent, alone, where Redis said, and patterns are
-// scanned on every master. With Options.WaitReplicas, every pipeline ends
-// with WAIT on the connection that carried its writes, and its commands
-// count as applied only once enough replicas acknowledged them; otherwise
-// they are resent (see Options.WaitReplicas).
+// scanned on every master, which must own every slot between them. A scan
+// cut short by a restart or a failover starts over on the new server
+// process: a SCAN cursor means nothing to another. With
+// Options.WaitReplicas, every pipeline ends with WAIT on the connection
+// that carried its writes, and its commands count as applied only once the
+// replicas the master has (up to WaitReplicas) acknowledged them; otherwise
+// they are resent (see Options.WaitReplicas and Degraded).
 package invalidator
 
 import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -58,9 +63,14 @@ type Options struct {
 	// MasterName is the master's name at the sentinels; ModeSentinel only.
 	MasterName string
 	// Username and Password authenticate with AUTH (an ACL user when
-	// Username is set). Empty: the URL's, or none. The sentinels themselves
-	// are reached without a password.
+	// Username is set). Empty: the URL's, or none. In mode sentinel they are
+	// the master's and replicas', not the sentinels'.
 	Username, Password string
+	// SentinelUsername and SentinelPassword authenticate to the sentinels
+	// (an ACL user when SentinelUsername is set; the sentinels' requirepass
+	// otherwise). Mode sentinel only. Empty: the sentinels are reached
+	// without authentication.
+	SentinelUsername, SentinelPassword string
 	// TLS turns TLS on; in mode single a rediss:// URL does too. TLSCA is
 	// a PEM file of the CAs to trust (empty: the system's), TLSCert and
 	// TLSKey a client certificate and its key (empty: none), and
@@ -69,11 +79,23 @@ type Options struct {
 	TLS                                   bool
 	TLSCA, TLSCert, TLSKey, TLSServerName string
 	// WaitReplicas, when above zero, ends every pipeline that writes with
-	// WAIT WaitReplicas WaitTimeout on the same connection, so on the master
-	// that ran its commands. Fewer acknowledgements than WaitReplicas, or a
-	// failed WAIT, make Apply resend the pipeline's commands, with backoff,
-	// until a WAIT confirms them: the master may have failed over and lost
-	// them. An INCR may then count twice. Zero: no WAIT.
+	// WAIT n WaitTimeout on the same connection, so on the master that ran
+	// its commands, where n is WaitReplicas or, on a master with fewer
+	// replicas online, as many as it has (none: no WAIT). Fewer
+	// acknowledgements than n, unless the master has lost replicas
+	// meanwhile, or a failed WAIT, make Apply resend the pipeline's
+	// commands, with backoff, until a WAIT confirms them: the master may have
+	// failed over and lost them. An INCR may then count twice.
+	//
+	// A master with fewer replicas than WaitReplicas is degraded (see
+	// Degraded): a write it acknowledged is held by fewer replicas, or only
+	// by itself, until a replica attaches and syncs. A replica that attaches
+	// later copies the master's data, so it holds those writes too; a
+	// failover that promotes a replica that was not online meanwhile loses
+	// them. A replica counts while it is in state online and acknowledged
+	// the replication stream within the last 5s. The count of each master is
+	// read with INFO replication, at most once a second, and again when a
+	// WAIT comes back short. Zero: no WAIT.
 	WaitReplicas int
 	// WaitTimeout is how long one WAIT may block; zero means 1s.
 	WaitTimeout time.Duration
@@ -91,19 +113,24 @@ type Options struct {
 // Invalidator runs batches of commands against Redis: one server, a
 // sentinel-managed master, or a cluster.
 type Invalidator struct {
-	client       redis.UniversalClient // single, or cluster
-	single       *redis.Client         // mode single or sentinel; nil in a cluster
-	cluster      *redis.ClusterClient  // mode cluster; nil otherwise
-	log          *slog.Logger
-	url          string // raw, for redaction only
-	password     string // Options.Password, for redaction only
-	addr         string // host:port, or the topology, for logs
-	waitReplicas int    // 0: no WAIT
-	waitTimeout  time.Duration
-	minBackoff   time.Duration
-	maxBackoff   time.Duration
-	scanCount    int64
-	pipeSize     int
+	client         redis.UniversalClient // single, or cluster
+	single         *redis.Client         // mode single or sentinel; nil in a cluster
+	cluster        *redis.ClusterClient  // mode cluster; nil otherwise
+	log            *slog.Logger
+	url            string   // raw, for redaction only
+	passwords      []string // Options.Password and SentinelPassword, for redaction only
+	addr           string   // host:port, or the topology, for logs
+	waitReplicas   int      // 0: no WAIT
+	waitTimeout    time.Duration
+	minBackoff     time.Duration
+	maxBackoff     time.Duration
+	scanCount      int64
+	pipeSize       int
+	replicas       replicaSet  // how many replicas WAIT asks for, per master
+	sentinelMaster *dialedAddr // mode sentinel: where the master is; nil otherwise
+	// scanPage reads one SCAN page and the server's run_id: the function
+	// scanPage, wrapped by tests only.
+	scanPage func(ctx context.Context, m *redis.Client, cursor uint64, match string, count int64) ([]string, uint64, string, error)
 
 	mu        sync.Mutex // serializes Apply; protects the fields below
 	down      bool       // the last attempt failed
@@ -121,7 +148,7 @@ func New(opts Options) (*Invalidator, error) {
 	inv := &Invalidator{
 		log:          opts.Logger,
 		url:          opts.URL,
-		password:     opts.Password,
+		passwords:    []string{opts.Password, opts.SentinelPassword},
 		waitReplicas: opts.WaitReplicas,
 		waitTimeout:  opts.WaitTimeout,
 		minBackoff:   opts.MinBackoff,
@@ -129,6 +156,7 @@ func New(opts Options) (*Invalidator, error) {
 		scanCount:    int64(opts.ScanCount),
 		pipeSize:     opts.PipelineSize,
 		groups:       make(map[*redis.Client]*group),
+		scanPage:     scanPage,
 	}
 	if inv.waitReplicas < 0 {
 		return nil, fmt.Errorf("redis wait_replicas %d: want zero or more", inv.waitReplicas)
@@ -142,6 +170,8 @@ func New(opts Options) (*Invalidator, error) {
 	if inv.log == nil {
 		inv.log = slog.Default()
 	}
+	inv.replicas = replicaSet{want: inv.waitReplicas, log: inv.log, addrOf: inv.masterAddr,
+		masters: make(map[string]*masterReplicas)}
 	if inv.minBackoff <= 0 {
 		inv.minBackoff = 50 * time.Millisecond
 	}
@@ -159,21 +189,38 @@ func New(opts Options) (*Invalidator, error) {
 }
 
 // Ping checks once that Redis answers, every master of a cluster; it does
-// not retry.
+// not retry. With Options.WaitReplicas, it also reads how many replicas each
+// master has (see Degraded), and fails when it cannot.
 func (inv *Invalidator) Ping(ctx context.Context) error {
+	ping := func(ctx context.Context, c *redis.Client) error {
+		if err := c.Ping(ctx).Err(); err != nil {
+			return err
+		}
+		if inv.waitReplicas > 0 { // keeps Degraded true while no batch comes
+			if _, err := inv.replicas.waitFor(ctx, c, false); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	var err error
 	if inv.cluster != nil {
 		err = inv.cluster.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
-			if err := c.Ping(ctx).Err(); err != nil {
+			if err := ping(ctx, c); err != nil {
 				return fmt.Errorf("%s: %w", c.Options().Addr, err)
 			}
 			return nil
 		})
 	} else {
-		err = inv.single.Ping(ctx).Err()
+		err = ping(ctx, inv.single)
 	}
 	if err != nil {
-		return fmt.Errorf("ping redis %s: %w", inv.addr, inv.redactErr(err))
+		err = inv.redactErr(err)
+		if inv.sentinelMaster != nil && strings.Contains(err.Error(), "sentinels") &&
+			(strings.Contains(err.Error(), "NOAUTH") || strings.Contains(err.Error(), "WRONGPASS")) {
+			err = fmt.Errorf("%w (the sentinels' own credentials are sentinel_username and sentinel_password_env or sentinel_password_file)", err)
+		}
+		return fmt.Errorf("ping redis %s: %w", inv.addr, err)
 	}
 	return nil
 }
@@ -182,10 +229,34 @@ func (inv *Invalidator) Ping(ctx context.Context) error {
 // sentinels and master name, or the cluster's seed nodes.
 func (inv *Invalidator) Addr() string { return inv.addr }
 
-// redactErr hides the passwords Redis was given in err's text.
+// redactErr hides the passwords Redis was given in err's text, and puts
+// the text on one line: go-redis joins the error of each sentinel, one a
+// line, and they are often the same.
 func (inv *Invalidator) redactErr(err error) error {
-	return redact.Secrets(redact.Error(err, inv.url), inv.password)
+	err = redact.Secrets(redact.Error(err, inv.url), inv.passwords...)
+	if err == nil || !strings.Contains(err.Error(), "\n") {
+		return err
+	}
+	var lines []string
+	for line := range strings.Lines(err.Error()) {
+		line = strings.TrimSpace(line)
+		if line != "" && !slices.ContainsFunc(lines, func(l string) bool { return strings.HasSuffix(l, line) }) {
+			lines = append(lines, line)
+		}
+	}
+	return oneLineError{msg: strings.Join(lines, "; "), err: err}
 }
+
+// oneLineError is an error whose text was put on one line.
+type oneLineError struct {
+	msg string
+	err error
+}
+
+func (e oneLineError) Error() string { return e.msg }
+
+// Unwrap keeps errors.Is and errors.As working.
+func (e oneLineError) Unwrap() error { return e.err }
 
 // Close closes the client's connections.
 func (inv *Invalidator) Close() error { return inv.client.Close() }

@@ -47,14 +47,12 @@ func (inv *Invalidator) newClient(opts Options) error {
 		if len(opts.Addrs) > 0 || opts.MasterName != "" {
 			return errors.New("redis addrs and master are for mode cluster or sentinel; mode single uses the url")
 		}
-		ro, err := redis.ParseURL(opts.URL)
+		if opts.SentinelUsername != "" || opts.SentinelPassword != "" {
+			return errors.New("redis sentinel username and password are for mode sentinel only")
+		}
+		ro, err := parseURL(opts.URL)
 		if err != nil {
-			var ue *url.Error
-			if errors.As(err, &ue) { // it quotes the whole URL, and RedactURL cannot parse it
-				return fmt.Errorf("parse redis url: %w", ue.Err)
-			}
-			return fmt.Errorf("parse redis url %s: %w",
-				redact.URL(opts.URL), redact.Error(err, opts.URL))
+			return err
 		}
 		if opts.Username != "" {
 			ro.Username = opts.Username
@@ -82,25 +80,30 @@ func (inv *Invalidator) newClient(opts Options) error {
 			return err
 		}
 		rememberPassword(opts.Password)
+		rememberPassword(opts.SentinelPassword)
 		inv.single = redis.NewFailoverClient(&redis.FailoverOptions{
-			MasterName:      opts.MasterName,
-			SentinelAddrs:   opts.Addrs,
-			Username:        opts.Username,
-			Password:        opts.Password,
-			TLSConfig:       tc,
-			MaxRetries:      -1,
-			DialerRetries:   1,
-			ReadTimeout:     readTimeout,
-			DisableIdentity: true,
+			MasterName:       opts.MasterName,
+			SentinelAddrs:    opts.Addrs,
+			SentinelUsername: opts.SentinelUsername,
+			SentinelPassword: opts.SentinelPassword,
+			Username:         opts.Username,
+			Password:         opts.Password,
+			TLSConfig:        tc,
+			MaxRetries:       -1,
+			DialerRetries:    1,
+			ReadTimeout:      readTimeout,
+			DisableIdentity:  true,
 		})
+		inv.sentinelMaster = &dialedAddr{}
+		inv.single.AddHook(inv.sentinelMaster)
 		inv.client = inv.single
 		inv.addr = "sentinel master " + opts.MasterName + " via " + strings.Join(opts.Addrs, ",")
 	case ModeCluster:
 		if len(opts.Addrs) == 0 {
 			return errors.New("redis mode cluster: addrs lists no node; add addrs = [\"host:7000\", ...]")
 		}
-		if opts.MasterName != "" {
-			return errors.New("redis master is for mode sentinel only")
+		if opts.MasterName != "" || opts.SentinelUsername != "" || opts.SentinelPassword != "" {
+			return errors.New("redis master and the sentinel username and password are for mode sentinel only")
 		}
 		tc, err := tlsConfig(opts, nil)
 		if err != nil {
@@ -125,6 +128,20 @@ func (inv *Invalidator) newClient(opts Options) error {
 		return fmt.Errorf("redis mode %q: want single, cluster or sentinel", opts.Mode)
 	}
 	return nil
+}
+
+// parseURL reads a redis:// or rediss:// URL as go-redis does. Its error
+// never holds a password.
+func parseURL(raw string) (*redis.Options, error) {
+	ro, err := redis.ParseURL(raw)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) { // it quotes the whole URL, and redact.URL cannot parse it
+			return nil, fmt.Errorf("parse redis url: %w", ue.Err)
+		}
+		return nil, fmt.Errorf("parse redis url %s: %w", redact.URL(raw), redact.Error(err, raw))
+	}
+	return ro, nil
 }
 
 // readTimeout is the read timeout of every connection: go-redis's default

@@ -1,11 +1,14 @@
 package invalidator
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -130,35 +133,90 @@ func TestClusterRedirects(t *testing.T) {
 	}
 }
 
-// TestClusterFailoverWaitReplicas kills a master while batches are applied
-// with wait_replicas = 1: every key of every batch Apply reported applied
-// must be gone from the master that replaced it.
+// TestClusterPatternNeedsEverySlot seeds the invalidator with a node that
+// has not joined the cluster: its CLUSTER SLOTS is empty, so the slot map
+// names no master. A TRUNCATE pattern must not pass for done on it: Apply
+// retries until the node has joined, then scans every master.
+func TestClusterPatternNeedsEverySlot(t *testing.T) {
+	ctx := context.Background()
+	cl := startCluster(t)
+	rdb := clusterClient(t, cl)
+	var kv []string
+	for i := range 1000 {
+		kv = append(kv, "lone:"+strconv.Itoa(i), "x")
+	}
+	clusterSet(t, rdb, 0, kv...)
+	lone, err := cl.StartLoneNode(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	inv := newTopologyInvalidator(t, Options{Mode: ModeCluster, Addrs: []string{lone.Addr()},
+		MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+
+	b := NewBatch()
+	b.Add(pginvalidator.Command{Action: pginvalidator.DelPattern, Key: "lone:*"})
+	b.EndTx(0)
+	done := make(chan error, 1)
+	go func() { done <- inv.Apply(ctx, b) }()
+	select {
+	case err := <-done:
+		t.Fatalf("Apply returned %v on a slot map without masters; %d keys left", err, len(clusterKeys(t, rdb, "lone:*")))
+	case <-time.After(time.Second):
+	}
+	if want := "the cluster's masters own 0 of 16384 slots"; !strings.Contains(logs.String(), want) {
+		t.Errorf("logs do not say %q:\n%s", want, logs.String())
+	}
+
+	member := nodeClient(t, cl.Nodes[0].Addr())
+	bus, err := member.ConfigGet(ctx, "cluster-port").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustDo(t, nodeClient(t, lone.Addr()), "CLUSTER", "MEET", "127.0.0.1", cl.Nodes[0].Port, bus["cluster-port"])
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Apply still running 30s after the node joined the cluster")
+	}
+	if left := clusterKeys(t, rdb, "lone:*"); len(left) > 0 {
+		t.Errorf("%d keys left after the pattern, such as %v", len(left), left[:min(5, len(left))])
+	}
+	if st := inv.Stats(); st.DelPatternKeys != 1000 || st.Retries == 0 {
+		t.Errorf("Stats() = %+v, want DelPatternKeys 1000 and retries", st)
+	}
+}
+
+// TestClusterFailoverWaitReplicas kills a master with SIGKILL while batches
+// are applied with wait_replicas = 1, and does not restart it: its replica
+// takes over with no replica of its own. Every key of every batch Apply
+// reported applied must be gone, and batches must be applied again within
+// 10s of the promotion, the promoted master reported degraded meanwhile.
 func TestClusterFailoverWaitReplicas(t *testing.T) {
 	ctx := context.Background()
 	cl := startCluster(t)
 	rdb := clusterClient(t, cl)
+	var logs syncBuffer
 	inv := newTopologyInvalidator(t, Options{Mode: ModeCluster, Addrs: cl.Addrs(), WaitReplicas: 1,
-		WaitTimeout: 200 * time.Millisecond, MinBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+		WaitTimeout: 200 * time.Millisecond, MinBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	victim, err := cl.Master(ctx, "f:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	replica := replicaOf(t, cl.Nodes, victim)
 	failoverUnderLoad(t, "f:", func(kv ...string) { clusterSet(t, rdb, 1, kv...) }, inv,
-		func() {
-			victim.Kill()
-			waitFor(t, 30*time.Second, func() bool {
-				n, err := cl.Master(ctx, "f:0")
-				return err == nil && n != victim
-			}, "no replica took over from the killed master")
-			if err := victim.Start(ctx); err != nil { // it comes back as a replica: WAIT 1 can succeed again
-				t.Fatal(err)
-			}
-		},
-		func(key string) bool { return rdb.Exists(ctx, key).Val() == 1 })
+		victim.Kill, func() bool { return isMaster(t, replica) },
+		func(pattern string) []string { return clusterKeys(t, clusterClient(t, cl), pattern) })
+	checkDegraded(t, inv, &logs, replica.Addr())
 }
 
 // TestSentinelFailoverWaitReplicas kills the master of a sentinel group
-// while batches are applied with wait_replicas = 1.
+// (one master, one replica) with SIGKILL while batches are applied with
+// wait_replicas = 1, and does not restart it.
 func TestSentinelFailoverWaitReplicas(t *testing.T) {
 	ctx := context.Background()
 	sg, err := localsvc.StartRedisSentinel(ctx)
@@ -166,8 +224,10 @@ func TestSentinelFailoverWaitReplicas(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { sg.Close() })
+	var logs syncBuffer
 	inv := newTopologyInvalidator(t, Options{Mode: ModeSentinel, Addrs: sg.SentinelAddrs(), MasterName: localsvc.SentinelMaster,
-		WaitReplicas: 1, WaitTimeout: 200 * time.Millisecond, MinBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+		WaitReplicas: 1, WaitTimeout: 200 * time.Millisecond, MinBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	rdb := redis.NewFailoverClient(&redis.FailoverOptions{MasterName: localsvc.SentinelMaster, SentinelAddrs: sg.SentinelAddrs(), DisableIdentity: true})
 	t.Cleanup(func() { rdb.Close() })
 	set := func(kv ...string) {
@@ -178,36 +238,91 @@ func TestSentinelFailoverWaitReplicas(t *testing.T) {
 			t.Fatalf("MSET + WAIT 1: %v, %v", wait.Val(), err)
 		}
 	}
-	old := sg.Master.Addr()
 	failoverUnderLoad(t, "s:", set, inv,
-		func() {
-			sg.Master.Kill()
-			waitFor(t, 30*time.Second, func() bool {
-				a, err := sg.MasterAddr(ctx)
-				return err == nil && a != old
-			}, "the sentinels did not promote the replica")
-			if err := sg.Master.Start(ctx); err != nil {
-				t.Fatal(err)
-			}
-			// The sentinels would make it a replica too, but only some 15s
-			// later. Until then WAIT 1 fails: the new master has no replica.
-			a, _ := sg.MasterAddr(ctx)
-			host, port, _ := strings.Cut(a, ":")
-			mustDo(t, nodeClient(t, sg.Master.Addr()), "REPLICAOF", host, port)
-		},
-		func(key string) bool { return rdb.Exists(ctx, key).Val() == 1 })
-	if a, _ := sg.MasterAddr(ctx); a == old {
-		t.Errorf("master is still %s: no failover happened", old)
+		sg.Master.Kill, func() bool { return isMaster(t, sg.Replica) },
+		func(pattern string) []string { return keys(t, rdb, pattern) })
+	if a, err := sg.MasterAddr(ctx); a != sg.Replica.Addr() {
+		t.Errorf("the sentinels name %s (%v) as the master, want the replica %s", a, err, sg.Replica.Addr())
+	}
+	checkDegraded(t, inv, &logs, sg.Replica.Addr())
+}
+
+// TestFrozenReplica freezes (SIGSTOP) the only replica of a master applied
+// with wait_replicas = 1: the master keeps it "online" until its
+// repl-timeout (60s), but it acknowledges nothing. Apply must go on within
+// seconds, the master reported degraded, and once the replica thaws, WAIT
+// waits for it again.
+func TestFrozenReplica(t *testing.T) {
+	ctx := context.Background()
+	sg, err := localsvc.StartRedisSentinel(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sg.Close() })
+	var logs syncBuffer
+	inv := newTopologyInvalidator(t, Options{Mode: ModeSentinel, Addrs: sg.SentinelAddrs(), MasterName: localsvc.SentinelMaster,
+		WaitReplicas: 1, WaitTimeout: 200 * time.Millisecond, MinBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	master := nodeClient(t, sg.Master.Addr())
+	apply := func(key string) time.Duration {
+		t.Helper()
+		set(t, master, key, "cached")
+		b := NewBatch()
+		b.Add(pginvalidator.Command{Action: pginvalidator.Del, Key: key})
+		b.EndTx(0)
+		start := time.Now()
+		actx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if err := inv.Apply(actx, b); err != nil {
+			t.Fatal(err)
+		}
+		return time.Since(start)
+	}
+	apply("frozen:0")
+	if got := inv.Degraded(); len(got) != 0 {
+		t.Fatalf("Degraded() = %+v with the replica in sync, want none", got)
+	}
+
+	if err := sg.Replica.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	took := apply("frozen:1")
+	t.Logf("with the replica frozen, Apply took %s", took.Round(time.Millisecond))
+	if took > 10*time.Second {
+		t.Errorf("Apply took %s with the replica frozen, want under 10s", took)
+	}
+	if got := inv.Degraded(); len(got) != 1 || got[0].Addr != sg.Master.Addr() || got[0].Replicas != 0 {
+		t.Errorf("Degraded() = %+v, want %s with 0 replicas", got, sg.Master.Addr())
+	}
+
+	if err := sg.Replica.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, func() bool { return inv.Ping(ctx) == nil && len(inv.Degraded()) == 0 },
+		"the master still degraded 10s after its replica thawed")
+	apply("frozen:2")
+	replica := nodeClient(t, sg.Replica.Addr())
+	if n := replica.Exists(ctx, "frozen:0", "frozen:1", "frozen:2").Val(); n != 0 {
+		t.Errorf("%d of the deleted keys still on the replica", n)
+	}
+	for _, msg := range []string{"redis master has fewer replicas than wait_replicas", "redis master has its replicas again"} {
+		if n := strings.Count(logs.String(), msg); n != 1 {
+			t.Errorf("%q logged %d times, want once:\n%s", msg, n, logs.String())
+		}
 	}
 }
 
 // failoverUnderLoad caches keys prefix0..N with set (which must wait for a
-// replica), then deletes them in batches while kill runs once a few batches
-// are in, and checks with exists that every key of every batch Apply
-// reported applied is gone.
-func failoverUnderLoad(t *testing.T, prefix string, set func(kv ...string), inv *Invalidator, kill func(), exists func(key string) bool) {
+// replica), then deletes them in batches, and once a few batches are in,
+// calls kill, which must not bring the master back, and waits until
+// promoted reports that a replica took over (polled every 20ms; the
+// promoted replica itself knows first). Batches must be applied again
+// within 10s of the promotion, and every key of every batch Apply reported
+// applied must be gone: remaining lists the keys matching a pattern.
+func failoverUnderLoad(t *testing.T, prefix string, set func(kv ...string), inv *Invalidator, kill func(), promoted func() bool, remaining func(pattern string) []string) {
 	t.Helper()
-	ctx := context.Background()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	const keys, per = 20000, 50
 	var kv []string
 	for i := range keys {
@@ -215,7 +330,8 @@ func failoverUnderLoad(t *testing.T, prefix string, set func(kv ...string), inv 
 	}
 	set(kv...)
 
-	var applied atomic.Int64 // batches Apply returned nil for, in order
+	var applied atomic.Int64     // batches Apply returned nil for, in order
+	var lastApplied atomic.Int64 // when the last of them returned, Unix ns
 	done := make(chan error, 1)
 	go func() {
 		for i := 0; i < keys/per; i++ {
@@ -225,13 +341,11 @@ func failoverUnderLoad(t *testing.T, prefix string, set func(kv ...string), inv 
 			}
 			b.Add(pginvalidator.Command{Action: pginvalidator.Incr, Key: prefix + "version"})
 			b.EndTx(0)
-			actx, cancel := context.WithTimeout(ctx, 60*time.Second)
-			err := inv.Apply(actx, b)
-			cancel()
-			if err != nil {
+			if err := inv.Apply(ctx, b); err != nil {
 				done <- fmt.Errorf("batch %d: %w", i, err)
 				return
 			}
+			lastApplied.Store(time.Now().UnixNano())
 			applied.Add(1)
 		}
 		done <- nil
@@ -239,21 +353,198 @@ func failoverUnderLoad(t *testing.T, prefix string, set func(kv ...string), inv 
 	waitFor(t, 30*time.Second, func() bool { return applied.Load() >= 20 }, "20 batches not applied")
 	start := time.Now()
 	kill()
-	t.Logf("failover took %s, %d batches applied before it ended", time.Since(start).Round(time.Millisecond), applied.Load())
-	if err := <-done; err != nil {
-		t.Fatal(err)
+	waitFor(t, 30*time.Second, promoted, "no replica took over from the killed master")
+	at, before := time.Now(), applied.Load()
+	t.Logf("promotion seen %s after the kill, %d batches applied by then", at.Sub(start).Round(time.Millisecond), before)
+	resumed := func() bool {
+		return applied.Load() == keys/per || applied.Load() > before && time.Unix(0, lastApplied.Load()).After(at)
+	}
+	for !resumed() {
+		if time.Since(at) > 10*time.Second {
+			t.Fatalf("no batch applied within 10s of the promotion (%d batches applied in all); Stats() = %+v",
+				applied.Load(), inv.Stats())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("invalidation resumed %s after the promotion was seen", time.Since(at).Round(time.Millisecond))
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("batches still running 60s after the promotion: %d of %d applied", applied.Load(), keys/per)
 	}
 	var left []string
-	for i := range keys {
-		if k := prefix + strconv.Itoa(i); exists(k) {
+	for _, k := range remaining(prefix + "*") {
+		if k != prefix+"version" {
 			left = append(left, k)
 		}
 	}
+	slices.Sort(left)
 	if len(left) > 0 {
 		t.Errorf("%d keys Apply reported deleted are back after the failover, such as %v", len(left), left[:min(5, len(left))])
 	}
 	if st := inv.Stats(); st.Retries == 0 {
 		t.Errorf("Stats() = %+v: no retry, so the failover went unnoticed", st)
+	}
+}
+
+// checkDegraded checks that inv reports master, which has no replica, as
+// degraded, and logged it once.
+func checkDegraded(t *testing.T, inv *Invalidator, logs *syncBuffer, master string) {
+	t.Helper()
+	if got := inv.Degraded(); len(got) != 1 || got[0].Addr != master || got[0].Replicas != 0 {
+		t.Errorf("Degraded() = %+v, want %s with 0 replicas", got, master)
+	}
+	if n := strings.Count(logs.String(), "redis master has fewer replicas than wait_replicas"); n != 1 {
+		t.Errorf("degraded logged %d times, want once:\n%s", n, logs.String())
+	}
+	if !strings.Contains(logs.String(), "addr="+master) {
+		t.Errorf("no log line names %s:\n%s", master, logs.String())
+	}
+}
+
+// TestSentinelAuth runs batches through sentinels that require a password
+// (requirepass) or an ACL user, in front of a master and replica with a
+// password of their own, and checks that a wrong or missing sentinel
+// password fails with Redis's error, and never prints a password.
+func TestSentinelAuth(t *testing.T) {
+	ctx := context.Background()
+	const dataPW, sentinelPW = "data-Pw-1", "sentinel-Pw-2"
+	for _, user := range []string{"", "watcher"} {
+		t.Run("user "+cmp.Or(user, "none"), func(t *testing.T) {
+			sg, err := localsvc.StartRedisSentinelWith(ctx, localsvc.SentinelOptions{Password: dataPW,
+				SentinelUsername: user, SentinelPassword: sentinelPW})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { sg.Close() })
+			var logs syncBuffer
+			SetLogger(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+			t.Cleanup(func() { SetLogger(slog.Default()) })
+			base := Options{Mode: ModeSentinel, Addrs: sg.SentinelAddrs(), MasterName: localsvc.SentinelMaster,
+				Password: dataPW, SentinelUsername: user, SentinelPassword: sentinelPW, WaitReplicas: 1,
+				MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(&logs, nil))}
+
+			inv, err := New(base)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { inv.Close() })
+			master := redis.NewClient(&redis.Options{Addr: sg.Master.Addr(), Password: dataPW, DisableIdentity: true})
+			t.Cleanup(func() { master.Close() })
+			set(t, master, "auth:k", "x")
+			b := NewBatch()
+			b.Add(pginvalidator.Command{Action: pginvalidator.Del, Key: "auth:k"})
+			b.EndTx(0)
+			if err := inv.Apply(ctx, b); err != nil {
+				t.Fatal(err)
+			}
+			if n := master.Exists(ctx, "auth:k").Val(); n != 0 {
+				t.Errorf("auth:k still exists")
+			}
+
+			for _, tt := range []struct {
+				name string
+				opts func(o *Options)
+				want string
+			}{
+				{"wrong sentinel password", func(o *Options) { o.SentinelPassword = "not-" + sentinelPW }, "WRONGPASS"},
+				{"no sentinel password", func(o *Options) { o.SentinelUsername, o.SentinelPassword = "", "" }, "NOAUTH"},
+				{"sentinel password as the data password", func(o *Options) { o.SentinelPassword = dataPW }, "WRONGPASS"},
+			} {
+				t.Run(tt.name, func(t *testing.T) {
+					o := base
+					tt.opts(&o)
+					inv, err := New(o)
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer inv.Close()
+					err = inv.Ping(ctx)
+					if err == nil || !strings.Contains(err.Error(), tt.want) {
+						t.Fatalf("Ping: %v, want an error with %q", err, tt.want)
+					}
+					t.Logf("Ping: %v", err)
+					for _, pw := range []string{dataPW, sentinelPW} {
+						if strings.Contains(err.Error(), pw) {
+							t.Errorf("Ping's error holds a password: %v", err)
+						}
+					}
+				})
+			}
+			for _, pw := range []string{dataPW, sentinelPW} {
+				if strings.Contains(logs.String(), pw) {
+					t.Errorf("a password is in the logs:\n%s", logs.String())
+				}
+			}
+		})
+	}
+}
+
+// TestSentinelACL runs batches, across a failover, as the users
+// ACLRules and SentinelACLRules describe: one on the master and replica,
+// one on the sentinels (beside the user the sentinels use among
+// themselves). ACL LOG must stay empty everywhere.
+func TestSentinelACL(t *testing.T) {
+	ctx := context.Background()
+	const pw = "acl-Pw-3"
+	sg, err := localsvc.StartRedisSentinelWith(ctx, localsvc.SentinelOptions{
+		SentinelUsername: "peer", SentinelPassword: "peer-Pw",
+		SentinelUsers: []string{"user pginv on >" + pw + " " + SentinelACLRules()},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sg.Close() })
+	opts := Options{Mode: ModeSentinel, Addrs: sg.SentinelAddrs(), MasterName: localsvc.SentinelMaster,
+		Username: "pginv", Password: pw, SentinelUsername: "pginv", SentinelPassword: pw, WaitReplicas: 1,
+		MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)}
+	rules, err := ACLRules(opts, ACLNeeds{KeyPatterns: []string{"sa:*"}, Del: true, Incr: true, DelPattern: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes := []*redis.Client{nodeClient(t, sg.Master.Addr()), nodeClient(t, sg.Replica.Addr())}
+	for _, c := range nodes {
+		args := []any{"ACL", "SETUSER", "pginv", "on", ">" + pw}
+		for _, r := range strings.Fields(rules) {
+			args = append(args, r)
+		}
+		mustDo(t, c, args...)
+		mustDo(t, c, "ACL", "LOG", "RESET")
+	}
+	inv := newTopologyInvalidator(t, opts)
+	apply := func(i int) {
+		t.Helper()
+		k := "sa:" + strconv.Itoa(i)
+		b := NewBatch()
+		b.Add(pginvalidator.Command{Action: pginvalidator.Del, Key: k})
+		b.Add(pginvalidator.Command{Action: pginvalidator.Incr, Key: "sa:n"})
+		b.Add(pginvalidator.Command{Action: pginvalidator.DelPattern, Key: "sa:p:*"})
+		b.EndTx(0)
+		actx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if err := inv.Apply(actx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apply(1)
+	sg.Master.Kill()
+	waitFor(t, 30*time.Second, func() bool { return isMaster(t, sg.Replica) }, "no failover")
+	apply(2)
+	if got := nodes[1].Get(ctx, "sa:n").Val(); got != "2" {
+		t.Errorf("sa:n on the new master = %q, want 2", got)
+	}
+	for i, n := range sg.Sentinels {
+		c := redis.NewClient(&redis.Options{Addr: n.Addr(), Username: "peer", Password: "peer-Pw", DisableIdentity: true})
+		defer c.Close()
+		if log := c.Do(ctx, "ACL", "LOG").Val(); fmt.Sprint(log) != "[]" {
+			t.Errorf("ACL LOG on sentinel %d = %v, want it empty", i, log)
+		}
+	}
+	if log := nodes[1].Do(ctx, "ACL", "LOG").Val(); fmt.Sprint(log) != "[]" {
+		t.Errorf("ACL LOG on the new master = %v, want it empty", log)
 	}
 }
 
@@ -413,6 +704,46 @@ func clusterSet(t *testing.T, rdb *redis.ClusterClient, replicas int, kv ...stri
 			t.Fatalf("WAIT %d on %s = %v", replicas, m.Options().Addr, wait.Val())
 		}
 	}
+}
+
+// clusterKeys returns the keys matching pattern on every master.
+func clusterKeys(t *testing.T, rdb *redis.ClusterClient, pattern string) []string {
+	t.Helper()
+	var mu sync.Mutex // protects all
+	var all []string
+	err := rdb.ForEachMaster(context.Background(), func(ctx context.Context, c *redis.Client) error {
+		iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
+		for iter.Next(ctx) {
+			mu.Lock()
+			all = append(all, iter.Val())
+			mu.Unlock()
+		}
+		return iter.Err()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return all
+}
+
+// replicaOf returns the node that replicates master.
+func replicaOf(t *testing.T, nodes []*localsvc.RedisNode, master *localsvc.RedisNode) *localsvc.RedisNode {
+	t.Helper()
+	for _, n := range nodes {
+		info := nodeClient(t, n.Addr()).Info(context.Background(), "replication").Val()
+		if strings.Contains(info, "role:slave") && strings.Contains(info, "master_port:"+strconv.Itoa(master.Port)+"\r\n") {
+			return n
+		}
+	}
+	t.Fatalf("no node replicates %s", master.Addr())
+	return nil
+}
+
+// isMaster reports whether n says it is a master now.
+func isMaster(t *testing.T, n *localsvc.RedisNode) bool {
+	c := redis.NewClient(&redis.Options{Addr: n.Addr(), DisableIdentity: true, MaxRetries: -1})
+	defer c.Close()
+	return strings.Contains(c.Info(context.Background(), "replication").Val(), "role:master")
 }
 
 func sum(m map[string]int) int {

@@ -307,7 +307,7 @@ func TestVersionACL(t *testing.T) {
 	_, admin := newInvalidator(t, srv.URL(), Options{})
 	const user, pw = "vk", "vk-pw"
 	mustDo(t, admin, "acl", "setuser", user, "on", ">"+pw, "~v:*", "~pv:*", "~iv:*",
-		"+unlink", "+incr", "+incrby", "+scan", "+ping", "+evalsha", "+eval", "+get", "+set", "+exists")
+		"+unlink", "+incr", "+incrby", "+scan", "+info", "+ping", "+evalsha", "+eval", "+get", "+set", "+exists")
 	set(t, admin, "pv:1", lsnValue(1), "iv:1", "1")
 	mustDo(t, admin, "script", "flush") // so that both EVALSHA and EVAL run
 	inv, _ := newInvalidator(t, srv.URL(), Options{Username: user, Password: pw})

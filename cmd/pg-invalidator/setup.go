@@ -21,12 +21,13 @@ func setupCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fs.SetOutput(stderr)
 	var (
 		config, postgres, role string
-		apply                  bool
+		apply, redisOnly       bool
 	)
 	fs.StringVar(&config, "config", "rules.toml", "rules file")
 	fs.StringVar(&postgres, "postgres", "", "PostgreSQL URL of a role that may make these changes, such as a superuser (default: $DATABASE_URL, then [postgres] url in the rules file)")
 	fs.StringVar(&role, "role", "pginvalidator", "the role the daemon will log in as (PostgreSQL reserves names that start with pg_)")
 	fs.BoolVar(&apply, "apply", false, "run the SQL, in one transaction, instead of printing it")
+	fs.BoolVar(&redisOnly, "redis-acl", false, "print only the Redis ACL, without connecting to PostgreSQL")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: pg-invalidator setup [flags]
 
@@ -53,6 +54,11 @@ With --apply it runs the same statements in one transaction and prints
 them. Running it again prints "nothing to do" for each part already in
 place. The daemon creates its replication slot itself on first run.
 
+Then it prints, as comments, the Redis ACL of the user the daemon logs in
+as, for each target: the key patterns the rules' templates can render (and
+the canary's), and the commands the daemon sends there, nothing more. With
+--redis-acl it prints only that, ready to paste, and needs no PostgreSQL.
+
 Problems it cannot fix, such as a missing table or column, are printed as
 "check" prints them, and nothing is done.
 
@@ -69,6 +75,14 @@ Flags:
 	cfg, err := loadFile(config)
 	if err != nil {
 		return err
+	}
+	acls, err := redisACLs(cfg)
+	if err != nil {
+		return err
+	}
+	if redisOnly {
+		printRedisACLs(stdout, acls, "")
+		return nil
 	}
 	url := firstOf(postgres, os.Getenv("DATABASE_URL"), cfg.Postgres.URL)
 	if url == "" {
@@ -112,6 +126,7 @@ Flags:
 		fmt.Fprintf(stdout, "-- %d statement(s). Run them as a superuser, or run pg-invalidator setup --apply to run them in one transaction.\n", n)
 	}
 	fmt.Fprintf(stdout, "-- The daemon, logged in as %s, creates its replication slot %s on first run.\n", role, cfg.Postgres.Slot)
+	printRedisACLs(stdout, acls, "-- ")
 	return nil
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
@@ -22,5 +23,21 @@ func TestSetupDefaultRoleIsNotReserved(t *testing.T) {
 	}
 	if strings.HasPrefix(m[1], "pg_") {
 		t.Errorf("setup --role defaults to %q, a name PostgreSQL reserves; CREATE ROLE would fail", m[1])
+	}
+}
+
+// TestRedisACLDocumented keeps docs/redis.md showing what setup --redis-acl
+// prints for the example rules.toml.
+func TestRedisACLDocumented(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if code := Main(context.Background(), []string{"setup", "--redis-acl", "--config", "../../rules.toml"}, &out, &errOut); code != 0 {
+		t.Fatalf("setup --redis-acl exited %d:\n%s", code, errOut.String())
+	}
+	doc, err := os.ReadFile("../../docs/redis.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(doc), "$ pg-invalidator setup --redis-acl --config rules.toml\n"+out.String()+"```") {
+		t.Errorf("docs/redis.md does not show this output of setup --redis-acl for rules.toml:\n%s", out.String())
 	}
 }

@@ -3,6 +3,7 @@
 package localsvc
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"syscall"
@@ -20,3 +21,9 @@ func signalGroup(p *os.Process, _ syscall.Signal) error {
 
 // groupAlive reports false: there is no group to wait for.
 func groupAlive(*os.Process) bool { return false }
+
+// pause cannot stop a process here.
+func pause(*os.Process) error { return errors.New("cannot pause a process on this system") }
+
+// resume cannot continue one either.
+func resume(*os.Process) error { return errors.New("cannot resume a process on this system") }

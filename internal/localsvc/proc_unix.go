@@ -29,3 +29,9 @@ func signalGroup(p *os.Process, sig syscall.Signal) error {
 func groupAlive(p *os.Process) bool {
 	return syscall.Kill(-p.Pid, 0) == nil
 }
+
+// pause stops p, as a frozen host would.
+func pause(p *os.Process) error { return p.Signal(syscall.SIGSTOP) }
+
+// resume continues p after pause.
+func resume(p *os.Process) error { return p.Signal(syscall.SIGCONT) }

@@ -16,8 +16,10 @@ import (
 // RedisCluster is a private Redis Cluster on loopback: masters, each with
 // its replicas, created by redis-cli --cluster create.
 type RedisCluster struct {
-	Nodes []*RedisNode // in the order given to redis-cli; roles change on failover
-	dir   string
+	Nodes       []*RedisNode // in the order given to redis-cli; roles change on failover
+	dir         string
+	nodeTimeout time.Duration
+	lone        []*RedisNode // started by StartLoneNode
 }
 
 // StartRedisCluster starts masters*(1+replicas) cluster nodes with the
@@ -34,21 +36,9 @@ func StartRedisCluster(ctx context.Context, masters, replicas int, nodeTimeout t
 	if err != nil {
 		return nil, fmt.Errorf("make the Redis Cluster directory: %w", err)
 	}
-	c := &RedisCluster{dir: dir}
+	c := &RedisCluster{dir: dir, nodeTimeout: nodeTimeout}
 	for range masters * (1 + replicas) {
-		// The bus port defaults to port+10000, which nothing keeps free:
-		// pick one that is free now instead.
-		busPort, err := FreePort()
-		if err != nil {
-			c.Close()
-			return nil, err
-		}
-		n, err := newRedisNode(dir, func(port int, dir string) []string {
-			return append(baseArgs(port, dir), "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-				"--cluster-port", strconv.Itoa(busPort),
-				"--cluster-node-timeout", strconv.FormatInt(nodeTimeout.Milliseconds(), 10),
-				"--cluster-replica-validity-factor", "0")
-		})
+		n, err := c.newNode()
 		if err != nil {
 			c.Close()
 			return nil, err
@@ -71,6 +61,37 @@ func StartRedisCluster(ctx context.Context, masters, replicas int, nodeTimeout t
 		return nil, err
 	}
 	return c, nil
+}
+
+// newNode makes a cluster node, not started.
+func (c *RedisCluster) newNode() (*RedisNode, error) {
+	// The bus port defaults to port+10000, which nothing keeps free: pick
+	// one that is free now instead.
+	busPort, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	return newRedisNode(c.dir, func(port int, dir string) []string {
+		return append(baseArgs(port, dir), "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+			"--cluster-port", strconv.Itoa(busPort),
+			"--cluster-node-timeout", strconv.FormatInt(c.nodeTimeout.Milliseconds(), 10),
+			"--cluster-replica-validity-factor", "0")
+	})
+}
+
+// StartLoneNode starts a node configured like the cluster's that has not
+// joined it: it owns no slot and knows no other node, until a CLUSTER MEET.
+// It is not one of Nodes; Close kills it.
+func (c *RedisCluster) StartLoneNode(ctx context.Context) (*RedisNode, error) {
+	n, err := c.newNode()
+	if err != nil {
+		return nil, err
+	}
+	if err := n.Start(ctx); err != nil {
+		return nil, err
+	}
+	c.lone = append(c.lone, n)
+	return n, nil
 }
 
 // Addrs returns every node's host:port.
@@ -139,7 +160,7 @@ func (c *RedisCluster) Master(ctx context.Context, key string) (*RedisNode, erro
 
 // Close kills every node and removes the directory.
 func (c *RedisCluster) Close() error {
-	for _, n := range c.Nodes {
+	for _, n := range append(c.Nodes, c.lone...) {
 		n.Kill()
 	}
 	return os.RemoveAll(c.dir)

@@ -114,6 +114,23 @@ func (n *RedisNode) Kill() {
 	n.cmd, n.done = nil, nil
 }
 
+// Pause stops the process (SIGSTOP), as a frozen host would: its
+// connections stay open, and nothing answers on them, until Resume. It is
+// an error where processes cannot be stopped (Windows).
+func (n *RedisNode) Pause() error { return n.signal(pause) }
+
+// Resume continues a process Pause stopped (SIGCONT).
+func (n *RedisNode) Resume() error { return n.signal(resume) }
+
+func (n *RedisNode) signal(f func(*os.Process) error) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cmd == nil {
+		return errors.New("redis node is not running")
+	}
+	return f(n.cmd.Process)
+}
+
 // Running reports whether the process runs.
 func (n *RedisNode) Running() bool {
 	n.mu.Lock()

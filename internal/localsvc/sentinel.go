@@ -22,26 +22,64 @@ type RedisSentinel struct {
 	Master    *RedisNode // the first master; after a failover, a replica
 	Replica   *RedisNode // the first replica; after a failover, the master
 	Sentinels []*RedisNode
+	Options   SentinelOptions
 	dir       string
+}
+
+// SentinelOptions are the passwords of a RedisSentinel. The zero value
+// requires none.
+type SentinelOptions struct {
+	// Password, when set, is the requirepass of the master and the replica
+	// (and their masterauth, and the sentinels' auth-pass for them).
+	Password string
+	// SentinelUsername and SentinelPassword, when the password is set, make
+	// the sentinels themselves require authentication: as that ACL user
+	// (the default user is then off), or with requirepass when the username
+	// is empty. The sentinels authenticate to each other the same way.
+	SentinelUsername, SentinelPassword string
+	// SentinelUsers are more ACL users of the sentinels, each a line of an
+	// ACL file ("user NAME on >PASSWORD ..."), such as a client's own user.
+	SentinelUsers []string
 }
 
 // StartRedisSentinel starts the master, the replica and the sentinels, and
 // waits until every sentinel sees the replica and the other sentinels.
 func StartRedisSentinel(ctx context.Context) (*RedisSentinel, error) {
+	return StartRedisSentinelWith(ctx, SentinelOptions{})
+}
+
+// StartRedisSentinelWith is StartRedisSentinel with passwords.
+func StartRedisSentinelWith(ctx context.Context, opts SentinelOptions) (*RedisSentinel, error) {
 	dir, err := os.MkdirTemp("", "pginv-redissentinel-")
 	if err != nil {
 		return nil, fmt.Errorf("make the Redis Sentinel directory: %w", err)
 	}
-	s := &RedisSentinel{dir: dir}
-	if s.Master, err = newRedisNode(dir, baseArgs); err != nil {
+	s := &RedisSentinel{dir: dir, Options: opts}
+	dataArgs := func(port int, dir string) []string {
+		args := baseArgs(port, dir)
+		if opts.Password != "" {
+			args = append(args, "--requirepass", opts.Password, "--masterauth", opts.Password)
+		}
+		return args
+	}
+	if s.Master, err = newRedisNode(dir, dataArgs); err != nil {
 		s.Close()
 		return nil, err
 	}
 	if s.Replica, err = newRedisNode(dir, func(port int, dir string) []string {
-		return append(baseArgs(port, dir), "--replicaof", "127.0.0.1", strconv.Itoa(s.Master.Port))
+		return append(dataArgs(port, dir), "--replicaof", "127.0.0.1", strconv.Itoa(s.Master.Port))
 	}); err != nil {
 		s.Close()
 		return nil, err
+	}
+	if opts.Password != "" {
+		for _, n := range []*RedisNode{s.Master, s.Replica} {
+			n.ready = func(ctx context.Context) error {
+				c := s.dataClient(n.Addr())
+				defer c.Close()
+				return c.Ping(ctx).Err()
+			}
+		}
 	}
 	for range 3 {
 		n, err := newRedisNode(dir, func(port int, dir string) []string {
@@ -52,12 +90,30 @@ func StartRedisSentinel(ctx context.Context) (*RedisSentinel, error) {
 				"sentinel failover-timeout %[4]s 5000\n"+
 				"sentinel parallel-syncs %[4]s 1\n",
 				port, dir, filepath.Join(dir, "redis.log"), SentinelMaster, s.Master.Port)
-			os.WriteFile(conf, []byte(body), 0o644)
+			if opts.Password != "" {
+				body += fmt.Sprintf("sentinel auth-pass %s %s\n", SentinelMaster, opts.Password)
+			}
+			switch {
+			case opts.SentinelPassword != "" && opts.SentinelUsername != "":
+				body += fmt.Sprintf("user default off\nuser %s on >%s allcommands allchannels\n"+
+					"sentinel sentinel-user %[1]s\nsentinel sentinel-pass %[2]s\n", opts.SentinelUsername, opts.SentinelPassword)
+			case opts.SentinelPassword != "":
+				body += fmt.Sprintf("requirepass %s\nsentinel sentinel-pass %[1]s\n", opts.SentinelPassword)
+			}
+			for _, u := range opts.SentinelUsers {
+				body += u + "\n"
+			}
+			os.WriteFile(conf, []byte(body), 0o600)
 			return []string{conf, "--sentinel"}
 		})
 		if err != nil {
 			s.Close()
 			return nil, err
+		}
+		n.ready = func(ctx context.Context) error {
+			c := s.sentinelClient(n.Addr())
+			defer c.Close()
+			return c.Ping(ctx).Err()
 		}
 		s.Sentinels = append(s.Sentinels, n)
 	}
@@ -66,8 +122,13 @@ func StartRedisSentinel(ctx context.Context) (*RedisSentinel, error) {
 		return nil, err
 	}
 	if err := s.waitReady(ctx, 30*time.Second); err != nil {
+		var logs strings.Builder // the end of each sentinel's log, to see why
+		for _, n := range s.Sentinels {
+			lines := strings.Split(strings.TrimSpace(n.Log()), "\n")
+			fmt.Fprintf(&logs, "\nsentinel %s:\n%s", n.Addr(), strings.Join(lines[max(0, len(lines)-8):], "\n"))
+		}
 		s.Close()
-		return nil, err
+		return nil, fmt.Errorf("%w%s", err, logs.String())
 	}
 	return s, nil
 }
@@ -103,7 +164,7 @@ func (s *RedisSentinel) waitReady(ctx context.Context, within time.Duration) err
 
 func (s *RedisSentinel) ready(ctx context.Context) error {
 	for _, n := range s.Sentinels {
-		sc := redis.NewSentinelClient(&redis.Options{Addr: n.Addr(), DisableIdentity: true, MaxRetries: -1})
+		sc := s.sentinelClient(n.Addr())
 		m, err := sc.Master(ctx, SentinelMaster).Result()
 		sc.Close()
 		if err != nil {
@@ -113,9 +174,11 @@ func (s *RedisSentinel) ready(ctx context.Context) error {
 			return fmt.Errorf("sentinel %s sees %s replicas and %s other sentinels", n.Addr(), m["num-slaves"], m["num-other-sentinels"])
 		}
 	}
-	info, err := nodeInfo(ctx, s.Replica.Addr(), "replication")
+	rc := s.dataClient(s.Replica.Addr())
+	defer rc.Close()
+	info, err := rc.Info(ctx, "replication").Result()
 	if err != nil {
-		return err
+		return fmt.Errorf("%s: %w", s.Replica.Addr(), err)
 	}
 	if !strings.Contains(info, "master_link_status:up") {
 		return fmt.Errorf("replica %s not in sync", s.Replica.Addr())
@@ -127,7 +190,7 @@ func (s *RedisSentinel) ready(ctx context.Context) error {
 func (s *RedisSentinel) MasterAddr(ctx context.Context) (string, error) {
 	var last error
 	for _, n := range s.Sentinels {
-		sc := redis.NewSentinelClient(&redis.Options{Addr: n.Addr(), DisableIdentity: true, MaxRetries: -1})
+		sc := s.sentinelClient(n.Addr())
 		a, err := sc.GetMasterAddrByName(ctx, SentinelMaster).Result()
 		sc.Close()
 		if err == nil && len(a) == 2 {
@@ -136,6 +199,20 @@ func (s *RedisSentinel) MasterAddr(ctx context.Context) (string, error) {
 		last = err
 	}
 	return "", fmt.Errorf("no sentinel knows the master: %v", last)
+}
+
+// sentinelClient returns a client of the sentinel at addr, authenticated as
+// Options says; the caller closes it.
+func (s *RedisSentinel) sentinelClient(addr string) *redis.SentinelClient {
+	return redis.NewSentinelClient(&redis.Options{Addr: addr, Username: s.Options.SentinelUsername,
+		Password: s.Options.SentinelPassword, DisableIdentity: true, MaxRetries: -1, DialTimeout: time.Second})
+}
+
+// dataClient returns a client of the master or replica at addr,
+// authenticated as Options says; the caller closes it.
+func (s *RedisSentinel) dataClient(addr string) *redis.Client {
+	return redis.NewClient(&redis.Options{Addr: addr, Password: s.Options.Password,
+		DisableIdentity: true, MaxRetries: -1, DialTimeout: time.Second})
 }
 
 // Close kills every process and removes the directory.

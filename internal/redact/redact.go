@@ -10,8 +10,15 @@ import (
 	"strings"
 )
 
-// URL hides the password in a connection URL or a libpq keyword/value
-// string, so that it can go into a log line or an error message.
+// secretParams are the connection parameters that hold a secret, in URLs
+// and in libpq keyword/value strings: the password, and sslpassword, the
+// passphrase of the client certificate's key.
+var secretParams = []string{"password", "sslpassword"}
+
+// URL hides every secret in a connection URL (the password of its user
+// info, and any password or sslpassword parameter) or in a libpq
+// keyword/value string, so that it can go into a log line or an error
+// message.
 func URL(raw string) string {
 	u, err := url.Parse(raw)
 	if err == nil && u.Scheme != "" {
@@ -22,32 +29,43 @@ func URL(raw string) string {
 				changed = true
 			}
 		}
-		if q := u.Query(); q.Has("password") {
-			q.Set("password", "REDACTED")
-			u.RawQuery = q.Encode()
-			changed = true
+		q := u.Query()
+		for _, p := range secretParams {
+			if q.Has(p) {
+				q.Set(p, "REDACTED")
+				changed = true
+			}
 		}
 		if changed {
+			u.RawQuery = q.Encode()
 			return u.String()
 		}
 		return raw
 	}
-	// Not a URL url.Parse accepts (a bad port, say): still hide user:pw@.
-	raw = urlPassword.ReplaceAllString(raw, "${1}REDACTED@")
+	if strings.Contains(raw, "://") { // a URL url.Parse rejects (a bad port, say)
+		raw = urlPassword.ReplaceAllString(raw, "${1}REDACTED@")
+		return queryPassword.ReplaceAllString(raw, "${1}REDACTED")
+	}
 	return keywordPassword.ReplaceAllString(raw, "${1}REDACTED")
 }
 
 // urlPassword matches the password of scheme://user:password@ in any text.
 var urlPassword = regexp.MustCompile(`([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s]*@`)
 
-// keywordPassword matches password=... in libpq keyword/value strings.
-var keywordPassword = regexp.MustCompile(`(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)`)
+// queryPassword matches a password or sslpassword parameter of a URL's query.
+var queryPassword = regexp.MustCompile(`(?i)([?&](?:ssl)?password=)[^&#\s]*`)
 
-// Text hides, anywhere in s, the password of every scheme://user:password@
-// and each of secrets (empty ones are ignored). Use it on text that did not
-// come from one known URL, such as a client library's own log lines.
+// keywordPassword matches password=... and sslpassword=... in libpq
+// keyword/value strings, the value bare or single-quoted.
+var keywordPassword = regexp.MustCompile(`(?i)(\b(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)`)
+
+// Text hides, anywhere in s, the password of every scheme://user:password@,
+// every password or sslpassword parameter of a URL, and each of secrets
+// (empty ones are ignored). Use it on text that did not come from one known
+// URL, such as a client library's own log lines.
 func Text(s string, secrets ...string) string {
 	s = urlPassword.ReplaceAllString(s, "${1}REDACTED@")
+	s = queryPassword.ReplaceAllString(s, "${1}REDACTED")
 	for _, pw := range secrets {
 		if pw != "" {
 			s = strings.ReplaceAll(s, pw, "REDACTED")
@@ -56,11 +74,12 @@ func Text(s string, secrets ...string) string {
 	return s
 }
 
-// Error returns err unchanged unless its text contains the password of
-// rawURL; then it returns an error with the same text, password replaced.
-// Use it on errors from drivers that may echo a connection string.
+// Error returns err unchanged unless its text contains a secret of rawURL
+// (see URL); then it returns an error with the same text, secrets replaced.
+// Use it on errors from drivers that may echo a connection string or one of
+// its values.
 func Error(err error, rawURL string) error {
-	return Secrets(err, passwordOf(rawURL))
+	return Secrets(err, secretsOf(rawURL)...)
 }
 
 // Secrets returns err unchanged unless its text contains one of secrets
@@ -93,22 +112,40 @@ func (e redactedError) Error() string { return e.msg }
 // must not be printed.
 func (e redactedError) Unwrap() error { return e.err }
 
-func passwordOf(raw string) string {
+// secretsOf returns the secrets of a connection URL or keyword/value string:
+// for a URL, each as written and as decoded, since a driver may echo
+// either.
+func secretsOf(raw string) []string {
+	var secrets []string
 	if u, err := url.Parse(raw); err == nil && u.Scheme != "" {
-		if pw := u.Query().Get("password"); pw != "" {
-			return pw
-		}
 		if u.User != nil {
 			pw, _ := u.User.Password()
-			return pw
+			secrets = append(secrets, pw)
 		}
-		return ""
+		q := u.Query()
+		for _, p := range secretParams {
+			secrets = append(secrets, q[p]...)
+		}
 	}
-	if m := urlPassword.FindStringSubmatch(raw); m != nil {
-		return strings.TrimSuffix(strings.TrimPrefix(m[0], m[1]), "@")
+	if strings.Contains(raw, "://") {
+		for _, m := range urlPassword.FindAllStringSubmatch(raw, -1) {
+			secrets = append(secrets, strings.TrimSuffix(strings.TrimPrefix(m[0], m[1]), "@"))
+		}
+		for _, m := range queryPassword.FindAllStringSubmatch(raw, -1) {
+			v := strings.TrimPrefix(m[0], m[1])
+			secrets = append(secrets, v)
+			if d, err := url.QueryUnescape(v); err == nil {
+				secrets = append(secrets, d)
+			}
+		}
+		return secrets
 	}
-	if m := keywordPassword.FindStringSubmatch(raw); m != nil {
-		return strings.Trim(m[2], "'")
+	for _, m := range keywordPassword.FindAllStringSubmatch(raw, -1) {
+		v := m[2]
+		if len(v) >= 2 && v[0] == '\'' && v[len(v)-1] == '\'' {
+			v = strings.NewReplacer(`\'`, `'`, `\\`, `\`).Replace(v[1 : len(v)-1])
+		}
+		secrets = append(secrets, v)
 	}
-	return ""
+	return secrets
 }

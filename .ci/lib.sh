@@ -74,3 +74,39 @@ ci_drop_other_tags() {
 		[ "$ref" = "$1:$2" ] || "$DOCKER" image rm "$ref" >/dev/null 2>&1 || true
 	done
 }
+
+# ci_free_port: a TCP port on 127.0.0.1 that nothing answers on right now.
+ci_free_port() {
+	local p
+	for p in $(shuf -i 20000-60999 -n 100); do
+		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+			echo "$p"
+			return 0
+		fi
+	done
+	ci_die "no free port found on 127.0.0.1"
+}
+
+# ci_wait SECONDS WHAT COMMAND...: runs COMMAND until it succeeds, at most
+# SECONDS long; fails naming WHAT.
+ci_wait() {
+	local secs=$1 what=$2 deadline
+	shift 2
+	deadline=$(($(date +%s) + secs))
+	until "$@" >/dev/null 2>&1; do
+		if (($(date +%s) >= deadline)); then
+			ci_log "$what: not within ${secs}s"
+			return 1
+		fi
+		sleep 0.2
+	done
+}
+
+# The container command that runs PostgreSQL from the test image as the
+# postgres user: initdb, then the server on 127.0.0.1:$1 with wal_level=logical.
+ci_postgres_cmd() {
+	printf '%s' 'set -e
+bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+"$bin/initdb" -D /tmp/pgdata -A trust -U postgres --no-sync --locale=C -E UTF8 >/dev/null
+exec "$bin/postgres" -D /tmp/pgdata -c port='"$1"' -c listen_addresses=127.0.0.1 -c unix_socket_directories=/tmp -c wal_level=logical -c fsync=off'
+}

@@ -91,7 +91,7 @@ demo: build
 
 bench:
 	@if [ -d bench ]; then $(GO) run ./bench; else echo "note: no ./bench program yet; only the Go benchmarks run"; fi
-	$(GO) test -run='^$$' -bench=. -benchmem ./mapping/ ./invalidator/
+	$(GO) test -run='^$$' -bench=. -benchmem ./mapping/ ./config/ ./invalidator/
 
 fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzParseTemplate -fuzztime=$(FUZZTIME) ./mapping/

@@ -17,24 +17,28 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
-	pginvalidator "github.com/pg-invalidator/pg-invalidator"
-	"github.com/pg-invalidator/pg-invalidator/invalidator"
 	"github.com/pg-invalidator/pg-invalidator/mapping"
 	"github.com/pg-invalidator/pg-invalidator/replication"
 )
 
-// Config is everything Run needs. The command line builds it.
+// Config is everything Run needs. The command line builds it, from the
+// rules file (see package config), its flags and the environment.
 type Config struct {
-	Rules       *mapping.Config
+	Rules       *mapping.Rules
 	PostgresURL string
-	RedisURL    string
-	Slot        string // zero means "pg_invalidator"
-	Publication string // zero means "pg_invalidator"
+	Slot        string // zero means replication.DefaultSlot
+	Publication string // zero means replication.DefaultPublication
 	Logger      *slog.Logger
+
+	// Targets are the Redis deployments to invalidate, each applying every
+	// transaction before it is acknowledged. Run needs at least one, unless
+	// DryRun; a dry run connects to none.
+	Targets []Target
 
 	// MaxBatch is how many pending commands force a flush to Redis even while
 	// more data is waiting, or in the middle of a large transaction. Zero
@@ -65,7 +69,7 @@ type Config struct {
 	// transactions. The command line sends on it on SIGHUP.
 	Reload <-chan struct{}
 	// LoadRules re-reads the rules file for a reload. Nil disables reloads.
-	LoadRules func() (*mapping.Config, error)
+	LoadRules func() (*mapping.Rules, error)
 
 	// Resync, when true, recovers from a lost slot (invalidated, or gone
 	// while the daemon ran) instead of stopping: the slot is dropped and
@@ -79,26 +83,14 @@ type Config struct {
 	DryRun bool
 	// DryRunOut receives the JSON lines of a dry run. Nil means os.Stdout.
 	DryRunOut io.Writer
-
-	// Redis is how to reach Redis beyond RedisURL: mode (single, cluster,
-	// sentinel), addrs, master, credentials, TLS and wait_replicas. Its URL
-	// and Logger are ignored: RedisURL and Logger take their place. The zero
-	// value means mode single at RedisURL, as the URL says. Targets, when
-	// set, takes its place.
-	Redis invalidator.Options
-	// Targets are the Redis deployments to invalidate, each applying every
-	// transaction before it is acknowledged. The one named
-	// mapping.DefaultTarget takes RedisURL when its URL is empty. Nil means
-	// one target, the default, from Redis and RedisURL.
-	Targets []Target
 }
 
 func (c *Config) setDefaults() {
 	if c.Slot == "" {
-		c.Slot = "pg_invalidator"
+		c.Slot = replication.DefaultSlot
 	}
 	if c.Publication == "" {
-		c.Publication = "pg_invalidator"
+		c.Publication = replication.DefaultPublication
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -123,8 +115,9 @@ func (c *Config) setDefaults() {
 	}
 }
 
-// ConfigError lists every problem found in the rules or the live schema. The
-// daemon refuses to start on it; retrying cannot help.
+// ConfigError lists every problem found, before anything is created, in
+// the rules, the live schema, or the server's and the role's prerequisites.
+// The daemon refuses to start on it; retrying cannot help.
 type ConfigError struct {
 	Problems []error
 }
@@ -137,28 +130,60 @@ func (e *ConfigError) Error() string {
 	return strings.Join(lines, "\n")
 }
 
-// Check validates the rules against the live schema without starting
-// replication. It connects once and fails fast: a connection error is
-// returned as is, problems as a *ConfigError.
-func Check(ctx context.Context, cfg Config) error {
+// Check verifies, without starting replication or changing anything, what
+// run verifies before it creates anything: the server's prerequisites
+// (version, wal_level, a free slot and WAL sender, the daemon's own slot
+// counting as free), the role's right to replicate and to read the rule
+// tables, and the rules against the live schema. It connects once and fails
+// fast: a connection error is returned as is, problems as one
+// *ConfigError. It returns what it found on the server either way.
+func Check(ctx context.Context, cfg Config) (replication.Server, error) {
 	cfg.setDefaults()
 	conn, err := connect(ctx, cfg.PostgresURL)
 	if err != nil {
-		return err
+		return replication.Server{}, err
 	}
 	defer conn.Close(context.Background())
-	return checkSchema(ctx, conn, cfg.Rules)
+	return verify(ctx, conn, cfg.Rules, cfg.Slot)
 }
 
 func connect(ctx context.Context, url string) (*pgx.Conn, error) {
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		return nil, fmt.Errorf("connect to postgres %s: %w", pginvalidator.RedactURL(url), pginvalidator.RedactError(err, url))
-	}
-	return conn, nil
+	return replication.ConnectSQL(ctx, url)
 }
 
-func checkSchema(ctx context.Context, conn *pgx.Conn, rules *mapping.Config) error {
+// verify checks everything that retrying cannot fix before anything is
+// created: the server's prerequisites for streaming from slot (empty: a new
+// slot), the connecting role's rights on the rule tables, and the rules
+// against the live schema. Every problem found is in one *ConfigError, the
+// server's first.
+func verify(ctx context.Context, conn *pgx.Conn, rules *mapping.Rules, slot string) (replication.Server, error) {
+	srv, problems, err := replication.ServerProblems(ctx, conn, slot)
+	if err != nil {
+		return srv, err
+	}
+	if srv.VersionNum < replication.MinServerVersion {
+		// The catalog queries below need a supported version.
+		return srv, &ConfigError{Problems: problems}
+	}
+	roleProblems, err := replication.RoleProblems(ctx, conn, rules.Tables())
+	if err != nil {
+		return srv, err
+	}
+	problems = append(problems, roleProblems...)
+	tables, err := replication.DescribeTables(ctx, conn, rules.Tables())
+	if err != nil {
+		return srv, fmt.Errorf("describe rule tables: %w", err)
+	}
+	problems = append(problems, rules.CheckSchema(tables)...)
+	if len(problems) > 0 {
+		return srv, &ConfigError{Problems: problems}
+	}
+	return srv, nil
+}
+
+// checkSchema validates rules against the live schema: the check a reload
+// makes before new rules take over.
+func checkSchema(ctx context.Context, conn *pgx.Conn, rules *mapping.Rules) error {
 	tables, err := replication.DescribeTables(ctx, conn, rules.Tables())
 	if err != nil {
 		return fmt.Errorf("describe rule tables: %w", err)
@@ -169,10 +194,16 @@ func checkSchema(ctx context.Context, conn *pgx.Conn, rules *mapping.Config) err
 	return nil
 }
 
-// Run validates the rules against the live schema, makes sure the
-// publication and slot exist, and streams until ctx ends. It returns nil
-// after a clean shutdown, a *ConfigError when the rules or schema are wrong,
-// and another error only when something cannot be fixed by retrying.
+// Run checks the server's and the role's prerequisites and the rules
+// against the live schema, makes sure the publication and slot exist, and
+// streams until ctx ends. It returns nil after a clean shutdown, a
+// *ConfigError when the prerequisites, the rules or the schema are wrong
+// (before it has created anything), and another error only when something
+// cannot be fixed by retrying.
+//
+// Run owns every goroutine it starts (the stream's reader, the heartbeat,
+// the reload watcher, the metrics server and its pollers): they all end
+// with it, and Run returns only once they have.
 func Run(ctx context.Context, cfg Config) error {
 	cfg.setDefaults()
 	if cfg.DryRun {
@@ -180,49 +211,50 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	log := cfg.Logger
 
-	inv, err := newTargets(cfg)
+	redis, err := newFanout(cfg)
 	if err != nil {
 		return err
 	}
-	defer inv.Close()
+	defer redis.Close() // last: after every goroutine that uses the targets has ended
+
+	// Every goroutine Run starts is on wg and ends with ctx, which Run
+	// cancels on its way out, whether ctx ended or an error stopped it.
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 
 	mapper := mapping.NewMapper(cfg.Rules)
-	m := newMetrics(cfg.Rules, mapper, inv)
+	m := newMetrics(cfg.Rules, mapper, redis)
 	if cfg.MetricsAddr != "" {
-		stop, err := serveMetrics(ctx, cfg, m, inv)
-		if err != nil {
+		if err := serveMetrics(ctx, &wg, cfg, m, redis); err != nil {
 			return err
 		}
-		defer stop()
 	}
 
 	if err := retry(ctx, cfg, "prepare postgres", func() error { return prepare(ctx, cfg) }); err != nil {
 		return ignoreCanceled(ctx, err)
 	}
-	if err := retry(ctx, cfg, "connect to redis", func() error { return inv.Ping(ctx) }); err != nil {
+	if err := retry(ctx, cfg, "connect to redis", func() error { return redis.Ping(ctx) }); err != nil {
 		return ignoreCanceled(ctx, err)
 	}
-	for _, t := range inv {
-		if len(inv) == 1 && t.name == mapping.DefaultTarget {
+	for _, t := range redis {
+		if len(redis) == 1 && t.name == DefaultTarget {
 			log.Info("redis is reachable", "addr", t.inv.Addr())
 		} else {
 			log.Info("redis is reachable", "target", t.name, "addr", t.inv.Addr())
 		}
 	}
 
-	go heartbeat(ctx, cfg)
+	wg.Go(func() { heartbeat(ctx, cfg) })
 
-	p := &pipeline{cfg: cfg, log: log, inv: inv, mapper: mapper, batch: invalidator.NewBatch(), m: m,
-		reloaded: make(chan *mapping.Config, 1)}
-	p.mapper.OnProblem = func(table, column string, err error) {
-		log.Error("rule cannot be applied", "table", table, "column", column, "err", err)
-	}
+	p := newPipeline(cfg, mapper, m, newRedisSink(redis), redis)
 	if cfg.Reload != nil && cfg.LoadRules != nil {
-		go p.watchReloads(ctx, cfg.Rules)
+		wg.Go(func() { p.watchReloads(ctx, cfg.Rules) })
 	}
 	err = retry(ctx, cfg, "stream", func() error {
 		err := p.session(ctx)
-		if err != nil && retryable(err) && !slotInUse(err) && ctx.Err() == nil { // a standby waiting for the slot is not reconnecting
+		if err != nil && retryable(err) && !replication.SlotActive(err) && ctx.Err() == nil { // a standby waiting for the slot is not reconnecting
 			m.reconnects.Inc()
 		}
 		return err
@@ -230,15 +262,16 @@ func Run(ctx context.Context, cfg Config) error {
 	return ignoreCanceled(ctx, err)
 }
 
-// prepare validates the schema and makes sure the publication exists and
-// holds every rule table.
+// prepare checks the prerequisites and the schema, then makes sure the
+// publication exists and holds every rule table. It creates nothing when a
+// check fails.
 func prepare(ctx context.Context, cfg Config) error {
 	conn, err := connect(ctx, cfg.PostgresURL)
 	if err != nil {
 		return err
 	}
 	defer conn.Close(context.Background())
-	if err := checkSchema(ctx, conn, cfg.Rules); err != nil {
+	if _, err := verify(ctx, conn, cfg.Rules, cfg.Slot); err != nil {
 		return err
 	}
 	created, added, err := replication.EnsurePublication(ctx, conn, cfg.Publication, cfg.Rules.Tables())

@@ -44,12 +44,13 @@ type dryRunCommand struct {
 	Key    string `json:"key"`
 }
 
-// dryRun validates the rules against the live schema, checks that the
-// publication is ready, and streams from a temporary slot, printing the
-// commands of each transaction to cfg.DryRunOut as JSON lines, until ctx
-// ends. It connects to neither Redis nor cfg.Slot, and changes nothing in
-// the database: a missing or incomplete publication is an error that points
-// at setup. The temporary slot starts at the current WAL position, so only
+// dryRun checks the server, the role, the rules against the live schema and
+// that the publication is ready, then runs the pipeline on a temporary slot
+// with a sink that prints the commands of each transaction to
+// cfg.DryRunOut as JSON lines instead of applying them, until ctx ends. It
+// connects to neither Redis nor cfg.Slot, and changes nothing in the
+// database: a missing or incomplete publication is an error that points at
+// setup. The temporary slot starts at the current WAL position, so only
 // transactions committed after the start are shown; it vanishes with the
 // connection. A lost connection ends the dry run: a new slot would skip the
 // changes in between.
@@ -61,76 +62,33 @@ func dryRun(ctx context.Context, cfg Config) error {
 	if err := checkDryRun(ctx, cfg); err != nil {
 		return ignoreCanceled(ctx, err)
 	}
-
-	slot := fmt.Sprintf("pg_invalidator_dryrun_%d", os.Getpid())
+	cfg.Slot = fmt.Sprintf("%s_dryrun_%d", replication.DefaultSlot, os.Getpid())
 	if n := dryRunSlots.Add(1); n > 1 {
-		slot = fmt.Sprintf("%s_%d", slot, n)
+		cfg.Slot = fmt.Sprintf("%s_%d", cfg.Slot, n)
 	}
-	stream, err := replication.Connect(ctx, replication.Config{
-		URL:            cfg.PostgresURL,
-		Slot:           slot,
-		Publication:    cfg.Publication,
-		StatusInterval: cfg.StatusInterval,
-		Logger:         cfg.Logger,
-	})
-	if err != nil {
-		return ignoreCanceled(ctx, err)
-	}
-	defer func() {
-		cctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		stream.Close(cctx) // the temporary slot goes with the connection
-	}()
-	_, err = pglogrepl.CreateReplicationSlot(ctx, stream.Conn(), slot, "pgoutput",
-		pglogrepl.CreateReplicationSlotOptions{Temporary: true, SnapshotAction: "NOEXPORT_SNAPSHOT"})
-	if err != nil {
-		return ignoreCanceled(ctx, fmt.Errorf("create temporary replication slot %s: %w", slot, err))
-	}
-	if err := stream.Start(ctx); err != nil {
-		return ignoreCanceled(ctx, err)
-	}
-	cfg.Logger.Info("dry run: streaming from a temporary slot; only transactions committed from now on are shown, and nothing is applied",
-		"slot", slot, "publication", cfg.Publication)
-
-	sctx, stop := context.WithCancel(ctx)
-	defer stop()
-	events := make(chan []replication.Event, 4)
-	streamErr := make(chan error, 1)
-	readerDone := make(chan struct{})
-	go func() { streamErr <- stream.Run(sctx, events); close(readerDone) }()
-
 	mapper := mapping.NewMapper(cfg.Rules)
-	mapper.OnProblem = func(table, column string, err error) {
-		cfg.Logger.Error("rule cannot be applied", "table", table, "column", column, "err", err)
-	}
-	err = dryRunConsume(ctx, stream, mapper, cfg.Rules.Tables(), events, streamErr, out)
-	stop()
-	<-readerDone // the deferred Close may write to the connection only after the reader left it
-	return ignoreCanceled(ctx, err)
+	p := newPipeline(cfg, mapper, newMetrics(cfg.Rules, mapper, nil), newPrintSink(out, cfg.Rules.Tables()), nil)
+	p.dryRun = true
+	return ignoreCanceled(ctx, p.session(ctx))
 }
 
 // checkDryRun runs the checks run makes before it streams, without
-// changing anything: the schema, and the publication, which it does not
-// create or extend.
+// changing anything: the server's prerequisites for one more slot, the
+// role, the schema, and the publication, which it does not create or
+// extend.
 func checkDryRun(ctx context.Context, cfg Config) error {
 	conn, err := connect(ctx, cfg.PostgresURL)
 	if err != nil {
 		return err
 	}
 	defer conn.Close(context.Background())
-	if err := checkSchema(ctx, conn, cfg.Rules); err != nil {
+	// The temporary slot is a new one, whatever slot the daemon has.
+	if _, err := verify(ctx, conn, cfg.Rules, ""); err != nil {
 		return err
 	}
-	// PublicationSQL tries what run would do in a transaction that is then
+	// PublicationPlan tries what run would do in a transaction that is then
 	// rolled back, and returns the statements that would be needed.
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		return fmt.Errorf("check publication %s: %w", cfg.Publication, err)
-	}
-	stmts, err := replication.PublicationSQL(ctx, tx, cfg.Publication, cfg.Rules.Tables())
-	if rbErr := tx.Rollback(ctx); rbErr != nil && err == nil {
-		err = fmt.Errorf("check publication %s: %w", cfg.Publication, rbErr)
-	}
+	stmts, err := replication.PublicationPlan(ctx, conn, cfg.Publication, cfg.Rules.Tables())
 	if err != nil {
 		return err
 	}
@@ -149,84 +107,78 @@ func checkDryRun(ctx context.Context, cfg Config) error {
 	return fatal(fmt.Errorf("%s", b.String()))
 }
 
-// dryRunConsume renders each transaction's changes with the rules and
-// prints its commands, deduplicated, at the commit: one line per
-// transaction that changed a rule table, even when it rendered no command,
-// and partial lines before it for a large one (deduplicated per line). It acknowledges each transaction once printed, and the
-// server's position when idle, so the temporary slot does not hold WAL.
-func dryRunConsume(ctx context.Context, stream *replication.Stream, mapper *mapping.Mapper, tables []string,
-	events <-chan []replication.Event, streamErr <-chan error, out io.Writer) error {
-	ruleTables := make(map[string]bool, len(tables))
+// printSink is a dry run's sink. It prints the commands of each
+// transaction that changed a rule table at its commit, deduplicated, as one
+// JSON line, even when the rules rendered no command; a large transaction
+// gets partial lines before that (each deduplicated on its own). Nothing is
+// held back, so a flush has nothing left to do, and the pipeline
+// acknowledges a transaction once it is printed: the temporary slot holds
+// no WAL.
+type printSink struct {
+	out        io.Writer
+	ruleTables map[string]bool // "schema.table" of every rule table
+
+	line    dryRunLine                     // the open transaction's line; Commands never nil, so an empty list prints as []
+	changes int                            // row changes of rule tables in the open transaction
+	seen    map[pginvalidator.Command]bool // commands of line, for dedupe
+}
+
+func newPrintSink(out io.Writer, tables []string) *printSink {
+	s := &printSink{out: out, ruleTables: make(map[string]bool, len(tables)),
+		line: dryRunLine{Commands: []dryRunCommand{}}, seen: make(map[pginvalidator.Command]bool)}
 	for _, t := range tables {
-		ruleTables[t] = true
+		s.ruleTables[t] = true
 	}
-	var (
-		inTx    bool
-		line    = dryRunLine{Commands: []dryRunCommand{}} // never nil: an empty list prints as []
-		changes int                                       // row changes of rule tables in the open transaction
-		seen    = make(map[pginvalidator.Command]bool)    // commands of line, for dedupe
-		cmds    []pginvalidator.Command
-	)
-	emit := func() error {
-		data, err := json.Marshal(&line)
-		if err != nil {
-			return fmt.Errorf("dry run: encode transaction %d: %w", line.XID, err)
+	return s
+}
+
+func (s *printSink) begin(xid uint32, final pglogrepl.LSN) {
+	s.changes = 0
+	s.line = dryRunLine{XID: xid, LSN: final.String(), Commands: s.line.Commands[:0]}
+	clear(s.seen)
+}
+
+func (s *printSink) add(ch *pginvalidator.Change, cmds []pginvalidator.Command) error {
+	if s.ruleTables[ch.Rel.QualifiedName()] {
+		s.changes++
+	}
+	for _, c := range cmds {
+		if s.seen[c] {
+			continue
 		}
-		if _, err := out.Write(append(data, '\n')); err != nil {
-			return fmt.Errorf("dry run: write transaction %d: %w", line.XID, err)
-		}
-		line.Commands = line.Commands[:0]
-		clear(seen)
+		s.seen[c] = true
+		s.line.Commands = append(s.line.Commands, dryRunCommand{Action: c.Action.String(), Key: c.Key})
+	}
+	if len(s.line.Commands) >= dryRunChunk {
+		s.line.Partial = true
+		return s.emit()
+	}
+	return nil
+}
+
+func (s *printSink) commit(_ pglogrepl.LSN, at time.Time) error {
+	s.line.Partial = false
+	s.line.CommitTime = at.UTC().Format(time.RFC3339Nano)
+	if s.changes == 0 {
 		return nil
 	}
-	for {
-		var chunk []replication.Event
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case err := <-streamErr:
-			return err
-		case chunk = <-events:
-		}
-		for i := range chunk {
-			ev := &chunk[i]
-			switch ev.Kind {
-			case replication.Begin:
-				inTx, changes = true, 0
-				line = dryRunLine{XID: ev.XID, LSN: ev.LSN.String(), Commands: line.Commands[:0]}
-			case replication.RowChange:
-				if ruleTables[ev.Change.Rel.QualifiedName()] {
-					changes++
-				}
-				cmds = mapper.Commands(cmds[:0], &ev.Change)
-				for _, c := range cmds {
-					if seen[c] {
-						continue
-					}
-					seen[c] = true
-					line.Commands = append(line.Commands, dryRunCommand{Action: c.Action.String(), Key: c.Key})
-				}
-				if len(line.Commands) >= dryRunChunk {
-					line.Partial = true
-					if err := emit(); err != nil {
-						return err
-					}
-				}
-			case replication.Commit:
-				inTx = false
-				line.Partial = false
-				line.CommitTime = ev.CommitTime.UTC().Format(time.RFC3339Nano)
-				if changes > 0 {
-					if err := emit(); err != nil {
-						return err
-					}
-				}
-				stream.Ack(ev.LSN)
-			case replication.Idle:
-				if !inTx {
-					stream.Ack(ev.LSN)
-				}
-			}
-		}
-	}
+	return s.emit()
 }
+
+// emit prints the line and empties its commands.
+func (s *printSink) emit() error {
+	data, err := json.Marshal(&s.line)
+	if err != nil {
+		return fmt.Errorf("dry run: encode transaction %d: %w", s.line.XID, err)
+	}
+	if _, err := s.out.Write(append(data, '\n')); err != nil {
+		return fmt.Errorf("dry run: write transaction %d: %w", s.line.XID, err)
+	}
+	s.line.Commands = s.line.Commands[:0]
+	clear(s.seen)
+	return nil
+}
+
+func (s *printSink) pending() int                { return 0 }
+func (s *printSink) flush(context.Context) error { return nil }
+func (s *printSink) reset()                      {}

@@ -5,14 +5,16 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pg-invalidator/pg-invalidator/replication"
 )
 
-// heartbeat writes a small non-transactional logical decoding message every
-// interval. The walsender decodes it like any WAL and answers with a
-// keepalive once it has nothing to send, which lets an idle daemon
-// acknowledge the position: the slot moves, and releases WAL, even on a
-// database whose published tables are quiet and whose keepalives would
-// otherwise stop coming.
+// heartbeat emits a heartbeat (replication.EmitHeartbeat) every
+// cfg.Heartbeat until ctx ends, on a connection of its own. The walsender
+// answers it with a keepalive, which lets an idle daemon acknowledge the
+// position: the slot moves, and releases WAL, even on a database whose
+// published tables are quiet and whose keepalives would otherwise stop
+// coming.
 //
 // Failures are logged once per streak and never stop the daemon.
 func heartbeat(ctx context.Context, cfg Config) {
@@ -39,8 +41,7 @@ func heartbeat(ctx context.Context, cfg Config) {
 				}
 				conn = c
 			}
-			_, err := conn.Exec(ctx, "SELECT pg_logical_emit_message(false, 'pg_invalidator', 'heartbeat')")
-			return err
+			return replication.EmitHeartbeat(ctx, conn)
 		}()
 		switch {
 		case err != nil && ctx.Err() == nil && !failing:

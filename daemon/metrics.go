@@ -2,11 +2,6 @@ package daemon
 
 import (
 	"context"
-	"errors"
-	"fmt"
-	"net"
-	"net/http"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,14 +10,15 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	pginvalidator "github.com/pg-invalidator/pg-invalidator"
 	"github.com/pg-invalidator/pg-invalidator/invalidator"
 	"github.com/pg-invalidator/pg-invalidator/mapping"
+	"github.com/pg-invalidator/pg-invalidator/replication"
 )
 
-// metrics is what the daemon tells Prometheus and a load balancer. The
+// metrics is what the daemon tells Prometheus (health.go serves it, with
+// what it tells a load balancer). The
 // pipeline counts only what nobody else counts (transactions, row changes by
 // table, latency, positions); everything the mapper and the invalidator count
 // already is read from their Stats at scrape time, so the hot path pays for
@@ -46,10 +42,10 @@ type metrics struct {
 	streaming    atomic.Bool   // a session is streaming
 
 	mapper  *mapping.Mapper
-	targets targets // each knows when its Redis last answered
+	targets fanout // each knows when its Redis last answered
 
-	slotMu sync.Mutex // protects slot
-	slot   slotStatus
+	slotMu sync.Mutex           // protects slot
+	slot   replication.SlotInfo // what the last poll of pg_replication_slots said; zero: unknown
 }
 
 // relCounters are the row change counters of one relation, by Op, so that
@@ -57,13 +53,6 @@ type metrics struct {
 type relCounters struct {
 	rel  *pginvalidator.Relation
 	byOp [pginvalidator.OpTruncate + 1]prometheus.Counter
-}
-
-// slotStatus is what the last poll of pg_replication_slots said.
-type slotStatus struct {
-	known       bool   // the last poll succeeded and found the slot
-	walStatus   string // reserved, extended, unreserved or lost
-	safeWALSize *int64 // nil: NULL, as under max_slot_wal_keep_size = -1
 }
 
 // walStatuses are the values of pg_replication_slots.wal_status.
@@ -75,7 +64,7 @@ var actions = []string{"del", "incr", "del_pattern", "incr_pattern"}
 // latencyBuckets span a millisecond on one host to minutes behind a backlog.
 var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}
 
-func newMetrics(rules *mapping.Config, mapper *mapping.Mapper, ts targets) *metrics {
+func newMetrics(rules *mapping.Rules, mapper *mapping.Mapper, ts fanout) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		transactions: prometheus.NewCounter(prometheus.CounterOpts{
@@ -170,43 +159,6 @@ func (m *metrics) ack(lsn pglogrepl.LSN) {
 	if uint64(lsn) > m.acked.Load() {
 		m.acked.Store(uint64(lsn))
 	}
-}
-
-// ready says whether /readyz should answer 200 and, if not, why.
-func (m *metrics) ready(now time.Time, within time.Duration) (bool, string) {
-	as := make([]answered, len(m.targets))
-	for i, t := range m.targets {
-		as[i] = answered{name: t.name, at: t.answered.Load()}
-	}
-	return readiness(now, m.streaming.Load(), as, within)
-}
-
-// answered is when a target's Redis last answered (Unix ns); 0: never.
-type answered struct {
-	name string
-	at   int64
-}
-
-// readiness is ready: streaming, and every target's Redis answered within
-// the last within. The first target at fault is named, unless it is the
-// default alone: "redis target eu has not answered for 12s".
-func readiness(now time.Time, streaming bool, targets []answered, within time.Duration) (bool, string) {
-	if !streaming {
-		return false, "not streaming from postgresql"
-	}
-	for _, t := range targets {
-		who := "redis"
-		if len(targets) > 1 || t.name != mapping.DefaultTarget {
-			who = "redis target " + t.name
-		}
-		if t.at == 0 {
-			return false, who + " has not answered yet"
-		}
-		if age := now.Sub(time.Unix(0, t.at)); age > within {
-			return false, fmt.Sprintf("%s has not answered for %s", who, age.Round(100*time.Millisecond))
-		}
-	}
-	return true, ""
 }
 
 // lagSeconds is how long the oldest transaction received and not yet
@@ -315,8 +267,10 @@ func (c scrapeCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(targetUpDesc, boolValue(t.up.Load()), t.name)
 	}
 	// Every target applies every batch: the first one's sizes stand for all.
-	is := m.targets[0].inv.Stats()
-	ch <- prometheus.MustNewConstHistogram(batchDesc, is.Batches, float64(is.BatchCommands), batchBuckets(is))
+	if len(m.targets) > 0 {
+		is := m.targets[0].inv.Stats()
+		ch <- prometheus.MustNewConstHistogram(batchDesc, is.Batches, float64(is.BatchCommands), batchBuckets(is))
+	}
 
 	now := time.Now()
 	gauge(lagBytesDesc, lagBytes(m.seen.Load(), m.acked.Load()))
@@ -327,12 +281,12 @@ func (c scrapeCollector) Collect(ch chan<- prometheus.Metric) {
 	m.slotMu.Lock()
 	slot := m.slot
 	m.slotMu.Unlock()
-	if slot.known {
+	if slot.Exists && slot.WALStatus != "" {
 		for _, s := range walStatuses {
-			gauge(slotWALStatusDesc, boolValue(s == slot.walStatus), s)
+			gauge(slotWALStatusDesc, boolValue(s == slot.WALStatus), s)
 		}
-		if slot.safeWALSize != nil {
-			gauge(slotSafeWALSizeDesc, float64(*slot.safeWALSize))
+		if slot.SafeWALSize >= 0 {
+			gauge(slotSafeWALSizeDesc, float64(slot.SafeWALSize))
 		}
 	}
 }
@@ -344,77 +298,9 @@ func boolValue(b bool) float64 {
 	return 0
 }
 
-// serveMetrics listens on cfg.MetricsAddr and serves /metrics, /healthz and
-// /readyz, and polls the slot and Redis for them, until the returned stop is
-// called. A listen error is returned at once: retrying cannot free the port.
-func serveMetrics(ctx context.Context, cfg Config, m *metrics, ts targets) (stop func(), err error) {
-	ln, err := net.Listen("tcp", cfg.MetricsAddr)
-	if err != nil {
-		return nil, fmt.Errorf("listen for metrics: %w", err)
-	}
-	srv := &http.Server{Handler: m.handler(cfg.ReadyRedisWithin), ReadHeaderTimeout: 5 * time.Second}
-	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			cfg.Logger.Error("metrics server stopped", "err", err)
-		}
-	})
-	wg.Go(func() { m.pollSlot(ctx, cfg) })
-	wg.Go(func() { m.pingRedis(ctx, ts, min(cfg.ReadyRedisWithin/3, 5*time.Second)) })
-	cfg.Logger.Info("serving metrics", "addr", ln.Addr().String())
-	return func() {
-		cancel()
-		sctx, scancel := context.WithTimeout(context.Background(), time.Second)
-		defer scancel()
-		srv.Shutdown(sctx)
-		wg.Wait()
-	}, nil
-}
-
-// handler serves /metrics in the Prometheus text format, /healthz (the
-// process is alive) and /readyz (streaming, and Redis answered within the
-// last within).
-func (m *metrics) handler(within time.Duration) http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		fmt.Fprintln(w, "ok")
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		ok, why := m.ready(time.Now(), within)
-		if !ok {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			fmt.Fprintln(w, why)
-			return
-		}
-		fmt.Fprintln(w, "ready")
-	})
-	return mux
-}
-
-// pingRedis pings every target every interval, so that readiness and
-// target_up know which Redis answers while no writes arrive, and which one
-// holds the acknowledgement back.
-func (m *metrics) pingRedis(ctx context.Context, ts targets, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		pctx, cancel := context.WithTimeout(ctx, every)
-		_ = ts.Ping(pctx) // each target records its own outcome
-		cancel()
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
 // pollSlot reads the slot's wal_status and safe_wal_size every
-// cfg.SlotPollInterval on an ordinary connection, which it keeps open.
+// cfg.SlotPollInterval on an ordinary connection, which it keeps open,
+// until ctx ends.
 func (m *metrics) pollSlot(ctx context.Context, cfg Config) {
 	var conn *pgx.Conn
 	defer func() {
@@ -426,13 +312,13 @@ func (m *metrics) pollSlot(ctx context.Context, cfg Config) {
 	defer t.Stop()
 	failing := false
 	for {
-		st, err := readSlotStatus(ctx, &conn, cfg)
+		slot, err := readSlot(ctx, &conn, cfg)
 		if err != nil && ctx.Err() == nil && !failing {
 			cfg.Logger.Debug("read slot status for metrics", "err", err)
 		}
 		failing = err != nil
 		m.slotMu.Lock()
-		m.slot = st
+		m.slot = slot
 		m.slotMu.Unlock()
 		select {
 		case <-ctx.Done():
@@ -442,44 +328,23 @@ func (m *metrics) pollSlot(ctx context.Context, cfg Config) {
 	}
 }
 
-// slotStatusQuery reads through to_jsonb, so that a server without these
-// columns (before PostgreSQL 13) reads NULL instead of failing.
-const slotStatusQuery = `
-SELECT to_jsonb(s)->>'wal_status', to_jsonb(s)->>'safe_wal_size'
-FROM pg_replication_slots s WHERE s.slot_name = $1`
-
-// readSlotStatus queries the slot on *conn, connecting first when *conn is
-// nil; after an error *conn is closed and nil.
-func readSlotStatus(ctx context.Context, conn **pgx.Conn, cfg Config) (slotStatus, error) {
+// readSlot reads the slot on *conn, connecting first when *conn is nil;
+// after an error *conn is closed and nil, and the slot is unknown.
+func readSlot(ctx context.Context, conn **pgx.Conn, cfg Config) (replication.SlotInfo, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if *conn == nil {
 		c, err := connect(ctx, cfg.PostgresURL)
 		if err != nil {
-			return slotStatus{}, err
+			return replication.SlotInfo{}, err
 		}
 		*conn = c
 	}
-	var walStatus, safe *string
-	err := (*conn).QueryRow(ctx, slotStatusQuery, cfg.Slot).Scan(&walStatus, &safe)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return slotStatus{}, nil
-	}
+	slot, err := replication.SlotState(ctx, *conn, cfg.Slot)
 	if err != nil {
 		(*conn).Close(context.Background())
 		*conn = nil
-		return slotStatus{}, fmt.Errorf("read slot %s: %w", cfg.Slot, err)
+		return replication.SlotInfo{}, err
 	}
-	st := slotStatus{known: walStatus != nil}
-	if walStatus != nil {
-		st.walStatus = *walStatus
-	}
-	if safe != nil {
-		n, err := strconv.ParseInt(*safe, 10, 64)
-		if err != nil {
-			return slotStatus{}, fmt.Errorf("read slot %s: safe_wal_size %q: %w", cfg.Slot, *safe, err)
-		}
-		st.safeWALSize = &n
-	}
-	return st, nil
+	return slot, nil
 }

@@ -1,13 +1,9 @@
 package daemon
 
 import (
-	"io"
 	"maps"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"regexp"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -17,39 +13,8 @@ import (
 	pginvalidator "github.com/pg-invalidator/pg-invalidator"
 	"github.com/pg-invalidator/pg-invalidator/invalidator"
 	"github.com/pg-invalidator/pg-invalidator/mapping"
+	"github.com/pg-invalidator/pg-invalidator/replication"
 )
-
-func TestReadiness(t *testing.T) {
-	now := time.Unix(1000, 0)
-	ago := func(d time.Duration) int64 { return now.Add(-d).UnixNano() }
-	one := func(at int64) []answered { return []answered{{mapping.DefaultTarget, at}} }
-	two := func(eu, us int64) []answered { return []answered{{"eu", eu}, {"us", us}} }
-	tests := []struct {
-		name      string
-		streaming bool
-		targets   []answered
-		wantOK    bool
-		wantWhy   string
-	}{
-		{"not streaming", false, one(ago(time.Second)), false, "not streaming from postgresql"},
-		{"redis never answered", true, one(0), false, "redis has not answered yet"},
-		{"redis silent too long", true, one(ago(31 * time.Second)), false, "redis has not answered for 31s"},
-		{"redis answered just now", true, one(ago(time.Second)), true, ""},
-		{"redis answered at the limit", true, one(ago(30 * time.Second)), true, ""},
-		{"one named target", true, []answered{{"eu", 0}}, false, "redis target eu has not answered yet"},
-		{"both targets answered", true, two(ago(time.Second), ago(2*time.Second)), true, ""},
-		{"one target silent", true, two(ago(time.Second), ago(12*time.Second+30*time.Second)), false, "redis target us has not answered for 42s"},
-		{"one target never answered", true, two(0, ago(time.Second)), false, "redis target eu has not answered yet"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			ok, why := readiness(now, tt.streaming, tt.targets, 30*time.Second)
-			if ok != tt.wantOK || why != tt.wantWhy {
-				t.Errorf("readiness = %v, %q; want %v, %q", ok, why, tt.wantOK, tt.wantWhy)
-			}
-		})
-	}
-}
 
 func TestLag(t *testing.T) {
 	now := time.Unix(1000, 0)
@@ -102,7 +67,7 @@ incr = ["v:items"]
 	}
 	t.Cleanup(func() { inv.Close() })
 	mapper := mapping.NewMapper(rules)
-	return newMetrics(rules, mapper, targets{{name: mapping.DefaultTarget, inv: inv}}), mapper
+	return newMetrics(rules, mapper, fanout{{name: DefaultTarget, inv: inv}}), mapper
 }
 
 // gather returns every sample by series, written as name{label="value",...}
@@ -211,7 +176,7 @@ func TestMetricsCountRowsAndReadStats(t *testing.T) {
 	}
 
 	safe := int64(1 << 20)
-	m.slot = slotStatus{known: true, walStatus: "extended", safeWALSize: &safe}
+	m.slot = replication.SlotInfo{Name: "pg_invalidator", Exists: true, WALStatus: "extended", SafeWALSize: safe}
 	got = gather(t, m)
 	for _, s := range walStatuses {
 		series := `pg_invalidator_slot_wal_status{status="` + s + `"}`
@@ -224,59 +189,13 @@ func TestMetricsCountRowsAndReadStats(t *testing.T) {
 	}
 }
 
-func TestHandler(t *testing.T) {
-	m, _ := newTestMetrics(t)
-	srv := httptest.NewServer(m.handler(30 * time.Second))
-	defer srv.Close()
-	get := func(path string) (int, string) {
-		t.Helper()
-		resp, err := http.Get(srv.URL + path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return resp.StatusCode, string(b)
-	}
-
-	if code, body := get("/healthz"); code != 200 || body != "ok\n" {
-		t.Errorf("/healthz = %d %q, want 200 \"ok\\n\"", code, body)
-	}
-	if code, body := get("/readyz"); code != 503 || body != "not streaming from postgresql\n" {
-		t.Errorf("/readyz before streaming = %d %q, want 503", code, body)
-	}
-	m.streaming.Store(true)
-	m.targets[0].record(true)
-	if code, body := get("/readyz"); code != 200 || body != "ready\n" {
-		t.Errorf("/readyz while streaming = %d %q, want 200 \"ready\\n\"", code, body)
-	}
-	code, body := get("/metrics")
-	if code != 200 {
-		t.Fatalf("/metrics = %d", code)
-	}
-	names := make(map[string]bool)
-	for line := range strings.Lines(body) {
-		if name, ok := strings.CutPrefix(line, "# TYPE "); ok {
-			names[strings.Fields(name)[0]] = true
-		}
-	}
-	for _, want := range []string{"pg_invalidator_streaming", "pg_invalidator_commands_total", "process_cpu_seconds_total"} {
-		if !names[want] {
-			t.Errorf("/metrics has no %s; it has %v", want, slices.Sorted(maps.Keys(names)))
-		}
-	}
-}
-
-// TestDocumentedMetricsExist keeps the README and the Grafana dashboard in
-// step with the metrics: every pg_invalidator_ name they use exists, and the
-// README lists every one.
+// TestDocumentedMetricsExist keeps the docs and the Grafana dashboard in
+// step with the metrics: every pg_invalidator_ name they use exists, and
+// docs/metrics.md lists every one.
 func TestDocumentedMetricsExist(t *testing.T) {
 	m, _ := newTestMetrics(t)
 	safe := int64(1)
-	m.slot = slotStatus{known: true, walStatus: "reserved", safeWALSize: &safe}
+	m.slot = replication.SlotInfo{Name: "pg_invalidator", Exists: true, WALStatus: "reserved", SafeWALSize: safe}
 	families, err := m.reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -288,7 +207,8 @@ func TestDocumentedMetricsExist(t *testing.T) {
 		}
 	}
 	name := regexp.MustCompile(`pg_invalidator_[a-z_]*[a-z]`)
-	for _, file := range []string{"../README.md", "../deploy/grafana/pg-invalidator.json"} {
+	for _, file := range []string{"../docs/metrics.md", "../README.md", "../docs/guarantees.md", "../docs/high-availability.md",
+		"../docs/operations.md", "../docs/postgresql.md", "../docs/redis.md", "../docs/rules.md", "../deploy/grafana/pg-invalidator.json"} {
 		data, err := os.ReadFile(file)
 		if err != nil {
 			t.Fatal(err)
@@ -307,7 +227,7 @@ func TestDocumentedMetricsExist(t *testing.T) {
 			}
 			used[n] = true
 		}
-		if file == "../README.md" {
+		if file == "../docs/metrics.md" {
 			for n := range registered {
 				if !used[n] {
 					t.Errorf("%s does not document %s", file, n)

@@ -2,39 +2,51 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"time"
 
 	"github.com/jackc/pglogrepl"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	pginvalidator "github.com/pg-invalidator/pg-invalidator"
-	"github.com/pg-invalidator/pg-invalidator/invalidator"
 	"github.com/pg-invalidator/pg-invalidator/mapping"
 	"github.com/pg-invalidator/pg-invalidator/replication"
 )
 
-// pipeline carries one row change from the stream to Redis and back to an
-// acknowledgement. Its fields belong to the goroutine running session.
+// pipeline carries one row change from the stream to its sink and back to
+// an acknowledgement. Its fields belong to the goroutine running session.
 type pipeline struct {
 	cfg    Config
 	log    *slog.Logger
-	inv    targets // every Redis deployment; a batch counts as applied once all have applied it
+	sink   sink   // where each transaction's commands go: every Redis target, or a dry run's output
+	redis  fanout // every Redis deployment, which resync flushes; nil in a dry run
 	mapper *mapping.Mapper
-	batch  *invalidator.Batch
 	cmds   []pginvalidator.Command // scratch for one change's commands
 	m      *metrics
 
-	reloaded chan *mapping.Config // validated rules waiting to be swapped in between transactions
+	reloaded chan *mapping.Rules // validated rules waiting to be swapped in between transactions
 
+	// dryRun streams once from a temporary slot (cfg.Slot names it) that it
+	// creates, instead of from the daemon's permanent slot. A lost
+	// connection ends it: a new slot would skip the changes in between.
+	dryRun   bool
 	streamed bool // a session has streamed before: a missing slot now means it was lost
+}
+
+// newPipeline returns a pipeline that maps changes with mapper and delivers
+// the commands to s. redis is what a resync flushes (nil for a dry run).
+func newPipeline(cfg Config, mapper *mapping.Mapper, m *metrics, s sink, redis fanout) *pipeline {
+	p := &pipeline{cfg: cfg, log: cfg.Logger, sink: s, redis: redis, mapper: mapper, m: m,
+		reloaded: make(chan *mapping.Rules, 1)}
+	mapper.OnProblem = func(table, column string, err error) {
+		p.log.Error("rule cannot be applied", "table", table, "column", column, "err", err)
+	}
+	return p
 }
 
 // session runs one replication connection until it fails or ctx ends.
 func (p *pipeline) session(ctx context.Context) error {
-	if p.streamed || p.cfg.Resync {
+	if !p.dryRun && (p.streamed || p.cfg.Resync) {
 		if err := p.requireSlot(ctx); err != nil {
 			return err
 		}
@@ -52,24 +64,22 @@ func (p *pipeline) session(ctx context.Context) error {
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		stream.Close(cctx) // sends the final status: the last acknowledged LSN
+		stream.Close(cctx) // sends the final status: the last acknowledged LSN; a temporary slot goes with the connection
 	}()
 
-	created, err := replication.EnsureSlot(ctx, stream.Conn(), p.cfg.Slot)
-	if err != nil {
-		// A lost slot is recreated here under Resync; the connection
-		// stays usable for START_REPLICATION.
-		if err := p.ensureSlotFailed(ctx, err); err != nil {
-			return err
-		}
+	if p.dryRun {
+		err = stream.CreateTemporarySlot(ctx)
+	} else {
+		err = p.ensureSlot(ctx, stream)
 	}
-	if created {
-		if err := p.slotCreated(ctx, stream.Conn()); err != nil {
-			return err
-		}
+	if err != nil {
+		return err
 	}
 	if err := stream.Start(ctx); err != nil {
-		if p.cfg.Resync && slotInvalidated(err) {
+		if !p.dryRun && replication.SlotInvalidated(err) {
+			if !p.cfg.Resync {
+				return fmt.Errorf("%w; %s", err, resyncHint)
+			}
 			// A failed Start leaves the connection unusable: recreate
 			// the slot, then stream from it on a new session.
 			if err := p.resync(ctx, "invalidated (START_REPLICATION refused it)", true); err != nil {
@@ -77,15 +87,21 @@ func (p *pipeline) session(ctx context.Context) error {
 			}
 			return errResynced
 		}
-		return classifyStartError(err, p.cfg.Slot)
+		return err
 	}
 	p.streamed = true
 	p.m.streaming.Store(true)
 	defer p.m.streaming.Store(false)
-	p.log.Info("streaming", "slot", p.cfg.Slot, "publication", p.cfg.Publication)
+	if p.dryRun {
+		p.log.Info("dry run: streaming from a temporary slot; only transactions committed from now on are shown, and nothing is applied",
+			"slot", p.cfg.Slot, "publication", p.cfg.Publication)
+	} else {
+		p.log.Info("streaming", "slot", p.cfg.Slot, "publication", p.cfg.Publication)
+	}
 
 	// The reader runs on its own goroutine and keeps answering the server
-	// while this one waits on Redis.
+	// while this one waits on the sink. session waits for it before it
+	// returns.
 	sctx, stop := context.WithCancel(ctx)
 	defer stop()
 	events := make(chan []replication.Event, 4)
@@ -95,45 +111,78 @@ func (p *pipeline) session(ctx context.Context) error {
 
 	err = p.consume(ctx, stream, events, streamErr)
 	stop()
-	<-readerDone    // the deferred Close may write to the connection only after the reader left it
-	p.batch.Reset() // unacknowledged work is replayed by the next session
+	<-readerDone   // the deferred Close may write to the connection only after the reader left it
+	p.sink.reset() // unacknowledged work is replayed by the next session
 	p.m.discard()
 	return err
 }
 
-// consume applies events until the stream fails or ctx ends.
+// ensureSlot makes sure the daemon's permanent slot exists and can be
+// streamed from, on the stream's connection, before Start.
+func (p *pipeline) ensureSlot(ctx context.Context, stream *replication.Stream) error {
+	created, err := stream.EnsureSlot(ctx)
+	if err != nil {
+		// A lost slot is recreated here under Resync; the connection
+		// stays usable for START_REPLICATION.
+		return p.ensureSlotFailed(ctx, err)
+	}
+	if created {
+		return p.slotCreated(ctx, stream)
+	}
+	return nil
+}
+
+// consume maps events and hands their commands to the sink until the stream
+// fails or ctx ends. It acknowledges a transaction only once the sink has
+// delivered it.
 func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, events <-chan []replication.Event, streamErr <-chan error) error {
 	// applyCtx outlives ctx by ShutdownGrace, so that a batch in flight at
-	// SIGTERM can still finish and be acknowledged.
+	// SIGTERM can still finish and be acknowledged. The goroutine that ends
+	// it is waited for before consume returns.
 	applyCtx, cancelApply := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancelApply()
-	stopGrace := context.AfterFunc(ctx, func() { time.AfterFunc(p.cfg.ShutdownGrace, cancelApply) })
-	defer stopGrace()
+	graceDone := make(chan struct{})
+	go func() {
+		defer close(graceDone)
+		select {
+		case <-ctx.Done():
+		case <-applyCtx.Done():
+			return
+		}
+		t := time.NewTimer(p.cfg.ShutdownGrace)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			cancelApply()
+		case <-applyCtx.Done():
+		}
+	}()
+	defer func() { cancelApply(); <-graceDone }()
 
 	var (
 		inTx     bool
 		xid      uint32
-		ackable  pglogrepl.LSN // end LSN of the last transaction complete in the batch
+		ackable  pglogrepl.LSN // end LSN of the last transaction the sink holds complete
 		batchTxs int
 		commitAt time.Time
 		// pendingRules are reloaded rules waiting for the end of the
 		// transaction in progress: a transaction is mapped by one rule set.
-		pendingRules *mapping.Config
+		pendingRules *mapping.Rules
 	)
 	flush := func() error {
-		sent := p.batch.Len() > 0
-		if sent {
-			if err := p.inv.Apply(applyCtx, p.batch); err != nil {
-				return fmt.Errorf("apply batch: %w", err)
-			}
+		if err := p.sink.flush(applyCtx); err != nil {
+			return err
 		}
 		p.m.applied(time.Now())
 		if ackable != 0 {
 			stream.Ack(ackable)
 			p.m.ack(stream.Acked())
 			if p.log.Enabled(ctx, slog.LevelDebug) {
-				p.log.Debug("acknowledged", "lsn", ackable.String(), "xid", xid, "txs", batchTxs,
-					"lag", time.Since(commitAt).String())
+				if batchTxs > 0 {
+					p.log.Debug("acknowledged", "lsn", ackable.String(), "xid", xid, "txs", batchTxs,
+						"lag", time.Since(commitAt).String())
+				} else { // a keepalive's position: no transaction, no lag
+					p.log.Debug("acknowledged", "lsn", ackable.String(), "txs", 0)
+				}
 			}
 			ackable, batchTxs = 0, 0
 		}
@@ -160,23 +209,26 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 			switch ev.Kind {
 			case replication.Begin:
 				inTx, xid = true, ev.XID
+				p.sink.begin(ev.XID, ev.LSN)
 				p.m.see(ev.LSN)
 			case replication.RowChange:
 				p.m.rowChange(&ev.Change)
 				p.cmds = p.mapper.Commands(p.cmds[:0], &ev.Change)
-				for _, c := range p.cmds {
-					p.batch.Add(c)
+				if err := p.sink.add(&ev.Change, p.cmds); err != nil {
+					return err
 				}
-				// A large transaction is applied in bounded chunks as it
+				// A large transaction is delivered in bounded chunks as it
 				// arrives; only its commit can be acknowledged.
-				if p.batch.Len() >= p.cfg.MaxBatch {
+				if p.sink.pending() >= p.cfg.MaxBatch {
 					if err := flush(); err != nil {
 						return err
 					}
 				}
 			case replication.Commit:
 				inTx = false
-				p.batch.EndTx()
+				if err := p.sink.commit(ev.LSN, ev.CommitTime); err != nil {
+					return err
+				}
 				ackable, commitAt = ev.LSN, ev.CommitTime
 				batchTxs++
 				p.m.committed(ev.LSN, ev.CommitTime)
@@ -184,10 +236,10 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 					p.swapRules(pendingRules)
 					pendingRules = nil
 				}
-			case replication.Idle:
+			case replication.Keepalive:
 				// Everything the server sent before this keepalive is in the
-				// batch or applied, so once the batch is applied the slot
-				// may move to the server's position, even when the
+				// sink or delivered, so once the sink has delivered it the
+				// slot may move to the server's position, even when the
 				// published tables were quiet and the WAL was busy.
 				if !inTx {
 					ackable = max(ackable, ev.LSN)
@@ -199,7 +251,7 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 		// large as the backlog allows.
 		// A long run of transactions with nothing to send is still flushed
 		// now and then, so that they are acknowledged.
-		if len(events) == 0 || p.batch.Len() >= p.cfg.MaxBatch || batchTxs >= p.cfg.MaxBatch {
+		if len(events) == 0 || p.sink.pending() >= p.cfg.MaxBatch || batchTxs >= p.cfg.MaxBatch {
 			if err := flush(); err != nil {
 				return err
 			}
@@ -218,7 +270,7 @@ func (p *pipeline) requireSlot(ctx context.Context) error {
 		return err
 	}
 	defer conn.Close(context.Background())
-	slot, err := replication.ReadSlot(ctx, conn, p.cfg.Slot)
+	slot, err := replication.SlotState(ctx, conn, p.cfg.Slot)
 	if err != nil {
 		return err
 	}
@@ -235,18 +287,8 @@ func (p *pipeline) requireSlot(ctx context.Context) error {
 	return nil
 }
 
-// classifyStartError turns a lost slot into a fatal error that says what to do.
-func classifyStartError(err error, slot string) error {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "55000" {
-		return fatal(fmt.Errorf("%w\nreplication slot %s has been invalidated (it fell behind max_slot_wal_keep_size): "+
-			"changes were lost and caches may be stale; drop it with SELECT pg_drop_replication_slot('%s'), flush the affected keys, and restart; %s", err, slot, slot, resyncHint))
-	}
-	return err
-}
-
 // swapRules puts reloaded rules in force. It runs between transactions.
-func (p *pipeline) swapRules(rules *mapping.Config) {
+func (p *pipeline) swapRules(rules *mapping.Rules) {
 	p.mapper.SetRules(rules)
 	p.cfg.Rules = rules
 	p.log.Info("reloaded rules in force", "file", rules.File, "tables", rules.Tables())

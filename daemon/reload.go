@@ -2,11 +2,7 @@ package daemon
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"slices"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/pg-invalidator/pg-invalidator/mapping"
 	"github.com/pg-invalidator/pg-invalidator/replication"
@@ -17,7 +13,7 @@ import (
 // and hands them to the pipeline, which swaps them in between transactions.
 // A file that fails any step changes nothing: the old rules stay in force
 // and the log says why.
-func (p *pipeline) watchReloads(ctx context.Context, current *mapping.Config) {
+func (p *pipeline) watchReloads(ctx context.Context, current *mapping.Rules) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -44,7 +40,7 @@ func (p *pipeline) watchReloads(ctx context.Context, current *mapping.Config) {
 // prepareReload loads and validates the new rules, adds their new tables to
 // the publication, and drops the tables the old rules named and the new ones
 // do not, when this role owns the publication.
-func (p *pipeline) prepareReload(ctx context.Context, old *mapping.Config) (*mapping.Config, error) {
+func (p *pipeline) prepareReload(ctx context.Context, old *mapping.Rules) (*mapping.Rules, error) {
 	rules, err := p.cfg.LoadRules()
 	if err != nil {
 		return nil, err
@@ -71,7 +67,7 @@ func (p *pipeline) prepareReload(ctx context.Context, old *mapping.Config) (*map
 		}
 	}
 	if len(gone) > 0 {
-		if err := dropFromPublication(ctx, conn, p.cfg.Publication, gone); err != nil {
+		if err := replication.DropTablesFromPublication(ctx, conn, p.cfg.Publication, gone); err != nil {
 			// The daemon ignores changes to tables no rule names, so a table
 			// left in the publication costs only decoding.
 			p.log.Warn("tables no rule names stay in the publication", "publication", p.cfg.Publication, "tables", gone, "err", err)
@@ -80,47 +76,4 @@ func (p *pipeline) prepareReload(ctx context.Context, old *mapping.Config) (*map
 		}
 	}
 	return rules, nil
-}
-
-// dropFromPublication removes tables from a publication this role owns.
-func dropFromPublication(ctx context.Context, conn *pgx.Conn, publication string, tables []string) error {
-	var owner bool
-	err := conn.QueryRow(ctx, `SELECT pubowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)
-		FROM pg_publication WHERE pubname = $1`, publication).Scan(&owner)
-	if err != nil {
-		return fmt.Errorf("read publication %s: %w", publication, err)
-	}
-	if !owner {
-		return errors.New("the publication belongs to another role; a DBA may drop them")
-	}
-	for _, t := range tables {
-		schema, name, _ := splitQualified(t)
-		var member bool
-		err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication_rel pr
-			JOIN pg_publication p ON p.oid = pr.prpubid
-			JOIN pg_class c ON c.oid = pr.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-			WHERE p.pubname = $1 AND n.nspname = $2 AND c.relname = $3)`, publication, schema, name).Scan(&member)
-		if err != nil {
-			return fmt.Errorf("read publication %s: %w", publication, err)
-		}
-		if !member {
-			continue
-		}
-		sql := fmt.Sprintf("ALTER PUBLICATION %s DROP TABLE %s",
-			pgx.Identifier{publication}.Sanitize(), pgx.Identifier{schema, name}.Sanitize())
-		if _, err := conn.Exec(ctx, sql); err != nil {
-			return fmt.Errorf("%s: %w", sql, err)
-		}
-	}
-	return nil
-}
-
-// splitQualified splits "schema.table" as mapping.Config.Tables writes it.
-func splitQualified(t string) (schema, name string, ok bool) {
-	for i := 0; i < len(t); i++ {
-		if t[i] == '.' {
-			return t[:i], t[i+1:], true
-		}
-	}
-	return "public", t, false
 }

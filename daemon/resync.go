@@ -4,12 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
-
-	"github.com/jackc/pglogrepl"
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pg-invalidator/pg-invalidator/invalidator"
 	"github.com/pg-invalidator/pg-invalidator/replication"
@@ -37,12 +32,13 @@ func slotDisappeared(slot string) error {
 		"changes made since then were not invalidated and caches may be stale; flush the affected keys, then restart the daemon to create a new slot; %s", slot, resyncHint))
 }
 
-// slotCreated handles a slot that EnsureSlot had to create, on repl. On a
-// first start without Resync that is simply the first run. Otherwise the
-// slot vanished after requireSlot saw it (or after resync made it): it was
-// lost. Under Resync the new slot exists already, so the flush is what is
-// left to do; without it the slot is dropped again and the loss is fatal.
-func (p *pipeline) slotCreated(ctx context.Context, repl *pgconn.PgConn) error {
+// slotCreated handles a slot that EnsureSlot had to create, on stream's
+// connection. On a first start without Resync that is simply the first run.
+// Otherwise the slot vanished after requireSlot saw it (or after resync made
+// it): it was lost. Under Resync the new slot exists already, so the flush
+// is what is left to do; without it the slot is dropped again and the loss
+// is fatal.
+func (p *pipeline) slotCreated(ctx context.Context, stream *replication.Stream) error {
 	if !p.streamed && !p.cfg.Resync {
 		p.log.Info("replication slot created", "slot", p.cfg.Slot)
 		return nil
@@ -50,8 +46,8 @@ func (p *pipeline) slotCreated(ctx context.Context, repl *pgconn.PgConn) error {
 	if p.cfg.Resync {
 		return p.flushAll(ctx, "disappeared while the daemon was starting a session", false)
 	}
-	if err := pglogrepl.DropReplicationSlot(ctx, repl, p.cfg.Slot, pglogrepl.DropReplicationSlotOptions{}); err != nil {
-		return fmt.Errorf("drop replication slot %s: %w", p.cfg.Slot, err)
+	if err := stream.DropSlot(ctx); err != nil {
+		return err
 	}
 	return slotDisappeared(p.cfg.Slot)
 }
@@ -68,7 +64,12 @@ func (p *pipeline) resync(ctx context.Context, why string, force bool) error {
 	if err != nil {
 		return err
 	}
-	dropped, err := dropSlot(ctx, conn, slot, force)
+	var dropped bool
+	if force {
+		dropped, err = replication.DropSlot(ctx, conn, slot)
+	} else {
+		dropped, err = replication.DropLostSlot(ctx, conn, slot)
+	}
 	conn.Close(context.Background())
 	if err != nil {
 		return err
@@ -83,7 +84,7 @@ func (p *pipeline) resync(ctx context.Context, why string, force bool) error {
 	if err != nil {
 		return err
 	}
-	_, err = replication.EnsureSlot(ctx, repl.Conn(), slot)
+	_, err = repl.EnsureSlot(ctx)
 	cctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	repl.Close(cctx)
 	cancel()
@@ -94,10 +95,10 @@ func (p *pipeline) resync(ctx context.Context, why string, force bool) error {
 	return p.flushAll(ctx, why, dropped)
 }
 
-// flushAll runs every rule's FlushCommands once the new slot exists, logs
-// the resync and counts it. When the flush does not finish, the new slot
-// is dropped again so that a start with Resync finds it missing and
-// resyncs anew.
+// flushAll runs every rule's FlushCommands on every Redis target once the
+// new slot exists, logs the resync and counts it. When the flush does not
+// finish, the new slot is dropped again so that a start with Resync finds
+// it missing and resyncs anew.
 func (p *pipeline) flushAll(ctx context.Context, why string, dropped bool) error {
 	slot := p.cfg.Slot
 	cmds := p.cfg.Rules.FlushCommands()
@@ -106,8 +107,8 @@ func (p *pipeline) flushAll(ctx context.Context, why string, dropped bool) error
 		b.Add(c)
 	}
 	b.EndTx()
-	before := p.inv.Stats()
-	if err := p.inv.Apply(ctx, b); err != nil {
+	before := p.redis.Stats()
+	if err := p.redis.Apply(ctx, b); err != nil {
 		// Apply gives up only when ctx ends. A start would stream from the
 		// new slot without flushing, so drop it again: a start with Resync
 		// then finds it missing and resyncs anew.
@@ -121,42 +122,13 @@ func (p *pipeline) flushAll(ctx context.Context, why string, dropped bool) error
 		}
 		return fmt.Errorf("flush after recreating replication slot %s: %w", slot, err)
 	}
-	after := p.inv.Stats()
+	after := p.redis.Stats()
 	p.m.resyncs.Inc()
 	p.log.Warn("resync: the replication slot was lost or missing, so a new one was created and every key the rules can render was flushed",
 		"slot", slot, "reason", why, "old_slot_dropped", dropped, "commands", len(cmds),
 		"keys_deleted", (after.Del+after.DelPatternKeys)-(before.Del+before.DelPatternKeys),
 		"keys_incremented", (after.Incr+after.IncrPatternKeys)-(before.Incr+before.IncrPatternKeys))
 	return nil
-}
-
-// dropSlot drops slot if it exists in the current database and, unless
-// force, is lost. A walsender still holding it is terminated first, but only
-// when the drop fails because of it (SQLSTATE 55006).
-func dropSlot(ctx context.Context, conn *pgx.Conn, slot string, force bool) (dropped bool, err error) {
-	const drop = `
-SELECT pg_drop_replication_slot(s.slot_name)
-FROM pg_replication_slots s
-WHERE s.slot_name = $1 AND s.database = current_database() AND ($2 OR to_jsonb(s)->>'wal_status' = 'lost')`
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		tag, err := conn.Exec(ctx, drop, slot, force)
-		if err == nil {
-			return tag.RowsAffected() > 0, nil
-		}
-		var pgErr *pgconn.PgError
-		if !errors.As(err, &pgErr) || pgErr.Code != "55006" || time.Now().After(deadline) {
-			return false, fmt.Errorf("drop lost replication slot %s: %w", slot, err)
-		}
-		if _, err := conn.Exec(ctx, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL`, slot); err != nil {
-			return false, fmt.Errorf("terminate the walsender on lost replication slot %s: %w", slot, err)
-		}
-		select {
-		case <-ctx.Done():
-			return false, ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
 }
 
 // dropNewSlot drops the slot a resync created when its flush did not finish.
@@ -166,7 +138,7 @@ func dropNewSlot(ctx context.Context, url, slot string) error {
 		return err
 	}
 	defer conn.Close(context.Background())
-	_, err = dropSlot(ctx, conn, slot, true)
+	_, err = replication.DropSlot(ctx, conn, slot)
 	return err
 }
 
@@ -182,7 +154,7 @@ func (p *pipeline) ensureSlotFailed(ctx context.Context, err error) error {
 	if cerr != nil {
 		return cerr
 	}
-	info, rerr := replication.ReadSlot(ctx, conn, p.cfg.Slot)
+	info, rerr := replication.SlotState(ctx, conn, p.cfg.Slot)
 	conn.Close(context.Background())
 	if rerr != nil {
 		return rerr
@@ -194,15 +166,4 @@ func (p *pipeline) ensureSlotFailed(ctx context.Context, err error) error {
 		return fmt.Errorf("%w; %s", err, resyncHint)
 	}
 	return p.resync(ctx, "invalidated (wal_status lost)", false)
-}
-
-// slotInvalidated reports whether START_REPLICATION failed because the slot
-// was invalidated: SQLSTATE 55000 object_not_in_prerequisite_state, with
-// "This slot has been invalidated because ..." in the detail. The same code
-// also means other things (a slot of another database, wal_level too low),
-// so the text is checked too.
-func slotInvalidated(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == "55000" &&
-		strings.Contains(pgErr.Message+" "+pgErr.Detail, "invalidated")
 }

@@ -6,8 +6,6 @@ import (
 	"math/rand/v2"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
-
 	"github.com/pg-invalidator/pg-invalidator/replication"
 )
 
@@ -22,30 +20,23 @@ func fatal(err error) error { return &fatalError{err: err} }
 // retryable decides, in one place, which errors the daemon waits out and
 // which stop it. Anything that smells of a network, a restarting server or a
 // busy slot is retried; rule, schema, publication, privilege and
-// authentication problems, and a lost or unusable slot, are not.
+// authentication problems, a server or role that lacks a prerequisite
+// (wal_level, a free slot or WAL sender, REPLICATION, the version), and a
+// lost or unusable slot, are not.
 func retryable(err error) bool {
 	var cfgErr *ConfigError
 	var fe *fatalError
 	var slotErr *replication.SlotError
 	var pubErr *replication.PublicationError
+	var preErr *replication.PrerequisiteError
 	switch {
-	case errors.As(err, &cfgErr), errors.As(err, &fe), errors.As(err, &slotErr), errors.As(err, &pubErr),
+	case errors.As(err, &cfgErr), errors.As(err, &fe), errors.As(err, &slotErr), errors.As(err, &pubErr), errors.As(err, &preErr),
 		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return false
+	case replication.SlotActive(err): // a standby waits for the active daemon's slot
+		return true
 	}
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		switch pgErr.Code[:2] {
-		case "28", // invalid authorization: a wrong password will not fix itself
-			"42", // syntax error or access rule violation
-			"3D": // the database does not exist
-			return false
-		}
-		if pgErr.Code == "55000" { // object_not_in_prerequisite_state: an invalidated slot
-			return false
-		}
-	}
-	return true
+	return !replication.Permanent(err)
 }
 
 // slotBusyDelay is the pause between attempts to take a replication slot that
@@ -53,14 +44,6 @@ func retryable(err error) bool {
 // over within a second or two of the active one dying, however long it has
 // been waiting.
 const slotBusyDelay = time.Second
-
-// slotInUse reports whether err is PostgreSQL refusing START_REPLICATION
-// because another walsender holds the slot: SQLSTATE 55006 object_in_use,
-// "replication slot … is active for PID …".
-func slotInUse(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == "55006"
-}
 
 // retry runs fn until it succeeds, fails with an error retrying cannot fix,
 // or ctx ends. It logs the first failure of a streak and the recovery, not
@@ -86,7 +69,7 @@ func retry(ctx context.Context, cfg Config, step string, fn func() error) error 
 		if time.Since(start) > time.Minute {
 			delay, failing = 100*time.Millisecond, false
 		}
-		busy := slotInUse(err)
+		busy := replication.SlotActive(err)
 		wait := delay
 		if busy {
 			wait = min(slotBusyDelay, cfg.MaxBackoff)

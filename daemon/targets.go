@@ -9,20 +9,26 @@ import (
 	"time"
 
 	"github.com/pg-invalidator/pg-invalidator/invalidator"
-	"github.com/pg-invalidator/pg-invalidator/mapping"
 )
 
+// DefaultTarget is the name of the target the rules file's [redis] table
+// describes, the one --redis and REDIS_URL complete. Logs, errors and
+// /readyz leave the name out when it is the only target.
+const DefaultTarget = "default"
+
 // Target is one Redis deployment to invalidate, such as the cache of one
-// region: the [redis] table, named mapping.DefaultTarget, or a [[target]].
+// region, as the configuration describes it: the [redis] table, named
+// DefaultTarget, or a [[target]] table.
 type Target struct {
 	Name string // unique; it labels metrics and names the target in logs and /readyz
 	// Redis is how to reach it. Its Logger is ignored: Config.Logger takes
-	// its place. For the default target, an empty URL means Config.RedisURL.
+	// its place.
 	Redis invalidator.Options
 }
 
-// target is one Redis deployment, and what readiness and /metrics know of it.
-type target struct {
+// targetConn is a Target connected: its Invalidator, and what readiness and
+// /metrics know of it.
+type targetConn struct {
 	name     string
 	inv      *invalidator.Invalidator
 	answered atomic.Int64 // when it last answered, an Apply or a ping (Unix ns); 0: never
@@ -30,78 +36,69 @@ type target struct {
 }
 
 // record notes how the target's last Apply or ping went.
-func (t *target) record(ok bool) {
+func (t *targetConn) record(ok bool) {
 	t.up.Store(ok)
 	if ok {
 		t.answered.Store(time.Now().UnixNano())
 	}
 }
 
-// targets are every Redis deployment the daemon invalidates, in config
-// order. A transaction is acknowledged only after every one of them has
-// applied it, so one that is down holds the acknowledgement back.
-type targets []*target
+// fanout applies every batch to every target, in config order. A
+// transaction is acknowledged only after every target has applied it, so
+// one that is down holds the acknowledgement back.
+type fanout []*targetConn
 
-// newTargets builds an Invalidator for each target of cfg. With no
-// Targets, the one target is the default, from cfg.Redis and cfg.RedisURL.
-func newTargets(cfg Config) (targets, error) {
-	list := cfg.Targets
-	if len(list) == 0 && cfg.Rules != nil && len(cfg.Rules.TargetTables) > 0 {
-		return nil, errors.New("the rules have [[target]] tables but daemon.Config.Targets is empty: build it from the rules' Targets()")
+// newFanout builds an Invalidator for each of cfg.Targets.
+func newFanout(cfg Config) (fanout, error) {
+	if len(cfg.Targets) == 0 {
+		return nil, errors.New("no Redis target: daemon.Config.Targets is empty")
 	}
-	if len(list) == 0 {
-		def := Target{Name: mapping.DefaultTarget, Redis: cfg.Redis}
-		def.Redis.URL = cfg.RedisURL
-		list = []Target{def}
-	}
-	var ts targets
-	for _, t := range list {
+	var f fanout
+	for _, t := range cfg.Targets {
 		opts := t.Redis
-		if t.Name == mapping.DefaultTarget && opts.URL == "" {
-			opts.URL = cfg.RedisURL
-		}
 		opts.Logger = cfg.Logger
-		if len(list) > 1 || t.Name != mapping.DefaultTarget {
+		if len(cfg.Targets) > 1 || t.Name != DefaultTarget {
 			opts.Logger = cfg.Logger.With("target", t.Name)
 		}
 		inv, err := invalidator.New(opts)
 		if err != nil {
-			ts.Close()
-			return nil, ts.wrap(t.Name, len(list), err)
+			f.Close()
+			return nil, wrapTarget(t.Name, len(cfg.Targets), err)
 		}
-		ts = append(ts, &target{name: t.Name, inv: inv})
+		f = append(f, &targetConn{name: t.Name, inv: inv})
 	}
-	return ts, nil
+	return f, nil
 }
 
-// wrap names the target in err, when there are several or it is not the
-// default.
-func (ts targets) wrap(name string, n int, err error) error {
-	if n == 1 && name == mapping.DefaultTarget {
+// wrapTarget names target name in err, when there are several targets (n)
+// or it is not the default.
+func wrapTarget(name string, n int, err error) error {
+	if n == 1 && name == DefaultTarget {
 		return err
 	}
 	return fmt.Errorf("redis target %s: %w", name, err)
 }
 
-// Apply applies b to every target and empties it once all have. One target
+// Apply applies b to every target and clears it once all have. One target
 // is applied on this goroutine, as a lone Invalidator would be; several run
 // at once, each retrying on its own until it succeeds or ctx ends. It
 // returns nil only when every target applied b; otherwise b is left as it
 // was, and applying it again may run its commands twice on the targets that
 // had succeeded (delivery is at least once).
-func (ts targets) Apply(ctx context.Context, b *invalidator.Batch) error {
-	if len(ts) == 1 {
-		if err := ts[0].inv.Apply(ctx, b); err != nil {
-			return ts.wrap(ts[0].name, 1, err)
+func (f fanout) Apply(ctx context.Context, b *invalidator.Batch) error {
+	if len(f) == 1 {
+		if err := f[0].inv.Apply(ctx, b); err != nil {
+			return wrapTarget(f[0].name, 1, err)
 		}
-		ts[0].record(true)
+		f[0].record(true)
+		b.Clear()
 		return nil
 	}
-	errs := make([]error, len(ts))
+	errs := make([]error, len(f))
 	var wg sync.WaitGroup
-	for i, t := range ts {
+	for i, t := range f {
 		wg.Go(func() {
-			if err := t.inv.ApplyShared(ctx, b); err != nil {
+			if err := t.inv.Apply(ctx, b); err != nil {
 				errs[i] = fmt.Errorf("redis target %s: %w", t.name, err)
 				return
 			}
@@ -112,21 +109,21 @@ func (ts targets) Apply(ctx context.Context, b *invalidator.Batch) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	b.Applied()
+	b.Clear()
 	return nil
 }
 
 // Ping checks once that every target answers, each at the same time, and
 // records the outcome for readiness and target_up.
-func (ts targets) Ping(ctx context.Context) error {
-	errs := make([]error, len(ts))
+func (f fanout) Ping(ctx context.Context) error {
+	errs := make([]error, len(f))
 	var wg sync.WaitGroup
-	for i, t := range ts {
+	for i, t := range f {
 		wg.Go(func() {
 			err := t.inv.Ping(ctx)
 			t.record(err == nil)
 			if err != nil {
-				errs[i] = ts.wrap(t.name, len(ts), err)
+				errs[i] = wrapTarget(t.name, len(f), err)
 			}
 		})
 	}
@@ -136,9 +133,9 @@ func (ts targets) Ping(ctx context.Context) error {
 
 // Stats sums the counters of every target: a command applied on two
 // targets counts twice.
-func (ts targets) Stats() invalidator.Stats {
+func (f fanout) Stats() invalidator.Stats {
 	var sum invalidator.Stats
-	for _, t := range ts {
+	for _, t := range f {
 		st := t.inv.Stats()
 		sum.Del += st.Del
 		sum.Incr += st.Incr
@@ -157,8 +154,8 @@ func (ts targets) Stats() invalidator.Stats {
 }
 
 // Close closes every target's connections.
-func (ts targets) Close() {
-	for _, t := range ts {
+func (f fanout) Close() {
+	for _, t := range f {
 		t.inv.Close()
 	}
 }

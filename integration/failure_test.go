@@ -146,7 +146,13 @@ func TestSIGTERMExitsCleanlyAndAcknowledges(t *testing.T) {
 
 	f.cache("item:1")
 	f.exec("UPDATE items SET v = v + 1 WHERE id = 1")
+	end := f.walLSN()
 	f.waitGone("item:1")
+	// The keys go as soon as the change arrives; the commit, which is what
+	// is acknowledged, may come in the next read. Until then a replay is
+	// right, so wait for the acknowledgement.
+	waitFor(t, 10*time.Second, func() bool { return f.slotLSN("pg_invalidator") >= end },
+		func() string { return "the update's commit was not acknowledged" })
 
 	start := time.Now()
 	p.cmd.Process.Signal(syscall.SIGTERM)

@@ -21,9 +21,12 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/pg-invalidator/pg-invalidator/config"
 	"github.com/pg-invalidator/pg-invalidator/daemon"
 	"github.com/pg-invalidator/pg-invalidator/internal/testenv"
+	"github.com/pg-invalidator/pg-invalidator/invalidator"
 	"github.com/pg-invalidator/pg-invalidator/mapping"
+	"github.com/pg-invalidator/pg-invalidator/replication"
 )
 
 var env *testenv.Env
@@ -79,18 +82,30 @@ func (f *fixture) rules(toml string) string {
 	return path
 }
 
+// config is the daemon's configuration for the rules file at rulesPath,
+// against the fixture's database and its Redis, the one target.
 func (f *fixture) config(rulesPath string) daemon.Config {
 	f.t.Helper()
-	rules, err := mapping.Load(rulesPath)
+	rules, err := loadRules(rulesPath)
 	if err != nil {
 		f.t.Fatalf("load rules: %v", err)
 	}
 	return daemon.Config{
 		Rules:       rules,
 		PostgresURL: f.dbURL,
-		RedisURL:    f.redisURL,
+		Targets:     []daemon.Target{{Name: daemon.DefaultTarget, Redis: invalidator.Options{URL: f.redisURL}}},
 		Logger:      testLogger(f.t),
 	}
+}
+
+// loadRules reads the rules file at path as the daemon does, the whole
+// file, and returns its rules.
+func loadRules(path string) (*mapping.Rules, error) {
+	file, err := config.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	return file.Rules, nil
 }
 
 // start runs the daemon in-process on rulesPath until the test ends, and
@@ -125,7 +140,7 @@ func (f *fixture) startConfig(cfg daemon.Config) *running {
 	})
 	slot := cfg.Slot
 	if slot == "" {
-		slot = "pg_invalidator"
+		slot = replication.DefaultSlot
 	}
 	f.waitSlotActive(slot, r.done)
 	return r

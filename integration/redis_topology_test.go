@@ -9,6 +9,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/pg-invalidator/pg-invalidator/daemon"
 	"github.com/pg-invalidator/pg-invalidator/internal/localsvc"
 	"github.com/pg-invalidator/pg-invalidator/internal/testenv"
 	"github.com/pg-invalidator/pg-invalidator/invalidator"
@@ -35,8 +36,8 @@ table = "items"
 del = ["{p}item:<id>", "{p}list:<category>"]
 incr = ["{p}version"]
 `))
-	cfg.RedisURL = ""
-	cfg.Redis = invalidator.Options{Mode: invalidator.ModeCluster, Addrs: cl.Addrs(), WaitReplicas: 1}
+	cfg.Targets = []daemon.Target{{Name: daemon.DefaultTarget,
+		Redis: invalidator.Options{Mode: invalidator.ModeCluster, Addrs: cl.Addrs(), WaitReplicas: 1}}}
 	f.startConfig(cfg)
 
 	cache := func(keys ...string) {

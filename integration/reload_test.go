@@ -23,7 +23,7 @@ func TestReloadSwapsRules(t *testing.T) {
 	cfg := f.config(path)
 	reload := make(chan struct{}, 1)
 	cfg.Reload = reload
-	cfg.LoadRules = func() (*mapping.Config, error) { return mapping.Load(path) }
+	cfg.LoadRules = func() (*mapping.Rules, error) { return loadRules(path) }
 	f.startConfig(cfg)
 
 	// A valid new file: a rule for tags, and items keys renamed.

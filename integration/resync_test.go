@@ -159,7 +159,7 @@ func dryRunLines(t *testing.T, out *syncBuffer) []dryRunOutput {
 func TestDryRunPrintsCommandsAndTouchesNothing(t *testing.T) {
 	f := newFixture(t, itemsSchema, markerSchema)
 	cfg := f.config(f.rules(itemsRules))
-	cfg.RedisURL = "redis://127.0.0.1:1/0" // nothing listens: a dry run must not need Redis
+	cfg.Targets[0].Redis.URL = "redis://127.0.0.1:1/0" // nothing listens: a dry run must not need Redis
 	out := &syncBuffer{}
 	cfg.DryRun, cfg.DryRunOut = true, out
 

@@ -128,7 +128,7 @@ func TestCheckPassesOnAGoodSchema(t *testing.T) {
 }
 
 // TestBadConfigFilesThroughTheBinary runs check and run on the bad rules
-// files of mapping/testdata: each fails before it connects anywhere, prints
+// files of config/testdata: each fails before it connects anywhere, prints
 // every problem with file and line, and exits non-zero.
 func TestBadConfigFilesThroughTheBinary(t *testing.T) {
 	tests := []struct {
@@ -148,7 +148,7 @@ func TestBadConfigFilesThroughTheBinary(t *testing.T) {
 	for _, tt := range tests {
 		for _, cmd := range []string{"check", "run"} {
 			t.Run(cmd+" "+tt.file, func(t *testing.T) {
-				out, err := exec.Command(daemonBinary(t), cmd, "--config", "../mapping/testdata/"+tt.file,
+				out, err := exec.Command(daemonBinary(t), cmd, "--config", "../config/testdata/"+tt.file,
 					"--postgres", "postgres://nobody@127.0.0.1:1/none", "--redis", "redis://127.0.0.1:1/0").CombinedOutput()
 				var exit *exec.ExitError
 				if !errors.As(err, &exit) || exit.ExitCode() != 1 {

@@ -80,14 +80,13 @@ func (b *Batch) Len() int {
 // Reset empties the batch, the open transaction included, keeping its
 // memory for the next one.
 func (b *Batch) Reset() {
-	b.Applied()
+	b.Clear()
 	clear(b.txIncrs)
 }
 
-// Applied empties what Apply sends, keeping the open transaction's Incr
-// keys for its EndTx. Apply calls it; after ApplyShared, the caller does,
-// once every Invalidator has applied b.
-func (b *Batch) Applied() {
+// Clear empties what Apply sends, keeping the open transaction's Incr keys
+// for its EndTx. Call it once every Invalidator has applied b.
+func (b *Batch) Clear() {
 	clear(b.dels)
 	clear(b.incrs)
 	clear(b.delPatterns)

@@ -106,9 +106,10 @@ func TestApplyDelAndIncr(t *testing.T) {
 	if err := inv.Apply(ctx, b); err != nil {
 		t.Fatal(err)
 	}
-	if b.Len() != 0 {
-		t.Errorf("Len() after Apply = %d, want 0", b.Len())
+	if b.Len() != 4 {
+		t.Errorf("Len() after Apply = %d, want 4: Apply only reads the batch", b.Len())
 	}
+	b.Clear()
 	want := map[string]string{p + "a": "", p + "b": "", p + "c": "1", p + "k": "3", p + "j": "1"}
 	if got := values(t, rdb, want); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("after Apply got %v, want %v", got, want)
@@ -123,17 +124,19 @@ func TestApplyDelAndIncr(t *testing.T) {
 	if err := inv.Apply(ctx, b); err != nil {
 		t.Fatal(err)
 	}
+	b.Clear()
 	b.Add(pginvalidator.Command{Action: pginvalidator.Incr, Key: p + "m"})
 	b.EndTx()
 	if err := inv.Apply(ctx, b); err != nil {
 		t.Fatal(err)
 	}
+	b.Clear()
 	if got := rdb.Get(ctx, p+"m").Val(); got != "1" {
 		t.Errorf("m after a transaction split in two = %q, want 1", got)
 	}
 }
 
-func TestApplySharedKeepsBatch(t *testing.T) {
+func TestApplyKeepsBatch(t *testing.T) {
 	ctx := context.Background()
 	inv1, rdb := newInvalidator(t, env.RedisURL, Options{})
 	inv2, _ := newInvalidator(t, env.RedisURL, Options{})
@@ -148,24 +151,24 @@ func TestApplySharedKeepsBatch(t *testing.T) {
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
 	for i, inv := range []*Invalidator{inv1, inv2} {
-		wg.Go(func() { errs[i] = inv.ApplyShared(ctx, b) })
+		wg.Go(func() { errs[i] = inv.Apply(ctx, b) })
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
 		t.Fatal(err)
 	}
 	if b.Len() != 2 {
-		t.Errorf("Len() after ApplyShared = %d, want 2: the batch is the caller's to empty", b.Len())
+		t.Errorf("Len() after Apply = %d, want 2: the batch is the caller's to clear", b.Len())
 	}
 	want := map[string]string{p + "a": "", p + "k": "2", p + "open": ""} // each Invalidator incremented k once
 	if got := values(t, rdb, want); fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Errorf("after two ApplyShared got %v, want %v", got, want)
+		t.Errorf("after two Apply got %v, want %v", got, want)
 	}
-	b.Applied()
+	b.Clear()
 	if b.Len() != 0 {
-		t.Errorf("Len() after Applied = %d, want 0", b.Len())
+		t.Errorf("Len() after Clear = %d, want 0", b.Len())
 	}
-	b.EndTx() // the open transaction survived Applied
+	b.EndTx() // the open transaction survived Clear
 	if b.Len() != 1 {
 		t.Errorf("Len() after the open transaction's EndTx = %d, want 1", b.Len())
 	}
@@ -286,6 +289,8 @@ func TestApplyWaitsForRedis(t *testing.T) {
 			t.Errorf("%q logged %d times, want once; logs:\n%s", msg, n, logs.String())
 		}
 	}
+
+	b.Clear() // applied
 
 	srv.Stop()
 	b.Add(pginvalidator.Command{Action: pginvalidator.Incr, Key: "v"})

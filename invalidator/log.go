@@ -4,11 +4,12 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"regexp"
-	"strings"
+	"slices"
 	"sync"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/pg-invalidator/pg-invalidator/internal/redact"
 )
 
 // SetLogger routes go-redis's own log lines, which bypass the daemon's
@@ -26,7 +27,7 @@ func (r redisLogger) Printf(ctx context.Context, format string, v ...any) {
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	r.l.Log(ctx, slog.LevelDebug, redact(fmt.Sprintf(format, v...)), "component", "go-redis")
+	r.l.Log(ctx, slog.LevelDebug, redactLine(fmt.Sprintf(format, v...)), "component", "go-redis")
 }
 
 var (
@@ -40,23 +41,15 @@ func rememberPassword(pw string) {
 	}
 	passwordsMu.Lock()
 	defer passwordsMu.Unlock()
-	for _, p := range passwords {
-		if p == pw {
-			return
-		}
+	if !slices.Contains(passwords, pw) {
+		passwords = append(passwords, pw)
 	}
-	passwords = append(passwords, pw)
 }
 
-// urlPassword matches the password in a URL's user info, "://user:password@".
-var urlPassword = regexp.MustCompile(`(://[^/@\s:]*:)[^/@\s]*@`)
-
-func redact(s string) string {
-	s = urlPassword.ReplaceAllString(s, "${1}REDACTED@")
+// redactLine hides the passwords in one of go-redis's log lines: any in a
+// URL's user info, and every password given to New.
+func redactLine(s string) string {
 	passwordsMu.Lock()
 	defer passwordsMu.Unlock()
-	for _, pw := range passwords {
-		s = strings.ReplaceAll(s, pw, "REDACTED")
-	}
-	return s
+	return redact.Text(s, passwords...)
 }

@@ -16,7 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
 
-	pginvalidator "github.com/pg-invalidator/pg-invalidator"
+	"github.com/pg-invalidator/pg-invalidator/internal/redact"
 )
 
 // The values of Options.Mode.
@@ -54,7 +54,7 @@ func (inv *Invalidator) newClient(opts Options) error {
 				return fmt.Errorf("parse redis url: %w", ue.Err)
 			}
 			return fmt.Errorf("parse redis url %s: %w",
-				pginvalidator.RedactURL(opts.URL), pginvalidator.RedactError(err, opts.URL))
+				redact.URL(opts.URL), redact.Error(err, opts.URL))
 		}
 		if opts.Username != "" {
 			ro.Username = opts.Username

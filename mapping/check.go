@@ -16,11 +16,11 @@ import (
 // A table without a usable replica identity is refused whatever its rules'
 // on says, because the publication publishes every kind of change for every
 // rule table.
-func (c *Config) CheckSchema(tables map[string]pginvalidator.TableInfo) []error {
+func (rs *Rules) CheckSchema(tables map[string]pginvalidator.TableInfo) []error {
 	var errs []error
-	for _, r := range c.Rules {
+	for _, r := range rs.List {
 		problem := func(format string, args ...any) {
-			errs = append(errs, &Problem{File: c.File, Line: r.Line, Msg: fmt.Sprintf(format, args...)})
+			errs = append(errs, &Problem{File: rs.File, Line: r.Line, Msg: fmt.Sprintf(format, args...)})
 		}
 		name := r.QualifiedName()
 		info, ok := tables[name]
@@ -28,14 +28,9 @@ func (c *Config) CheckSchema(tables map[string]pginvalidator.TableInfo) []error 
 			problem(`table %s does not exist, or the connecting role cannot see it; check the schema and table name (write "schema.table" when it is not in public; names are matched as PostgreSQL stores them, usually lowercase)`, name)
 			continue
 		}
-		identityOK := true
-		if info.ReplicaIdentity == pginvalidator.IdentityNothing ||
-			info.ReplicaIdentity == pginvalidator.IdentityDefault && !info.HasPrimaryKey {
-			identityOK = false
-			what := "REPLICA IDENTITY NOTHING"
-			if info.ReplicaIdentity == pginvalidator.IdentityDefault {
-				what = "REPLICA IDENTITY DEFAULT but no primary key"
-			}
+		what := unusableIdentity(info)
+		identityOK := what == ""
+		if !identityOK {
 			problem("table %s has %s: once the publication publishes its updates and deletes, the application's own UPDATE and DELETE on it fail with SQLSTATE 55000; fix: add a primary key, or %s",
 				name, what, identityFix(info))
 		}

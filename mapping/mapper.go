@@ -8,7 +8,7 @@ import (
 	pginvalidator "github.com/pg-invalidator/pg-invalidator"
 )
 
-// Mapper turns changes into commands by the rules of one Config. Commands
+// Mapper turns changes into commands by one set of Rules. Commands
 // must be called from one goroutine at a time; Stats may be called from any.
 //
 // For each relation it compiles a plan, the templates that apply with the
@@ -54,22 +54,22 @@ type Stats struct {
 	Del, Incr, DelPattern, IncrPattern uint64
 }
 
-// NewMapper returns a Mapper for the rules of c.
-func NewMapper(c *Config) *Mapper {
+// NewMapper returns a Mapper for rs.
+func NewMapper(rs *Rules) *Mapper {
 	m := &Mapper{}
-	m.SetRules(c)
+	m.SetRules(rs)
 	return m
 }
 
-// SetRules replaces the Mapper's rules with those of c, keeping its
-// counters. Call it between transactions, from the goroutine that calls
-// Commands; the next change compiles its plan against the new rules.
-func (m *Mapper) SetRules(c *Config) {
-	m.file = c.File
+// SetRules replaces the Mapper's rules with rs, keeping its counters. Call
+// it between transactions, from the goroutine that calls Commands; the next
+// change compiles its plan against the new rules.
+func (m *Mapper) SetRules(rs *Rules) {
+	m.file = rs.File
 	m.rules = make(map[string][]*Rule)
 	m.plans = make(map[uint32]*plan)
 	m.last = nil
-	for _, r := range c.Rules {
+	for _, r := range rs.List {
 		m.rules[r.QualifiedName()] = append(m.rules[r.QualifiedName()], r)
 	}
 }
@@ -294,7 +294,7 @@ func (m *Mapper) add(dst []pginvalidator.Command, start int, a pginvalidator.Act
 // placeholders is deleted or incremented, a template with placeholders
 // becomes a pattern), whatever the rule's on. A resync after a lost slot runs
 // them, since any change may have been missed. Each command appears once.
-func (c *Config) FlushCommands() []pginvalidator.Command {
+func (rs *Rules) FlushCommands() []pginvalidator.Command {
 	var out []pginvalidator.Command
 	seen := make(map[pginvalidator.Command]bool)
 	add := func(a pginvalidator.Action, t *Template) {
@@ -312,7 +312,7 @@ func (c *Config) FlushCommands() []pginvalidator.Command {
 			out = append(out, cmd)
 		}
 	}
-	for _, r := range c.Rules {
+	for _, r := range rs.List {
 		for _, t := range r.Del {
 			add(pginvalidator.Del, t)
 		}

@@ -26,7 +26,7 @@ del = ["order:<id>", "orders:*:<customer>"]
 incr = ["orders:v", "orders:v:<customer>"]
 `
 
-func mustParse(tb testing.TB, src string) *Config {
+func mustParse(tb testing.TB, src string) *Rules {
 	tb.Helper()
 	c, err := Parse("rules.toml", []byte(src))
 	if err != nil {

@@ -101,7 +101,7 @@ func oneTemplate(t *Template) (*Mapper, *pginvalidator.Relation) {
 	for _, c := range t.Columns() {
 		rel.Columns = append(rel.Columns, pginvalidator.Column{Name: c})
 	}
-	c := &Config{File: "rules.toml", Rules: []*Rule{{Schema: "public", Table: "t", Incr: []*Template{t}, On: AllOps}}}
+	c := &Rules{File: "rules.toml", List: []*Rule{{Schema: "public", Table: "t", Incr: []*Template{t}, On: AllOps}}}
 	return NewMapper(c), rel
 }
 

@@ -1,9 +1,15 @@
-// Package replication speaks PostgreSQL's logical replication protocol with
-// the pgoutput plugin (proto_version 1, no streaming of in-progress
-// transactions) and turns the WAL into pginvalidator.Change values.
+// Package replication is everything the daemon says to PostgreSQL. It
+// speaks the logical replication protocol with the pgoutput plugin
+// (proto_version 1, no streaming of in-progress transactions) and turns the
+// WAL into pginvalidator.Change values (stream.go, tuple.go); it reads the
+// catalog (catalog.go, identity.go), keeps the publication (publication.go)
+// and the slot (slot.go), checks the server's and the role's prerequisites
+// (prerequisites.go, role.go), writes heartbeats (heartbeat.go), prints the
+// SQL a DBA runs (statement.go), and says what the server's errors mean
+// (errors.go). No SQL is written anywhere else.
 //
-// It guarantees:
-//   - the stream starts at the slot's confirmed_flush_lsn (START_REPLICATION at
+// The stream guarantees:
+//   - it starts at the slot's confirmed_flush_lsn (START_REPLICATION at
 //     LSN 0), so nothing acknowledged is replayed and nothing unacknowledged is
 //     skipped;
 //   - the server is told a position only when the consumer calls Ack, and
@@ -32,6 +38,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	pginvalidator "github.com/pg-invalidator/pg-invalidator"
+	"github.com/pg-invalidator/pg-invalidator/internal/redact"
 )
 
 // EventKind says what an Event carries.
@@ -46,10 +53,11 @@ const (
 	// Commit ends a transaction. LSN is its TransactionEndLSN, the position
 	// to acknowledge once everything the transaction caused is applied.
 	Commit
-	// Idle reports that the server has sent everything up to LSN and nothing
-	// is in flight on the wire. A consumer with nothing pending may
-	// acknowledge LSN, so that the slot moves while published tables are quiet.
-	Idle
+	// Keepalive is the server's primary keepalive message: it has sent
+	// everything up to LSN (its ServerWALEnd), and nothing is in flight on
+	// the wire. A consumer with nothing pending may acknowledge LSN, so that
+	// the slot moves while published tables are quiet.
+	Keepalive
 )
 
 // Event is one step of the stream.
@@ -112,7 +120,7 @@ func Connect(ctx context.Context, cfg Config) (*Stream, error) {
 	}
 	pcfg, err := pgconn.ParseConfig(dsn)
 	if err != nil {
-		return nil, fmt.Errorf("parse postgres url %s: %w", pginvalidator.RedactURL(cfg.URL), pginvalidator.RedactError(err, cfg.URL))
+		return nil, fmt.Errorf("parse postgres url %s: %w", redact.URL(cfg.URL), redact.Error(err, cfg.URL))
 	}
 	for k, v := range TextSettings {
 		pcfg.RuntimeParams[k] = v
@@ -129,17 +137,15 @@ func Connect(ctx context.Context, cfg Config) (*Stream, error) {
 	}
 	s.conn, err = pgconn.ConnectConfig(ctx, pcfg)
 	if err != nil {
-		return nil, fmt.Errorf("connect for replication: %w", pginvalidator.RedactError(err, cfg.URL))
+		return nil, fmt.Errorf("connect for replication: %w", redact.Error(err, cfg.URL))
 	}
 	return s, nil
 }
 
-// Conn returns the replication connection, for slot management before Run.
-func (s *Stream) Conn() *pgconn.PgConn { return s.conn }
-
 // Start sends START_REPLICATION at LSN 0, so the server resumes at the slot's
 // confirmed_flush_lsn. After a failed Start the connection is unusable: Close
-// it and connect again.
+// it and connect again. A slot the server has invalidated is a *SlotError
+// that says what to do; SlotInvalidated reports it.
 func (s *Stream) Start(ctx context.Context) error {
 	err := pglogrepl.StartReplication(ctx, s.conn, s.cfg.Slot, 0, pglogrepl.StartReplicationOptions{
 		PluginArgs: []string{
@@ -148,6 +154,9 @@ func (s *Stream) Start(ctx context.Context) error {
 		},
 	})
 	if err != nil {
+		if SlotInvalidated(err) {
+			return invalidatedError(s.cfg.Slot, err)
+		}
 		return fmt.Errorf("start replication on slot %s: %w", s.cfg.Slot, err)
 	}
 	s.started = true
@@ -308,7 +317,7 @@ func (s *Stream) handleCopyData(chunk []Event, data []byte) ([]Event, error) {
 			default:
 			}
 		}
-		return append(chunk, Event{Kind: Idle, LSN: ka.ServerWALEnd}), nil
+		return append(chunk, Event{Kind: Keepalive, LSN: ka.ServerWALEnd}), nil
 	case pglogrepl.XLogDataByteID:
 		xld, err := pglogrepl.ParseXLogData(data[1:])
 		if err != nil {

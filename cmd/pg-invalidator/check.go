@@ -18,11 +18,22 @@ func checkCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: pg-invalidator check [flags]
 
-Validates the rules file, then the live schema, without starting
-replication: every rule table exists and can be published, every template
-column exists, and every column a rule needs on update or delete is in the
-table's replica identity. Prints every problem found and exits non-zero, or
-exits 0 when all is well. It does not retry: an unreachable PostgreSQL fails.
+Validates the rules file, then the server and the live schema, without
+starting replication or changing anything:
+
+  - the server: PostgreSQL 13 or later, wal_level = logical, a free
+    replication slot (the daemon's own slot, once it exists, counts as
+    free) and a free WAL sender (max_replication_slots, max_wal_senders);
+  - the role: it may replicate (REPLICATION, or superuser), and it has
+    USAGE on the rule tables' schemas and SELECT on the tables;
+  - the rules: every rule table exists and can be published, every
+    template column exists, and every column a rule needs on update or
+    delete is in the table's replica identity.
+
+Prints every problem found, each with its fix, and exits non-zero; or
+prints what it found and exits 0 when all is well. run makes the same
+checks before it creates anything. It does not retry: an unreachable
+PostgreSQL fails.
 
 Flags:
 `)
@@ -41,9 +52,11 @@ Flags:
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if err := daemon.Check(ctx, cfg); err != nil {
+	srv, err := daemon.Check(ctx, cfg)
+	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "%s: ok: %d rule(s) on %d table(s) match the live schema\n", c.config, len(cfg.Rules.Rules), len(cfg.Rules.Tables()))
+	fmt.Fprintf(stdout, "postgres: ok: %s\n", srv)
+	fmt.Fprintf(stdout, "%s: ok: %d rule(s) on %d table(s) match the live schema\n", c.config, len(cfg.Rules.List), len(cfg.Rules.Tables()))
 	return nil
 }

@@ -9,9 +9,9 @@ import (
 	"os"
 	"strings"
 
+	"github.com/pg-invalidator/pg-invalidator/config"
 	"github.com/pg-invalidator/pg-invalidator/daemon"
 	"github.com/pg-invalidator/pg-invalidator/invalidator"
-	"github.com/pg-invalidator/pg-invalidator/mapping"
 )
 
 // commonFlags are the flags run and check share.
@@ -34,86 +34,69 @@ func (c *commonFlags) register(fs *flag.FlagSet) {
 // daemonConfig loads the rules file and resolves each URL: the flag, then
 // the environment, then the file. check needs no Redis URL. In [redis] mode
 // cluster or sentinel, Redis is reached through addrs, and no Redis URL is
-// used. The Redis password is read (password_env or password_file) only
-// when Redis is needed. --redis and REDIS_URL are for [redis] only: each
+// used. Redis passwords are read (password_env or password_file) only when
+// Redis is needed. --redis and REDIS_URL are for [redis] only: each
 // [[target]] gives its own url, and a file with [[target]] tables and no
 // [redis] table has no use for them.
 func (c *commonFlags) daemonConfig(logger *slog.Logger, needRedis bool) (daemon.Config, error) {
-	rules, err := mapping.Load(c.config)
+	f, err := loadFile(c.config)
 	if err != nil {
-		var problems mapping.Errors
-		if errors.As(err, &problems) {
-			return daemon.Config{}, &daemon.ConfigError{Problems: problems}
-		}
 		return daemon.Config{}, err
 	}
 	cfg := daemon.Config{
-		Rules:       rules,
-		PostgresURL: firstOf(c.postgres, os.Getenv("DATABASE_URL"), rules.Postgres.URL),
-		RedisURL:    firstOf(c.redis, os.Getenv("REDIS_URL"), rules.Redis.URL),
-		Slot:        rules.Postgres.Slot,
-		Publication: rules.Postgres.Publication,
-		Heartbeat:   rules.Postgres.Heartbeat,
-		Resync:      rules.Recovery.OnSlotLost == mapping.OnSlotLostResync,
+		Rules:       f.Rules,
+		PostgresURL: firstOf(c.postgres, os.Getenv("DATABASE_URL"), f.Postgres.URL),
+		Slot:        f.Postgres.Slot,
+		Publication: f.Postgres.Publication,
+		Heartbeat:   f.Postgres.Heartbeat,
+		Resync:      f.Recovery.OnSlotLost == config.OnSlotLostResync,
 		Logger:      logger,
 	}
 	if cfg.PostgresURL == "" {
 		return cfg, fmt.Errorf("no PostgreSQL URL: pass --postgres, set DATABASE_URL, or set url in the [postgres] table of %s", c.config)
 	}
-	all := rules.Targets()
-	hasDefault := len(all) > len(rules.TargetTables) // [redis] is a target
-	r := rules.Redis
-	single := r.Mode == "" || r.Mode == mapping.RedisSingle
-	if !hasDefault {
+	switch def := f.Default(); {
+	case def == nil: // REDIS_URL does not apply either
 		if c.redis != "" {
 			return cfg, fmt.Errorf("--redis: %s has [[target]] tables and no [redis] table; give each target its url in the file, or add a [redis] table", c.config)
 		}
-		cfg.RedisURL = "" // REDIS_URL does not apply either
-	} else if !single {
+	case def.Redis.Mode != "" && def.Redis.Mode != invalidator.ModeSingle: // REDIS_URL does not apply either
 		if c.redis != "" {
-			return cfg, fmt.Errorf("--redis: [redis] mode %q in %s reaches Redis through addrs, not a URL; remove the flag", r.Mode, c.config)
+			return cfg, fmt.Errorf("--redis: [redis] mode %q in %s reaches Redis through addrs, not a URL; remove the flag", def.Redis.Mode, c.config)
 		}
-		cfg.RedisURL = "" // REDIS_URL does not apply either
-	}
-	if cfg.RedisURL == "" && single && hasDefault && needRedis {
-		return cfg, fmt.Errorf("no Redis URL: pass --redis, set REDIS_URL, or set url in the [redis] table of %s", c.config)
-	}
-	cfg.Redis = redisOptions(r)
-	if needRedis && hasDefault {
-		if cfg.Redis.Password, err = rules.RedisPassword(); err != nil {
-			return cfg, &daemon.ConfigError{Problems: []error{err}}
+	default:
+		def.Redis.URL = firstOf(c.redis, os.Getenv("REDIS_URL"), def.Redis.URL)
+		if def.Redis.URL == "" && needRedis {
+			return cfg, fmt.Errorf("no Redis URL: pass --redis, set REDIS_URL, or set url in the [redis] table of %s", c.config)
 		}
 	}
-	if len(rules.TargetTables) == 0 {
-		return cfg, nil
-	}
-	var problems []error
-	for _, t := range all {
-		opts := redisOptions(t.Redis)
-		if t.Name == mapping.DefaultTarget && hasDefault {
-			opts = cfg.Redis
-			opts.URL = cfg.RedisURL
-		} else if needRedis {
-			if opts.Password, err = rules.TargetPassword(t); err != nil {
-				problems = append(problems, err)
-			}
+	if needRedis {
+		if err := f.ReadPasswords(); err != nil {
+			return cfg, configError(err)
 		}
-		cfg.Targets = append(cfg.Targets, daemon.Target{Name: t.Name, Redis: opts})
 	}
-	if len(problems) > 0 {
-		return cfg, &daemon.ConfigError{Problems: problems}
-	}
+	cfg.Targets = f.Targets
 	return cfg, nil
 }
 
-// redisOptions turns a [redis] table or a [[target]] into invalidator
-// options, without the password, which is read only when Redis is needed.
-func redisOptions(r mapping.RedisConfig) invalidator.Options {
-	return invalidator.Options{
-		URL: r.URL, Mode: r.Mode, Addrs: r.Addrs, MasterName: r.Master, Username: r.Username,
-		TLS: r.TLS, TLSCA: r.TLSCA, TLSCert: r.TLSCert, TLSKey: r.TLSKey, TLSServerName: r.TLSServerName,
-		WaitReplicas: r.WaitReplicas,
+// loadFile reads the rules file. Its problems come back as a
+// *daemon.ConfigError, which Main prints one per line.
+func loadFile(path string) (*config.File, error) {
+	f, err := config.Load(path)
+	if err != nil {
+		return nil, configError(err)
 	}
+	return f, nil
+}
+
+// configError turns the problems of a rules file into a *daemon.ConfigError
+// and returns any other error as it is.
+func configError(err error) error {
+	var problems config.Errors
+	if errors.As(err, &problems) {
+		return &daemon.ConfigError{Problems: problems}
+	}
+	return err
 }
 
 func firstOf(values ...string) string {

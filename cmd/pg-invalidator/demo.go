@@ -14,10 +14,13 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	pginvalidator "github.com/pg-invalidator/pg-invalidator"
+	"github.com/pg-invalidator/pg-invalidator/config"
 	"github.com/pg-invalidator/pg-invalidator/daemon"
 	"github.com/pg-invalidator/pg-invalidator/internal/localsvc"
-	"github.com/pg-invalidator/pg-invalidator/mapping"
+	"github.com/pg-invalidator/pg-invalidator/internal/redact"
+	"github.com/pg-invalidator/pg-invalidator/invalidator"
 	"github.com/pg-invalidator/pg-invalidator/migrations"
+	"github.com/pg-invalidator/pg-invalidator/replication"
 )
 
 func demoCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -63,7 +66,7 @@ Flags:
 		d.closers = append(d.closers, func() { rd.Close() })
 		pgURL, redisURL = pg.URL(), rd.URL()
 	}
-	fmt.Fprintf(stdout, "  PostgreSQL %s\n  Redis      %s\n", pginvalidator.RedactURL(pgURL), pginvalidator.RedactURL(redisURL))
+	fmt.Fprintf(stdout, "  PostgreSQL %s\n  Redis      %s\n", redact.URL(pgURL), redact.URL(redisURL))
 
 	rules, source, err := demoRules(*config)
 	if err != nil {
@@ -76,7 +79,7 @@ Flags:
 		return err
 	}
 	fmt.Fprintf(stdout, "Applied migrations/ (products, categories). Rules from %s:\n", source)
-	for _, r := range rules.Rules {
+	for _, r := range rules.Rules.List {
 		fmt.Fprintf(stdout, "  %s.%s  del=%v incr=%v\n", r.Schema, r.Table, r.Del, r.Incr)
 	}
 
@@ -84,9 +87,9 @@ Flags:
 	daemonDone := make(chan error, 1)
 	go func() {
 		daemonDone <- daemon.Run(dctx, daemon.Config{
-			Rules:       rules,
+			Rules:       rules.Rules,
 			PostgresURL: pgURL,
-			RedisURL:    redisURL,
+			Targets:     []daemon.Target{{Name: daemon.DefaultTarget, Redis: invalidator.Options{URL: redisURL}}},
 			Slot:        rules.Postgres.Slot,
 			Publication: rules.Postgres.Publication,
 			Logger:      slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})),
@@ -101,12 +104,12 @@ Flags:
 }
 
 // demoRules loads the rules file, or the built-in example when it is absent.
-func demoRules(path string) (*mapping.Config, string, error) {
+func demoRules(path string) (*config.File, string, error) {
 	if _, err := os.Stat(path); err == nil {
-		rules, err := mapping.Load(path)
+		rules, err := config.Load(path)
 		return rules, path, err
 	}
-	rules, err := mapping.Parse("rules.toml (built in)", pginvalidator.ExampleRules)
+	rules, err := config.Parse("rules.toml (built in)", pginvalidator.ExampleRules)
 	return rules, "the built-in rules.toml", err
 }
 
@@ -126,13 +129,13 @@ func (d *demo) close() {
 func (d *demo) connect(ctx context.Context, pgURL, redisURL string) error {
 	conn, err := pgx.Connect(ctx, pgURL)
 	if err != nil {
-		return fmt.Errorf("connect to postgres: %w", pginvalidator.RedactError(err, pgURL))
+		return fmt.Errorf("connect to postgres: %w", redact.Error(err, pgURL))
 	}
 	d.pg = conn
 	d.closers = append(d.closers, func() { conn.Close(context.Background()) })
 	opts, err := redis.ParseURL(redisURL)
 	if err != nil {
-		return fmt.Errorf("parse redis url %s: %w", pginvalidator.RedactURL(redisURL), pginvalidator.RedactError(err, redisURL))
+		return fmt.Errorf("parse redis url %s: %w", redact.URL(redisURL), redact.Error(err, redisURL))
 	}
 	opts.DisableIdentity = true
 	d.rdb = redis.NewClient(opts)
@@ -155,13 +158,11 @@ func (d *demo) migrate(ctx context.Context) error {
 
 func (d *demo) waitStreaming(ctx context.Context, slot string, daemonDone <-chan error) error {
 	if slot == "" {
-		slot = "pg_invalidator"
+		slot = replication.DefaultSlot
 	}
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
-		var active bool
-		err := d.pg.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
-			WHERE s.slot_name = $1 AND r.state IN ('catchup', 'streaming'))`, slot).Scan(&active)
+		active, err := replication.SlotStreaming(ctx, d.pg, slot)
 		if err == nil && active {
 			return nil
 		}

@@ -11,7 +11,6 @@ import (
 	"strings"
 
 	pginvalidator "github.com/pg-invalidator/pg-invalidator"
-	"github.com/pg-invalidator/pg-invalidator/daemon"
 	"github.com/pg-invalidator/pg-invalidator/mapping"
 )
 
@@ -19,10 +18,10 @@ func explainCommand(_ context.Context, args []string, stdout, stderr io.Writer) 
 	fs := flag.NewFlagSet("explain", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
-		config, table, opName, oldRow, newRow string
-		asJSON                                bool
+		configPath, table, opName, oldRow, newRow string
+		asJSON                                    bool
 	)
-	fs.StringVar(&config, "config", "rules.toml", "rules file")
+	fs.StringVar(&configPath, "config", "rules.toml", "rules file")
 	fs.StringVar(&table, "table", "", `the changed table, "schema.table" or "table" in public (required)`)
 	fs.StringVar(&opName, "op", "", "the operation: insert, update, delete or truncate (required)")
 	fs.StringVar(&oldRow, "old", "", "the old row, for update and delete: col=value,col=value")
@@ -87,20 +86,20 @@ Flags:
 		return errors.New("a delete needs --old")
 	}
 
-	cfg, err := loadRules(config)
+	f, err := loadFile(configPath)
 	if err != nil {
 		return err
 	}
-	schema, name := splitTableName(table)
+	schema, name := pginvalidator.SplitTableName(table)
 	qualified := schema + "." + name
 	var rules []*mapping.Rule
-	for _, r := range cfg.Rules {
+	for _, r := range f.Rules.List {
 		if r.QualifiedName() == qualified {
 			rules = append(rules, r)
 		}
 	}
 	if len(rules) == 0 {
-		return fmt.Errorf("%s has no rule for table %s; its rule tables are: %s", cfg.File, qualified, strings.Join(cfg.Tables(), ", "))
+		return fmt.Errorf("%s has no rule for table %s; its rule tables are: %s", f.Path, qualified, strings.Join(f.Rules.Tables(), ", "))
 	}
 
 	oldFields, err := parseRow(oldRow)
@@ -138,8 +137,8 @@ Flags:
 		ch.New = buildRow(rel, newFields)
 	}
 
-	cmds := mapping.NewMapper(cfg).Commands(nil, ch)
-	notes := explainSkips(cfg.File, rules, ch, oldFields, newFields)
+	cmds := mapping.NewMapper(f.Rules).Commands(nil, ch)
+	notes := explainSkips(f.Path, rules, ch, oldFields, newFields)
 	if asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetEscapeHTML(false)
@@ -167,20 +166,6 @@ Flags:
 	return nil
 }
 
-// loadRules reads the rules file, turning its problems into a
-// *daemon.ConfigError so that Main prints them one per line.
-func loadRules(path string) (*mapping.Config, error) {
-	cfg, err := mapping.Load(path)
-	if err != nil {
-		var problems mapping.Errors
-		if errors.As(err, &problems) {
-			return nil, &daemon.ConfigError{Problems: problems}
-		}
-		return nil, err
-	}
-	return cfg, nil
-}
-
 func parseOp(s string) (pginvalidator.Op, bool) {
 	for op := pginvalidator.OpInsert; op <= pginvalidator.OpTruncate; op++ {
 		if op.String() == s {
@@ -188,14 +173,6 @@ func parseOp(s string) (pginvalidator.Op, bool) {
 		}
 	}
 	return 0, false
-}
-
-// splitTableName splits "schema.table" as rules.toml does: no dot means public.
-func splitTableName(s string) (schema, table string) {
-	if schema, table, ok := strings.Cut(s, "."); ok {
-		return schema, table
-	}
-	return "public", s
 }
 
 // field is one col=value of a --old or --new row.

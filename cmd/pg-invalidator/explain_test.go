@@ -17,8 +17,8 @@ func TestExplain(t *testing.T) {
 		args []string
 		want string
 	}{{
-		// The README's example, on the repository's own rules.toml.
-		name: "README: moving a product invalidates both lists",
+		// The example of the README and docs/operations.md, on the repository's own rules.toml.
+		name: "docs: moving a product invalidates both lists",
 		args: []string{"--config", "../../rules.toml", "--table", "products", "--op", "update",
 			"--old", "id=1,category_id=3", "--new", "id=1,category_id=5"},
 		want: `UNLINK product:1

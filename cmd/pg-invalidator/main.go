@@ -13,6 +13,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/pg-invalidator/pg-invalidator/daemon"
@@ -20,6 +21,18 @@ import (
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
+
+// buildVersion returns version, or, for a binary built without -ldflags
+// (go install ...@v1.2.3), the module version the Go toolchain recorded.
+func buildVersion() string {
+	if version != "dev" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return version
+}
 
 const usage = `pg-invalidator keeps Redis caches in step with PostgreSQL.
 
@@ -61,7 +74,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "demo":
 		err = demoCommand(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
-		fmt.Fprintf(stdout, "pg-invalidator %s\n", version)
+		fmt.Fprintf(stdout, "pg-invalidator %s\n", buildVersion())
 	case "help", "-h", "--help", "-help":
 		fmt.Fprint(stdout, usage)
 	default:

@@ -8,10 +8,17 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
+	"github.com/pg-invalidator/pg-invalidator/config"
 	"github.com/pg-invalidator/pg-invalidator/daemon"
 	"github.com/pg-invalidator/pg-invalidator/mapping"
 )
+
+// minReadyWindow is the shortest --ready-window. Redis is pinged every third
+// of the window (at most every 5s); below a second, /readyz would flap on
+// ordinary scheduling delays.
+const minReadyWindow = time.Second
 
 func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
@@ -20,6 +27,7 @@ func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	c.register(fs)
 	metricsAddr := fs.String("metrics-addr", "", "host:port to serve /metrics, /healthz and /readyz on, such as 127.0.0.1:9187 (default: none)")
 	resync := fs.Bool("resync", false, `when the replication slot is lost, recreate it and flush every key the rules can render, instead of stopping (default: [recovery] on_slot_lost in the rules file, else stop)`)
+	readyWindow := fs.Duration("ready-window", 30*time.Second, "with --metrics-addr: /readyz answers 503 once a Redis target has not answered for this long")
 	dryRun := fs.Bool("dry-run", false, "print each transaction's commands as JSON lines on stdout instead of applying them; uses a temporary slot, no Redis, and changes nothing")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: pg-invalidator run [flags]
@@ -32,7 +40,8 @@ It waits out an unreachable PostgreSQL or Redis. SIGHUP reloads the rules
 file (validated first; on failure the old rules stay). SIGINT or SIGTERM
 stops it.
 With --metrics-addr it serves Prometheus metrics on /metrics, liveness on
-/healthz and readiness on /readyz.
+/healthz and readiness on /readyz: ready while it streams and every Redis
+target answered within --ready-window.
 A lost replication slot stops it with a message that says what to do;
 with --resync it recreates the slot, flushes every key the rules can
 render, and streams on.
@@ -47,6 +56,9 @@ Flags:
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
+	if *readyWindow < minReadyWindow {
+		return fmt.Errorf("--ready-window %s: want a duration of at least %s, such as 30s", *readyWindow, minReadyWindow)
+	}
 	logger, err := c.newLogger(stderr)
 	if err != nil {
 		return err
@@ -56,6 +68,7 @@ Flags:
 		return err
 	}
 	cfg.MetricsAddr = *metricsAddr
+	cfg.ReadyRedisWithin = *readyWindow
 	fs.Visit(func(f *flag.Flag) {
 		if f.Name == "resync" { // the flag, when given, overrides the file
 			cfg.Resync = *resync
@@ -86,6 +99,12 @@ Flags:
 		}
 	}()
 	cfg.Reload = reload
-	cfg.LoadRules = func() (*mapping.Config, error) { return mapping.Load(c.config) }
+	cfg.LoadRules = func() (*mapping.Rules, error) {
+		f, err := config.Load(c.config) // the whole file, so that a reload reports what a start would
+		if err != nil {
+			return nil, err
+		}
+		return f.Rules, nil
+	}
 	return daemon.Run(ctx, cfg)
 }

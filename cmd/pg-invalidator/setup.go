@@ -5,24 +5,16 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"maps"
 	"os"
-	"slices"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
-	pginvalidator "github.com/pg-invalidator/pg-invalidator"
+	"github.com/pg-invalidator/pg-invalidator/config"
 	"github.com/pg-invalidator/pg-invalidator/daemon"
-	"github.com/pg-invalidator/pg-invalidator/mapping"
 	"github.com/pg-invalidator/pg-invalidator/replication"
 )
-
-// setupLockTimeout bounds how long --apply waits for a table lock: ALTER
-// TABLE ... REPLICA IDENTITY takes an exclusive one, and queries queue
-// behind a statement that waits for it.
-const setupLockTimeout = "10s"
 
 func setupCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("setup", flag.ContinueOnError)
@@ -33,7 +25,7 @@ func setupCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	)
 	fs.StringVar(&config, "config", "rules.toml", "rules file")
 	fs.StringVar(&postgres, "postgres", "", "PostgreSQL URL of a role that may make these changes, such as a superuser (default: $DATABASE_URL, then [postgres] url in the rules file)")
-	fs.StringVar(&role, "role", "pg_invalidator", "the role the daemon will log in as")
+	fs.StringVar(&role, "role", "pginvalidator", "the role the daemon will log in as (PostgreSQL reserves names that start with pg_)")
 	fs.BoolVar(&apply, "apply", false, "run the SQL, in one transaction, instead of printing it")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: pg-invalidator setup [flags]
@@ -52,6 +44,11 @@ live schema, and prints only what is missing:
     kind of change, or what an existing one lacks. The connecting role owns
     a publication it creates; the daemon only checks it.
 
+First it checks that the server can stream at all: PostgreSQL 13 or
+later, wal_level = logical, a free replication slot and a free WAL sender.
+Those take a configuration change and a restart, which a transaction
+cannot make: each problem is printed with its fix, and nothing is done.
+
 With --apply it runs the same statements in one transaction and prints
 them. Running it again prints "nothing to do" for each part already in
 place. The daemon creates its replication slot itself on first run.
@@ -69,7 +66,7 @@ Flags:
 	if role == "" {
 		return fmt.Errorf("--role is empty; name the role the daemon logs in as")
 	}
-	cfg, err := loadRules(config)
+	cfg, err := loadFile(config)
 	if err != nil {
 		return err
 	}
@@ -80,22 +77,19 @@ Flags:
 
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, url)
+	conn, err := replication.ConnectSQL(ctx, url)
 	if err != nil {
-		return fmt.Errorf("connect to postgres %s: %w", pginvalidator.RedactURL(url), pginvalidator.RedactError(err, url))
+		return err
 	}
 	defer conn.Close(context.Background())
 
 	// Plan and apply in one transaction, so that the plan is applied to
 	// the catalog it was made from.
-	tx, err := conn.Begin(ctx)
+	tx, err := replication.BeginSetup(ctx, conn)
 	if err != nil {
-		return fmt.Errorf("begin: %w", err)
+		return err
 	}
 	defer tx.Rollback(context.Background())
-	if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '"+setupLockTimeout+"'"); err != nil {
-		return fmt.Errorf("set lock_timeout: %w", err)
-	}
 	p, err := planSetup(ctx, tx, cfg, role)
 	if err != nil {
 		return err
@@ -103,13 +97,8 @@ Flags:
 
 	n := p.count()
 	if apply && n > 0 {
-		for _, s := range p.statements() {
-			if _, err := tx.Exec(ctx, s.SQL); err != nil {
-				return fmt.Errorf("apply %s: %w; nothing was changed", s.SQL, err)
-			}
-		}
-		if err := tx.Commit(ctx); err != nil {
-			return fmt.Errorf("commit: %w; nothing was changed", err)
+		if err := replication.ApplySetup(ctx, tx, p.statements()); err != nil {
+			return err
 		}
 	}
 
@@ -179,17 +168,33 @@ func (p *setupPlan) print(w io.Writer) {
 }
 
 // planSetup reads the live catalog in tx and works out the statements. It
-// changes nothing that outlives tx's savepoints.
-func planSetup(ctx context.Context, tx pgx.Tx, cfg *mapping.Config, role string) (*setupPlan, error) {
-	names := cfg.Tables()
+// changes nothing that outlives tx's savepoints. What setup cannot fix is
+// returned as a *daemon.ConfigError, the server's prerequisites first:
+// a server that cannot stream (wal_level, no free slot or WAL sender, an
+// unsupported version), and rule problems that REPLICA IDENTITY FULL
+// would not fix.
+func planSetup(ctx context.Context, tx pgx.Tx, cfg *config.File, role string) (*setupPlan, error) {
+	names := cfg.Rules.Tables()
+	srv, problems, err := replication.ServerProblems(ctx, tx.Conn(), cfg.Postgres.Slot)
+	if err != nil {
+		return nil, err
+	}
+	if srv.VersionNum < replication.MinServerVersion {
+		return nil, &daemon.ConfigError{Problems: problems}
+	}
 	tables, err := replication.DescribeTables(ctx, tx.Conn(), names)
 	if err != nil {
 		return nil, fmt.Errorf("describe rule tables: %w", err)
 	}
-	full, reasons := needFullIdentity(cfg, tables)
+	var full, reasons []string
+	for _, need := range cfg.Rules.FullIdentityNeeds(tables) {
+		full = append(full, need.Table)
+		reasons = append(reasons, need.Table+": "+need.Reason)
+	}
 	// What would still be wrong with those tables FULL is for the rules'
 	// author to fix, not for setup.
-	if problems := cfg.CheckSchema(withFullIdentity(tables, full)); len(problems) > 0 {
+	problems = append(problems, cfg.Rules.CheckSchema(replication.WithFullIdentity(tables, full))...)
+	if len(problems) > 0 {
 		return nil, &daemon.ConfigError{Problems: problems}
 	}
 
@@ -207,85 +212,11 @@ func planSetup(ctx context.Context, tx pgx.Tx, cfg *mapping.Config, role string)
 	}
 	return &setupPlan{
 		header: fmt.Sprintf("pg-invalidator setup for %s: publication %s, role %s, tables %s",
-			cfg.File, cfg.Postgres.Publication, role, strings.Join(names, ", ")),
+			cfg.Path, cfg.Postgres.Publication, role, strings.Join(names, ", ")),
 		sections: []setupSection{
 			{title: "Role " + role + ", which the daemon logs in as", stmts: roleStmts},
 			{title: "Replica identity, so that updates and deletes send the old values the rules use", notes: reasons, stmts: identStmts},
 			{title: "Publication " + cfg.Postgres.Publication + ", which the daemon streams from", stmts: pubStmts},
 		},
 	}, nil
-}
-
-// needFullIdentity returns the tables ("schema.table", sorted) that need
-// REPLICA IDENTITY FULL, and a line for each saying why. These are the
-// identity problems mapping.Config.CheckSchema reports: a rule that handles
-// update or delete uses a column outside the identity, or the identity is
-// NOTHING or DEFAULT without a primary key, which would make the table's
-// UPDATE and DELETE fail once it is published.
-func needFullIdentity(cfg *mapping.Config, tables map[string]pginvalidator.TableInfo) (names, reasons []string) {
-	for _, name := range slices.Sorted(maps.Keys(tables)) {
-		info := tables[name]
-		if !info.Exists || info.ReplicaIdentity == pginvalidator.IdentityFull {
-			continue
-		}
-		var reason string
-		switch {
-		case info.ReplicaIdentity == pginvalidator.IdentityNothing:
-			reason = "has REPLICA IDENTITY NOTHING, so once published its UPDATE and DELETE would fail (SQLSTATE 55000)"
-		case info.ReplicaIdentity == pginvalidator.IdentityDefault && !info.HasPrimaryKey:
-			reason = "has no primary key for REPLICA IDENTITY DEFAULT, so once published its UPDATE and DELETE would fail (SQLSTATE 55000)"
-		default:
-			var cols []string
-			for _, r := range cfg.Rules {
-				if r.QualifiedName() != name || !r.On.Has(pginvalidator.OpUpdate) && !r.On.Has(pginvalidator.OpDelete) {
-					continue
-				}
-				for _, t := range slices.Concat(r.Del, r.Incr) {
-					for _, c := range t.Columns() {
-						if slices.Contains(info.Columns, c) && !slices.Contains(info.Generated, c) &&
-							!slices.Contains(info.IdentityColumns, c) && !slices.Contains(cols, c) {
-							cols = append(cols, c)
-						}
-					}
-				}
-			}
-			if len(cols) == 0 {
-				continue
-			}
-			reason = fmt.Sprintf("rules use %s on update or delete, outside REPLICA IDENTITY %s", strings.Join(cols, ", "), identityName(info.ReplicaIdentity))
-		}
-		names = append(names, name)
-		reasons = append(reasons, name+": "+reason)
-	}
-	return names, reasons
-}
-
-// withFullIdentity returns a copy of tables in which the tables in full have
-// REPLICA IDENTITY FULL.
-func withFullIdentity(tables map[string]pginvalidator.TableInfo, full []string) map[string]pginvalidator.TableInfo {
-	out := maps.Clone(tables)
-	for _, name := range full {
-		info := out[name]
-		info.ReplicaIdentity = pginvalidator.IdentityFull
-		info.IdentityColumns = nil
-		for _, c := range info.Columns {
-			if !slices.Contains(info.Generated, c) {
-				info.IdentityColumns = append(info.IdentityColumns, c)
-			}
-		}
-		out[name] = info
-	}
-	return out
-}
-
-func identityName(id byte) string {
-	switch id {
-	case pginvalidator.IdentityDefault:
-		return "DEFAULT"
-	case pginvalidator.IdentityIndex:
-		return "USING INDEX"
-	case pginvalidator.IdentityNothing:
-		return "NOTHING"
-	}
-	return "FULL"
 }

@@ -1,4 +1,8 @@
-package pginvalidator
+// Package redact hides passwords before they reach a log line or an error
+// message. Every package that prints a connection string or a driver's
+// error goes through it, so there is one definition of what a password
+// looks like.
+package redact
 
 import (
 	"net/url"
@@ -6,9 +10,9 @@ import (
 	"strings"
 )
 
-// RedactURL hides the password in a connection URL or a libpq keyword/value
+// URL hides the password in a connection URL or a libpq keyword/value
 // string, so that it can go into a log line or an error message.
-func RedactURL(raw string) string {
+func URL(raw string) string {
 	u, err := url.Parse(raw)
 	if err == nil && u.Scheme != "" {
 		changed := false
@@ -39,18 +43,43 @@ var urlPassword = regexp.MustCompile(`([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\
 // keywordPassword matches password=... in libpq keyword/value strings.
 var keywordPassword = regexp.MustCompile(`(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)`)
 
-// RedactError returns err unchanged unless its text contains the password of
+// Text hides, anywhere in s, the password of every scheme://user:password@
+// and each of secrets (empty ones are ignored). Use it on text that did not
+// come from one known URL, such as a client library's own log lines.
+func Text(s string, secrets ...string) string {
+	s = urlPassword.ReplaceAllString(s, "${1}REDACTED@")
+	for _, pw := range secrets {
+		if pw != "" {
+			s = strings.ReplaceAll(s, pw, "REDACTED")
+		}
+	}
+	return s
+}
+
+// Error returns err unchanged unless its text contains the password of
 // rawURL; then it returns an error with the same text, password replaced.
 // Use it on errors from drivers that may echo a connection string.
-func RedactError(err error, rawURL string) error {
+func Error(err error, rawURL string) error {
+	return Secrets(err, passwordOf(rawURL))
+}
+
+// Secrets returns err unchanged unless its text contains one of secrets
+// (empty ones are ignored); then it returns an error with the same text,
+// each secret replaced. errors.Is and errors.As still see err.
+func Secrets(err error, secrets ...string) error {
 	if err == nil {
 		return nil
 	}
-	pw := passwordOf(rawURL)
-	if pw == "" || !strings.Contains(err.Error(), pw) {
+	msg := err.Error()
+	for _, s := range secrets {
+		if s != "" {
+			msg = strings.ReplaceAll(msg, s, "REDACTED")
+		}
+	}
+	if msg == err.Error() {
 		return err
 	}
-	return redactedError{msg: strings.ReplaceAll(err.Error(), pw, "REDACTED"), err: err}
+	return redactedError{msg: msg, err: err}
 }
 
 type redactedError struct {

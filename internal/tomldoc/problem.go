@@ -1,13 +1,13 @@
-package mapping
+package tomldoc
 
 import (
 	"fmt"
 	"strings"
 )
 
-// Problem is one thing wrong with a rules file, at a line of it.
+// Problem is one thing wrong with a file, at a line of it.
 type Problem struct {
-	File string // the rules file's path, as given to Parse or Load
+	File string // the file's path, as given to Parse
 	Line int    // 1-based; zero when the problem belongs to no single line
 	Msg  string // what is wrong and, when known, how to fix it
 }
@@ -21,9 +21,9 @@ func (p *Problem) Error() string {
 	return fmt.Sprintf("%s:%d: %s", p.File, p.Line, p.Msg)
 }
 
-// Errors is every problem found in one pass, in line order. Parse and Load
-// return it as their error; errors.As finds it, and each element is a
-// *Problem.
+// Errors is every problem found in one pass, in line order. The parsers
+// of rules.toml return it as their error; errors.As finds it, and each
+// element is a *Problem.
 type Errors []error
 
 // Error joins the problems, one per line.

@@ -1,4 +1,4 @@
-package mapping
+package config
 
 import (
 	"errors"
@@ -10,14 +10,16 @@ import (
 	"testing"
 	"time"
 
-	pginvalidator "github.com/pg-invalidator/pg-invalidator"
+	"github.com/pg-invalidator/pg-invalidator/daemon"
+	"github.com/pg-invalidator/pg-invalidator/invalidator"
+	"github.com/pg-invalidator/pg-invalidator/replication"
 )
 
-// describe prints a config's rules one per line, with the line of each rule
+// describe prints a file's rules one per line, with the line of each rule
 // and template, so that tests can compare them as text.
-func describe(c *Config) string {
+func describe(f *File) string {
 	var b strings.Builder
-	for _, r := range c.Rules {
+	for _, r := range f.Rules.List {
 		fmt.Fprintf(&b, "%d %s on=%s", r.Line, r.QualifiedName(), r.On)
 		for _, t := range r.Del {
 			fmt.Fprintf(&b, " del:%d:%s", t.Line, t)
@@ -35,7 +37,7 @@ func TestLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantPostgres := PostgresConfig{
+	wantPostgres := Postgres{
 		URL:         "postgres://app@localhost:5432/app",
 		Slot:        "shop_cache",
 		Publication: "shop_cache",
@@ -44,25 +46,25 @@ func TestLoad(t *testing.T) {
 	if c.Postgres != wantPostgres {
 		t.Errorf("Postgres = %+v, want %+v", c.Postgres, wantPostgres)
 	}
-	wantRedis := RedisConfig{
+	wantTargets := []daemon.Target{{Name: daemon.DefaultTarget, Redis: invalidator.Options{
 		Mode:          "sentinel",
 		Addrs:         []string{"10.0.0.1:26379", "10.0.0.2:26379"},
-		Master:        "mymaster",
+		MasterName:    "mymaster",
 		Username:      "invalidator",
-		PasswordEnv:   "REDIS_PASSWORD",
 		TLS:           true,
 		TLSCA:         "/etc/ssl/ca.pem",
 		TLSCert:       "/etc/ssl/cert.pem",
 		TLSKey:        "/etc/ssl/key.pem",
 		TLSServerName: "redis.internal",
 		WaitReplicas:  1,
+	}}}
+	if !reflect.DeepEqual(c.Targets, wantTargets) {
+		t.Errorf("Targets = %+v, want %+v", c.Targets, wantTargets)
 	}
-	gotRedis := c.Redis
-	gotRedis.lines = nil
-	if !reflect.DeepEqual(gotRedis, wantRedis) {
-		t.Errorf("Redis = %+v, want %+v", gotRedis, wantRedis)
+	if got, want := c.passwords[0], (secret{what: "redis", env: "REDIS_PASSWORD", envLine: 14, fileLine: 8}); got != want {
+		t.Errorf("password source = %+v, want %+v", got, want)
 	}
-	if got, want := c.Recovery, (RecoveryConfig{OnSlotLost: OnSlotLostResync}); got != want {
+	if got, want := c.Recovery, (Recovery{OnSlotLost: OnSlotLostResync}); got != want {
 		t.Errorf("Recovery = %+v, want %+v", got, want)
 	}
 	want := `23 public.products on=insert, update, delete, truncate del:26:product:<id> del:28:product-list:category:<category_id> incr:30:cache:version:products
@@ -72,10 +74,13 @@ func TestLoad(t *testing.T) {
 	if got := describe(c); got != want {
 		t.Errorf("rules:\n%s\nwant:\n%s", got, want)
 	}
-	if got, want := c.File, "testdata/good.toml"; got != want {
-		t.Errorf("File = %q, want %q", got, want)
+	if got, want := c.Path, "testdata/good.toml"; got != want {
+		t.Errorf("Path = %q, want %q", got, want)
 	}
-	if got, want := c.Tables(), []string{"public.products", "shop.orders"}; !reflect.DeepEqual(got, want) {
+	if got, want := c.Rules.File, "testdata/good.toml"; got != want {
+		t.Errorf("Rules.File = %q, want %q", got, want)
+	}
+	if got, want := c.Rules.Tables(), []string{"public.products", "shop.orders"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("Tables() = %q, want %q", got, want)
 	}
 }
@@ -85,11 +90,11 @@ func TestParseDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := PostgresConfig{Slot: DefaultSlot, Publication: DefaultPublication}
+	want := Postgres{Slot: replication.DefaultSlot, Publication: replication.DefaultPublication}
 	if c.Postgres != want {
 		t.Errorf("Postgres = %+v, want %+v", c.Postgres, want)
 	}
-	if got, want := c.Recovery, (RecoveryConfig{OnSlotLost: OnSlotLostStop}); got != want {
+	if got, want := c.Recovery, (Recovery{OnSlotLost: OnSlotLostStop}); got != want {
 		t.Errorf("Recovery = %+v, want %+v", got, want)
 	}
 	if got, want := describe(c), "1 public.items on=insert, update, delete, truncate incr:3:v\n"; got != want {
@@ -162,28 +167,12 @@ f.toml:2: unknown key "slto" in [postgres]; allowed keys: url, slot, publication
 	}
 }
 
-// TestParseInlineRules checks rules written as an array of inline tables.
-func TestParseInlineRules(t *testing.T) {
-	src := `rule = [
-  { table = "t1", del = ["a:<id>"] },
-  { table = "t2", incr = ["b:<id>"], on = ["insert"] },
-  { table = "t3", dell = ["c"] },
-]
-`
-	_, err := Parse("f.toml", []byte(src))
-	want := `f.toml:4: unknown key "dell" in [[rule]]; allowed keys: table, del, incr, on
-f.toml:4: rule has neither del nor incr; add del = ["key:<column>"] or incr = ["key"]`
-	if err == nil || err.Error() != want {
-		t.Errorf("got:\n%v\nwant:\n%s", err, want)
-	}
-}
-
 func TestParseErrors(t *testing.T) {
 	tests := []struct {
 		file string
 		want string
 	}{
-		{"syntax.toml", `testdata/syntax.toml:9: TOML syntax error after key "rule.del": expected a comma (',') or array terminator (']'), but got '['`},
+		{"syntax.toml", `testdata/syntax.toml:9: TOML syntax error after key "rule.del": expected ',' or ']' after array value (column 1)`},
 		{"unknown_top.toml", `testdata/unknown_top.toml:8: unknown key "redsi"; the top level allows only [postgres], [redis], [[target]], [recovery] and [[rule]]`},
 		{"unknown_postgres.toml", `testdata/unknown_postgres.toml:4: unknown key "slot_name" in [postgres]; allowed keys: url, slot, publication, heartbeat`},
 		{"unknown_redis.toml", `testdata/unknown_redis.toml:3: unknown key "password" in [redis]; allowed keys: url, mode, addrs, master, username, password_env, password_file, tls, tls_ca, tls_cert, tls_key, tls_server_name, wait_replicas; a password does not belong in the rules file: name the variable or file that holds it with password_env or password_file`},
@@ -198,18 +187,6 @@ testdata/redis_sentinel.toml:6: tls_ca is set but tls is not true; add tls = tru
 		{"redis_single.toml", `testdata/redis_single.toml:3: addrs is for mode "cluster" or "sentinel"; mode "single" connects to url
 testdata/redis_single.toml:4: tls_cert and tls_key go together: give both (a client certificate and its key), or neither
 testdata/redis_single.toml:5: password_env is empty; name the environment variable that holds the password`},
-		{"unknown_rule.toml", `testdata/unknown_rule.toml:7: unknown key "delete" in [[rule]]; allowed keys: table, del, incr, on`},
-		{"no_templates.toml", `testdata/no_templates.toml:6: rule has neither del nor incr; add del = ["key:<column>"] or incr = ["key"]`},
-		{"no_table.toml", `testdata/no_table.toml:1: rule has no table; add table = "schema.table" (or just "table" for the public schema)`},
-		{"bad_table.toml", `testdata/bad_table.toml:2: table "shop.public.products" has more than one dot; write "schema.table", or just "table" for the public schema`},
-		{"empty_table_part.toml", `testdata/empty_table_part.toml:2: table "shop." has an empty name; write "schema.table", or just "table" for the public schema`},
-		{"bad_on.toml", `testdata/bad_on.toml:6: on: "upsert" is not an operation; use insert, update, delete or truncate`},
-		{"unclosed.toml", `testdata/unclosed.toml:5: template "product-list:category:<category_id": the "<" at byte 23 has no closing ">"; end the column name with ">", or write "<<" for a literal "<"`},
-		{"empty_placeholder.toml", `testdata/empty_placeholder.toml:3: template "cache:<>": empty placeholder "<>"; put a column name inside, or write "<<>>" for a literal "<>"`},
-		{"lone_gt.toml", `testdata/lone_gt.toml:3: template "a->b": the ">" at byte 3 has no opening "<"; write ">>" for a literal ">"`},
-		{"empty_template.toml", `testdata/empty_template.toml:4: empty template; write a key such as "product:<id>"`},
-		{"wrong_type.toml", `testdata/wrong_type.toml:3: del must be an array of strings, like ["a", "b"]; got a string`},
-		{"wrong_element.toml", `testdata/wrong_element.toml:5: del[1] must be a string, in double quotes; got an integer`},
 		{"wrong_type_redis.toml", `testdata/wrong_type_redis.toml:3: redis.tls must be a boolean, true or false; got a string`},
 		{"target_bad.toml", `testdata/target_bad.toml:4: target has no name; add name = "eu" (letters, digits, "_", "-" and ".")
 testdata/target_bad.toml:8: target name "default" is the [redis] table's; choose another name
@@ -223,7 +200,6 @@ testdata/target_bad.toml:24: unknown key "password" in [[target]]; allowed keys:
 		{"target_not_array.toml", `testdata/target_not_array.toml:1: target must be an array of tables: write each target under its own [[target]] header, with double brackets`},
 		{"wrong_type_target.toml", `testdata/wrong_type_target.toml:3: wait_replicas must be a whole number, zero or more; got a string`},
 		{"no_rules.toml", `testdata/no_rules.toml: no [[rule]] found; add at least one, with a table and del or incr`},
-		{"rule_not_array.toml", `testdata/rule_not_array.toml:1: rule must be an array of tables: write each rule under its own [[rule]] header, with double brackets`},
 		{"bad_heartbeat.toml", `testdata/bad_heartbeat.toml:2: heartbeat "1 minute" is not a positive duration; write one like "30s" or "1m"`},
 		{"bad_on_slot_lost.toml", `testdata/bad_on_slot_lost.toml:2: on_slot_lost "recreate" is not a choice; use "stop" (the default: stop and say what to do) or "resync" (recreate the slot and flush every rule's keys)`},
 		{"unknown_recovery.toml", `testdata/unknown_recovery.toml:2: unknown key "on_lost" in [recovery]; allowed keys: on_slot_lost`},
@@ -265,25 +241,6 @@ func TestLoadMissingFile(t *testing.T) {
 	}
 }
 
-func TestOps(t *testing.T) {
-	tests := []struct {
-		ops  Ops
-		want string
-	}{
-		{0, ""},
-		{AllOps, "insert, update, delete, truncate"},
-		{Ops(0).With(pginvalidator.OpDelete).With(pginvalidator.OpInsert), "insert, delete"},
-	}
-	for _, tt := range tests {
-		if got := tt.ops.String(); got != tt.want {
-			t.Errorf("Ops(%d).String() = %q, want %q", tt.ops, got, tt.want)
-		}
-	}
-	if AllOps.Has(pginvalidator.Op(200)) {
-		t.Error("AllOps.Has(200) = true, want false")
-	}
-}
-
 // FuzzParse checks that Parse never panics nor hangs, whatever the file, and
 // that it finds a line for every problem.
 func FuzzParse(f *testing.F) {
@@ -300,7 +257,7 @@ func FuzzParse(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := Parse("f.toml", data)
 		if err == nil {
-			if len(c.Rules) == 0 {
+			if len(c.Rules.List) == 0 {
 				t.Fatal("Parse accepted a file without rules")
 			}
 			return
@@ -315,58 +272,65 @@ func FuzzParse(f *testing.F) {
 	})
 }
 
-func TestRedisPassword(t *testing.T) {
+func TestReadPasswords(t *testing.T) {
 	c, err := Load("testdata/redis_password.toml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := fmt.Sprintf("%s %q %s %v %s %d", c.Redis.Mode, c.Redis.Addrs, c.Redis.Username, c.Redis.TLS, c.Redis.TLSCA, c.Redis.WaitReplicas),
+	r := c.Targets[0].Redis
+	if got, want := fmt.Sprintf("%s %q %s %v %s %d", r.Mode, r.Addrs, r.Username, r.TLS, r.TLSCA, r.WaitReplicas),
 		`cluster ["127.0.0.1:7000" "127.0.0.1:7001"] invalidator true ca.pem 1`; got != want {
 		t.Errorf("Redis = %s, want %s", got, want)
 	}
-	_, err = c.RedisPassword()
+	os.Unsetenv("PGINV_TEST_REDIS_PASSWORD")
+	err = c.ReadPasswords()
 	if got, want := fmt.Sprint(err), "testdata/redis_password.toml:5: redis password_env PGINV_TEST_REDIS_PASSWORD: the environment variable is not set"; got != want {
 		t.Errorf("unset: got %s, want %s", got, want)
 	}
 	t.Setenv("PGINV_TEST_REDIS_PASSWORD", "")
-	_, err = c.RedisPassword()
+	err = c.ReadPasswords()
 	if got, want := fmt.Sprint(err), "testdata/redis_password.toml:5: redis password_env PGINV_TEST_REDIS_PASSWORD: the environment variable is empty"; got != want {
 		t.Errorf("empty: got %s, want %s", got, want)
 	}
 	t.Setenv("PGINV_TEST_REDIS_PASSWORD", "s3cret")
-	if pw, err := c.RedisPassword(); pw != "s3cret" || err != nil {
-		t.Errorf("set: got %q, %v, want s3cret", pw, err)
+	if err := c.ReadPasswords(); c.Targets[0].Redis.Password != "s3cret" || err != nil {
+		t.Errorf("set: got %q, %v, want s3cret", c.Targets[0].Redis.Password, err)
 	}
 
 	c, err = Load("testdata/redis_password_file.toml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = c.RedisPassword()
+	err = c.ReadPasswords()
 	if got, want := fmt.Sprint(err), "testdata/redis_password_file.toml:3: redis password_file testdata/no-such-password-file: no such file or directory"; got != want {
 		t.Errorf("missing file: got %s, want %s", got, want)
+	}
+	var problems Errors
+	if !errors.As(err, &problems) || len(problems) != 1 {
+		t.Errorf("missing file: error is %T, want Errors holding one *Problem", err)
 	}
 	file := filepath.Join(t.TempDir(), "pw")
 	if err := os.WriteFile(file, []byte("s3cret\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c.Redis.PasswordFile = file
-	if pw, err := c.RedisPassword(); pw != "s3cret" || err != nil {
-		t.Errorf("file: got %q, %v, want s3cret", pw, err)
+	c.passwords[0].file = file
+	if err := c.ReadPasswords(); c.Targets[0].Redis.Password != "s3cret" || err != nil {
+		t.Errorf("file: got %q, %v, want s3cret", c.Targets[0].Redis.Password, err)
 	}
 }
 
 func TestTargets(t *testing.T) {
 	tests := []struct {
-		file string
-		want []string // name line url mode addrs wait_replicas password_env
+		file        string
+		want        []string // name url mode addrs wait_replicas password_env
+		withDefault bool     // Default() is the first target
 	}{
 		{"targets.toml", []string{
-			"default 1 redis://127.0.0.1:6379/0  [] 0 ",
-			"eu 4 redis://eu-cache:6379/0  [] 0 PGINV_TEST_EU_PASSWORD",
-			"us 9  cluster [us-cache-1:7000 us-cache-2:7000] 1 ",
-		}},
-		{"targets_only.toml", []string{"eu 1 redis://eu-cache:6379/0  [] 0 "}},
+			"default redis://127.0.0.1:6379/0  [] 0 ",
+			"eu redis://eu-cache:6379/0  [] 0 PGINV_TEST_EU_PASSWORD",
+			"us  cluster [us-cache-1:7000 us-cache-2:7000] 1 ",
+		}, true},
+		{"targets_only.toml", []string{"eu redis://eu-cache:6379/0  [] 0 "}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
@@ -375,12 +339,15 @@ func TestTargets(t *testing.T) {
 				t.Fatal(err)
 			}
 			var got []string
-			for _, tg := range c.Targets() {
+			for i, tg := range c.Targets {
 				r := tg.Redis
-				got = append(got, fmt.Sprintf("%s %d %s %s %v %d %s", tg.Name, tg.Line, r.URL, r.Mode, r.Addrs, r.WaitReplicas, r.PasswordEnv))
+				got = append(got, fmt.Sprintf("%s %s %s %v %d %s", tg.Name, r.URL, r.Mode, r.Addrs, r.WaitReplicas, c.passwords[i].env))
 			}
 			if !reflect.DeepEqual(got, tt.want) {
-				t.Errorf("Targets() =\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(tt.want, "\n"))
+				t.Errorf("Targets =\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(tt.want, "\n"))
+			}
+			if def := c.Default(); (def == &c.Targets[0]) != tt.withDefault {
+				t.Errorf("Default() = %+v, want the first target: %v", def, tt.withDefault)
 			}
 		})
 	}
@@ -390,27 +357,49 @@ func TestTargets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := c.Targets(); len(got) != 1 || got[0].Name != DefaultTarget || got[0].Redis.URL != "" {
-		t.Errorf("Targets() without [redis] = %+v, want the default target alone", got)
+	if got := c.Targets; len(got) != 1 || got[0].Name != daemon.DefaultTarget || got[0].Redis.URL != "" || c.Default() != &c.Targets[0] {
+		t.Errorf("Targets without [redis] = %+v, want the default target alone", got)
 	}
 }
 
-func TestTargetPassword(t *testing.T) {
+func TestTargetPasswords(t *testing.T) {
 	c, err := Load("testdata/targets.toml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := c.Targets()
-	if pw, err := c.TargetPassword(ts[0]); pw != "" || err != nil {
-		t.Errorf("TargetPassword(default) = %q, %v; want none", pw, err)
-	}
 	os.Unsetenv("PGINV_TEST_EU_PASSWORD")
-	_, err = c.TargetPassword(ts[1])
+	err = c.ReadPasswords()
 	if got, want := fmt.Sprint(err), "testdata/targets.toml:7: target eu password_env PGINV_TEST_EU_PASSWORD: the environment variable is not set"; got != want {
-		t.Errorf("TargetPassword(eu) error = %q, want %q", got, want)
+		t.Errorf("ReadPasswords() error = %q, want %q", got, want)
 	}
 	t.Setenv("PGINV_TEST_EU_PASSWORD", "s3cret")
-	if pw, err := c.TargetPassword(ts[1]); pw != "s3cret" || err != nil {
-		t.Errorf("TargetPassword(eu) = %q, %v; want the variable's value", pw, err)
+	if err := c.ReadPasswords(); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, tg := range c.Targets {
+		got = append(got, tg.Name+"="+tg.Redis.Password)
+	}
+	if want := []string{"default=", "eu=s3cret", "us="}; !reflect.DeepEqual(got, want) {
+		t.Errorf("passwords = %q, want %q", got, want)
+	}
+}
+
+// BenchmarkParse measures reading a whole rules file: the TOML parse, the
+// line index, and the checks of every table.
+func BenchmarkParse(b *testing.B) {
+	for _, name := range []string{"../rules.toml", "testdata/good.toml"} {
+		data, err := os.ReadFile(name)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(filepath.Base(name), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := Parse(name, data); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

@@ -1,0 +1,78 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+
+	pginvalidator "github.com/pg-invalidator/pg-invalidator"
+	"github.com/pg-invalidator/pg-invalidator/invalidator"
+)
+
+// sink is where the pipeline delivers the commands the rules render from
+// each transaction. Run's sink applies them to every Redis target; a dry
+// run's prints them. Both are fed by the same loop (pipeline.consume), so
+// a dry run sees the same transactions, row changes and commands as a run,
+// in WAL order, by construction.
+type sink interface {
+	// begin opens transaction xid, whose commit record is at final.
+	begin(xid uint32, final pglogrepl.LSN)
+	// add takes the commands the rules rendered from one row change of the
+	// open transaction; cmds is empty when they render none, and is reused
+	// after add returns.
+	add(ch *pginvalidator.Change, cmds []pginvalidator.Command) error
+	// commit closes the open transaction, whose end LSN is end and which
+	// committed at at.
+	commit(end pglogrepl.LSN, at time.Time) error
+	// pending returns how many commands wait for flush.
+	pending() int
+	// flush delivers every command held. Once it returns nil, every
+	// transaction committed before it may be acknowledged.
+	flush(ctx context.Context) error
+	// reset drops what is held and not delivered: the next session
+	// receives it again.
+	reset()
+}
+
+// redisSink batches the commands and applies each batch to every Redis
+// target.
+type redisSink struct {
+	targets fanout
+	batch   *invalidator.Batch
+}
+
+func newRedisSink(ts fanout) *redisSink {
+	return &redisSink{targets: ts, batch: invalidator.NewBatch()}
+}
+
+func (s *redisSink) begin(uint32, pglogrepl.LSN) {}
+
+func (s *redisSink) add(_ *pginvalidator.Change, cmds []pginvalidator.Command) error {
+	for _, c := range cmds {
+		s.batch.Add(c)
+	}
+	return nil
+}
+
+func (s *redisSink) commit(pglogrepl.LSN, time.Time) error {
+	s.batch.EndTx()
+	return nil
+}
+
+func (s *redisSink) pending() int { return s.batch.Len() }
+
+// flush applies the batch to every target; it returns only once all have
+// applied it, or ctx ends.
+func (s *redisSink) flush(ctx context.Context) error {
+	if s.batch.Len() == 0 {
+		return nil
+	}
+	if err := s.targets.Apply(ctx, s.batch); err != nil {
+		return fmt.Errorf("apply batch: %w", err)
+	}
+	return nil
+}
+
+func (s *redisSink) reset() { s.batch.Reset() }

@@ -1,0 +1,261 @@
+package invalidator
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/redis/go-redis/v9"
+
+	pginvalidator "github.com/pg-invalidator/pg-invalidator"
+)
+
+// Apply runs every command of b on Redis. It only reads b, so that several
+// Invalidators, one per Redis deployment, may apply the same b at once, as
+// long as nothing changes b meanwhile; once Apply has returned nil (on
+// every Invalidator), the caller empties b with b.Clear. Del keys are sent
+// as UNLINK, Incr keys as INCR or INCRBY, then each DelPattern pattern is
+// scanned and its keys unlinked, and each IncrPattern pattern is scanned and
+// its keys incremented (only while they exist: IncrPattern never creates a
+// key).
+//
+// While Redis is unavailable (down, LOADING, OOM, READONLY, timeouts, ...)
+// Apply retries the failed commands, without end, until ctx is done; then
+// it returns ctx's error, wrapped, and calling Apply again with b runs it
+// all again.
+//
+// A command Redis rejects because of the key's value (WRONGTYPE, a value
+// INCR cannot parse, an overflow) can never succeed: Apply logs it once at
+// Error with the key, counts it in Stats.Skipped, and goes on without it
+// rather than block the stream forever. The cache that key version guards
+// may then serve stale data until the key is fixed.
+//
+// Concurrent calls to Apply on one Invalidator are serialized; Stats may be
+// called at any time.
+func (inv *Invalidator) Apply(ctx context.Context, b *Batch) error {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	size := b.Len()
+
+	ops := inv.ops[:0]
+	for k := range b.dels {
+		ops = append(ops, op{action: pginvalidator.Del, key: k})
+	}
+	for k, n := range b.incrs {
+		ops = append(ops, op{action: pginvalidator.Incr, key: k, n: n})
+	}
+	inv.ops = ops
+	if err := inv.run(ctx, ops); err != nil {
+		return err
+	}
+	for p := range b.delPatterns {
+		if err := inv.scan(ctx, p, pginvalidator.DelPattern); err != nil {
+			return fmt.Errorf("delete keys matching %q: %w", p, err)
+		}
+	}
+	for p := range b.incrPatterns {
+		if err := inv.scan(ctx, p, pginvalidator.IncrPattern); err != nil {
+			return fmt.Errorf("increment keys matching %q: %w", p, err)
+		}
+	}
+	inv.stats.observeBatch(size)
+	inv.available()
+	return nil
+}
+
+// run sends ops in pipelines of at most pipeSize commands.
+func (inv *Invalidator) run(ctx context.Context, ops []op) error {
+	for len(ops) > 0 {
+		n := min(len(ops), inv.pipeSize)
+		if err := inv.exec(ctx, ops[:n]); err != nil {
+			return err
+		}
+		ops = ops[n:]
+	}
+	return nil
+}
+
+// exec sends ops in pipelines, one to each master that serves some of
+// them, then resends the ones that failed, and only those, until each has
+// succeeded or been skipped, or ctx is done. It reorders ops.
+func (inv *Invalidator) exec(ctx context.Context, ops []op) error {
+	redirects := 0 // consecutive attempts where only MOVED or ASK failed
+	for attempt := 0; ; {
+		groups, failed, lastErr := inv.route(ctx, ops)
+		if len(groups) == 1 {
+			inv.send(ctx, groups[0])
+		} else {
+			var wg sync.WaitGroup
+			for _, g := range groups {
+				wg.Go(func() { inv.send(ctx, g) })
+			}
+			wg.Wait()
+		}
+		redirectOnly := lastErr == nil
+		for _, g := range groups {
+			failed = append(failed, g.failed...)
+			if g.err != nil {
+				lastErr = g.err
+				redirectOnly = redirectOnly && g.redirect
+			}
+		}
+		if len(failed) == 0 {
+			return nil
+		}
+		ops = failed
+		inv.stats.retries.Add(uint64(len(ops)))
+		if redirectOnly && redirects < 5 {
+			// The slot map is stale: reload it now, and resend at once.
+			redirects++
+			_, _ = inv.masters(ctx)
+			continue
+		}
+		redirects = 0
+		if inv.cluster != nil {
+			inv.cluster.ReloadState(ctx) // a master may have failed over
+		}
+		if err := inv.backoff(ctx, attempt, lastErr); err != nil {
+			return err
+		}
+		attempt++
+	}
+}
+
+// route splits ops by the master that serves them. failed holds the ops
+// whose master is unknown (the cluster's slot map could not be loaded), and
+// err why. route writes failed over ops, which the groups no longer need.
+func (inv *Invalidator) route(ctx context.Context, ops []op) (groups []*group, failed []op, err error) {
+	if len(inv.groups) > 64 { // the topology changed many times
+		clear(inv.groups)
+	}
+	for _, g := range inv.groups {
+		g.ops = g.ops[:0]
+	}
+	failed = ops[:0]
+	for _, o := range ops {
+		c, cerr := inv.masterFor(ctx, o.key, o.ask)
+		if cerr != nil {
+			inv.stats.errors.Add(1)
+			o.ask = ""
+			failed, err = append(failed, o), cerr
+			continue
+		}
+		g := inv.groups[c]
+		if g == nil {
+			g = &group{client: c}
+			inv.groups[c] = g
+		}
+		if len(g.ops) == 0 {
+			groups = append(groups, g)
+		}
+		g.ops = append(g.ops, o)
+	}
+	return groups, failed, err
+}
+
+// send runs g's ops in one pipeline, ending it with WAIT when replicas must
+// confirm, and sorts the outcome into g.failed and the stats.
+func (inv *Invalidator) send(ctx context.Context, g *group) {
+	pipe := g.client.Pipeline()
+	g.cmds = g.cmds[:0]
+	for _, o := range g.ops {
+		if o.ask != "" {
+			_ = pipe.Process(ctx, redis.NewCmd(ctx, "asking"))
+		}
+		g.cmds = append(g.cmds, o.queue(ctx, pipe))
+	}
+	var wait *redis.Cmd
+	if inv.waitReplicas > 0 { // Pipeliner has no Wait; the read timeout covers it (see readTimeout)
+		wait = pipe.Do(ctx, "wait", inv.waitReplicas, inv.waitTimeout.Milliseconds())
+	}
+	_, _ = pipe.Exec(ctx) // it returns only the first error: each reply is checked below
+
+	g.done, g.failed, g.err, g.redirect = g.done[:0], g.failed[:0], nil, true
+	for i, c := range g.cmds {
+		o := g.ops[i]
+		o.ask = ""
+		err := c.Err()
+		switch {
+		case err == nil:
+			g.done = append(g.done, i)
+		case permanent(err):
+			inv.stats.errors.Add(1)
+			inv.stats.skipped.Add(1)
+			inv.log.Error("redis rejected a command for good, skipping it",
+				"action", o.action.String(), "key", o.key, "err", err)
+		default:
+			inv.stats.errors.Add(1)
+			moved, ask := redirect(err)
+			o.ask = ask
+			g.redirect = g.redirect && (moved || ask != "")
+			g.failed, g.err = append(g.failed, o), err
+		}
+	}
+	if wait != nil && len(g.done) > 0 {
+		n, err := wait.Int64()
+		if err == nil && n < int64(inv.waitReplicas) {
+			err = fmt.Errorf("WAIT %d %d: %d replicas acknowledged the writes of %s", inv.waitReplicas,
+				inv.waitTimeout.Milliseconds(), n, g.client.Options().Addr)
+		}
+		if err != nil { // the writes may be lost on failover: send them again
+			for _, i := range g.done {
+				o := g.ops[i]
+				o.ask = ""
+				g.failed = append(g.failed, o)
+			}
+			inv.stats.errors.Add(uint64(len(g.done)))
+			g.done, g.err, g.redirect = g.done[:0], err, false
+		}
+	}
+	for _, i := range g.done {
+		inv.stats.count(g.ops[i], g.cmds[i])
+	}
+}
+
+// op is one single-key command to send.
+type op struct {
+	action pginvalidator.Action // DelPattern and IncrPattern act on one key found by SCAN
+	key    string
+	n      int64  // INCRBY amount, Incr only
+	ask    string // a cluster master to send it to once, after ASKING; empty: its slot's master
+}
+
+// group is one pipeline to one master, and what came of it.
+type group struct {
+	client   *redis.Client
+	ops      []op
+	cmds     []redis.Cmder // their replies
+	done     []int         // indexes of ops that succeeded, to count once confirmed
+	failed   []op          // ops to send again
+	err      error         // the last error of a failed op
+	redirect bool          // only MOVED or ASK failed ops here
+}
+
+// incrIfExists increments KEYS[1] only if it exists, so that IncrPattern
+// cannot recreate a key deleted between SCAN and INCR. It returns 0 for a
+// missing key, never nil, which go-redis would report as redis.Nil.
+const incrIfExists = `if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('INCR', KEYS[1]) end return 0`
+
+// queue adds o's command to pipe.
+func (o op) queue(ctx context.Context, pipe redis.Pipeliner) redis.Cmder {
+	switch o.action {
+	case pginvalidator.Incr:
+		if o.n == 1 {
+			return pipe.Incr(ctx, o.key)
+		}
+		return pipe.IncrBy(ctx, o.key, o.n)
+	case pginvalidator.IncrPattern:
+		return pipe.Eval(ctx, incrIfExists, []string{o.key})
+	default: // Del, DelPattern
+		return pipe.Unlink(ctx, o.key)
+	}
+}
+
+// permanent reports whether Redis rejected a command for a reason that
+// retrying cannot fix: the key holds another type, or a value INCR cannot
+// parse or would overflow. HasErrorPrefix also sees these through a script.
+func permanent(err error) bool {
+	return redis.HasErrorPrefix(err, "WRONGTYPE") ||
+		redis.HasErrorPrefix(err, "value is not an integer") ||
+		redis.HasErrorPrefix(err, "increment or decrement would overflow")
+}

@@ -1,0 +1,85 @@
+package invalidator
+
+import (
+	"math/bits"
+	"sync/atomic"
+
+	"github.com/redis/go-redis/v9"
+
+	pginvalidator "github.com/pg-invalidator/pg-invalidator"
+)
+
+// BatchSizeBounds are the upper bounds of the Stats.BatchSizes buckets.
+var BatchSizeBounds = [...]int{1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576}
+
+// Stats are cumulative counters since New.
+type Stats struct {
+	Del             uint64 // UNLINK commands applied for Del
+	Incr            uint64 // INCR and INCRBY commands applied for Incr
+	DelPatternKeys  uint64 // keys a DelPattern unlinked
+	IncrPatternKeys uint64 // keys an IncrPattern incremented
+	Errors          uint64 // failed commands and SCAN calls, whether retried or skipped
+	Skipped         uint64 // commands Redis rejected for good, never applied (see Apply)
+	Retries         uint64 // commands and SCAN calls sent again after a failure
+	Batches         uint64 // batches Apply completed
+	BatchCommands   uint64 // sum of Batch.Len over those batches
+	// BatchSizes[i] counts the batches of more than BatchSizeBounds[i-1] and
+	// at most BatchSizeBounds[i] commands; the last counts the larger ones.
+	BatchSizes [len(BatchSizeBounds) + 1]uint64
+}
+
+// Stats returns the counters. It is safe to call at any time.
+func (inv *Invalidator) Stats() Stats { return inv.stats.snapshot() }
+
+type counters struct {
+	del, incr, delPatternKeys, incrPatternKeys atomic.Uint64
+	errors, skipped, retries                   atomic.Uint64
+	batches, batchCommands                     atomic.Uint64
+	batchSizes                                 [len(BatchSizeBounds) + 1]atomic.Uint64
+}
+
+// count records the successful reply c to o.
+func (s *counters) count(o op, c redis.Cmder) {
+	switch o.action {
+	case pginvalidator.Del:
+		s.del.Add(1)
+	case pginvalidator.Incr:
+		s.incr.Add(1)
+	case pginvalidator.DelPattern:
+		if c.(*redis.IntCmd).Val() > 0 { // 0: the key was gone already
+			s.delPatternKeys.Add(1)
+		}
+	case pginvalidator.IncrPattern:
+		if n, _ := c.(*redis.Cmd).Int64(); n > 0 { // 0: the key was gone already
+			s.incrPatternKeys.Add(1)
+		}
+	}
+}
+
+func (s *counters) observeBatch(size int) {
+	s.batches.Add(1)
+	s.batchCommands.Add(uint64(size))
+	i := 0
+	if size > 1 {
+		i = min((bits.Len(uint(size-1))+1)/2, len(BatchSizeBounds)) // bounds are powers of 4
+	}
+	s.batchSizes[i].Add(1)
+}
+
+func (s *counters) snapshot() Stats {
+	st := Stats{
+		Del:             s.del.Load(),
+		Incr:            s.incr.Load(),
+		DelPatternKeys:  s.delPatternKeys.Load(),
+		IncrPatternKeys: s.incrPatternKeys.Load(),
+		Errors:          s.errors.Load(),
+		Skipped:         s.skipped.Load(),
+		Retries:         s.retries.Load(),
+		Batches:         s.batches.Load(),
+		BatchCommands:   s.batchCommands.Load(),
+	}
+	for i := range s.batchSizes {
+		st.BatchSizes[i] = s.batchSizes[i].Load()
+	}
+	return st
+}

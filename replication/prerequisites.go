@@ -1,0 +1,187 @@
+package replication
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// MinServerVersion is the oldest PostgreSQL the daemon supports, as
+// server_version_num: 13. It creates publications with
+// publish_via_partition_root and reads pg_replication_slots.wal_status and
+// safe_wal_size, which PostgreSQL 13 introduced. Versions 15 and 16 are
+// tested; later ones are expected to work.
+const MinServerVersion = 130000
+
+// PrerequisiteError is one thing the server or the connecting role lacks
+// for the daemon to stream, and how to fix it. Retrying cannot help: an
+// operator must act.
+type PrerequisiteError struct {
+	Msg string // what is wrong
+	Fix string // what to run or change
+}
+
+func (e *PrerequisiteError) Error() string { return e.Msg + "; fix: " + e.Fix }
+
+// Server is what the prerequisite checks found on a server.
+type Server struct {
+	Version    string // server_version, such as "15.4 (Debian 15.4-1)"
+	VersionNum int    // server_version_num, such as 150004
+	WALLevel   string // wal_level; empty when the version is not supported (not read)
+
+	MaxSlots int      // max_replication_slots
+	Slots    []string // every replication slot on the server, by name
+	// SlotExists is true when the daemon's own slot exists already: it needs
+	// no free slot then.
+	SlotExists bool
+
+	MaxWALSenders int // max_wal_senders
+	// WALSenders counts the walsender processes, not counting one that
+	// streams from the daemon's own slot (a previous or an active instance
+	// of the daemon, which a standby replaces).
+	WALSenders int
+
+	// Managed names the managed service the server's own settings give
+	// away, such as "Amazon RDS or Aurora"; empty for none.
+	Managed string
+}
+
+// managedService is a managed PostgreSQL, told by a setting only it
+// defines, and how logical decoding is turned on there.
+type managedService struct {
+	setting string // a setting only this service defines
+	name    string
+	fix     string // how to get wal_level = logical
+}
+
+// managedServices are checked in order; the first whose setting exists wins.
+var managedServices = []managedService{
+	{"rds.logical_replication", "Amazon RDS or Aurora",
+		"set rds.logical_replication = 1 in the DB parameter group (on Aurora, the DB cluster parameter group), then reboot"},
+	{"cloudsql.logical_decoding", "Google Cloud SQL", "set the database flag cloudsql.logical_decoding = on, then restart"},
+	{"azure.replication_support", "Azure Database for PostgreSQL single server", "set azure.replication_support = logical, then restart"},
+	{"azure.extensions", "Azure Database for PostgreSQL flexible server", "set the server parameter wal_level = logical, then restart"},
+}
+
+// String sums up the server for a line of check's output.
+func (s Server) String() string {
+	return fmt.Sprintf("PostgreSQL %s, wal_level %s, %d of %d replication slots in use, %d of %d WAL senders in use",
+		s.Version, s.WALLevel, len(s.Slots), s.MaxSlots, s.WALSenders, s.MaxWALSenders)
+}
+
+// ServerProblems checks the server-wide prerequisites of streaming from
+// slot: a supported version (MinServerVersion), wal_level logical, a free
+// replication slot and a free WAL sender. slot is the daemon's own slot:
+// when it exists it counts as available, and so does the walsender
+// streaming from it. An empty slot means a new slot is needed whatever
+// exists (a dry run's temporary slot). Each problem is a
+// *PrerequisiteError; err is for a failure to read the server.
+func ServerProblems(ctx context.Context, conn *pgx.Conn, slot string) (s Server, problems []error, err error) {
+	err = conn.QueryRow(ctx, `SELECT current_setting('server_version_num')::int, current_setting('server_version')`).
+		Scan(&s.VersionNum, &s.Version)
+	if err != nil {
+		return s, nil, fmt.Errorf("read server version: %w", err)
+	}
+	if s.VersionNum < MinServerVersion {
+		return s, serverProblems(s), nil
+	}
+	settings := make([]string, len(managedServices))
+	for i, m := range managedServices {
+		settings[i] = m.setting
+	}
+	var managed []string
+	// pg_stat_replication lists every walsender, streaming or not, to every
+	// role (pg_stat_activity hides other roles' backend_type from a role
+	// without pg_read_all_stats). A walsender of the daemon's own slot is
+	// not counted: it is the daemon's, from before a restart, or the active
+	// one a standby waits for.
+	err = conn.QueryRow(ctx, `
+SELECT ARRAY(SELECT s FROM unnest($2::text[]) AS s WHERE current_setting(s, true) IS NOT NULL),
+       current_setting('wal_level'),
+       current_setting('max_replication_slots')::int,
+       current_setting('max_wal_senders')::int,
+       ARRAY(SELECT slot_name::text FROM pg_replication_slots ORDER BY slot_name),
+       EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1),
+       (SELECT count(*)::int FROM pg_stat_replication r
+        WHERE r.pid IS DISTINCT FROM (SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1))`, slot, settings).
+		Scan(&managed, &s.WALLevel, &s.MaxSlots, &s.MaxWALSenders, &s.Slots, &s.SlotExists, &s.WALSenders)
+	if err != nil {
+		return s, nil, fmt.Errorf("read replication settings: %w", err)
+	}
+	for _, m := range managedServices {
+		if slices.Contains(managed, m.setting) {
+			s.Managed = m.name
+			break
+		}
+	}
+	return s, serverProblems(s), nil
+}
+
+// restart ends every fix that changes a setting only a restart applies.
+const restart = "then restart PostgreSQL (a reload is not enough)"
+
+// serverProblems judges what ServerProblems read.
+func serverProblems(s Server) []error {
+	if s.VersionNum < MinServerVersion {
+		return []error{&PrerequisiteError{
+			Msg: fmt.Sprintf("PostgreSQL %s is not supported: pg-invalidator needs PostgreSQL %d or later (for publish_via_partition_root and pg_replication_slots.wal_status)",
+				s.Version, MinServerVersion/10000),
+			Fix: fmt.Sprintf("upgrade the server to PostgreSQL %d or later (15 and 16 are tested)", MinServerVersion/10000),
+		}}
+	}
+	var problems []error
+	if s.WALLevel != "logical" {
+		p := &PrerequisiteError{
+			Msg: fmt.Sprintf("wal_level is %s, but logical decoding needs logical", s.WALLevel),
+			Fix: "as a superuser, run ALTER SYSTEM SET wal_level = logical; " + restart + ". " +
+				"A managed service takes its own parameter instead, then a reboot: rds.logical_replication = 1 on Amazon RDS and Aurora, " +
+				"cloudsql.logical_decoding = on on Google Cloud SQL, wal_level = logical as a server parameter on Azure flexible server " +
+				"(azure.replication_support = logical on the retired single server)",
+		}
+		for _, m := range managedServices {
+			if m.name == s.Managed {
+				p.Fix = "this is " + m.name + ": " + m.fix
+			}
+		}
+		problems = append(problems, p)
+	}
+	if !s.SlotExists && len(s.Slots) >= s.MaxSlots {
+		msg := fmt.Sprintf("no free replication slot: max_replication_slots is %d", s.MaxSlots)
+		fix := fmt.Sprintf("raise the limit with ALTER SYSTEM SET max_replication_slots = %d; %s", len(s.Slots)+1, restart)
+		if len(s.Slots) > 0 {
+			msg += fmt.Sprintf(" and %s in use (%s)", plural(len(s.Slots), "slot is", "slots are"), listSome(s.Slots, 5))
+			fix = fmt.Sprintf("drop a slot nobody uses with SELECT pg_drop_replication_slot('name'), or %s", fix)
+		}
+		problems = append(problems, &PrerequisiteError{Msg: msg, Fix: fix})
+	}
+	if s.WALSenders >= s.MaxWALSenders {
+		msg := fmt.Sprintf("no free WAL sender: max_wal_senders is %d", s.MaxWALSenders)
+		fix := fmt.Sprintf("raise the limit with ALTER SYSTEM SET max_wal_senders = %d; %s", s.WALSenders+1, restart)
+		if s.WALSenders > 0 {
+			msg += fmt.Sprintf(" and %s in use by other replication connections (standbys, subscribers, other consumers)",
+				plural(s.WALSenders, "is", "are"))
+			fix += "; or end a replication connection nobody needs (pg_stat_replication lists them)"
+		}
+		problems = append(problems, &PrerequisiteError{Msg: msg, Fix: fix})
+	}
+	return problems
+}
+
+// plural writes n and the singular or plural words after it.
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
+}
+
+// listSome joins up to max names, saying how many more there are.
+func listSome(names []string, max int) string {
+	if len(names) <= max {
+		return strings.Join(names, ", ")
+	}
+	return strings.Join(names[:max], ", ") + fmt.Sprintf(" and %d more", len(names)-max)
+}

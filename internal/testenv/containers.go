@@ -108,7 +108,7 @@ func startContainers(ctx context.Context) (*Env, error) {
 	}
 	if err != nil {
 		env.Close()
-		return nil, withHints(err, EnvPostgresImage, pgImage)
+		return nil, withHints(err, EnvPostgresImage)
 	}
 	if rdBare {
 		env.RedisURL, rdAddr, err = startBareRedis(ctx, env, rdImage)
@@ -117,7 +117,7 @@ func startContainers(ctx context.Context) (*Env, error) {
 	}
 	if err != nil {
 		env.Close()
-		return nil, withHints(err, EnvRedisImage, rdImage)
+		return nil, withHints(err, EnvRedisImage)
 	}
 	start := startMode(pgBare)
 	if pgBare != rdBare {
@@ -173,7 +173,7 @@ func needBridge(ctx context.Context, provider *testcontainers.DockerProvider) er
 }
 
 // withHints adds what to do to the errors seen where no registry answers.
-func withHints(err error, imageVar, image string) error {
+func withHints(err error, imageVar string) error {
 	msg := err.Error()
 	switch {
 	case strings.Contains(strings.ToLower(msg), "reaper") && os.Getenv("TESTCONTAINERS_RYUK_DISABLED") != "true":

@@ -24,7 +24,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/pg-invalidator/pg-invalidator/internal/localsvc"
 )
@@ -120,6 +124,29 @@ func startLocal(ctx context.Context) (*Env, error) {
 	return env, nil
 }
 
+// versions asks both servers for their version, for the summary line.
+func versions(e *Env) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	pg, rd := "unknown", "unknown"
+	if conn, err := pgx.Connect(ctx, e.PostgresURL); err == nil {
+		conn.QueryRow(ctx, "SHOW server_version").Scan(&pg)
+		conn.Close(ctx)
+	}
+	if opts, err := redis.ParseURL(e.RedisURL); err == nil {
+		opts.DisableIdentity = true
+		rdb := redis.NewClient(opts)
+		if info, err := rdb.InfoMap(ctx, "server").Result(); err == nil && info["Server"]["redis_version"] != "" {
+			rd = info["Server"]["redis_version"]
+		}
+		rdb.Close()
+	}
+	if f := strings.Fields(pg); len(f) > 0 {
+		pg = f[0] // "15.20 (Debian 15.20-0+deb12u1)"
+	}
+	return fmt.Sprintf("postgres_version=%s redis_version=%s", pg, rd)
+}
+
 // Main runs a package's tests with one shared Env, which it stores in *env,
 // and exits with their status. Use it from TestMain:
 //
@@ -142,7 +169,7 @@ func run(m interface{ Run() int }, env **Env) int {
 		return 1
 	}
 	defer e.Close()
-	fmt.Printf("testenv: backend=%s %s\n", e.Backend, e.Summary)
+	fmt.Printf("testenv: backend=%s %s %s\n", e.Backend, e.Summary, versions(e))
 	*env = e
 	return m.Run()
 }

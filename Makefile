@@ -1,10 +1,11 @@
 # Makefile for pg-invalidator.
 #
 #   make build   bin/pg-invalidator, static (CGO_ENABLED=0), version from git describe
-#   make test    go vet, gofmt check, docker-compose.yml check, then every test
+#   make test    go vet, gofmt check, docker-compose.yml check, cross builds, then every test
+#   make crossbuild  build the binary for macOS and Windows (CGO_ENABLED=0), to check it compiles there
 #   make test-containers
-#                the packages that share PostgreSQL and Redis (integration/,
-#                replication/, invalidator/) again, through testcontainers
+#                the packages that share PostgreSQL and Redis (those whose TestMain
+#                calls testenv.Main) again, through testcontainers
 #   make image   the Docker image pg-invalidator:$(VERSION)
 #   make demo    build, then run the self-contained demo (throwaway PostgreSQL and Redis)
 #   make bench   the bench program, then the Go benchmarks of mapping/ and invalidator/
@@ -40,7 +41,10 @@ IMAGE   ?= pg-invalidator:$(VERSION)
 DOCKER  ?= docker
 DOCKER_BUILD_FLAGS ?=
 
-.PHONY: all build test test-containers vet fmtcheck composecheck demo bench fuzz image clean
+# The systems besides Linux the binary must build for, as GOOS/GOARCH.
+CROSS     ?= darwin/arm64 windows/amd64
+
+.PHONY: all build test test-containers vet fmtcheck composecheck crossbuild demo bench fuzz image clean
 
 all: build
 
@@ -48,7 +52,7 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) $(MAIN)
 
 # The quick checks run first, so that the test summary is the last thing printed.
-test: vet fmtcheck composecheck
+test: vet fmtcheck composecheck crossbuild
 	@mkdir -p $(dir $(TESTLOG))
 	@set -o pipefail; \
 	PGINV_TEST_BACKEND=$(TEST_BACKEND) $(GO) test -v $(TESTFLAGS) ./... 2>&1 | tee $(TESTLOG); rc=$$?; \
@@ -85,6 +89,16 @@ composecheck:
 	else \
 		echo "note: docker-compose is not installed; docker-compose.yml not validated (apt-get install docker-compose)"; \
 	fi
+
+# Compiles the binary for each of $(CROSS) and throws it away: the demo links
+# internal/localsvc, whose process handling differs by system.
+crossbuild:
+	@out=$$(mktemp -d); trap 'rm -rf "$$out"' EXIT; \
+	for target in $(CROSS); do \
+		CGO_ENABLED=0 GOOS=$${target%/*} GOARCH=$${target#*/} $(GO) build -o "$$out/pg-invalidator" $(MAIN) || \
+			{ echo "crossbuild: $$target failed" >&2; exit 1; }; \
+		echo "crossbuild: $$target ok"; \
+	done
 
 demo: build
 	./$(BIN) demo

@@ -120,6 +120,14 @@ const (
 	DelPattern
 	// IncrPattern increments every existing key matching a glob pattern.
 	IncrPattern
+	// Version sets one version key to the LSN of the transaction that
+	// caused it, unless the key holds that LSN or a later one already. The
+	// LSN is not in the Command: whoever runs it knows which transaction the
+	// command belongs to (see invalidator.Batch).
+	Version
+	// VersionPattern does what Version does to every existing key matching
+	// a glob pattern. It never creates a key.
+	VersionPattern
 )
 
 // String names the action the way logs and metrics do.
@@ -133,6 +141,10 @@ func (a Action) String() string {
 		return "del_pattern"
 	case IncrPattern:
 		return "incr_pattern"
+	case Version:
+		return "version"
+	case VersionPattern:
+		return "version_pattern"
 	}
 	return fmt.Sprintf("action(%d)", uint8(a))
 }
@@ -143,3 +155,16 @@ type Command struct {
 	Action Action
 	Key    string
 }
+
+// LSN is a position in PostgreSQL's write-ahead log: a byte offset, as
+// pg_lsn and pglogrepl.LSN hold it.
+type LSN uint64
+
+// String formats the LSN the way PostgreSQL prints a pg_lsn: "16/B374D848".
+func (l LSN) String() string { return fmt.Sprintf("%X/%X", uint64(l)>>32, uint32(l)) }
+
+// VersionValue formats the LSN the way a Version command stores it in a
+// version key: 16 upper-case hexadecimal digits, zero-padded
+// ("00000016B374D848"), so that comparing two values as strings compares
+// the LSNs. Applications may read it, and compare it, but need not parse it.
+func (l LSN) VersionValue() string { return fmt.Sprintf("%016X", uint64(l)) }

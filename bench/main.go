@@ -7,7 +7,7 @@
 // nothing else:
 //
 //	go run ./bench                     # full size (see -help); about 7 minutes on 2 cores
-//	go run ./bench -small-txs 20000 -large-rows 100000 -samples 200
+//	go run ./bench -small-txs 20000 -large-rows 100000 -samples 200   # a quick run
 //	go run ./bench -scenarios small -skip baseline -perf /tmp/perf   # profile each contender
 //	go run ./bench chart bench/results/latest.json docs/benchmarks.svg   # redraw the chart
 //
@@ -31,15 +31,21 @@
 // each on its own slot and its own Redis, and measures how long a key stays
 // in each Redis after the UPDATE that invalidates it has committed.
 //
-// It prints a table and writes bench/results/<date>.json,
-// bench/results/latest.json and docs/benchmarks.svg.
+// It prints a table and writes the results as JSON and an SVG chart. Only a
+// full run (every flag that changes what is measured at its default) or a
+// run with -publish replaces what the docs show: bench/results/latest.json
+// (the run it replaces moves to bench/results/<its date>.json, so that each
+// run is kept exactly once) and docs/benchmarks.svg. Any other run writes
+// bench/results/local/<date>.json and <date>.svg, which git ignores.
 package main
 
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -56,14 +62,26 @@ type options struct {
 	loadTPS   int    // background load during the loaded stale window samples
 	clients   int    // pgbench clients building the small-transactions backlog
 	scenarios string // which scenarios to run
-	outDir    string // where the JSON goes
-	chart     string // where the SVG goes; empty: none
+	outDir    string // where the JSON goes; empty: bench/results, or bench/results/local for a run that does not publish
+	chart     string // where the SVG goes; empty: docs/benchmarks.svg, or next to the JSON for a run that does not publish; "-": none
 	cluster   bool   // also run the daemon against a Redis Cluster in the catch-up scenarios
 	skip      string // catch-up contenders left out, comma-separated
 	runs      int    // runs of each catch-up contender but the baseline; the median is reported
 	perfDir   string // where perf record writes a profile of each streaming contender; empty: no profiling
+	publish   bool   // replace the published results even when the run is not a full one
 	verbose   bool
+
+	// notFull lists the flags, as -name=value, whose values make this run
+	// differ from the full run. Empty: a full run, which publishes.
+	notFull []string
 }
+
+// unmeasured are the flags that change where the results go or what is
+// printed, not what is measured: setting them keeps a full run full.
+var unmeasured = map[string]bool{"out": true, "chart": true, "publish": true, "v": true}
+
+// publishes reports whether the run replaces the published results.
+func (o options) publishes() bool { return o.publish || len(o.notFull) == 0 }
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "baseline" {
@@ -73,39 +91,16 @@ func main() {
 		os.Exit(chartMain(os.Args[2:]))
 	}
 
-	var o options
-	flag.IntVar(&o.smallTxs, "small-txs", 200_000, "single-row UPDATE transactions in the small-transactions backlog")
-	flag.IntVar(&o.largeRows, "large-rows", 1_000_000, "rows in the table, all updated by the one large transaction")
-	flag.IntVar(&o.samples, "samples", 1000, "stale window samples per condition (idle, loaded)")
-	flag.IntVar(&o.loadTPS, "load-tps", 1000, "background single-row transactions per second during the loaded stale window")
-	flag.IntVar(&o.clients, "clients", 4, "pgbench clients that write the small-transactions backlog")
-	flag.StringVar(&o.scenarios, "scenarios", "small,large,stale", "comma-separated scenarios to run: small, large, stale")
-	flag.StringVar(&o.outDir, "out", "", "directory for the JSON results (default: bench/results in the module)")
-	flag.StringVar(&o.chart, "chart", "", "SVG chart to write (default: docs/benchmarks.svg in the module; \"-\" for none)")
-	flag.BoolVar(&o.cluster, "cluster", true, "in the catch-up scenarios, also run the daemon against a 3-master Redis Cluster (\"daemon (cluster)\")")
-	flag.IntVar(&o.runs, "runs", 3, "runs of each catch-up contender (the baseline runs once); the table shows the median run")
-	flag.StringVar(&o.skip, "skip", "", "catch-up contenders to leave out, comma-separated: pg_recvlogical, baseline, daemon (decode always runs: it is the yardstick)")
-	flag.StringVar(&o.perfDir, "perf", "", "record a machine-wide perf profile (perf record -a -g) of each catch-up contender into this directory")
-	flag.BoolVar(&o.verbose, "v", false, "print each step with its time")
-	flag.Usage = func() {
-		fmt.Fprint(flag.CommandLine.Output(), `Usage: go run ./bench [flags]
-
-Starts a private PostgreSQL and Redis, builds pg-invalidator, and measures it
-against PostgreSQL's own decode time, pg_recvlogical and a hand-written
-pglogrepl + go-redis loop. Prints a table; writes JSON and an SVG chart.
-
-Flags:
-`)
-		flag.PrintDefaults()
+	o, err := parseOptions(os.Args[1:], os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
 	}
-	flag.Parse()
-	if o.smallTxs < 1 || o.largeRows < 1 || o.samples < 1 || o.clients < 1 || o.loadTPS < 1 || o.runs < 1 {
-		fmt.Fprintln(os.Stderr, "bench: -small-txs, -large-rows, -samples, -clients, -load-tps and -runs must be at least 1")
+	if err != nil {
 		os.Exit(2)
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, o)
+	err = run(ctx, o)
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -113,16 +108,73 @@ Flags:
 	}
 }
 
+// parseOptions parses the command line. It has printed why when it returns
+// an error.
+func parseOptions(args []string, output io.Writer) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(output)
+	fs.IntVar(&o.smallTxs, "small-txs", 200_000, "single-row UPDATE transactions in the small-transactions backlog")
+	fs.IntVar(&o.largeRows, "large-rows", 1_000_000, "rows in the table, all updated by the one large transaction")
+	fs.IntVar(&o.samples, "samples", 1000, "stale window samples per condition (idle, loaded)")
+	fs.IntVar(&o.loadTPS, "load-tps", 1000, "background single-row transactions per second during the loaded stale window")
+	fs.IntVar(&o.clients, "clients", 4, "pgbench clients that write the small-transactions backlog")
+	fs.StringVar(&o.scenarios, "scenarios", "small,large,stale", "comma-separated scenarios to run: small, large, stale")
+	fs.StringVar(&o.outDir, "out", "", "directory for the JSON results (default: bench/results in the module for a run that publishes, else bench/results/local)")
+	fs.StringVar(&o.chart, "chart", "", "SVG chart to write (default: docs/benchmarks.svg in the module for a run that publishes, else <date>.svg beside the JSON; \"-\" for none)")
+	fs.BoolVar(&o.cluster, "cluster", true, "in the catch-up scenarios, also run the daemon against a 3-master Redis Cluster (\"daemon (cluster)\")")
+	fs.IntVar(&o.runs, "runs", 3, "runs of each catch-up contender (the baseline runs once); the table shows the median run")
+	fs.StringVar(&o.skip, "skip", "", "catch-up contenders to leave out, comma-separated: pg_recvlogical, baseline, daemon (decode always runs: it is the yardstick)")
+	fs.StringVar(&o.perfDir, "perf", "", "record a machine-wide perf profile (perf record -a -g) of each catch-up contender into this directory")
+	fs.BoolVar(&o.publish, "publish", false, "replace bench/results/latest.json and docs/benchmarks.svg even though flags make this run differ from the full run")
+	fs.BoolVar(&o.verbose, "v", false, "print each step with its time")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `Usage: go run ./bench [flags]
+
+Starts a private PostgreSQL and Redis, builds pg-invalidator, and measures it
+against PostgreSQL's own decode time, pg_recvlogical and a hand-written
+pglogrepl + go-redis loop. Prints a table; writes JSON and an SVG chart.
+
+A full run (no flag that changes what is measured) publishes: it replaces
+bench/results/latest.json, moving the run it replaces to
+bench/results/<its date>.json, and docs/benchmarks.svg. Any other run writes
+bench/results/local/<date>.json and .svg, which git ignores, unless -publish.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(output, "bench: unexpected argument %q\n", fs.Arg(0))
+		return o, errors.New("usage")
+	}
+	if o.smallTxs < 1 || o.largeRows < 1 || o.samples < 1 || o.clients < 1 || o.loadTPS < 1 || o.runs < 1 {
+		fmt.Fprintln(output, "bench: -small-txs, -large-rows, -samples, -clients, -load-tps and -runs must be at least 1")
+		return o, errors.New("usage")
+	}
+	fs.Visit(func(f *flag.Flag) {
+		if !unmeasured[f.Name] && f.Value.String() != f.DefValue {
+			o.notFull = append(o.notFull, "-"+f.Name+"="+f.Value.String())
+		}
+	})
+	return o, nil
+}
+
 func run(ctx context.Context, o options) error {
 	root, err := moduleRoot()
 	if err != nil {
 		return err
 	}
-	if o.outDir == "" {
-		o.outDir = filepath.Join(root, "bench", "results")
-	}
-	if o.chart == "" {
-		o.chart = filepath.Join(root, "docs", "benchmarks.svg")
+	out := destinations(o, root)
+	if out.publish {
+		// Fail now, not after a run of minutes, if the run it replaces
+		// cannot be kept.
+		if _, err := archiveName(out.dir); err != nil {
+			return err
+		}
 	}
 	want := map[string]bool{}
 	for s := range strings.SplitSeq(o.scenarios, ",") {
@@ -186,19 +238,7 @@ func run(ctx context.Context, o options) error {
 	res.TotalSeconds = time.Since(start).Seconds()
 
 	printResults(os.Stdout, res)
-	if err := writeJSON(o.outDir, start, res); err != nil {
-		return err
-	}
-	if o.chart != "-" {
-		if err := os.MkdirAll(filepath.Dir(o.chart), 0o755); err != nil {
-			return err
-		}
-		if err := os.WriteFile(o.chart, []byte(chartSVG(res)), 0o644); err != nil {
-			return fmt.Errorf("write chart: %w", err)
-		}
-		fmt.Printf("chart: %s\n", o.chart)
-	}
-	return nil
+	return out.save(os.Stdout, res, start)
 }
 
 // chartMain is "bench chart results.json out.svg": it redraws the chart of

@@ -1,14 +1,10 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"strings"
 	"text/tabwriter"
-	"time"
 )
 
 // Results is everything one run measured; it is what the JSON holds.
@@ -153,24 +149,4 @@ func blankZero(v float64, format string) string {
 		return ""
 	}
 	return fmt.Sprintf(format, v)
-}
-
-// writeJSON writes <dir>/<date>.json and <dir>/latest.json.
-func writeJSON(dir string, start time.Time, r *Results) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("make results directory: %w", err)
-	}
-	b, err := json.MarshalIndent(r, "", "  ")
-	if err != nil {
-		return err
-	}
-	b = append(b, '\n')
-	name := strings.ReplaceAll(start.UTC().Format("2006-01-02T15-04-05Z"), ":", "-") + ".json"
-	for _, p := range []string{filepath.Join(dir, name), filepath.Join(dir, "latest.json")} {
-		if err := os.WriteFile(p, b, 0o644); err != nil {
-			return fmt.Errorf("write results: %w", err)
-		}
-	}
-	fmt.Printf("results: %s (and latest.json)\n", filepath.Join(dir, name))
-	return nil
 }

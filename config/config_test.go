@@ -160,7 +160,7 @@ line incr:19:d:<id>
 
 func TestParseByteOrderMark(t *testing.T) {
 	_, err := Parse("f.toml", []byte("\xef\xbb\xbf[postgres]\nslto = 1\n"))
-	want := `f.toml: no [[rule]] found; add at least one, with a table and del or incr
+	want := `f.toml: no [[rule]] found; add at least one, with a table and del, incr or version
 f.toml:2: unknown key "slto" in [postgres]; allowed keys: url, slot, publication, heartbeat`
 	if err == nil || err.Error() != want {
 		t.Errorf("got:\n%v\nwant:\n%s", err, want)
@@ -199,7 +199,7 @@ testdata/target_bad.toml:23: target name "us west" is not valid: use 1 to 63 let
 testdata/target_bad.toml:24: unknown key "password" in [[target]]; allowed keys: name, url, mode, addrs, master, username, password_env, password_file, tls, tls_ca, tls_cert, tls_key, tls_server_name, wait_replicas; a password does not belong in the rules file: name the variable or file that holds it with password_env or password_file`},
 		{"target_not_array.toml", `testdata/target_not_array.toml:1: target must be an array of tables: write each target under its own [[target]] header, with double brackets`},
 		{"wrong_type_target.toml", `testdata/wrong_type_target.toml:3: wait_replicas must be a whole number, zero or more; got a string`},
-		{"no_rules.toml", `testdata/no_rules.toml: no [[rule]] found; add at least one, with a table and del or incr`},
+		{"no_rules.toml", `testdata/no_rules.toml: no [[rule]] found; add at least one, with a table and del, incr or version`},
 		{"bad_heartbeat.toml", `testdata/bad_heartbeat.toml:2: heartbeat "1 minute" is not a positive duration; write one like "30s" or "1m"`},
 		{"bad_on_slot_lost.toml", `testdata/bad_on_slot_lost.toml:2: on_slot_lost "recreate" is not a choice; use "stop" (the default: stop and say what to do) or "resync" (recreate the slot and flush every rule's keys)`},
 		{"unknown_recovery.toml", `testdata/unknown_recovery.toml:2: unknown key "on_lost" in [recovery]; allowed keys: on_slot_lost`},
@@ -207,9 +207,9 @@ testdata/target_bad.toml:24: unknown key "password" in [[target]]; allowed keys:
 		{"several.toml", `testdata/several.toml:4: unknown key "slto" in [postgres]; allowed keys: url, slot, publication, heartbeat
 testdata/several.toml:13: template "product-list:<category_id": the "<" at byte 14 has no closing ">"; end the column name with ">", or write "<<" for a literal "<"
 testdata/several.toml:16: on: "INSERT" is not an operation; use insert, update, delete or truncate
-testdata/several.toml:18: rule has neither del nor incr; add del = ["key:<column>"] or incr = ["key"]
+testdata/several.toml:18: rule has no del, incr or version; add del = ["key:<column>"], incr = ["key"] or version = ["key"]
 testdata/several.toml:19: table "a.b.c" has more than one dot; write "schema.table", or just "table" for the public schema
-testdata/several.toml:24: unknown key "colour" in [[rule]]; allowed keys: table, del, incr, on`},
+testdata/several.toml:24: unknown key "colour" in [[rule]]; allowed keys: table, del, incr, version, on`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {

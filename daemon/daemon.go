@@ -245,6 +245,9 @@ func Run(ctx context.Context, cfg Config) error {
 			log.Info("redis is reachable", "target", t.name, "addr", t.inv.Addr())
 		}
 	}
+	ectx, cancelEvictions := context.WithTimeout(ctx, 5*time.Second)
+	warnEvictions(ectx, log, cfg.Rules, redis) // incr keys that Redis may evict
+	cancelEvictions()
 
 	wg.Go(func() { heartbeat(ctx, cfg) })
 

@@ -32,8 +32,11 @@ type dryRunLine struct {
 	XID uint32 `json:"xid"`
 	// LSN is the position of the transaction's commit record.
 	LSN string `json:"lsn"`
-	// CommitTime is empty on partial lines: it is known only at the commit.
+	// CommitTime and Version are empty on partial lines: they are known
+	// only at the commit. Version is what version keys are set to: the
+	// transaction's end LSN as 16 hex digits.
 	CommitTime string          `json:"commit_time,omitempty"`
+	Version    string          `json:"version,omitempty"`
 	Partial    bool            `json:"partial,omitempty"`
 	Commands   []dryRunCommand `json:"commands"`
 }
@@ -134,7 +137,7 @@ func newPrintSink(out io.Writer, tables []string) *printSink {
 
 func (s *printSink) begin(xid uint32, final pglogrepl.LSN) {
 	s.changes = 0
-	s.line = dryRunLine{XID: xid, LSN: final.String(), Commands: s.line.Commands[:0]}
+	s.line = dryRunLine{XID: xid, LSN: final.String(), Commands: s.line.Commands[:0]} // Version too is reset
 	clear(s.seen)
 }
 
@@ -156,9 +159,10 @@ func (s *printSink) add(ch *pginvalidator.Change, cmds []pginvalidator.Command) 
 	return nil
 }
 
-func (s *printSink) commit(_ pglogrepl.LSN, at time.Time) error {
+func (s *printSink) commit(end pglogrepl.LSN, at time.Time) error {
 	s.line.Partial = false
 	s.line.CommitTime = at.UTC().Format(time.RFC3339Nano)
+	s.line.Version = pginvalidator.LSN(end).VersionValue()
 	if s.changes == 0 {
 		return nil
 	}

@@ -59,7 +59,7 @@ type relCounters struct {
 var walStatuses = []string{"reserved", "extended", "unreserved", "lost"}
 
 // actions are the label values of the action label, in pginvalidator.Action order.
-var actions = []string{"del", "incr", "del_pattern", "incr_pattern"}
+var actions = []string{"del", "incr", "del_pattern", "incr_pattern", "version", "version_pattern"}
 
 // latencyBuckets span a millisecond on one host to minutes behind a backlog.
 var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}
@@ -198,8 +198,11 @@ var (
 		"Keys not rendered, by reason: null (a placeholder column was NULL), unavailable (the stream did not send the value), unknown_column (the table has no such column).",
 		[]string{"reason"}, nil)
 	commandsDesc = prometheus.NewDesc("pg_invalidator_commands_total",
-		"Redis commands applied, by action: UNLINK for del, INCR/INCRBY for incr, and for del_pattern and incr_pattern the keys SCAN found and unlinked or incremented; by target.",
+		"Redis commands applied, by action: UNLINK for del, INCR/INCRBY for incr, the version script for version, and for del_pattern, incr_pattern and version_pattern the keys SCAN found and unlinked, incremented or set; by target.",
 		[]string{"action", "target"}, nil)
+	versionKeptDesc = prometheus.NewDesc("pg_invalidator_version_keys_kept_total",
+		"Version commands that left their key as it was, because it held the transaction's LSN or a later one already (a replayed transaction), by target.",
+		[]string{"target"}, nil)
 	redisErrorsDesc = prometheus.NewDesc("pg_invalidator_redis_errors_total",
 		"Redis commands and SCAN calls that failed, whether retried or rejected for good, by target.", []string{"target"}, nil)
 	redisRetriesDesc = prometheus.NewDesc("pg_invalidator_redis_retries_total",
@@ -232,7 +235,7 @@ var (
 type scrapeCollector struct{ m *metrics }
 
 func (c scrapeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{keysRenderedDesc, keysSkippedDesc, commandsDesc, redisErrorsDesc,
+	for _, d := range []*prometheus.Desc{keysRenderedDesc, keysSkippedDesc, commandsDesc, versionKeptDesc, redisErrorsDesc,
 		redisRetriesDesc, redisRejectedDesc, targetUpDesc, batchDesc, lagBytesDesc, lagSecondsDesc, ackedDesc, streamingDesc,
 		slotWALStatusDesc, slotSafeWALSizeDesc} {
 		ch <- d
@@ -249,7 +252,7 @@ func (c scrapeCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 
 	ms := m.mapper.Stats()
-	for i, v := range []uint64{ms.Del, ms.Incr, ms.DelPattern, ms.IncrPattern} {
+	for i, v := range []uint64{ms.Del, ms.Incr, ms.DelPattern, ms.IncrPattern, ms.Version, ms.VersionPattern} {
 		counter(keysRenderedDesc, v, actions[i])
 	}
 	counter(keysSkippedDesc, ms.SkippedNull, "null")
@@ -258,9 +261,10 @@ func (c scrapeCollector) Collect(ch chan<- prometheus.Metric) {
 
 	for _, t := range m.targets {
 		is := t.inv.Stats()
-		for i, v := range []uint64{is.Del, is.Incr, is.DelPatternKeys, is.IncrPatternKeys} {
+		for i, v := range []uint64{is.Del, is.Incr, is.DelPatternKeys, is.IncrPatternKeys, is.Version + is.VersionKept, is.VersionPatternKeys} {
 			counter(commandsDesc, v, actions[i], t.name)
 		}
+		counter(versionKeptDesc, is.VersionKept, t.name)
 		counter(redisErrorsDesc, is.Errors, t.name)
 		counter(redisRetriesDesc, is.Retries, t.name)
 		counter(redisRejectedDesc, is.Skipped, t.name)

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"slices"
+	"time"
 
 	"github.com/pg-invalidator/pg-invalidator/mapping"
 	"github.com/pg-invalidator/pg-invalidator/replication"
@@ -26,6 +27,11 @@ func (p *pipeline) watchReloads(ctx context.Context, current *mapping.Rules) {
 				p.log.Error("reload failed; the old rules stay in force", "err", err)
 			}
 			continue
+		}
+		if p.redis != nil && IncrKeys(current) == "" && IncrKeys(rules) != "" {
+			ectx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			warnEvictions(ectx, p.log, rules, p.redis) // the first incr rules: Redis may evict their keys
+			cancel()
 		}
 		current = rules
 		// Only the newest validated rules matter: replace any not yet taken.

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
+	pginvalidator "github.com/pg-invalidator/pg-invalidator"
 	"github.com/pg-invalidator/pg-invalidator/invalidator"
 	"github.com/pg-invalidator/pg-invalidator/replication"
 )
@@ -99,14 +101,28 @@ func (p *pipeline) resync(ctx context.Context, why string, force bool) error {
 // new slot exists, logs the resync and counts it. When the flush does not
 // finish, the new slot is dropped again so that a start with Resync finds
 // it missing and resyncs anew.
+//
+// Version keys are set to the position the new slot streams from, whatever
+// they hold (see invalidator.Batch.EndResync): every transaction it sends
+// ends above that position, so they move forward again from there, even
+// when a failover left the new primary's WAL behind LSNs already written.
 func (p *pipeline) flushAll(ctx context.Context, why string, dropped bool) error {
 	slot := p.cfg.Slot
 	cmds := p.cfg.Rules.FlushCommands()
+	var from pginvalidator.LSN
+	if slices.ContainsFunc(cmds, func(c pginvalidator.Command) bool {
+		return c.Action == pginvalidator.Version || c.Action == pginvalidator.VersionPattern
+	}) {
+		var err error
+		if from, err = p.slotStart(ctx); err != nil {
+			return err
+		}
+	}
 	b := invalidator.NewBatch()
 	for _, c := range cmds {
 		b.Add(c)
 	}
-	b.EndTx()
+	b.EndResync(from)
 	before := p.redis.Stats()
 	if err := p.redis.Apply(ctx, b); err != nil {
 		// Apply gives up only when ctx ends. A start would stream from the
@@ -127,8 +143,28 @@ func (p *pipeline) flushAll(ctx context.Context, why string, dropped bool) error
 	p.log.Warn("resync: the replication slot was lost or missing, so a new one was created and every key the rules can render was flushed",
 		"slot", slot, "reason", why, "old_slot_dropped", dropped, "commands", len(cmds),
 		"keys_deleted", (after.Del+after.DelPatternKeys)-(before.Del+before.DelPatternKeys),
-		"keys_incremented", (after.Incr+after.IncrPatternKeys)-(before.Incr+before.IncrPatternKeys))
+		"keys_incremented", (after.Incr+after.IncrPatternKeys)-(before.Incr+before.IncrPatternKeys),
+		"version_keys_set", (after.Version+after.VersionPatternKeys)-(before.Version+before.VersionPatternKeys),
+		"lsn", from.String())
 	return nil
+}
+
+// slotStart returns where the slot, just created, streams from: its
+// confirmed_flush_lsn, the consistent point it was created at.
+func (p *pipeline) slotStart(ctx context.Context) (pginvalidator.LSN, error) {
+	conn, err := connect(ctx, p.cfg.PostgresURL)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close(context.Background())
+	info, err := replication.SlotState(ctx, conn, p.cfg.Slot)
+	if err != nil {
+		return 0, err
+	}
+	if !info.Exists || info.ConfirmedFlushLSN == 0 {
+		return 0, fmt.Errorf("read the start of replication slot %s: it has no confirmed_flush_lsn", p.cfg.Slot)
+	}
+	return pginvalidator.LSN(info.ConfirmedFlushLSN), nil
 }
 
 // dropNewSlot drops the slot a resync created when its flush did not finish.

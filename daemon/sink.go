@@ -47,7 +47,9 @@ func newRedisSink(ts fanout) *redisSink {
 	return &redisSink{targets: ts, batch: invalidator.NewBatch()}
 }
 
-func (s *redisSink) begin(uint32, pglogrepl.LSN) {}
+// begin gives the batch the commit record's position, with which it spills
+// the version keys of a transaction that holds too many of them.
+func (s *redisSink) begin(_ uint32, final pglogrepl.LSN) { s.batch.BeginTx(pginvalidator.LSN(final)) }
 
 func (s *redisSink) add(_ *pginvalidator.Change, cmds []pginvalidator.Command) error {
 	for _, c := range cmds {
@@ -56,8 +58,10 @@ func (s *redisSink) add(_ *pginvalidator.Change, cmds []pginvalidator.Command) e
 	return nil
 }
 
-func (s *redisSink) commit(pglogrepl.LSN, time.Time) error {
-	s.batch.EndTx()
+// commit ends the transaction in the batch: its version keys are set to
+// end, the position the transaction is acknowledged at.
+func (s *redisSink) commit(end pglogrepl.LSN, _ time.Time) error {
+	s.batch.EndTx(pginvalidator.LSN(end))
 	return nil
 }
 

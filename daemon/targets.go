@@ -141,6 +141,9 @@ func (f fanout) Stats() invalidator.Stats {
 		sum.Incr += st.Incr
 		sum.DelPatternKeys += st.DelPatternKeys
 		sum.IncrPatternKeys += st.IncrPatternKeys
+		sum.Version += st.Version
+		sum.VersionKept += st.VersionKept
+		sum.VersionPatternKeys += st.VersionPatternKeys
 		sum.Errors += st.Errors
 		sum.Skipped += st.Skipped
 		sum.Retries += st.Retries

@@ -13,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pglogrepl"
+
+	pginvalidator "github.com/pg-invalidator/pg-invalidator"
 	"github.com/pg-invalidator/pg-invalidator/daemon"
 	"github.com/pg-invalidator/pg-invalidator/replication"
 )
@@ -131,6 +134,7 @@ type dryRunOutput struct {
 	XID        uint32          `json:"xid"`
 	LSN        string          `json:"lsn"`
 	CommitTime string          `json:"commit_time"`
+	Version    string          `json:"version"`
 	Partial    bool            `json:"partial"`
 	Commands   []dryRunCommand `json:"commands"`
 }
@@ -215,6 +219,10 @@ WHERE s.database = current_database() AND s.temporary AND r.state = 'streaming'`
 	if _, err := time.Parse(time.RFC3339Nano, got.CommitTime); err != nil {
 		t.Errorf("commit_time %q: %v", got.CommitTime, err)
 	}
+	if lsn, err := pglogrepl.ParseLSN(got.LSN); err != nil || len(got.Version) != 16 ||
+		got.Version <= pginvalidator.LSN(lsn).VersionValue() {
+		t.Errorf("version %q, lsn %q: want the end LSN as 16 hex digits, after the commit record's start", got.Version, got.LSN)
+	}
 
 	// A large transaction comes in bounded partial lines, then its commit.
 	f.exec("UPDATE items SET v = v + 1 WHERE id <= 1500")
@@ -230,8 +238,8 @@ WHERE s.database = current_database() AND s.temporary AND r.state = 'streaming'`
 			t.Errorf("line %d has %d commands, want at most 1000", i, len(l.Commands))
 		}
 		last := i == len(large)-1
-		if l.Partial == last || (l.CommitTime != "") != last {
-			t.Errorf("line %d: partial %v, commit_time %q; want partial lines without commit_time, then the commit", i, l.Partial, l.CommitTime)
+		if l.Partial == last || (l.CommitTime != "") != last || (l.Version != "") != last {
+			t.Errorf("line %d: partial %v, commit_time %q, version %q; want partial lines without either, then the commit", i, l.Partial, l.CommitTime, l.Version)
 		}
 		for _, c := range l.Commands {
 			if strings.HasPrefix(c.Key, f.key("item:")) {

@@ -140,7 +140,7 @@ func TestBadConfigFilesThroughTheBinary(t *testing.T) {
 			`several.toml:4: unknown key "slto" in [postgres]`,
 			`several.toml:13: template "product-list:<category_id": the "<" at byte 14 has no closing ">"`,
 			`several.toml:16: on: "INSERT" is not an operation`,
-			`several.toml:18: rule has neither del nor incr`,
+			`several.toml:18: rule has no del, incr or version`,
 			`several.toml:19: table "a.b.c" has more than one dot`,
 			`several.toml:24: unknown key "colour" in [[rule]]`,
 		}},

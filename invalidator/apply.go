@@ -14,10 +14,11 @@ import (
 // Invalidators, one per Redis deployment, may apply the same b at once, as
 // long as nothing changes b meanwhile; once Apply has returned nil (on
 // every Invalidator), the caller empties b with b.Clear. Del keys are sent
-// as UNLINK, Incr keys as INCR or INCRBY, then each DelPattern pattern is
-// scanned and its keys unlinked, and each IncrPattern pattern is scanned and
-// its keys incremented (only while they exist: IncrPattern never creates a
-// key).
+// as UNLINK, Incr keys as INCR or INCRBY, Version keys as the setVersion
+// script; then each DelPattern pattern is scanned and its keys unlinked,
+// each IncrPattern pattern is scanned and its keys incremented, and each
+// VersionPattern pattern is scanned and its keys set to the LSN (only while
+// they exist: a pattern never creates a key).
 //
 // While Redis is unavailable (down, LOADING, OOM, READONLY, timeouts, ...)
 // Apply retries the failed commands, without end, until ctx is done; then
@@ -44,18 +45,26 @@ func (inv *Invalidator) Apply(ctx context.Context, b *Batch) error {
 	for k, n := range b.incrs {
 		ops = append(ops, op{action: pginvalidator.Incr, key: k, n: n})
 	}
+	for k, lsn := range b.versions {
+		ops = append(ops, op{action: pginvalidator.Version, key: k, lsn: lsn, force: b.force})
+	}
 	inv.ops = ops
 	if err := inv.run(ctx, ops); err != nil {
 		return err
 	}
 	for p := range b.delPatterns {
-		if err := inv.scan(ctx, p, pginvalidator.DelPattern); err != nil {
+		if err := inv.scan(ctx, p, op{action: pginvalidator.DelPattern}); err != nil {
 			return fmt.Errorf("delete keys matching %q: %w", p, err)
 		}
 	}
 	for p := range b.incrPatterns {
-		if err := inv.scan(ctx, p, pginvalidator.IncrPattern); err != nil {
+		if err := inv.scan(ctx, p, op{action: pginvalidator.IncrPattern}); err != nil {
 			return fmt.Errorf("increment keys matching %q: %w", p, err)
+		}
+	}
+	for p, lsn := range b.versionPatterns {
+		if err := inv.scan(ctx, p, op{action: pginvalidator.VersionPattern, lsn: lsn, force: b.force}); err != nil {
+			return fmt.Errorf("set version keys matching %q: %w", p, err)
 		}
 	}
 	inv.stats.observeBatch(size)
@@ -92,8 +101,10 @@ func (inv *Invalidator) exec(ctx context.Context, ops []op) error {
 			wg.Wait()
 		}
 		redirectOnly := lastErr == nil
+		noScripts := 0
 		for _, g := range groups {
 			failed = append(failed, g.failed...)
+			noScripts += g.noScripts
 			if g.err != nil {
 				lastErr = g.err
 				redirectOnly = redirectOnly && g.redirect
@@ -103,9 +114,10 @@ func (inv *Invalidator) exec(ctx context.Context, ops []op) error {
 			return nil
 		}
 		ops = failed
-		inv.stats.retries.Add(uint64(len(ops)))
+		inv.stats.retries.Add(uint64(len(ops) - noScripts)) // a script loaded with EVAL is no retry
 		if redirectOnly && redirects < 5 {
-			// The slot map is stale: reload it now, and resend at once.
+			// The slot map is stale, or a script is not cached where it
+			// ran: reload the map now, and resend at once.
 			redirects++
 			_, _ = inv.masters(ctx)
 			continue
@@ -170,7 +182,7 @@ func (inv *Invalidator) send(ctx context.Context, g *group) {
 	}
 	_, _ = pipe.Exec(ctx) // it returns only the first error: each reply is checked below
 
-	g.done, g.failed, g.err, g.redirect = g.done[:0], g.failed[:0], nil, true
+	g.done, g.failed, g.err, g.redirect, g.noScripts = g.done[:0], g.failed[:0], nil, true, 0
 	for i, c := range g.cmds {
 		o := g.ops[i]
 		o.ask = ""
@@ -183,6 +195,10 @@ func (inv *Invalidator) send(ctx context.Context, g *group) {
 			inv.stats.skipped.Add(1)
 			inv.log.Error("redis rejected a command for good, skipping it",
 				"action", o.action.String(), "key", o.key, "err", err)
+		case noScript(err): // resent at once, with EVAL, which caches the script there
+			o.eval = true
+			g.noScripts++
+			g.failed, g.err = append(g.failed, o), err
 		default:
 			inv.stats.errors.Add(1)
 			moved, ask := redirect(err)
@@ -214,27 +230,26 @@ func (inv *Invalidator) send(ctx context.Context, g *group) {
 
 // op is one single-key command to send.
 type op struct {
-	action pginvalidator.Action // DelPattern and IncrPattern act on one key found by SCAN
+	action pginvalidator.Action // the pattern actions act on one key found by SCAN
 	key    string
-	n      int64  // INCRBY amount, Incr only
-	ask    string // a cluster master to send it to once, after ASKING; empty: its slot's master
+	n      int64             // INCRBY amount, Incr only
+	lsn    pginvalidator.LSN // the LSN to set, Version and VersionPattern only
+	force  bool              // set the LSN whatever the key holds (a resync); Version and VersionPattern only
+	eval   bool              // send the script with EVAL: the server answered NOSCRIPT to EVALSHA
+	ask    string            // a cluster master to send it to once, after ASKING; empty: its slot's master
 }
 
 // group is one pipeline to one master, and what came of it.
 type group struct {
-	client   *redis.Client
-	ops      []op
-	cmds     []redis.Cmder // their replies
-	done     []int         // indexes of ops that succeeded, to count once confirmed
-	failed   []op          // ops to send again
-	err      error         // the last error of a failed op
-	redirect bool          // only MOVED or ASK failed ops here
+	client    *redis.Client
+	ops       []op
+	cmds      []redis.Cmder // their replies
+	done      []int         // indexes of ops that succeeded, to count once confirmed
+	failed    []op          // ops to send again
+	err       error         // the last error of a failed op
+	redirect  bool          // only MOVED, ASK or NOSCRIPT failed ops here
+	noScripts int           // ops that failed with NOSCRIPT
 }
-
-// incrIfExists increments KEYS[1] only if it exists, so that IncrPattern
-// cannot recreate a key deleted between SCAN and INCR. It returns 0 for a
-// missing key, never nil, which go-redis would report as redis.Nil.
-const incrIfExists = `if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('INCR', KEYS[1]) end return 0`
 
 // queue adds o's command to pipe.
 func (o op) queue(ctx context.Context, pipe redis.Pipeliner) redis.Cmder {
@@ -245,10 +260,21 @@ func (o op) queue(ctx context.Context, pipe redis.Pipeliner) redis.Cmder {
 		}
 		return pipe.IncrBy(ctx, o.key, o.n)
 	case pginvalidator.IncrPattern:
-		return pipe.Eval(ctx, incrIfExists, []string{o.key})
+		return queueScript(ctx, pipe, incrIfExists, o.eval, []string{o.key})
+	case pginvalidator.Version, pginvalidator.VersionPattern:
+		return queueScript(ctx, pipe, setVersion, o.eval, []string{o.key},
+			o.lsn.VersionValue(), flag(o.action == pginvalidator.VersionPattern), flag(o.force))
 	default: // Del, DelPattern
 		return pipe.Unlink(ctx, o.key)
 	}
+}
+
+// flag is a boolean script argument.
+func flag(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
 }
 
 // permanent reports whether Redis rejected a command for a reason that

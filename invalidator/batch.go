@@ -13,7 +13,15 @@ import pginvalidator "github.com/pg-invalidator/pg-invalidator"
 //     keys are they spilled into the batch early, as if the transaction
 //     ended there, to keep memory bounded; a key it touches again after the
 //     spill is incremented again;
-//   - a DelPattern or IncrPattern pattern runs once per batch.
+//   - a Version key is set once per batch, to the end LSN of the last
+//     transaction of the batch that touched it (the highest: transactions
+//     end in LSN order). The open transaction's Version keys wait for its
+//     EndTx, which brings the LSN. Past MaxOpenVersions distinct keys they
+//     are spilled early with the LSN of a position inside the transaction's
+//     commit record (see BeginTx), which is above every earlier
+//     transaction's end LSN and below this one's;
+//   - a DelPattern or IncrPattern pattern runs once per batch, and a
+//     VersionPattern pattern once, with the highest LSN, like a Version key.
 //
 // The maps and slices are kept between batches: Reset empties them without
 // freeing their memory. A Batch is not safe for concurrent use.
@@ -23,21 +31,38 @@ type Batch struct {
 	txIncrs      map[string]struct{} // Incr keys of the open transaction, not yet in incrs
 	delPatterns  map[string]struct{}
 	incrPatterns map[string]struct{}
+
+	versions          map[string]pginvalidator.LSN // Version key -> highest LSN to set it to
+	versionPatterns   map[string]pginvalidator.LSN // VersionPattern pattern -> highest LSN
+	txVersions        map[string]struct{}          // Version keys of the open transaction
+	txVersionPatterns map[string]struct{}          // VersionPattern patterns of the open transaction
+	txCommit          pginvalidator.LSN            // the open transaction's commit LSN; zero: BeginTx not called
+	force             bool                         // versions are set whatever the keys hold (EndResync)
 }
 
 // NewBatch returns an empty Batch.
 func NewBatch() *Batch {
 	return &Batch{
-		dels:         make(map[string]struct{}),
-		incrs:        make(map[string]int64),
-		txIncrs:      make(map[string]struct{}),
-		delPatterns:  make(map[string]struct{}),
-		incrPatterns: make(map[string]struct{}),
+		dels:              make(map[string]struct{}),
+		incrs:             make(map[string]int64),
+		txIncrs:           make(map[string]struct{}),
+		delPatterns:       make(map[string]struct{}),
+		incrPatterns:      make(map[string]struct{}),
+		versions:          make(map[string]pginvalidator.LSN),
+		versionPatterns:   make(map[string]pginvalidator.LSN),
+		txVersions:        make(map[string]struct{}),
+		txVersionPatterns: make(map[string]struct{}),
 	}
 }
 
+// BeginTx starts a transaction whose commit record begins at commit: the
+// final LSN that pgoutput's Begin message carries. The batch needs it only
+// to spill the Version keys of a transaction that holds more than
+// MaxOpenVersions of them; without it they wait for EndTx, however many.
+func (b *Batch) BeginTx(commit pginvalidator.LSN) { b.txCommit = commit }
+
 // Add records one command of the open transaction. It panics on an Action
-// that is not one of the four pginvalidator defines: that is a bug in the
+// that is not one of the six pginvalidator defines: that is a bug in the
 // caller, and dropping the command would leave a cache stale.
 func (b *Batch) Add(c pginvalidator.Command) {
 	switch c.Action {
@@ -46,12 +71,18 @@ func (b *Batch) Add(c pginvalidator.Command) {
 	case pginvalidator.Incr:
 		b.txIncrs[c.Key] = struct{}{}
 		if len(b.txIncrs) > MaxOpenIncrs {
-			b.EndTx()
+			b.endIncrs()
 		}
 	case pginvalidator.DelPattern:
 		b.delPatterns[c.Key] = struct{}{}
 	case pginvalidator.IncrPattern:
 		b.incrPatterns[c.Key] = struct{}{}
+	case pginvalidator.Version:
+		b.txVersions[c.Key] = struct{}{}
+		b.spillVersions()
+	case pginvalidator.VersionPattern:
+		b.txVersionPatterns[c.Key] = struct{}{}
+		b.spillVersions()
 	default:
 		panic("invalidator: unknown action " + c.Action.String())
 	}
@@ -61,20 +92,72 @@ func (b *Batch) Add(c pginvalidator.Command) {
 // back before they are spilled into the batch.
 const MaxOpenIncrs = 100_000
 
-// EndTx marks the open transaction complete: its Incr keys join the batch,
-// and an Incr key added after it counts for the next transaction.
-func (b *Batch) EndTx() {
+// MaxOpenVersions bounds the distinct Version keys and VersionPattern
+// patterns one open transaction may hold back before they are spilled into
+// the batch, when BeginTx gave its commit LSN.
+const MaxOpenVersions = 100_000
+
+// spillVersions moves the open transaction's Version keys into the batch
+// when they are too many, with the LSN just past the start of its commit
+// record. That LSN is above the end LSN of every transaction before (whose
+// commit records end before this one's starts) and below this one's own
+// end LSN, so the keys still only move forward, and EndTx moves the keys
+// the transaction touches after the spill on to its end LSN.
+func (b *Batch) spillVersions() {
+	if b.txCommit == 0 || len(b.txVersions)+len(b.txVersionPatterns) <= MaxOpenVersions {
+		return
+	}
+	b.endVersions(b.txCommit + 1)
+}
+
+// EndTx marks the open transaction complete, end being its end LSN (the
+// position just past its commit record, which is what the replication
+// slot acknowledges): its Incr keys join the batch, and its Version keys
+// and VersionPattern patterns too, to be set to end. A command added after
+// it counts for the next transaction.
+func (b *Batch) EndTx(end pginvalidator.LSN) {
+	b.endIncrs()
+	b.endVersions(end)
+	b.txCommit = 0
+}
+
+// EndResync ends the open transaction like EndTx, for the flush of a
+// resync: every Version key and VersionPattern key of the batch is then set
+// to at whatever it holds, even an LSN above at. After a failover to a
+// standby that had not replayed everything, the new primary's WAL position
+// is below LSNs the daemon already wrote; the keys must come down to it, or
+// every transaction up to their old value would leave them unchanged. at
+// should be the position the new slot streams from: every transaction it
+// sends ends above it.
+func (b *Batch) EndResync(at pginvalidator.LSN) {
+	b.EndTx(at)
+	b.force = true
+}
+
+func (b *Batch) endIncrs() {
 	for k := range b.txIncrs {
 		b.incrs[k]++
 	}
 	clear(b.txIncrs)
 }
 
+func (b *Batch) endVersions(lsn pginvalidator.LSN) {
+	for k := range b.txVersions {
+		b.versions[k] = max(b.versions[k], lsn)
+	}
+	for k := range b.txVersionPatterns {
+		b.versionPatterns[k] = max(b.versionPatterns[k], lsn)
+	}
+	clear(b.txVersions)
+	clear(b.txVersionPatterns)
+}
+
 // Len returns the number of commands Apply would send now, after
 // deduplication, counting each pattern as one. The open transaction's Incr
-// keys do not count until EndTx.
+// and Version keys do not count until EndTx.
 func (b *Batch) Len() int {
-	return len(b.dels) + len(b.incrs) + len(b.delPatterns) + len(b.incrPatterns)
+	return len(b.dels) + len(b.incrs) + len(b.delPatterns) + len(b.incrPatterns) +
+		len(b.versions) + len(b.versionPatterns)
 }
 
 // Reset empties the batch, the open transaction included, keeping its
@@ -82,13 +165,19 @@ func (b *Batch) Len() int {
 func (b *Batch) Reset() {
 	b.Clear()
 	clear(b.txIncrs)
+	clear(b.txVersions)
+	clear(b.txVersionPatterns)
+	b.txCommit = 0
 }
 
-// Clear empties what Apply sends, keeping the open transaction's Incr keys
-// for its EndTx. Call it once every Invalidator has applied b.
+// Clear empties what Apply sends, keeping the open transaction's Incr and
+// Version keys for its EndTx. Call it once every Invalidator has applied b.
 func (b *Batch) Clear() {
 	clear(b.dels)
 	clear(b.incrs)
 	clear(b.delPatterns)
 	clear(b.incrPatterns)
+	clear(b.versions)
+	clear(b.versionPatterns)
+	b.force = false
 }

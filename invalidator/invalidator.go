@@ -1,6 +1,8 @@
 // Package invalidator speaks Redis for pg-invalidator: it runs the commands of
-// a Batch as single-key UNLINK, INCR and INCRBY in bounded pipelines, and
-// expands patterns with SCAN (never KEYS). It knows nothing of PostgreSQL.
+// a Batch as single-key UNLINK, INCR and INCRBY, and single-key Lua scripts
+// for version keys, in bounded pipelines, and expands patterns with SCAN
+// (never KEYS). It knows nothing of PostgreSQL: an LSN is a number the
+// caller hands to the batch.
 //
 // What it guarantees: when Apply returns nil, Redis has applied every command
 // of the batch, except one Redis rejected for good (see Apply). Apply checks
@@ -17,7 +19,8 @@
 // Batch). go-redis never resends a pipeline
 // by itself here (MaxRetries: -1, and MaxRedirects: -1 on a cluster), so a
 // timeout does not double an INCR behind our back; a command whose reply was
-// lost is still resent, and may run twice.
+// lost is still resent, and may run twice. A version key runs twice without
+// harm: it is set only to an LSN later than the one it holds.
 //
 // It speaks to one server (mode single), to the master a set of sentinels
 // names (mode sentinel), or to Redis Cluster (mode cluster). In a cluster,

@@ -54,7 +54,7 @@ func TestBatch(t *testing.T) {
 			b.Reset()
 			for _, c := range tt.cmds {
 				if c == endTx {
-					b.EndTx()
+					b.EndTx(0)
 				} else {
 					b.Add(c)
 				}
@@ -96,13 +96,13 @@ func TestApplyDelAndIncr(t *testing.T) {
 		b.Add(pginvalidator.Command{Action: pginvalidator.Incr, Key: p + "k"})
 		b.Add(pginvalidator.Command{Action: pginvalidator.Incr, Key: p + "k"})
 		b.Add(pginvalidator.Command{Action: pginvalidator.Del, Key: p + "a"})
-		b.EndTx()
+		b.EndTx(0)
 	}
 	for range 5 { // one transaction touching j five times
 		b.Add(pginvalidator.Command{Action: pginvalidator.Incr, Key: p + "j"})
 	}
 	b.Add(pginvalidator.Command{Action: pginvalidator.Del, Key: p + "b"})
-	b.EndTx()
+	b.EndTx(0)
 	if err := inv.Apply(ctx, b); err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +126,7 @@ func TestApplyDelAndIncr(t *testing.T) {
 	}
 	b.Clear()
 	b.Add(pginvalidator.Command{Action: pginvalidator.Incr, Key: p + "m"})
-	b.EndTx()
+	b.EndTx(0)
 	if err := inv.Apply(ctx, b); err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +146,7 @@ func TestApplyKeepsBatch(t *testing.T) {
 	b := NewBatch()
 	b.Add(pginvalidator.Command{Action: pginvalidator.Del, Key: p + "a"})
 	b.Add(pginvalidator.Command{Action: pginvalidator.Incr, Key: p + "k"})
-	b.EndTx()
+	b.EndTx(0)
 	b.Add(pginvalidator.Command{Action: pginvalidator.Incr, Key: p + "open"}) // a transaction still open
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
@@ -168,7 +168,7 @@ func TestApplyKeepsBatch(t *testing.T) {
 	if b.Len() != 0 {
 		t.Errorf("Len() after Clear = %d, want 0", b.Len())
 	}
-	b.EndTx() // the open transaction survived Clear
+	b.EndTx(0) // the open transaction survived Clear
 	if b.Len() != 1 {
 		t.Errorf("Len() after the open transaction's EndTx = %d, want 1", b.Len())
 	}
@@ -189,7 +189,7 @@ func TestDelPattern(t *testing.T) {
 	b.Add(pginvalidator.Command{Action: pginvalidator.DelPattern, Key: p + "user:*"})
 	b.Add(pginvalidator.Command{Action: pginvalidator.DelPattern, Key: p + `a\*b:*`})
 	b.Add(pginvalidator.Command{Action: pginvalidator.DelPattern, Key: p + `a\[b\]:*`})
-	b.EndTx()
+	b.EndTx(0)
 	if err := inv.Apply(ctx, b); err != nil {
 		t.Fatal(err)
 	}
@@ -217,9 +217,9 @@ func TestIncrPattern(t *testing.T) {
 	b := NewBatch()
 	b.Add(pginvalidator.Command{Action: pginvalidator.IncrPattern, Key: p + "v:*"})
 	b.Add(pginvalidator.Command{Action: pginvalidator.IncrPattern, Key: p + "none:*"})
-	b.EndTx()
+	b.EndTx(0)
 	b.Add(pginvalidator.Command{Action: pginvalidator.IncrPattern, Key: p + "v:*"}) // once per batch
-	b.EndTx()
+	b.EndTx(0)
 	if err := inv.Apply(ctx, b); err != nil {
 		t.Fatal(err)
 	}
@@ -261,7 +261,7 @@ func TestApplyWaitsForRedis(t *testing.T) {
 	b.Add(pginvalidator.Command{Action: pginvalidator.Del, Key: "gone"})
 	b.Add(pginvalidator.Command{Action: pginvalidator.Incr, Key: "v"})
 	b.Add(pginvalidator.Command{Action: pginvalidator.DelPattern, Key: "gon*"})
-	b.EndTx()
+	b.EndTx(0)
 	done := make(chan error, 1)
 	go func() { done <- inv.Apply(ctx, b) }()
 	select {
@@ -294,7 +294,7 @@ func TestApplyWaitsForRedis(t *testing.T) {
 
 	srv.Stop()
 	b.Add(pginvalidator.Command{Action: pginvalidator.Incr, Key: "v"})
-	b.EndTx()
+	b.EndTx(0)
 	cctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
 	err := inv.Apply(cctx, b)
@@ -322,7 +322,7 @@ func TestApplyResendsOnlyFailed(t *testing.T) {
 	b.Add(pginvalidator.Command{Action: pginvalidator.Del, Key: "a"})
 	b.Add(pginvalidator.Command{Action: pginvalidator.Incr, Key: "k"})
 	b.Add(pginvalidator.Command{Action: pginvalidator.Del, Key: "b"})
-	b.EndTx()
+	b.EndTx(0)
 	done := make(chan error, 1)
 	go func() { done <- inv.Apply(ctx, b) }()
 	for deadline := time.Now().Add(10 * time.Second); inv.Stats().Errors < 3; {
@@ -364,10 +364,10 @@ func TestApplySkipsPermanentErrors(t *testing.T) {
 	}
 	b.Add(pginvalidator.Command{Action: pginvalidator.Del, Key: p + "gone"})
 	b.Add(pginvalidator.Command{Action: pginvalidator.IncrPattern, Key: p + "v:*"})
-	b.EndTx()
+	b.EndTx(0)
 	for range 2 { // INCRBY max 2 overflows
 		b.Add(pginvalidator.Command{Action: pginvalidator.Incr, Key: p + "max"})
-		b.EndTx()
+		b.EndTx(0)
 	}
 	if err := inv.Apply(ctx, b); err != nil {
 		t.Fatal(err)
@@ -421,7 +421,7 @@ func TestPasswordRedacted(t *testing.T) {
 	errPing := inv.Ping(ctx)
 	b := NewBatch()
 	b.Add(pginvalidator.Command{Action: pginvalidator.Incr, Key: "k"})
-	b.EndTx()
+	b.EndTx(0)
 	cctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
 	defer cancel()
 	errApply := inv.Apply(cctx, b)

@@ -4,15 +4,14 @@ import (
 	"context"
 
 	"github.com/redis/go-redis/v9"
-
-	pginvalidator "github.com/pg-invalidator/pg-invalidator"
 )
 
-// scan runs action (DelPattern or IncrPattern) on every key matching
-// pattern, on every master, one SCAN page at a time. After a failure it
-// goes on where it stopped on each master it knows by address; a master
-// that replaced another after a failover is scanned from its start.
-func (inv *Invalidator) scan(ctx context.Context, pattern string, action pginvalidator.Action) error {
+// scan runs proto (a DelPattern, IncrPattern or VersionPattern op without
+// its key) on every key matching pattern, on every master, one SCAN page at
+// a time. After a failure it goes on where it stopped on each master it
+// knows by address; a master that replaced another after a failover is
+// scanned from its start.
+func (inv *Invalidator) scan(ctx context.Context, pattern string, proto op) error {
 	cursors := make(map[string]uint64) // by master address; absent: from the start
 	finished := make(map[string]bool)  // masters scanned to the end, by address
 	for attempt := 0; ; attempt++ {
@@ -29,7 +28,7 @@ func (inv *Invalidator) scan(ctx context.Context, pattern string, action pginval
 				continue
 			}
 			cursor := cursors[addr]
-			err = inv.scanNode(ctx, m, pattern, action, &cursor)
+			err = inv.scanNode(ctx, m, pattern, proto, &cursor)
 			cursors[addr] = cursor
 			if ctx.Err() != nil { // run gave up: ctx is done
 				return err
@@ -50,9 +49,9 @@ func (inv *Invalidator) scan(ctx context.Context, pattern string, action pginval
 	}
 }
 
-// scanNode runs action on the keys matching pattern on master m, from
+// scanNode runs proto on the keys matching pattern on master m, from
 // *cursor to the end, keeping *cursor up to date.
-func (inv *Invalidator) scanNode(ctx context.Context, m *redis.Client, pattern string, action pginvalidator.Action, cursor *uint64) error {
+func (inv *Invalidator) scanNode(ctx context.Context, m *redis.Client, pattern string, proto op, cursor *uint64) error {
 	for {
 		keys, next, err := m.Scan(ctx, *cursor, pattern, inv.scanCount).Result()
 		if err != nil {
@@ -60,7 +59,9 @@ func (inv *Invalidator) scanNode(ctx context.Context, m *redis.Client, pattern s
 		}
 		ops := inv.ops[:0]
 		for _, k := range keys {
-			ops = append(ops, op{action: action, key: k})
+			o := proto
+			o.key = k
+			ops = append(ops, o)
 		}
 		inv.ops = ops
 		if err := inv.run(ctx, ops); err != nil {

@@ -18,11 +18,17 @@ type Stats struct {
 	Incr            uint64 // INCR and INCRBY commands applied for Incr
 	DelPatternKeys  uint64 // keys a DelPattern unlinked
 	IncrPatternKeys uint64 // keys an IncrPattern incremented
-	Errors          uint64 // failed commands and SCAN calls, whether retried or skipped
-	Skipped         uint64 // commands Redis rejected for good, never applied (see Apply)
-	Retries         uint64 // commands and SCAN calls sent again after a failure
-	Batches         uint64 // batches Apply completed
-	BatchCommands   uint64 // sum of Batch.Len over those batches
+	// Version counts Version keys set to a transaction's LSN, and
+	// VersionKept those left as they were because they held that LSN or a
+	// later one already: a transaction replayed after a restart shows up
+	// here.
+	Version, VersionKept uint64
+	VersionPatternKeys   uint64 // keys a VersionPattern set to an LSN
+	Errors               uint64 // failed commands and SCAN calls, whether retried or skipped
+	Skipped              uint64 // commands Redis rejected for good, never applied (see Apply)
+	Retries              uint64 // commands and SCAN calls sent again after a failure
+	Batches              uint64 // batches Apply completed
+	BatchCommands        uint64 // sum of Batch.Len over those batches
 	// BatchSizes[i] counts the batches of more than BatchSizeBounds[i-1] and
 	// at most BatchSizeBounds[i] commands; the last counts the larger ones.
 	BatchSizes [len(BatchSizeBounds) + 1]uint64
@@ -33,6 +39,7 @@ func (inv *Invalidator) Stats() Stats { return inv.stats.snapshot() }
 
 type counters struct {
 	del, incr, delPatternKeys, incrPatternKeys atomic.Uint64
+	version, versionKept, versionPatternKeys   atomic.Uint64
 	errors, skipped, retries                   atomic.Uint64
 	batches, batchCommands                     atomic.Uint64
 	batchSizes                                 [len(BatchSizeBounds) + 1]atomic.Uint64
@@ -53,6 +60,16 @@ func (s *counters) count(o op, c redis.Cmder) {
 		if n, _ := c.(*redis.Cmd).Int64(); n > 0 { // 0: the key was gone already
 			s.incrPatternKeys.Add(1)
 		}
+	case pginvalidator.Version:
+		if n, _ := c.(*redis.Cmd).Int64(); n > 0 {
+			s.version.Add(1)
+		} else { // it held this LSN or a later one
+			s.versionKept.Add(1)
+		}
+	case pginvalidator.VersionPattern:
+		if n, _ := c.(*redis.Cmd).Int64(); n > 0 { // 0: gone already, or at this LSN or later
+			s.versionPatternKeys.Add(1)
+		}
 	}
 }
 
@@ -68,15 +85,18 @@ func (s *counters) observeBatch(size int) {
 
 func (s *counters) snapshot() Stats {
 	st := Stats{
-		Del:             s.del.Load(),
-		Incr:            s.incr.Load(),
-		DelPatternKeys:  s.delPatternKeys.Load(),
-		IncrPatternKeys: s.incrPatternKeys.Load(),
-		Errors:          s.errors.Load(),
-		Skipped:         s.skipped.Load(),
-		Retries:         s.retries.Load(),
-		Batches:         s.batches.Load(),
-		BatchCommands:   s.batchCommands.Load(),
+		Del:                s.del.Load(),
+		Incr:               s.incr.Load(),
+		DelPatternKeys:     s.delPatternKeys.Load(),
+		IncrPatternKeys:    s.incrPatternKeys.Load(),
+		Version:            s.version.Load(),
+		VersionKept:        s.versionKept.Load(),
+		VersionPatternKeys: s.versionPatternKeys.Load(),
+		Errors:             s.errors.Load(),
+		Skipped:            s.skipped.Load(),
+		Retries:            s.retries.Load(),
+		Batches:            s.batches.Load(),
+		BatchCommands:      s.batchCommands.Load(),
 	}
 	for i := range s.batchSizes {
 		st.BatchSizes[i] = s.batchSizes[i].Load()

@@ -42,7 +42,7 @@ func TestClusterSpread(t *testing.T) {
 	}
 	b.Add(pginvalidator.Command{Action: pginvalidator.DelPattern, Key: "b:*"})
 	b.Add(pginvalidator.Command{Action: pginvalidator.IncrPattern, Key: "v:*"})
-	b.EndTx()
+	b.EndTx(0)
 	if err := inv.Apply(ctx, b); err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +103,7 @@ func TestClusterRedirects(t *testing.T) {
 		t.Helper()
 		b := NewBatch()
 		b.Add(pginvalidator.Command{Action: pginvalidator.Incr, Key: key})
-		b.EndTx()
+		b.EndTx(0)
 		if err := inv.Apply(ctx, b); err != nil {
 			t.Fatal(err)
 		}
@@ -224,7 +224,7 @@ func failoverUnderLoad(t *testing.T, prefix string, set func(kv ...string), inv 
 				b.Add(pginvalidator.Command{Action: pginvalidator.Del, Key: prefix + strconv.Itoa(j)})
 			}
 			b.Add(pginvalidator.Command{Action: pginvalidator.Incr, Key: prefix + "version"})
-			b.EndTx()
+			b.EndTx(0)
 			actx, cancel := context.WithTimeout(ctx, 60*time.Second)
 			err := inv.Apply(actx, b)
 			cancel()
@@ -291,7 +291,7 @@ func TestTLSAndACL(t *testing.T) {
 			}
 			b := NewBatch()
 			b.Add(pginvalidator.Command{Action: pginvalidator.Del, Key: "tls:k"})
-			b.EndTx()
+			b.EndTx(0)
 			if err := inv.Apply(ctx, b); err != nil {
 				t.Fatal(err)
 			}

@@ -58,7 +58,7 @@ const oldOps = Ops(1<<pginvalidator.OpUpdate | 1<<pginvalidator.OpDelete)
 // ruleColumns returns the columns a rule's templates name, each once.
 func ruleColumns(r *Rule) []string {
 	var cols []string
-	for _, t := range slices.Concat(r.Del, r.Incr) {
+	for _, t := range r.Templates() {
 		for _, c := range t.Columns() {
 			if !slices.Contains(cols, c) {
 				cols = append(cols, c)

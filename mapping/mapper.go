@@ -35,6 +35,7 @@ type Mapper struct {
 
 	skippedNull, skippedUnavailable, skippedUnknownColumn atomic.Uint64
 	del, incr, delPattern, incrPattern                    atomic.Uint64
+	version, versionPattern                               atomic.Uint64
 }
 
 // Stats counts what a Mapper has done since it was made.
@@ -49,9 +50,10 @@ type Stats struct {
 	// SkippedUnknownColumn counts template renderings skipped because the
 	// relation has no column of that name (see Mapper.OnProblem).
 	SkippedUnknownColumn uint64
-	// Del, Incr, DelPattern and IncrPattern count the commands produced, by
-	// action, after deduplication within each change.
-	Del, Incr, DelPattern, IncrPattern uint64
+	// Del, Incr, DelPattern, IncrPattern, Version and VersionPattern count
+	// the commands produced, by action, after deduplication within each
+	// change.
+	Del, Incr, DelPattern, IncrPattern, Version, VersionPattern uint64
 }
 
 // NewMapper returns a Mapper for rs.
@@ -84,6 +86,8 @@ func (m *Mapper) Stats() Stats {
 		Incr:                 m.incr.Load(),
 		DelPattern:           m.delPattern.Load(),
 		IncrPattern:          m.incrPattern.Load(),
+		Version:              m.version.Load(),
+		VersionPattern:       m.versionPattern.Load(),
 	}
 }
 
@@ -97,7 +101,7 @@ type plan struct {
 // step is one template of one rule, compiled for one relation.
 type step struct {
 	on      Ops
-	action  pginvalidator.Action // Del or Incr
+	action  pginvalidator.Action // Del, Incr or Version
 	t       *Template
 	cols    []int // the relation's column index for each placeholder
 	missing bool  // a placeholder names a column the relation lacks
@@ -124,6 +128,9 @@ func (m *Mapper) compile(rel *pginvalidator.Relation) *plan {
 		}
 		for _, t := range r.Incr {
 			p.steps = append(p.steps, m.step(rel, r, pginvalidator.Incr, t))
+		}
+		for _, t := range r.Version {
+			p.steps = append(p.steps, m.step(rel, r, pginvalidator.Version, t))
 		}
 	}
 	return p
@@ -201,11 +208,19 @@ func (m *Mapper) truncate(dst []pginvalidator.Command, start int, s *step) []pgi
 	if len(s.t.cols) == 0 {
 		return m.add(dst, start, s.action, s.t.key)
 	}
-	a := pginvalidator.DelPattern
-	if s.action == pginvalidator.Incr {
-		a = pginvalidator.IncrPattern
+	return m.add(dst, start, patternAction(s.action), s.t.glob)
+}
+
+// patternAction returns the action that does a to every key matching a
+// pattern.
+func patternAction(a pginvalidator.Action) pginvalidator.Action {
+	switch a {
+	case pginvalidator.Incr:
+		return pginvalidator.IncrPattern
+	case pginvalidator.Version:
+		return pginvalidator.VersionPattern
 	}
-	return m.add(dst, start, a, s.t.glob)
+	return pginvalidator.DelPattern
 }
 
 // Results of looking up one value.
@@ -285,27 +300,27 @@ func (m *Mapper) add(dst []pginvalidator.Command, start int, a pginvalidator.Act
 		m.delPattern.Add(1)
 	case pginvalidator.IncrPattern:
 		m.incrPattern.Add(1)
+	case pginvalidator.Version:
+		m.version.Add(1)
+	case pginvalidator.VersionPattern:
+		m.versionPattern.Add(1)
 	}
 	return append(dst, pginvalidator.Command{Action: a, Key: key})
 }
 
 // FlushCommands returns the commands that invalidate every key the rules can
 // render: each template the way a TRUNCATE of its table would (a key without
-// placeholders is deleted or incremented, a template with placeholders
-// becomes a pattern), whatever the rule's on. A resync after a lost slot runs
-// them, since any change may have been missed. Each command appears once.
+// placeholders is deleted, incremented or set to an LSN, a template with
+// placeholders becomes a pattern), whatever the rule's on. A resync after a
+// lost slot runs them, since any change may have been missed. Each command
+// appears once.
 func (rs *Rules) FlushCommands() []pginvalidator.Command {
 	var out []pginvalidator.Command
 	seen := make(map[pginvalidator.Command]bool)
 	add := func(a pginvalidator.Action, t *Template) {
 		cmd := pginvalidator.Command{Action: a, Key: t.key}
 		if len(t.cols) > 0 {
-			cmd.Key = t.glob
-			if a == pginvalidator.Del {
-				cmd.Action = pginvalidator.DelPattern
-			} else {
-				cmd.Action = pginvalidator.IncrPattern
-			}
+			cmd = pginvalidator.Command{Action: patternAction(a), Key: t.glob}
 		}
 		if !seen[cmd] {
 			seen[cmd] = true
@@ -318,6 +333,9 @@ func (rs *Rules) FlushCommands() []pginvalidator.Command {
 		}
 		for _, t := range r.Incr {
 			add(pginvalidator.Incr, t)
+		}
+		for _, t := range r.Version {
+			add(pginvalidator.Version, t)
 		}
 	}
 	return out

@@ -74,6 +74,35 @@ func delPattern(key string) pginvalidator.Command {
 func incrPattern(key string) pginvalidator.Command {
 	return pginvalidator.Command{Action: pginvalidator.IncrPattern, Key: key}
 }
+func version(key string) pginvalidator.Command {
+	return pginvalidator.Command{Action: pginvalidator.Version, Key: key}
+}
+func versionPattern(key string) pginvalidator.Command {
+	return pginvalidator.Command{Action: pginvalidator.VersionPattern, Key: key}
+}
+
+// statsOf returns the Stats a Mapper should report after producing cmds,
+// with skip's Skipped counters.
+func statsOf(skip Stats, cmds []pginvalidator.Command) Stats {
+	want := skip
+	for _, cmd := range cmds {
+		switch cmd.Action {
+		case pginvalidator.Del:
+			want.Del++
+		case pginvalidator.Incr:
+			want.Incr++
+		case pginvalidator.DelPattern:
+			want.DelPattern++
+		case pginvalidator.IncrPattern:
+			want.IncrPattern++
+		case pginvalidator.Version:
+			want.Version++
+		case pginvalidator.VersionPattern:
+			want.VersionPattern++
+		}
+	}
+	return want
+}
 
 func TestCommands(t *testing.T) {
 	const (
@@ -178,20 +207,82 @@ func TestCommands(t *testing.T) {
 			if !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("got  %v\nwant %v", got, tt.want)
 			}
-			want := tt.skip
-			for _, cmd := range tt.want {
-				switch cmd.Action {
-				case pginvalidator.Del:
-					want.Del++
-				case pginvalidator.Incr:
-					want.Incr++
-				case pginvalidator.DelPattern:
-					want.DelPattern++
-				case pginvalidator.IncrPattern:
-					want.IncrPattern++
-				}
+			if got, want := m.Stats(), statsOf(tt.skip, tt.want); got != want {
+				t.Errorf("Stats() = %+v, want %+v", got, want)
 			}
-			if got := m.Stats(); got != want {
+		})
+	}
+}
+
+// TestCommandsVersion checks version templates: rendered like del and incr,
+// deduplicated within a change, and turned into VersionPattern by a
+// truncate when they have placeholders.
+func TestCommandsVersion(t *testing.T) {
+	rules := mustParse(t, `
+[[rule]]
+table = "products"
+del = ["product:<id>"]
+version = ["cache:version:products", "cache:version:category:<category_id>"]
+
+[[rule]]
+table = "shop.orders"
+on = ["truncate"]
+version = ["orders:v", "orders:v:<customer>", "orders:v:<customer>"]
+`)
+	const (
+		ins   = pginvalidator.OpInsert
+		upd   = pginvalidator.OpUpdate
+		dlt   = pginvalidator.OpDelete
+		trunc = pginvalidator.OpTruncate
+	)
+	tests := []struct {
+		name string
+		ch   pginvalidator.Change
+		want []pginvalidator.Command
+		skip Stats
+	}{
+		{
+			name: "insert",
+			ch:   pginvalidator.Change{Rel: products, Op: ins, New: row("1", "pen", "3", "blue")},
+			want: []pginvalidator.Command{del("product:1"), version("cache:version:products"), version("cache:version:category:3")},
+		},
+		{
+			name: "update moving a product: both categories, the table's key once",
+			ch: pginvalidator.Change{Rel: products, Op: upd, Old: row("1", "pen", "3", "blue"),
+				New: row("1", "pen", "5", "blue")},
+			want: []pginvalidator.Command{del("product:1"), version("cache:version:products"),
+				version("cache:version:category:5"), version("cache:version:category:3")},
+		},
+		{
+			name: "delete with a NULL category",
+			ch:   pginvalidator.Change{Rel: products, Op: dlt, Old: row("1", "pen", nil, "blue")},
+			want: []pginvalidator.Command{del("product:1"), version("cache:version:products")},
+			skip: Stats{SkippedNull: 1},
+		},
+		{
+			name: "truncate",
+			ch:   pginvalidator.Change{Rel: products, Op: trunc},
+			want: []pginvalidator.Command{delPattern("product:*"), version("cache:version:products"),
+				versionPattern("cache:version:category:*")},
+		},
+		{
+			name: "truncate, the same pattern twice in one rule",
+			ch:   pginvalidator.Change{Rel: orders, Op: trunc},
+			want: []pginvalidator.Command{version("orders:v"), versionPattern("orders:v:*")},
+		},
+		{
+			name: "an operation the rule does not handle",
+			ch:   pginvalidator.Change{Rel: orders, Op: ins, New: row("7", "ann")},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := NewMapper(rules)
+			got := m.Commands(nil, &tt.ch)
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("got  %v\nwant %v", got, tt.want)
+			}
+			if got, want := m.Stats(), statsOf(tt.skip, tt.want); got != want {
 				t.Errorf("Stats() = %+v, want %+v", got, want)
 			}
 		})
@@ -289,6 +380,12 @@ on   = ["delete"]
 [[rule]]
 table = "categories"
 del  = ["product-list:category:<id>", "odd*key:<id>"]
+version = ["lsn:categories", "lsn:category:<id>", "lsn:categories"]
+
+[[rule]]
+table = "brands"
+version = ["lsn:categories"]
+on = ["insert"]
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -304,6 +401,8 @@ del  = ["product-list:category:<id>", "odd*key:<id>"]
 		"incr cache:version:products",
 		"incr_pattern version:product:*",
 		`del_pattern odd\*key:*`,
+		"version lsn:categories",
+		"version_pattern lsn:category:*",
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("FlushCommands:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))

@@ -1,13 +1,15 @@
 // Package mapping reads rules.toml and turns row changes into Redis commands.
 //
-// A rule names a table and the key templates to delete (del) or increment
-// (incr) when one of its rows changes:
+// A rule names a table and the key templates to delete (del), increment
+// (incr) or set to the transaction's LSN (version) when one of its rows
+// changes:
 //
 //	[[rule]]
-//	table = "products"            # "schema.table"; the schema defaults to public
-//	del   = ["product:<id>", "product-list:category:<category_id>"]
-//	incr  = ["cache:version:products"]
-//	on    = ["insert", "update", "delete", "truncate"]   # optional; default all four
+//	table   = "products"          # "schema.table"; the schema defaults to public
+//	del     = ["product:<id>", "product-list:category:<category_id>"]
+//	incr    = ["cache:counter:products"]
+//	version = ["cache:version:products"]
+//	on      = ["insert", "update", "delete", "truncate"]   # optional; default all four
 //
 // # Templates
 //
@@ -27,8 +29,12 @@
 // whose value the stream did not send (an unchanged TOASTed value, or an old
 // value outside the replica identity), renders no key for that row; Mapper
 // counts it in Stats. A truncate turns templates with placeholders into glob
-// patterns (DelPattern, IncrPattern). Commands for one change are deduplicated;
-// commands across changes are not.
+// patterns (DelPattern, IncrPattern, VersionPattern). Commands for one change
+// are deduplicated; commands across changes are not.
+//
+// A template text may appear under one action only, across all rules: a key
+// that is both deleted and incremented, or both incremented and set to an
+// LSN, would defeat the versioning its readers rely on.
 //
 // # Guarantees
 //
@@ -65,13 +71,19 @@ type Rules struct {
 
 // Rule is one [[rule]]: which table, which keys, on which operations.
 type Rule struct {
-	Line   int         // line of the rule's [[rule]] header
-	Schema string      // never empty after Parse; "public" when the file gives none
-	Table  string      // as PostgreSQL stores it
-	Del    []*Template // keys to delete; empty if Incr is not
-	Incr   []*Template // keys to increment; empty if Del is not
-	On     Ops         // operations the rule handles; AllOps when the file says none
+	Line    int         // line of the rule's [[rule]] header
+	Schema  string      // never empty after Parse; "public" when the file gives none
+	Table   string      // as PostgreSQL stores it
+	Del     []*Template // keys to delete
+	Incr    []*Template // keys to increment
+	Version []*Template // keys to set to the transaction's LSN
+	On      Ops         // operations the rule handles; AllOps when the file says none
+	// Del, Incr and Version are never all empty after Parse.
 }
+
+// Templates returns the rule's templates: its del, then incr, then version
+// templates.
+func (r *Rule) Templates() []*Template { return slices.Concat(r.Del, r.Incr, r.Version) }
 
 // QualifiedName returns "schema.table".
 func (r *Rule) QualifiedName() string { return r.Schema + "." + r.Table }
@@ -136,11 +148,11 @@ func Parse(file string, data []byte) (*Rules, error) {
 // problem to c. The rules it returns are complete only when c has no
 // problems.
 func ParseDoc(c *tomldoc.Checker) *Rules {
-	p := &parser{c}
+	p := &parser{Checker: c, uses: make(map[string]templateUse)}
 	rs := &Rules{File: c.Doc.File}
 	v, ok := c.Doc.Root["rule"]
 	if !ok {
-		c.Addf(nil, "no [[rule]] found; add at least one, with a table and del or incr")
+		c.Addf(nil, "no [[rule]] found; add at least one, with a table and del, incr or version")
 		return rs
 	}
 	rs.List = p.rules(v)
@@ -148,10 +160,19 @@ func ParseDoc(c *tomldoc.Checker) *Rules {
 }
 
 // parser reads [[rule]] tables, reporting problems to its Checker.
-type parser struct{ *tomldoc.Checker }
+type parser struct {
+	*tomldoc.Checker
+	uses map[string]templateUse // by template text: where the rules first name it
+}
+
+// templateUse is the first del, incr or version entry naming a template.
+type templateUse struct {
+	kind string // "del", "incr" or "version"
+	line int
+}
 
 // ruleKeys are the keys a [[rule]] allows, in the order messages list them.
-var ruleKeys = []string{"table", "del", "incr", "on"}
+var ruleKeys = []string{"table", "del", "incr", "version", "on"}
 
 func (p *parser) rules(v any) []*Rule {
 	tables, ok := p.Tables("rule", v)
@@ -159,7 +180,7 @@ func (p *parser) rules(v any) []*Rule {
 		return nil
 	}
 	if len(tables) == 0 {
-		p.Addf([]string{"rule"}, "no [[rule]] found; add at least one, with a table and del or incr")
+		p.Addf([]string{"rule"}, "no [[rule]] found; add at least one, with a table and del, incr or version")
 	}
 	var rules []*Rule
 	for i, m := range tables {
@@ -172,7 +193,7 @@ func (p *parser) rules(v any) []*Rule {
 
 func (p *parser) rule(path []string, m map[string]any) *Rule {
 	r := &Rule{Line: p.Doc.Line(path...), On: AllOps}
-	templates := false // whether del or incr names a template, valid or not
+	templates := false // whether del, incr or version names a template, valid or not
 	for _, k := range tomldoc.SortedKeys(m) {
 		at := tomldoc.Key(path, k)
 		switch k {
@@ -181,13 +202,16 @@ func (p *parser) rule(path []string, m map[string]any) *Rule {
 			if p.Str(at, m[k], &s) {
 				r.Schema, r.Table = p.tableName(at, s)
 			}
-		case "del", "incr":
-			list, given := p.templates(at, m[k])
+		case "del", "incr", "version":
+			list, given := p.templates(at, k, m[k])
 			templates = templates || given
-			if k == "del" {
+			switch k {
+			case "del":
 				r.Del = list
-			} else {
+			case "incr":
 				r.Incr = list
+			default:
+				r.Version = list
 			}
 		case "on":
 			r.On = p.ops(at, m[k])
@@ -199,7 +223,7 @@ func (p *parser) rule(path []string, m map[string]any) *Rule {
 		p.Addf(path, `rule has no table; add table = "schema.table" (or just "table" for the public schema)`)
 	}
 	if !templates {
-		p.Addf(path, `rule has neither del nor incr; add del = ["key:<column>"] or incr = ["key"]`)
+		p.Addf(path, `rule has no del, incr or version; add del = ["key:<column>"], incr = ["key"] or version = ["key"]`)
 	}
 	return r
 }
@@ -221,10 +245,10 @@ func (p *parser) tableName(path []string, s string) (schema, table string) {
 	return "", ""
 }
 
-// templates parses an array of templates. given is false when the array is
-// empty, so that a rule with no templates at all can be told apart from one
-// whose templates are wrong.
-func (p *parser) templates(path []string, v any) (list []*Template, given bool) {
+// templates parses an array of templates, the rule's entry kind (del, incr
+// or version). given is false when the array is empty, so that a rule with
+// no templates at all can be told apart from one whose templates are wrong.
+func (p *parser) templates(path []string, kind string, v any) (list []*Template, given bool) {
 	strs, ok := p.Strs(path, v)
 	if !ok {
 		return nil, true
@@ -237,9 +261,30 @@ func (p *parser) templates(path []string, v any) (list []*Template, given bool) 
 			continue
 		}
 		t.Line = p.Doc.Line(elem...)
+		p.conflict(elem, kind, t)
 		list = append(list, t)
 	}
 	return list, len(strs) > 0
+}
+
+// conflict reports a template that another kind of entry named before, in
+// this rule or an earlier one: a key both deleted and incremented, say. Only
+// template texts are compared: two different templates that render the same
+// key are not found.
+func (p *parser) conflict(path []string, kind string, t *Template) {
+	u, seen := p.uses[t.src]
+	if !seen {
+		p.uses[t.src] = templateUse{kind, t.Line}
+		return
+	}
+	if u.kind == kind {
+		return
+	}
+	why := "INCR fails on a key that holds an LSN, and an LSN overwrites a counter; keep it in one of them"
+	if u.kind == "del" || kind == "del" {
+		why = "a version key that is deleted starts over, and entries cached under an old version become reachable again; remove it from del"
+	}
+	p.Addf(path, "template %q is in %s here and in %s at line %d; %s", t.src, kind, u.kind, u.line, why)
 }
 
 func (p *parser) ops(path []string, v any) Ops {

@@ -23,6 +23,9 @@ func describe(rs *Rules) string {
 		for _, t := range r.Incr {
 			fmt.Fprintf(&b, " incr:%d:%s", t.Line, t)
 		}
+		for _, t := range r.Version {
+			fmt.Fprintf(&b, " version:%d:%s", t.Line, t)
+		}
 		b.WriteByte('\n')
 	}
 	return b.String()
@@ -40,20 +43,33 @@ del = ["product:<id>", "product-list:<category_id>"]
 table = "shop.orders"
 incr = ["orders"]
 on = ["truncate"]
+
+[[rule]]
+table = "products"   # a key in del of one rule and version of another
+version = [
+  "cache:version:products",
+  "product:<id>:v",
+]
+del = ["product:<id>:v"]
 `
 	rs, err := Parse("f.toml", []byte(src))
+	if err == nil || !strings.Contains(err.Error(), `f.toml:17: template "product:<id>:v" is in version here and in del at line 19;`) {
+		t.Errorf("Parse with a key in del and version: got %v", err)
+	}
+	rs, err = Parse("f.toml", []byte(strings.Replace(src, `del = ["product:<id>:v"]`, "", 1)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := "4 public.products on=insert, update, delete, truncate del:6:product:<id> del:6:product-list:<category_id>\n" +
-		"8 shop.orders on=truncate incr:10:orders\n"
+		"8 shop.orders on=truncate incr:10:orders\n" +
+		"13 public.products on=insert, update, delete, truncate version:16:cache:version:products version:17:product:<id>:v\n"
 	if got := describe(rs); got != want {
 		t.Errorf("rules:\n%s\nwant:\n%s", got, want)
 	}
 	if got, want := rs.File, "f.toml"; got != want {
 		t.Errorf("File = %q, want %q", got, want)
 	}
-	if _, err := Parse("f.toml", []byte("[postgres]\n")); err == nil || err.Error() != "f.toml: no [[rule]] found; add at least one, with a table and del or incr" {
+	if _, err := Parse("f.toml", []byte("[postgres]\n")); err == nil || err.Error() != "f.toml: no [[rule]] found; add at least one, with a table and del, incr or version" {
 		t.Errorf("Parse without rules: got %v, want no [[rule]] found", err)
 	}
 }
@@ -67,8 +83,8 @@ func TestParseInlineRules(t *testing.T) {
 ]
 `
 	_, err := Parse("f.toml", []byte(src))
-	want := `f.toml:4: unknown key "dell" in [[rule]]; allowed keys: table, del, incr, on
-f.toml:4: rule has neither del nor incr; add del = ["key:<column>"] or incr = ["key"]`
+	want := `f.toml:4: unknown key "dell" in [[rule]]; allowed keys: table, del, incr, version, on
+f.toml:4: rule has no del, incr or version; add del = ["key:<column>"], incr = ["key"] or version = ["key"]`
 	if err == nil || err.Error() != want {
 		t.Errorf("got:\n%v\nwant:\n%s", err, want)
 	}
@@ -79,8 +95,12 @@ func TestParseErrors(t *testing.T) {
 		file string
 		want string
 	}{
-		{"unknown_rule.toml", `testdata/unknown_rule.toml:7: unknown key "delete" in [[rule]]; allowed keys: table, del, incr, on`},
-		{"no_templates.toml", `testdata/no_templates.toml:6: rule has neither del nor incr; add del = ["key:<column>"] or incr = ["key"]`},
+		{"unknown_rule.toml", `testdata/unknown_rule.toml:7: unknown key "delete" in [[rule]]; allowed keys: table, del, incr, version, on`},
+		{"no_templates.toml", `testdata/no_templates.toml:6: rule has no del, incr or version; add del = ["key:<column>"], incr = ["key"] or version = ["key"]`},
+		{"version_bad_template.toml", `testdata/version_bad_template.toml:6: template "cache:version:category:<category_id": the "<" at byte 24 has no closing ">"; end the column name with ">", or write "<<" for a literal "<"`},
+		{"version_wrong_type.toml", `testdata/version_wrong_type.toml:3: version must be an array of strings, like ["a", "b"]; got a string`},
+		{"version_conflict.toml", `testdata/version_conflict.toml:8: template "cache:version:products" is in incr here and in version at line 4; INCR fails on a key that holds an LSN, and an LSN overwrites a counter; keep it in one of them
+testdata/version_conflict.toml:11: template "cache:version:products" is in del here and in version at line 4; a version key that is deleted starts over, and entries cached under an old version become reachable again; remove it from del`},
 		{"no_table.toml", `testdata/no_table.toml:1: rule has no table; add table = "schema.table" (or just "table" for the public schema)`},
 		{"bad_table.toml", `testdata/bad_table.toml:2: table "shop.public.products" has more than one dot; write "schema.table", or just "table" for the public schema`},
 		{"empty_table_part.toml", `testdata/empty_table_part.toml:2: table "shop." has an empty name; write "schema.table", or just "table" for the public schema`},

@@ -5,9 +5,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"time"
 
 	"github.com/pg-invalidator/pg-invalidator/daemon"
+	"github.com/pg-invalidator/pg-invalidator/mapping"
 )
 
 func checkCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -35,6 +37,11 @@ prints what it found and exits 0 when all is well. run makes the same
 checks before it creates anything. It does not retry: an unreachable
 PostgreSQL fails.
 
+When a rule uses incr, it then reads maxmemory-policy from every Redis
+master and warns where Redis may evict those version keys (allkeys-*), or
+where the policy cannot be read (Redis down, CONFIG refused). Warnings do
+not change the exit status.
+
 Flags:
 `)
 		fs.PrintDefaults()
@@ -58,5 +65,39 @@ Flags:
 	}
 	fmt.Fprintf(stdout, "postgres: ok: %s\n", srv)
 	fmt.Fprintf(stdout, "%s: ok: %d rule(s) on %d table(s) match the live schema\n", c.config, len(cfg.Rules.List), len(cfg.Rules.Tables()))
+	c.checkEvictions(ctx, logger, cfg.Rules, stdout)
 	return nil
+}
+
+// checkEvictions prints, when a rule uses incr, the maxmemory-policy of
+// every Redis master of every target: ok, or a warning where Redis may evict
+// the version keys those rules increment, or where the policy could not be
+// read. It never fails check: the rules and the schema are what check
+// validates, and they do not need Redis (see docs/rules.md#eviction).
+func (c *commonFlags) checkEvictions(ctx context.Context, logger *slog.Logger, rules *mapping.Rules, stdout io.Writer) {
+	keys := daemon.IncrKeys(rules)
+	if keys == "" {
+		return // deletes and LSN version keys: an eviction sends nothing back
+	}
+	cfg, err := c.daemonConfig(logger, true) // now with the Redis URL and passwords
+	if err != nil {
+		fmt.Fprintf(stdout, "redis: warning: maxmemory-policy not checked: %v\n", err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for _, r := range daemon.CheckEvictions(ctx, cfg) {
+		where := "redis"
+		if len(cfg.Targets) > 1 || r.Target != daemon.DefaultTarget {
+			where += " target " + r.Target
+		}
+		if r.Addr != "" {
+			where += " " + r.Addr
+		}
+		if r.Safe() {
+			fmt.Fprintf(stdout, "%s: ok: maxmemory-policy %s\n", where, r.Policy)
+		} else {
+			fmt.Fprintf(stdout, "%s: warning: %s\n", where, r.Warning(keys))
+		}
+	}
 }

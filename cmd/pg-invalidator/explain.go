@@ -35,8 +35,10 @@ per line, without connecting to anything:
 
   UNLINK key         delete one key
   INCR key           increment one version key
+  VERSION key        set one version key to the transaction's end LSN, if later
   SCAN+UNLINK glob   delete every key matching the pattern (truncate)
   SCAN+INCR glob     increment every existing key matching it (truncate)
+  SCAN+VERSION glob  set every existing key matching it to the LSN (truncate)
 
 Then, as lines starting with "#", each template that renders no key and why.
 
@@ -123,7 +125,7 @@ Flags:
 		addColumn(f.col)
 	}
 	for _, r := range rules {
-		for _, t := range slices.Concat(r.Del, r.Incr) {
+		for _, t := range r.Templates() {
 			for _, c := range t.Columns() {
 				addColumn(c)
 			}
@@ -261,6 +263,10 @@ func commandText(c pginvalidator.Command) string {
 		return "SCAN+UNLINK " + c.Key
 	case pginvalidator.IncrPattern:
 		return "SCAN+INCR " + c.Key
+	case pginvalidator.Version:
+		return "VERSION " + c.Key
+	case pginvalidator.VersionPattern:
+		return "SCAN+VERSION " + c.Key
 	}
 	return c.Action.String() + " " + c.Key
 }
@@ -308,7 +314,7 @@ func explainSkips(file string, rules []*mapping.Rule, ch *pginvalidator.Change, 
 		if ch.Op == pginvalidator.OpTruncate {
 			continue
 		}
-		for _, t := range slices.Concat(r.Del, r.Incr) {
+		for _, t := range r.Templates() {
 			for _, rw := range rows {
 				for _, c := range t.Columns() {
 					i := slices.IndexFunc(ch.Rel.Columns, func(col pginvalidator.Column) bool { return col.Name == c })

@@ -99,6 +99,22 @@ INCR cache:version:products
 {"line":11,"template":"version:customer:<customer_id>","row":"new","skipped":"customer_id is NULL"}
 `,
 	}, {
+		name: "version keys",
+		args: []string{"--config", "testdata/explain_version.toml", "--table", "products", "--op", "update",
+			"--old", "id=1,category_id=3", "--new", "id=1,category_id=NULL"},
+		want: `UNLINK product:1
+VERSION cache:version:products
+VERSION cache:version:category:3
+# testdata/explain_version.toml:4: cache:version:category:<category_id> renders no key for the new row: category_id is NULL
+`,
+	}, {
+		name: "version keys on truncate, as json",
+		args: []string{"--config", "testdata/explain_version.toml", "--table", "products", "--op", "truncate", "--json"},
+		want: `{"action":"del_pattern","key":"product:*"}
+{"action":"version","key":"cache:version:products"}
+{"action":"version_pattern","key":"cache:version:category:*"}
+`,
+	}, {
 		name: "json for a rule that does not handle the operation",
 		args: []string{"--config", rules, "--table", "shop.orders", "--op", "delete", "--old", "id=9", "--json"},
 		want: `{"line":8,"skipped":"rule for shop.orders does not handle delete (on = insert, update, truncate)"}

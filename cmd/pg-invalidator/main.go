@@ -41,7 +41,7 @@ Usage:
   pg-invalidator check   [--config rules.toml] [--postgres URL]                 validate rules and live schema
   pg-invalidator explain --table T --op OP [--old ROW] [--new ROW]              print the commands one change would produce
   pg-invalidator setup   [--config rules.toml] [--postgres URL] [--apply]       print or apply the SQL a DBA runs first
-  pg-invalidator demo                                                           try it on a throwaway PostgreSQL and Redis
+  pg-invalidator demo    [--postgres URL] [--redis URL] [--wait]                try it on a throwaway PostgreSQL and Redis
   pg-invalidator version                                                        print the version
 
 Run "pg-invalidator <command> --help" for a command's flags.

@@ -8,6 +8,13 @@
 //
 // Every server runs in the foreground as a child process, so that a test can
 // stop it, kill it with SIGKILL, and start it again on the same port and data.
+//
+// It builds on every system Go does. On Unix a server runs in a process group
+// of its own, so that Ctrl-C in a terminal reaches only the caller, which
+// stops its servers; on Linux a server also dies with the process that started
+// it, however that process ends. Elsewhere (macOS, the BSDs) a server outlives
+// a caller killed with SIGKILL. On Windows there are no process groups: Stop
+// is a kill, as Kill is.
 package localsvc
 
 import (
@@ -17,14 +24,27 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
-	"syscall"
+	"strings"
 )
 
-// InstallHint says how to get the binaries this package needs.
-const InstallHint = "install them with: apt-get install -y postgresql redis-server " +
-	"(or set DATABASE_URL and REDIS_URL to servers you run yourself; PostgreSQL needs wal_level=logical)"
+// InstallHint says how to get the binaries this package needs on this system.
+var InstallHint = installHint(runtime.GOOS)
+
+func installHint(goos string) string {
+	switch goos {
+	case "linux":
+		return "install them with: apt-get install -y postgresql redis-server"
+	case "darwin":
+		return "install them with: brew install postgresql@16 redis"
+	case "windows":
+		return "install PostgreSQL with the EDB installer (https://www.postgresql.org/download/windows/) " +
+			"and put a redis-server.exe on PATH"
+	}
+	return "install the PostgreSQL server (initdb, postgres) and redis-server, and put them on PATH"
+}
 
 // FreePort returns a TCP port on 127.0.0.1 that nothing listens on right now.
 func FreePort() (int, error) {
@@ -36,31 +56,65 @@ func FreePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// PostgresBinDir finds the newest /usr/lib/postgresql/*/bin that holds initdb,
-// or the directory of an initdb on PATH.
+// PostgresBinDir finds the newest PostgreSQL server bin directory that holds
+// initdb where this system's packages put it (/usr/lib/postgresql/*/bin on
+// Debian and Ubuntu; Homebrew and Postgres.app on macOS; C:\Program
+// Files\PostgreSQL\*\bin on Windows), or else the directory of an initdb on
+// PATH.
 func PostgresBinDir() (string, error) {
-	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
-	sort.Slice(dirs, func(i, j int) bool { return versionOf(dirs[i]) > versionOf(dirs[j]) })
+	var dirs []string
+	for _, pattern := range postgresBinGlobs(runtime.GOOS) {
+		found, _ := filepath.Glob(pattern)
+		dirs = append(dirs, found...)
+	}
+	sort.SliceStable(dirs, func(i, j int) bool { return versionOf(dirs[i]) > versionOf(dirs[j]) })
+	initdb := "initdb"
+	if runtime.GOOS == "windows" {
+		initdb = "initdb.exe"
+	}
 	for _, d := range dirs {
-		if _, err := os.Stat(filepath.Join(d, "initdb")); err == nil {
+		if _, err := os.Stat(filepath.Join(d, initdb)); err == nil {
 			return d, nil
 		}
 	}
 	if p, err := exec.LookPath("initdb"); err == nil {
 		return filepath.Dir(p), nil
 	}
-	return "", errors.New("no PostgreSQL server binaries (initdb, postgres) found in /usr/lib/postgresql/*/bin or on PATH; " + InstallHint)
+	return "", fmt.Errorf("no PostgreSQL server binaries (initdb, postgres) found in %s or on PATH; %s",
+		strings.Join(postgresBinGlobs(runtime.GOOS), ", "), InstallHint)
 }
 
+// postgresBinGlobs are where goos's packages install PostgreSQL's server
+// binaries, one directory per major version.
+func postgresBinGlobs(goos string) []string {
+	switch goos {
+	case "darwin":
+		return []string{
+			"/opt/homebrew/opt/postgresql@*/bin", // Homebrew on Apple silicon
+			"/usr/local/opt/postgresql@*/bin",    // Homebrew on Intel
+			"/Applications/Postgres.app/Contents/Versions/*/bin",
+		}
+	case "windows":
+		return []string{`C:\Program Files\PostgreSQL\*\bin`}
+	}
+	return []string{"/usr/lib/postgresql/*/bin"}
+}
+
+// versionOf reads the major version from the name of binDir's parent:
+// "15", "postgresql@16". It returns 0 when there is none.
 func versionOf(binDir string) int {
-	v, _ := strconv.Atoi(filepath.Base(filepath.Dir(binDir)))
+	name := filepath.Base(filepath.Dir(binDir))
+	if i := strings.LastIndexByte(name, '@'); i >= 0 {
+		name = name[i+1:]
+	}
+	v, _ := strconv.Atoi(name)
 	return v
 }
 
 // serviceUser says which OS user the servers run as: the current one, or
 // "postgres" when the current user is root.
 type serviceUser struct {
-	cred     *syscall.Credential // nil: run as the current user
+	other    bool // run as uid and gid; false: as the current user
 	uid, gid int
 }
 
@@ -78,7 +132,7 @@ func lookupServiceUser() (serviceUser, error) {
 		return serviceUser{}, fmt.Errorf("look up the postgres group: %w", err)
 	}
 	gid, _ := strconv.Atoi(string(trimNL(out)))
-	return serviceUser{cred: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, uid: uid, gid: gid}, nil
+	return serviceUser{other: true, uid: uid, gid: gid}, nil
 }
 
 func trimNL(b []byte) []byte {
@@ -97,7 +151,7 @@ func (u serviceUser) makeDir(pattern string) (string, error) {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		return "", err
 	}
-	if u.cred != nil {
+	if u.other {
 		if err := os.Chown(dir, u.uid, u.gid); err != nil {
 			return "", err
 		}
@@ -107,10 +161,6 @@ func (u serviceUser) makeDir(pattern string) (string, error) {
 
 func (u serviceUser) command(name string, args ...string) *exec.Cmd {
 	cmd := exec.Command(name, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Credential: u.cred,
-		Setpgid:    true,            // a signal to the test's group does not reach it
-		Pdeathsig:  syscall.SIGKILL, // nor does it outlive a test binary that dies
-	}
+	setProcAttr(cmd, u)
 	return cmd
 }

@@ -74,7 +74,7 @@ func (u serviceUser) writeFile(name string, b []byte, perm os.FileMode) error {
 	if err := os.Chmod(name, perm); err != nil { // WriteFile keeps an old file's mode
 		return err
 	}
-	if u.cred != nil {
+	if u.other {
 		return os.Chown(name, u.uid, u.gid)
 	}
 	return nil

@@ -169,16 +169,16 @@ func (p *Postgres) signal(sig syscall.Signal) error {
 	shm := p.shmID()
 	// Signal the postmaster's process group. Backends are not in it (each
 	// calls setsid), so after a SIGKILL they are waited for below.
-	syscall.Kill(-p.cmd.Process.Pid, sig)
+	signalGroup(p.cmd.Process, sig)
 	select {
 	case <-p.done:
 	case <-time.After(60 * time.Second):
-		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+		signalGroup(p.cmd.Process, syscall.SIGKILL)
 		<-p.done
 	}
 	// Backends die after the postmaster; a new server cannot start while
 	// one of them still holds the old shared memory.
-	for i := 0; i < 1000 && syscall.Kill(-p.cmd.Process.Pid, 0) == nil; i++ {
+	for i := 0; i < 1000 && groupAlive(p.cmd.Process); i++ {
 		time.Sleep(10 * time.Millisecond)
 	}
 	waitShmDetached(shm, 10*time.Second)

@@ -66,7 +66,7 @@ func (n *RedisNode) Start(ctx context.Context) error {
 	}
 	cmd := exec.Command(n.bin, n.args...)
 	cmd.Dir = n.Dir
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	setProcAttr(cmd, serviceUser{})
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start redis-server: %w", err)
 	}

@@ -3,14 +3,19 @@
 #   make build   bin/pg-invalidator, static (CGO_ENABLED=0), version from git describe
 #   make test    go vet, gofmt check, docker-compose.yml check, cross builds, then every test
 #   make crossbuild  build the binary for macOS and Windows (CGO_ENABLED=0), to check it compiles there
+#   make test-containers
+#                the packages that share PostgreSQL and Redis (those whose TestMain
+#                calls testenv.Main) again, through testcontainers
+#   make image   the Docker image pg-invalidator:$(VERSION)
 #   make demo    build, then run the self-contained demo (throwaway PostgreSQL and Redis)
 #   make bench   the bench program, then the Go benchmarks of mapping/ and invalidator/
 #   make fuzz    30 s of fuzzing the key template parser
 #   make clean   remove build and test output
 #
-# Tests start their own PostgreSQL and Redis from the local binaries
+# `make test` starts PostgreSQL and Redis from the local binaries
 # (apt-get install postgresql redis-server), unless DATABASE_URL and REDIS_URL
-# are both set, in which case they use those servers.
+# are both set, in which case it uses those servers. TEST_BACKEND overrides the
+# choice (env, local or testcontainers); see docs/testing.md.
 
 # Go may not be on PATH (CI, fresh shells); this is where it is installed here.
 export PATH := /usr/local/go/bin:$(PATH)
@@ -28,11 +33,18 @@ TESTFLAGS ?= -count=1 -timeout 20m -p 2
 FUZZTIME  ?= 30s
 # Where `make test` keeps the verbose test output it summarises.
 TESTLOG   ?= bin/test.log
+# internal/testenv's backend for `make test`: never testcontainers unless asked.
+TEST_BACKEND ?= $(if $(and $(DATABASE_URL),$(REDIS_URL)),env,local)
+# `make image`: its name, the docker CLI, and extra build flags (.ci/app-image
+# passes local base images as GO_IMAGE and RUNTIME_IMAGE build arguments).
+IMAGE   ?= pg-invalidator:$(VERSION)
+DOCKER  ?= docker
+DOCKER_BUILD_FLAGS ?=
 
 # The systems besides Linux the binary must build for, as GOOS/GOARCH.
 CROSS     ?= darwin/arm64 windows/amd64
 
-.PHONY: all build test vet fmtcheck composecheck crossbuild demo bench fuzz image clean
+.PHONY: all build test test-containers vet fmtcheck composecheck crossbuild demo bench fuzz image clean
 
 all: build
 
@@ -43,7 +55,7 @@ build:
 test: vet fmtcheck composecheck crossbuild
 	@mkdir -p $(dir $(TESTLOG))
 	@set -o pipefail; \
-	$(GO) test -v $(TESTFLAGS) ./... 2>&1 | tee $(TESTLOG); rc=$$?; \
+	PGINV_TEST_BACKEND=$(TEST_BACKEND) $(GO) test -v $(TESTFLAGS) ./... 2>&1 | tee $(TESTLOG); rc=$$?; \
 	pass=$$(grep -cE '^ *--- PASS' $(TESTLOG)); \
 	fail=$$(grep -cE '^ *--- FAIL' $(TESTLOG)); \
 	skip=$$(grep -cE '^ *--- SKIP' $(TESTLOG)); \
@@ -52,6 +64,12 @@ test: vet fmtcheck composecheck crossbuild
 	if [ $$rc -ne 0 ]; then echo "failed packages: $${badpkg:-(see above)}"; fi; \
 	echo "tests: $$pass passed, $$fail failed, $$skip skipped"; \
 	exit $$rc
+
+# Through testcontainers, with the local test image on a private Docker engine
+# when none answers (as root; see .ci/with-docker), or with the images in
+# PGINV_TEST_POSTGRES_IMAGE and PGINV_TEST_REDIS_IMAGE on the engine you have.
+test-containers:
+	@bash .ci/with-docker bash .ci/test-containers
 
 vet:
 	$(GO) vet ./...
@@ -92,9 +110,9 @@ bench:
 fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzParseTemplate -fuzztime=$(FUZZTIME) ./mapping/
 
-# Needs a Docker engine (there is none on the CI machine).
+# Needs a Docker engine; .ci/app-image runs it on CI's private one.
 image:
-	docker build --build-arg VERSION=$(VERSION) -t pg-invalidator:$(VERSION) .
+	$(DOCKER) build --build-arg VERSION=$(VERSION) $(DOCKER_BUILD_FLAGS) -t $(IMAGE) .
 
 clean:
 	rm -rf bin/ pg-invalidator *.prof *.test

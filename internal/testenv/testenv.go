@@ -1,15 +1,22 @@
 // Package testenv gives tests a real PostgreSQL (wal_level=logical) and a real
-// Redis. It is imported only by _test.go files, so the daemon binary never
-// links testcontainers.
+// Redis, shared by every test of a package. It is imported only by _test.go
+// files, so the daemon binary never links testcontainers.
 //
-// Servers are found in this order:
-//  1. DATABASE_URL and REDIS_URL, when both are set;
-//  2. containers through testcontainers-go, when a Docker engine answers;
-//  3. local binaries (/usr/lib/postgresql/*/bin and redis-server), started by
-//     package localsvc on free loopback ports.
+// PGINV_TEST_BACKEND chooses where the servers come from:
 //
-// When none of these works, Start returns an error that says how to install
-// the binaries. Tests must fail on it, never skip.
+//   - env: DATABASE_URL and REDIS_URL, which must both be set.
+//   - testcontainers: containers started through testcontainers-go on the
+//     Docker engine that DOCKER_HOST (or the default socket) names; see
+//     containers.go for the images and how they are started.
+//   - local: the local binaries (/usr/lib/postgresql/*/bin and redis-server),
+//     started by package localsvc on free loopback ports.
+//   - unset: env when both URLs are set, else testcontainers when a Docker
+//     engine answers, else local.
+//
+// A backend that was asked for by name is used or the tests fail: it never
+// falls back to another. Main prints one line per package saying which
+// backend and images it used ("testenv: backend=testcontainers image=..."),
+// so that a test log shows what it ran against.
 package testenv
 
 import (
@@ -17,23 +24,38 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
-	"github.com/testcontainers/testcontainers-go"
-	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
-	tcredis "github.com/testcontainers/testcontainers-go/modules/redis"
+	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/pg-invalidator/pg-invalidator/internal/localsvc"
 )
+
+// The backends PGINV_TEST_BACKEND names.
+const (
+	BackendEnv            = "env"
+	BackendTestcontainers = "testcontainers"
+	BackendLocal          = "local"
+)
+
+// EnvBackend is the environment variable that chooses the backend.
+const EnvBackend = "PGINV_TEST_BACKEND"
 
 // Env is a running PostgreSQL and Redis.
 type Env struct {
 	PostgresURL string
 	RedisURL    string
-	Source      string // "env", "testcontainers" or "local binaries"
+	// Backend is BackendEnv, BackendTestcontainers or BackendLocal.
+	Backend string
+	// Summary describes the servers in one line without passwords, after
+	// "backend=...": images, how they were started, addresses.
+	Summary string
 
-	// Postgres and Redis are set only for local binaries; tests that stop,
-	// kill or restart a server start their own with package localsvc.
+	// Postgres and Redis are set only for the local backend. Tests that
+	// stop, kill or restart a server start their own with package localsvc,
+	// whatever the backend.
 	Postgres *localsvc.Postgres
 	Redis    *localsvc.Redis
 
@@ -47,78 +69,82 @@ func (e *Env) Close() {
 	}
 }
 
-// Start finds or starts a PostgreSQL and a Redis.
+// Start finds or starts a PostgreSQL and a Redis, on the backend that
+// PGINV_TEST_BACKEND names (see the package comment).
 func Start(ctx context.Context) (*Env, error) {
-	if pg, rd := os.Getenv("DATABASE_URL"), os.Getenv("REDIS_URL"); pg != "" && rd != "" {
-		return &Env{PostgresURL: pg, RedisURL: rd, Source: "env"}, nil
+	switch b := os.Getenv(EnvBackend); b {
+	case BackendEnv:
+		return startEnv()
+	case BackendTestcontainers:
+		return startContainers(ctx)
+	case BackendLocal:
+		return startLocal(ctx)
+	case "":
+		if os.Getenv("DATABASE_URL") != "" && os.Getenv("REDIS_URL") != "" {
+			return startEnv()
+		}
+		env, err := startContainers(ctx)
+		if err == nil || !errors.Is(err, errNoDocker) {
+			return env, err
+		}
+		return startLocal(ctx)
+	default:
+		return nil, fmt.Errorf("%s=%q: want %s, %s or %s (or leave it unset to pick the first that works)",
+			EnvBackend, b, BackendEnv, BackendTestcontainers, BackendLocal)
 	}
-	if env, err := startContainers(ctx); err == nil {
-		return env, nil
-	} else if !errors.Is(err, errNoDocker) {
-		return nil, err
-	}
-	return startLocal(ctx)
 }
 
-var errNoDocker = errors.New("no Docker engine")
-
-func startContainers(ctx context.Context) (*Env, error) {
-	provider, err := testcontainers.NewDockerProvider()
-	if err != nil {
-		return nil, errNoDocker
+func startEnv() (*Env, error) {
+	pg, rd := os.Getenv("DATABASE_URL"), os.Getenv("REDIS_URL")
+	if pg == "" || rd == "" {
+		return nil, fmt.Errorf("%s=%s needs both DATABASE_URL and REDIS_URL set", EnvBackend, BackendEnv)
 	}
-	hctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	defer cancel()
-	if err := provider.Health(hctx); err != nil {
-		provider.Close()
-		return nil, errNoDocker
-	}
-	provider.Close()
-
-	env := &Env{Source: "testcontainers"}
-	pg, err := tcpostgres.Run(ctx, "postgres:16-alpine",
-		tcpostgres.WithDatabase("postgres"), tcpostgres.WithUsername("postgres"), tcpostgres.WithPassword("postgres"),
-		testcontainers.WithCmdArgs("-c", "wal_level=logical", "-c", "max_replication_slots=64", "-c", "max_wal_senders=64"),
-		tcpostgres.BasicWaitStrategies())
-	if err != nil {
-		return nil, fmt.Errorf("start the postgres container: %w", err)
-	}
-	env.closers = append(env.closers, func() { testcontainers.TerminateContainer(pg) })
-	env.PostgresURL, err = pg.ConnectionString(ctx, "sslmode=disable")
-	if err != nil {
-		env.Close()
-		return nil, fmt.Errorf("postgres container address: %w", err)
-	}
-	rd, err := tcredis.Run(ctx, "redis:7-alpine")
-	if err != nil {
-		env.Close()
-		return nil, fmt.Errorf("start the redis container: %w", err)
-	}
-	env.closers = append(env.closers, func() { testcontainers.TerminateContainer(rd) })
-	env.RedisURL, err = rd.ConnectionString(ctx)
-	if err != nil {
-		env.Close()
-		return nil, fmt.Errorf("redis container address: %w", err)
-	}
-	return env, nil
+	return &Env{
+		PostgresURL: pg, RedisURL: rd, Backend: BackendEnv,
+		Summary: fmt.Sprintf("postgres=%s redis=%s", Redact(pg), Redact(rd)),
+	}, nil
 }
 
 func startLocal(ctx context.Context) (*Env, error) {
-	env := &Env{Source: "local binaries"}
+	env := &Env{Backend: BackendLocal}
 	pg, err := localsvc.StartPostgres(ctx, localsvc.PostgresOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("no DATABASE_URL/REDIS_URL, no Docker engine, and local PostgreSQL failed: %w", err)
+		return nil, fmt.Errorf("start a local PostgreSQL: %w", err)
 	}
 	env.Postgres, env.PostgresURL = pg, pg.URL()
 	env.closers = append(env.closers, func() { pg.Close() })
 	rd, err := localsvc.StartRedis(ctx)
 	if err != nil {
 		env.Close()
-		return nil, fmt.Errorf("no DATABASE_URL/REDIS_URL, no Docker engine, and local Redis failed: %w", err)
+		return nil, fmt.Errorf("start a local Redis: %w", err)
 	}
 	env.Redis, env.RedisURL = rd, rd.URL()
 	env.closers = append(env.closers, func() { rd.Close() })
+	env.Summary = fmt.Sprintf("postgres=127.0.0.1:%d redis=127.0.0.1:%d", pg.Port, rd.Port)
 	return env, nil
+}
+
+// versions asks both servers for their version, for the summary line.
+func versions(e *Env) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	pg, rd := "unknown", "unknown"
+	if conn, err := pgx.Connect(ctx, e.PostgresURL); err == nil {
+		conn.QueryRow(ctx, "SHOW server_version").Scan(&pg)
+		conn.Close(ctx)
+	}
+	if opts, err := redis.ParseURL(e.RedisURL); err == nil {
+		opts.DisableIdentity = true
+		rdb := redis.NewClient(opts)
+		if info, err := rdb.InfoMap(ctx, "server").Result(); err == nil && info["Server"]["redis_version"] != "" {
+			rd = info["Server"]["redis_version"]
+		}
+		rdb.Close()
+	}
+	if f := strings.Fields(pg); len(f) > 0 {
+		pg = f[0] // "15.20 (Debian 15.20-0+deb12u1)"
+	}
+	return fmt.Sprintf("postgres_version=%s redis_version=%s", pg, rd)
 }
 
 // Main runs a package's tests with one shared Env, which it stores in *env,
@@ -127,13 +153,15 @@ func startLocal(ctx context.Context) (*Env, error) {
 //	var env *testenv.Env
 //	func TestMain(m *testing.M) { testenv.Main(m, &env) }
 //
-// When no servers can be had, every test fails with the reason; none skips.
+// It prints "testenv: backend=NAME ..." once. When no servers can be had,
+// the package fails with the reason; no test skips.
 func Main(m interface{ Run() int }, env **Env) {
 	os.Exit(run(m, env))
 }
 
 func run(m interface{ Run() int }, env **Env) int {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	// Minutes: the first container start may have to pull an image.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	e, err := Start(ctx)
 	cancel()
 	if err != nil {
@@ -141,6 +169,7 @@ func run(m interface{ Run() int }, env **Env) int {
 		return 1
 	}
 	defer e.Close()
+	fmt.Printf("testenv: backend=%s %s %s\n", e.Backend, e.Summary, versions(e))
 	*env = e
 	return m.Run()
 }

@@ -72,6 +72,12 @@ type Postgres struct {
 	// Heartbeat is how often to confirm progress on an idle stream. Zero:
 	// the caller picks its default.
 	Heartbeat time.Duration
+	// Replicas are the standbys, by application_name, that must have
+	// replayed a transaction before its commands go to Redis. Nil: none.
+	Replicas []string
+	// ReplicaTimeout is how long a standby may hold them back. Zero: the
+	// caller picks its default.
+	ReplicaTimeout time.Duration
 }
 
 // What [recovery] on_slot_lost may say.
@@ -158,7 +164,7 @@ type parser struct{ *tomldoc.Checker }
 
 // Keys each table allows, in the order messages list them.
 var (
-	postgresKeys = []string{"url", "slot", "publication", "heartbeat"}
+	postgresKeys = []string{"url", "slot", "publication", "heartbeat", "replicas", "replica_timeout"}
 	redisKeys    = []string{"url", "mode", "addrs", "master", "username", "password_env", "password_file",
 		"sentinel_username", "sentinel_password_env", "sentinel_password_file",
 		"tls", "tls_ca", "tls_cert", "tls_key", "tls_server_name", "wait_replicas"}
@@ -192,10 +198,46 @@ func (p *parser) postgres(c *Postgres, v any) {
 				break
 			}
 			c.Heartbeat = d
+		case "replicas":
+			c.Replicas = p.replicas(path, m[k])
+		case "replica_timeout":
+			var s string
+			if !p.Str(path, m[k], &s) {
+				break
+			}
+			d, err := time.ParseDuration(s)
+			if err != nil || d <= 0 {
+				p.Addf(path, "replica_timeout %q is not a positive duration; write one like \"5s\": how long a standby may hold invalidations back", s)
+				break
+			}
+			c.ReplicaTimeout = d
 		default:
 			p.Unknown(path, "[postgres]", postgresKeys)
 		}
 	}
+}
+
+// replicas parses [postgres] replicas: application_names, each once.
+func (p *parser) replicas(path []string, v any) []string {
+	names, ok := p.Strs(path, v)
+	if !ok {
+		return nil
+	}
+	seen := make(map[string]bool)
+	var out []string
+	for i, name := range names {
+		at := tomldoc.Key(path, strconv.Itoa(i))
+		switch {
+		case name == "" || strings.TrimSpace(name) != name:
+			p.Addf(at, "replicas[%d] %q is not a standby's name; give its application_name as the primary's pg_stat_replication shows it", i, name)
+		case seen[name]:
+			p.Addf(at, "replicas names %q twice; remove one", name)
+		default:
+			seen[name] = true
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 // secret says where a target's password (or its sentinels') comes from,

@@ -72,6 +72,10 @@ type Postgres struct {
 	// Heartbeat is how often to confirm progress on an idle stream. Zero:
 	// the caller picks its default.
 	Heartbeat time.Duration
+	// Timeout is how long a connection to PostgreSQL may stay silent before
+	// it is dropped (see daemon.Config.Timeout). Zero: the caller picks its
+	// default.
+	Timeout time.Duration
 }
 
 // What [recovery] on_slot_lost may say.
@@ -158,7 +162,7 @@ type parser struct{ *tomldoc.Checker }
 
 // Keys each table allows, in the order messages list them.
 var (
-	postgresKeys = []string{"url", "slot", "publication", "heartbeat"}
+	postgresKeys = []string{"url", "slot", "publication", "heartbeat", "timeout"}
 	redisKeys    = []string{"url", "mode", "addrs", "master", "username", "password_env", "password_file",
 		"sentinel_username", "sentinel_password_env", "sentinel_password_file",
 		"tls", "tls_ca", "tls_cert", "tls_key", "tls_server_name", "wait_replicas"}
@@ -182,20 +186,27 @@ func (p *parser) postgres(c *Postgres, v any) {
 				p.Addf(path, "publication is empty; give a name, or remove the key to use %q", replication.DefaultPublication)
 			}
 		case "heartbeat":
-			var s string
-			if !p.Str(path, m[k], &s) {
-				break
-			}
-			d, err := time.ParseDuration(s)
-			if err != nil || d <= 0 {
-				p.Addf(path, "heartbeat %q is not a positive duration; write one like \"30s\" or \"1m\"", s)
-				break
-			}
-			c.Heartbeat = d
+			p.duration(path, m[k], &c.Heartbeat)
+		case "timeout":
+			p.duration(path, m[k], &c.Timeout)
 		default:
 			p.Unknown(path, "[postgres]", postgresKeys)
 		}
 	}
+}
+
+// duration parses v, the value at path, as a positive duration into d.
+func (p *parser) duration(path []string, v any, d *time.Duration) {
+	var s string
+	if !p.Str(path, v, &s) {
+		return
+	}
+	x, err := time.ParseDuration(s)
+	if err != nil || x <= 0 {
+		p.Addf(path, "%s %q is not a positive duration; write one like \"30s\" or \"1m\"", path[len(path)-1], s)
+		return
+	}
+	*d = x
 }
 
 // secret says where a target's password (or its sentinels') comes from,

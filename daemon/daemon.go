@@ -46,6 +46,14 @@ type Config struct {
 	MaxBatch int
 	// StatusInterval is passed to replication.Config; zero means its default.
 	StatusInterval time.Duration
+	// Timeout is how long the replication connection may stay silent, the
+	// counterpart of PostgreSQL's wal_receiver_timeout: after half of it
+	// with nothing received, a status update asks the server for a reply;
+	// after all of it the connection is dropped and the daemon reconnects,
+	// as after any connection error. It also sets the TCP keepalives and
+	// the connect timeout of every connection to PostgreSQL, and bounds
+	// each heartbeat. Zero means 30s (replication.DefaultTimeout).
+	Timeout time.Duration
 	// ShutdownGrace is how long a batch in flight may take to finish after
 	// ctx ends. Zero means 2s.
 	ShutdownGrace time.Duration
@@ -104,6 +112,9 @@ func (c *Config) setDefaults() {
 	if c.MaxBackoff == 0 {
 		c.MaxBackoff = 10 * time.Second
 	}
+	if c.Timeout == 0 {
+		c.Timeout = replication.DefaultTimeout
+	}
 	if c.Heartbeat == 0 {
 		c.Heartbeat = time.Minute
 	}
@@ -139,7 +150,7 @@ func (e *ConfigError) Error() string {
 // *ConfigError. It returns what it found on the server either way.
 func Check(ctx context.Context, cfg Config) (replication.Server, error) {
 	cfg.setDefaults()
-	conn, err := connect(ctx, cfg.PostgresURL)
+	conn, err := connect(ctx, cfg)
 	if err != nil {
 		return replication.Server{}, err
 	}
@@ -147,8 +158,10 @@ func Check(ctx context.Context, cfg Config) (replication.Server, error) {
 	return verify(ctx, conn, cfg.Rules, cfg.Slot)
 }
 
-func connect(ctx context.Context, url string) (*pgx.Conn, error) {
-	return replication.ConnectSQL(ctx, url)
+// connect opens an ordinary connection to PostgreSQL, with TCP keepalives
+// and a connect timeout from cfg.Timeout.
+func connect(ctx context.Context, cfg Config) (*pgx.Conn, error) {
+	return replication.ConnectSQL(ctx, cfg.PostgresURL, cfg.Timeout)
 }
 
 // verify checks everything that retrying cannot fix before anything is
@@ -269,7 +282,7 @@ func Run(ctx context.Context, cfg Config) error {
 // publication exists and holds every rule table. It creates nothing when a
 // check fails.
 func prepare(ctx context.Context, cfg Config) error {
-	conn, err := connect(ctx, cfg.PostgresURL)
+	conn, err := connect(ctx, cfg)
 	if err != nil {
 		return err
 	}

@@ -339,7 +339,7 @@ func readSlot(ctx context.Context, conn **pgx.Conn, cfg Config) (replication.Slo
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if *conn == nil {
-		c, err := connect(ctx, cfg.PostgresURL)
+		c, err := connect(ctx, cfg)
 		if err != nil {
 			return replication.SlotInfo{}, err
 		}

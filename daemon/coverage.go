@@ -267,8 +267,8 @@ func (w *catalogWatch) poll(ctx context.Context) error {
 				t, w.cfg.Publication, fix)
 			if !known || prev.OID != cur.OID || prev.Published || prev.problem == "" {
 				args := []any{"publication", w.cfg.Publication, "sql", fix}
-				if refused != nil {
-					args = append(args, "err", refused)
+				if refused != nil && refused.Err != nil {
+					args = append(args, "err", refused.Err)
 				}
 				logs = append(logs, w.change(t, changeUncovered, true,
 					"rule table is a new relation (swapped or recreated) that the publication does not stream, and this role may not add it: its changes are not invalidated until a DBA runs the SQL given", args...))

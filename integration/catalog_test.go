@@ -164,3 +164,49 @@ func TestCatalogSwappedTableIsAddedAndFlushed(t *testing.T) {
 		t.Errorf("/readyz = %d %q after the swap was handled, want 200", code, body)
 	}
 }
+
+func TestCatalogSwappedTableTheRoleMayNotAdd(t *testing.T) {
+	role := newClusterRole(t)
+	f := newFixture(t, productsSchema, markerSchema,
+		"CREATE ROLE "+role+" LOGIN REPLICATION PASSWORD 'pw'",
+		"GRANT SELECT ON products, marker TO "+role)
+	f.exec("INSERT INTO products (id, category_id, name) VALUES (1, 3, 'lamp')")
+	// The DBA owns the publication, as the docs recommend.
+	f.exec("CREATE PUBLICATION pg_invalidator FOR TABLE products, marker WITH (publish_via_partition_root = true)")
+	cfg := f.config(f.rules(productsRules))
+	cfg.PostgresURL = asRole(t, f.dbURL, role, "pw")
+	w := f.startWatched(cfg)
+
+	f.exec(swapSQL + "; GRANT SELECT ON products TO " + role)
+	body := w.waitReadyz(http.StatusServiceUnavailable, "rule table public.products is not covered",
+		`a DBA must run: ALTER PUBLICATION "pg_invalidator" ADD TABLE "public"."products"`)
+	t.Logf("/readyz: %s", body)
+	w.waitLog("ERROR", "table=public.products", "change=uncovered", `ALTER PUBLICATION \"pg_invalidator\" ADD TABLE \"public\".\"products\"`)
+	if got := w.counter(`pg_invalidator_rule_tables_not_covered`); got != 1 {
+		t.Errorf("rule_tables_not_covered = %v, want 1", got)
+	}
+	// Changes made meanwhile are not streamed; the flush after the DBA's
+	// fix covers them.
+	f.cache("product:1", "product:5", "list:cat:8")
+	f.exec("INSERT INTO products (id, category_id) VALUES (5, 8)")
+
+	f.exec(`ALTER PUBLICATION pg_invalidator ADD TABLE products`)
+	start := time.Now()
+	f.waitGoneLong("product:1", "product:5", "list:cat:8")
+	t.Logf("DBA's ADD TABLE to keys flushed: %s (poll every %s)", time.Since(start).Round(time.Millisecond), catalogPoll)
+	w.waitReadyz(http.StatusOK)
+	f.cache("product:6")
+	f.exec("INSERT INTO products (id, category_id) VALUES (6, 1)")
+	f.waitGone("product:6")
+
+	if n := w.logCount("ERROR", "table=public.products", "change=uncovered"); n != 1 {
+		t.Errorf("%d errors about the uncovered table, want 1:\n%s", n, w.log)
+	}
+	w.waitLog("WARN", "table=public.products", "change=restored")
+	for change, want := range map[string]float64{"uncovered": 1, "restored": 1, "swapped": 0} {
+		series := fmt.Sprintf(`pg_invalidator_catalog_changes_total{change=%q,table="public.products"}`, change)
+		if got := w.counter(series); got != want {
+			t.Errorf("%s = %v, want %v", series, got, want)
+		}
+	}
+}

@@ -69,6 +69,11 @@ type Config struct {
 	// SlotPollInterval is how often the slot's wal_status and safe_wal_size
 	// are read for /metrics. Zero means 10s.
 	SlotPollInterval time.Duration
+	// CatalogPollInterval is how often the catalog is read to notice that a
+	// rule table was swapped, renamed or dropped, that its replica identity
+	// was weakened, or that a partition of it was truncated, detached or
+	// dropped (see coverage.go). Zero means 10s.
+	CatalogPollInterval time.Duration
 	// Heartbeat is how often a logical decoding message is written so that
 	// the slot moves even when keepalives stop coming. Zero means 1m.
 	Heartbeat time.Duration
@@ -120,6 +125,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.ReadyRedisWithin == 0 {
 		c.ReadyRedisWithin = 30 * time.Second
+	}
+	if c.CatalogPollInterval == 0 {
+		c.CatalogPollInterval = 10 * time.Second
 	}
 	if c.SlotPollInterval == 0 {
 		c.SlotPollInterval = 10 * time.Second
@@ -215,7 +223,7 @@ func checkSchema(ctx context.Context, conn *pgx.Conn, rules *mapping.Rules) erro
 // cannot be fixed by retrying.
 //
 // Run owns every goroutine it starts (the stream's reader, the heartbeat,
-// the reload watcher, the metrics server and its pollers): they all end
+// the catalog watch, the reload watcher, the metrics server and its pollers): they all end
 // with it, and Run returns only once they have.
 func Run(ctx context.Context, cfg Config) error {
 	cfg.setDefaults()
@@ -263,6 +271,7 @@ func Run(ctx context.Context, cfg Config) error {
 	cancelEvictions()
 
 	wg.Go(func() { heartbeat(ctx, cfg) })
+	wg.Go(func() { watchCatalog(ctx, cfg, m.cover, redis) })
 
 	p := newPipeline(cfg, mapper, m, newRedisSink(redis), redis)
 	if cfg.Reload != nil && cfg.LoadRules != nil {

@@ -42,7 +42,8 @@ type metrics struct {
 	streaming    atomic.Bool   // a session is streaming
 
 	mapper  *mapping.Mapper
-	targets fanout // each knows when its Redis last answered
+	targets fanout    // each knows when its Redis last answered
+	cover   *coverage // the rule tables the catalog watch finds not covered; a dry run does not watch
 
 	slotMu sync.Mutex           // protects slot
 	slot   replication.SlotInfo // what the last poll of pg_replication_slots said; zero: unknown
@@ -92,6 +93,7 @@ func newMetrics(rules *mapping.Rules, mapper *mapping.Mapper, ts fanout) *metric
 		mapper:  mapper,
 		targets: ts,
 	}
+	m.cover = newCoverage(rules, m.reg)
 	// Every rule table shows up from the start, at zero.
 	for _, table := range rules.Tables() {
 		for _, op := range []pginvalidator.Op{pginvalidator.OpInsert, pginvalidator.OpUpdate, pginvalidator.OpDelete, pginvalidator.OpTruncate} {

@@ -329,5 +329,6 @@ func (p *pipeline) endSilentWalsender(ctx context.Context) error {
 func (p *pipeline) swapRules(rules *mapping.Rules) {
 	p.mapper.SetRules(rules)
 	p.cfg.Rules = rules
+	p.m.cover.setRules(rules)
 	p.log.Info("reloaded rules in force", "file", rules.File, "tables", rules.Tables())
 }

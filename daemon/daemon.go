@@ -44,6 +44,10 @@ type Config struct {
 	// more data is waiting, or in the middle of a large transaction. Zero
 	// means 4096. It bounds memory whatever the size of a transaction.
 	MaxBatch int
+	// RedeleteLimit is how many re-deletes (rules with redelete_after) may
+	// wait before the daemon stops reading the stream until some are sent.
+	// Zero means DefaultRedeleteLimit.
+	RedeleteLimit int
 	// StatusInterval is passed to replication.Config; zero means its default.
 	StatusInterval time.Duration
 	// Timeout is how long the replication connection may stay silent, the
@@ -273,7 +277,8 @@ func Run(ctx context.Context, cfg Config) error {
 	wg.Go(func() { heartbeat(ctx, cfg) })
 	wg.Go(func() { watchCatalog(ctx, cfg, m.cover, redis) })
 
-	p := newPipeline(cfg, mapper, m, newRedisSink(redis), redis)
+	redel := newRedeleter(redis, cfg.RedeleteLimit, cfg.MaxBatch)
+	p := newPipeline(cfg, mapper, m, newRedisSink(redis, redel), redel, redis)
 	if cfg.Reload != nil && cfg.LoadRules != nil {
 		wg.Go(func() { p.watchReloads(ctx, cfg.Rules) })
 	}

@@ -32,6 +32,9 @@ type metrics struct {
 	reconnects   prometheus.Counter
 	resyncs      prometheus.Counter
 
+	redeletesPending prometheus.Gauge
+	redeletePauses   prometheus.Counter
+
 	rels    map[uint32]*relCounters // by Relation.ID; pipeline goroutine only
 	lastRel *relCounters            // the previous change's; pipeline goroutine only
 	commits []time.Time             // commit times of the transactions received and not yet applied; pipeline goroutine only
@@ -89,6 +92,14 @@ func newMetrics(rules *mapping.Rules, mapper *mapping.Mapper, ts fanout) *metric
 			Name: "pg_invalidator_resyncs_total",
 			Help: "Lost replication slots recreated, with every rule's keys flushed (run --resync).",
 		}),
+		redeletesPending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pg_invalidator_redeletes_pending",
+			Help: "Re-deletes (rules with redelete_after) waiting for their time; each holds its transaction's acknowledgement back.",
+		}),
+		redeletePauses: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pg_invalidator_redelete_pauses_total",
+			Help: "Times reading from the stream paused because the re-deletes pending reached their limit, until some were sent.",
+		}),
 		rels:    make(map[uint32]*relCounters),
 		mapper:  mapper,
 		targets: ts,
@@ -100,7 +111,7 @@ func newMetrics(rules *mapping.Rules, mapper *mapping.Mapper, ts fanout) *metric
 			m.rowChanges.WithLabelValues(table, op.String())
 		}
 	}
-	m.reg.MustRegister(m.transactions, m.rowChanges, m.latency, m.reconnects, m.resyncs, scrapeCollector{m},
+	m.reg.MustRegister(m.transactions, m.rowChanges, m.latency, m.reconnects, m.resyncs, m.redeletesPending, m.redeletePauses, scrapeCollector{m},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -211,6 +222,12 @@ var (
 		"Redis commands and SCAN calls sent again after a failure, by target.", []string{"target"}, nil)
 	redisRejectedDesc = prometheus.NewDesc("pg_invalidator_redis_rejected_total",
 		"Redis commands rejected for good (WRONGTYPE, not an integer, overflow), logged and skipped, by target.", []string{"target"}, nil)
+	redeletesDesc = prometheus.NewDesc("pg_invalidator_redeletes_total",
+		"Re-deletes sent (rules with redelete_after): UNLINKs of a key, or of each key a truncate's pattern found, sent again after the delay, by target.",
+		[]string{"target"}, nil)
+	redeletesFoundDesc = prometheus.NewDesc("pg_invalidator_redeletes_found_total",
+		"Re-deletes that removed a key: a value cached again after the first delete, from a read before the change (a race repaired) or after it (a fresh value, deleted once more), by target.",
+		[]string{"target"}, nil)
 	targetUpDesc = prometheus.NewDesc("pg_invalidator_target_up",
 		"1 when the target's last Apply or ping succeeded, else 0; a target at 0 holds the acknowledgement back.",
 		[]string{"target"}, nil)
@@ -238,7 +255,7 @@ type scrapeCollector struct{ m *metrics }
 
 func (c scrapeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{keysRenderedDesc, keysSkippedDesc, commandsDesc, versionKeptDesc, redisErrorsDesc,
-		redisRetriesDesc, redisRejectedDesc, targetUpDesc, batchDesc, lagBytesDesc, lagSecondsDesc, ackedDesc, streamingDesc,
+		redisRetriesDesc, redisRejectedDesc, redeletesDesc, redeletesFoundDesc, targetUpDesc, batchDesc, lagBytesDesc, lagSecondsDesc, ackedDesc, streamingDesc,
 		slotWALStatusDesc, slotSafeWALSizeDesc, redisDegradedDesc} {
 		ch <- d
 	}
@@ -270,6 +287,8 @@ func (c scrapeCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(redisErrorsDesc, is.Errors, t.name)
 		counter(redisRetriesDesc, is.Retries, t.name)
 		counter(redisRejectedDesc, is.Skipped, t.name)
+		counter(redeletesDesc, is.Redeletes, t.name)
+		counter(redeletesFoundDesc, is.RedeletesFound, t.name)
 		gauge(targetUpDesc, boolValue(t.up.Load()), t.name)
 	}
 	collectDegraded(ch, m.targets)

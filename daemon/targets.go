@@ -144,6 +144,8 @@ func (f fanout) Stats() invalidator.Stats {
 		sum.Version += st.Version
 		sum.VersionKept += st.VersionKept
 		sum.VersionPatternKeys += st.VersionPatternKeys
+		sum.Redeletes += st.Redeletes
+		sum.RedeletesFound += st.RedeletesFound
 		sum.Errors += st.Errors
 		sum.Skipped += st.Skipped
 		sum.Retries += st.Retries

@@ -186,7 +186,7 @@ func watchCatalog(ctx context.Context, cfg Config, cov *coverage, redis fanout) 
 func (w *catalogWatch) poll(ctx context.Context) error {
 	if w.conn == nil {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		c, err := connect(cctx, w.cfg.PostgresURL)
+		c, err := connect(cctx, w.cfg)
 		cancel()
 		if err != nil {
 			return err

@@ -81,6 +81,16 @@ type Config struct {
 	// Heartbeat is how often a logical decoding message is written so that
 	// the slot moves even when keepalives stop coming. Zero means 1m.
 	Heartbeat time.Duration
+	// ProgressInterval is how often the daemon says how far behind it is
+	// while it is behind, and how far a long pattern scan got (a TRUNCATE's,
+	// or a resync's flush). Zero means 10s.
+	ProgressInterval time.Duration
+	// BehindBytes and BehindTime say when the daemon counts as behind: the
+	// slot trails the server's WAL by BehindBytes or more, or the oldest
+	// commit not yet applied is BehindTime old or older. Zero means 64 MB
+	// and 10s.
+	BehindBytes int64
+	BehindTime  time.Duration
 	// Reload, when not nil, asks for the rules to be re-read with LoadRules,
 	// validated against the live schema and swapped in between
 	// transactions. The command line sends on it on SIGHUP.
@@ -135,6 +145,15 @@ func (c *Config) setDefaults() {
 	}
 	if c.SlotPollInterval == 0 {
 		c.SlotPollInterval = 10 * time.Second
+	}
+	if c.ProgressInterval == 0 {
+		c.ProgressInterval = 10 * time.Second
+	}
+	if c.BehindBytes == 0 {
+		c.BehindBytes = 64 << 20
+	}
+	if c.BehindTime == 0 {
+		c.BehindTime = 10 * time.Second
 	}
 }
 
@@ -276,6 +295,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	wg.Go(func() { heartbeat(ctx, cfg) })
 	wg.Go(func() { watchCatalog(ctx, cfg, m.cover, redis) })
+	wg.Go(func() { m.reportLag(ctx, cfg) })
 
 	redel := newRedeleter(redis, cfg.RedeleteLimit, cfg.MaxBatch)
 	p := newPipeline(cfg, mapper, m, newRedisSink(redis, redel), redel, redis)

@@ -42,6 +42,8 @@ type metrics struct {
 	seen         atomic.Uint64 // highest server WAL position the stream has reported
 	acked        atomic.Uint64 // highest position acknowledged, across sessions
 	pendingSince atomic.Int64  // commit time (Unix ns) of the oldest transaction received and not applied; 0: none
+	lastApplied  atomic.Int64  // commit time (Unix ns) of the last transaction applied; 0: none yet
+	atEnd        atomic.Bool   // a keepalive came after the last commit received: the stream had reached the server's end
 	streaming    atomic.Bool   // a session is streaming
 
 	mapper  *mapping.Mapper
@@ -148,16 +150,26 @@ func (m *metrics) see(lsn pglogrepl.LSN) {
 func (m *metrics) committed(end pglogrepl.LSN, commitTime time.Time) {
 	m.transactions.Inc()
 	m.see(end)
+	m.atEnd.Store(false)
 	m.commits = append(m.commits, commitTime)
 	if m.pendingSince.Load() == 0 {
 		m.pendingSince.Store(commitTime.UnixNano())
 	}
 }
 
+// keepalive records a keepalive: the server had nothing more to send.
+func (m *metrics) keepalive(lsn pglogrepl.LSN) {
+	m.see(lsn)
+	m.atEnd.Store(true)
+}
+
 // applied records that Redis has applied every transaction received so far.
 func (m *metrics) applied(now time.Time) {
 	for _, t := range m.commits {
 		m.latency.Observe(max(now.Sub(t).Seconds(), 0)) // clock skew between hosts
+	}
+	if len(m.commits) > 0 {
+		m.lastApplied.Store(m.commits[len(m.commits)-1].UnixNano())
 	}
 	m.commits = m.commits[:0]
 	m.pendingSince.Store(0)

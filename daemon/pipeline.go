@@ -311,7 +311,7 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 				if !inTx {
 					ackable = max(ackable, ev.LSN)
 				}
-				p.m.see(ev.LSN)
+				p.m.keepalive(ev.LSN)
 			}
 		}
 		// Flush when the stream has run dry: no fixed delay, and a batch as

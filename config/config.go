@@ -72,6 +72,10 @@ type Postgres struct {
 	// Heartbeat is how often to confirm progress on an idle stream. Zero:
 	// the caller picks its default.
 	Heartbeat time.Duration
+	// Timeout is how long a connection to PostgreSQL may stay silent before
+	// it is dropped (see daemon.Config.Timeout). Zero: the caller picks its
+	// default.
+	Timeout time.Duration
 	// Replicas are the standbys, by application_name, that must have
 	// replayed a transaction before its commands go to Redis. Nil: none.
 	Replicas []string
@@ -164,7 +168,7 @@ type parser struct{ *tomldoc.Checker }
 
 // Keys each table allows, in the order messages list them.
 var (
-	postgresKeys = []string{"url", "slot", "publication", "heartbeat", "replicas", "replica_timeout"}
+	postgresKeys = []string{"url", "slot", "publication", "heartbeat", "timeout", "replicas", "replica_timeout"}
 	redisKeys    = []string{"url", "mode", "addrs", "master", "username", "password_env", "password_file",
 		"sentinel_username", "sentinel_password_env", "sentinel_password_file",
 		"tls", "tls_ca", "tls_cert", "tls_key", "tls_server_name", "wait_replicas"}
@@ -188,33 +192,31 @@ func (p *parser) postgres(c *Postgres, v any) {
 				p.Addf(path, "publication is empty; give a name, or remove the key to use %q", replication.DefaultPublication)
 			}
 		case "heartbeat":
-			var s string
-			if !p.Str(path, m[k], &s) {
-				break
-			}
-			d, err := time.ParseDuration(s)
-			if err != nil || d <= 0 {
-				p.Addf(path, "heartbeat %q is not a positive duration; write one like \"30s\" or \"1m\"", s)
-				break
-			}
-			c.Heartbeat = d
+			p.duration(path, m[k], &c.Heartbeat)
+		case "timeout":
+			p.duration(path, m[k], &c.Timeout)
 		case "replicas":
 			c.Replicas = p.replicas(path, m[k])
 		case "replica_timeout":
-			var s string
-			if !p.Str(path, m[k], &s) {
-				break
-			}
-			d, err := time.ParseDuration(s)
-			if err != nil || d <= 0 {
-				p.Addf(path, "replica_timeout %q is not a positive duration; write one like \"5s\": how long a standby may hold invalidations back", s)
-				break
-			}
-			c.ReplicaTimeout = d
+			p.duration(path, m[k], &c.ReplicaTimeout)
 		default:
 			p.Unknown(path, "[postgres]", postgresKeys)
 		}
 	}
+}
+
+// duration parses v, the value at path, as a positive duration into d.
+func (p *parser) duration(path []string, v any, d *time.Duration) {
+	var s string
+	if !p.Str(path, v, &s) {
+		return
+	}
+	x, err := time.ParseDuration(s)
+	if err != nil || x <= 0 {
+		p.Addf(path, "%s %q is not a positive duration; write one like \"30s\" or \"1m\"", path[len(path)-1], s)
+		return
+	}
+	*d = x
 }
 
 // replicas parses [postgres] replicas: application_names, each once.

@@ -59,6 +59,14 @@ type Config struct {
 	RedeleteLimit int
 	// StatusInterval is passed to replication.Config; zero means its default.
 	StatusInterval time.Duration
+	// Timeout is how long the replication connection may stay silent, the
+	// counterpart of PostgreSQL's wal_receiver_timeout: after half of it
+	// with nothing received, a status update asks the server for a reply;
+	// after all of it the connection is dropped and the daemon reconnects,
+	// as after any connection error. It also sets the TCP keepalives and
+	// the connect timeout of every connection to PostgreSQL, and bounds
+	// each heartbeat. Zero means 30s (replication.DefaultTimeout).
+	Timeout time.Duration
 	// ShutdownGrace is how long a batch in flight may take to finish after
 	// ctx ends. Zero means 2s.
 	ShutdownGrace time.Duration
@@ -74,9 +82,24 @@ type Config struct {
 	// SlotPollInterval is how often the slot's wal_status and safe_wal_size
 	// are read for /metrics. Zero means 10s.
 	SlotPollInterval time.Duration
+	// CatalogPollInterval is how often the catalog is read to notice that a
+	// rule table was swapped, renamed or dropped, that its replica identity
+	// was weakened, or that a partition of it was truncated, detached or
+	// dropped (see coverage.go). Zero means 10s.
+	CatalogPollInterval time.Duration
 	// Heartbeat is how often a logical decoding message is written so that
 	// the slot moves even when keepalives stop coming. Zero means 1m.
 	Heartbeat time.Duration
+	// ProgressInterval is how often the daemon says how far behind it is
+	// while it is behind, and how far a long pattern scan got (a TRUNCATE's,
+	// or a resync's flush). Zero means 10s.
+	ProgressInterval time.Duration
+	// BehindBytes and BehindTime say when the daemon counts as behind: the
+	// slot trails the server's WAL by BehindBytes or more, or the oldest
+	// commit not yet applied is BehindTime old or older. Zero means 64 MB
+	// and 10s.
+	BehindBytes int64
+	BehindTime  time.Duration
 	// Reload, when not nil, asks for the rules to be re-read with LoadRules,
 	// validated against the live schema and swapped in between
 	// transactions. The command line sends on it on SIGHUP.
@@ -117,6 +140,9 @@ func (c *Config) setDefaults() {
 	if c.MaxBackoff == 0 {
 		c.MaxBackoff = 10 * time.Second
 	}
+	if c.Timeout == 0 {
+		c.Timeout = replication.DefaultTimeout
+	}
 	if c.Heartbeat == 0 {
 		c.Heartbeat = time.Minute
 	}
@@ -126,8 +152,20 @@ func (c *Config) setDefaults() {
 	if c.ReplicaTimeout == 0 {
 		c.ReplicaTimeout = DefaultReplicaTimeout
 	}
+	if c.CatalogPollInterval == 0 {
+		c.CatalogPollInterval = 10 * time.Second
+	}
 	if c.SlotPollInterval == 0 {
 		c.SlotPollInterval = 10 * time.Second
+	}
+	if c.ProgressInterval == 0 {
+		c.ProgressInterval = 10 * time.Second
+	}
+	if c.BehindBytes == 0 {
+		c.BehindBytes = 64 << 20
+	}
+	if c.BehindTime == 0 {
+		c.BehindTime = 10 * time.Second
 	}
 }
 
@@ -155,7 +193,7 @@ func (e *ConfigError) Error() string {
 // *ConfigError. It returns what it found on the server either way.
 func Check(ctx context.Context, cfg Config) (replication.Server, error) {
 	cfg.setDefaults()
-	conn, err := connect(ctx, cfg.PostgresURL)
+	conn, err := connect(ctx, cfg)
 	if err != nil {
 		return replication.Server{}, err
 	}
@@ -163,8 +201,10 @@ func Check(ctx context.Context, cfg Config) (replication.Server, error) {
 	return verify(ctx, conn, cfg.Rules, cfg.Slot)
 }
 
-func connect(ctx context.Context, url string) (*pgx.Conn, error) {
-	return replication.ConnectSQL(ctx, url)
+// connect opens an ordinary connection to PostgreSQL, with TCP keepalives
+// and a connect timeout from cfg.Timeout.
+func connect(ctx context.Context, cfg Config) (*pgx.Conn, error) {
+	return replication.ConnectSQL(ctx, cfg.PostgresURL, cfg.Timeout)
 }
 
 // verify checks everything that retrying cannot fix before anything is
@@ -218,7 +258,7 @@ func checkSchema(ctx context.Context, conn *pgx.Conn, rules *mapping.Rules) erro
 // cannot be fixed by retrying.
 //
 // Run owns every goroutine it starts (the stream's reader, the heartbeat,
-// the reload watcher, the metrics server and its pollers): they all end
+// the catalog watch, the reload watcher, the metrics server and its pollers): they all end
 // with it, and Run returns only once they have.
 func Run(ctx context.Context, cfg Config) error {
 	cfg.setDefaults()
@@ -266,6 +306,8 @@ func Run(ctx context.Context, cfg Config) error {
 	cancelEvictions()
 
 	wg.Go(func() { heartbeat(ctx, cfg) })
+	wg.Go(func() { watchCatalog(ctx, cfg, m.cover, redis) })
+	wg.Go(func() { m.reportLag(ctx, cfg) })
 
 	redel := newRedeleter(redis, cfg.RedeleteLimit, cfg.MaxBatch)
 	p := newPipeline(cfg, mapper, m, newRedisSink(redis, redel), redel, redis)
@@ -287,7 +329,7 @@ func Run(ctx context.Context, cfg Config) error {
 // publication exists and holds every rule table. It creates nothing when a
 // check fails.
 func prepare(ctx context.Context, cfg Config) error {
-	conn, err := connect(ctx, cfg.PostgresURL)
+	conn, err := connect(ctx, cfg)
 	if err != nil {
 		return err
 	}

@@ -87,7 +87,7 @@ func dryRun(ctx context.Context, cfg Config) error {
 // role, the schema, and the publication, which it does not create or
 // extend.
 func checkDryRun(ctx context.Context, cfg Config) error {
-	conn, err := connect(ctx, cfg.PostgresURL)
+	conn, err := connect(ctx, cfg)
 	if err != nil {
 		return err
 	}

@@ -34,8 +34,11 @@ func heartbeat(ctx context.Context, cfg Config) {
 		case <-t.C:
 		}
 		err := func() error {
+			// A server gone silent must not hold the heartbeat forever.
+			ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+			defer cancel()
 			if conn == nil || conn.IsClosed() {
-				c, err := connect(ctx, cfg.PostgresURL)
+				c, err := connect(ctx, cfg)
 				if err != nil {
 					return err
 				}

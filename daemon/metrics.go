@@ -47,10 +47,13 @@ type metrics struct {
 	seen         atomic.Uint64 // highest server WAL position the stream has reported
 	acked        atomic.Uint64 // highest position acknowledged, across sessions
 	pendingSince atomic.Int64  // commit time (Unix ns) of the oldest transaction received and not applied; 0: none
+	lastApplied  atomic.Int64  // commit time (Unix ns) of the last transaction applied; 0: none yet
+	atEnd        atomic.Bool   // a keepalive came after the last commit received: the stream had reached the server's end
 	streaming    atomic.Bool   // a session is streaming
 
 	mapper  *mapping.Mapper
-	targets fanout // each knows when its Redis last answered
+	targets fanout    // each knows when its Redis last answered
+	cover   *coverage // the rule tables the catalog watch finds not covered; a dry run does not watch
 
 	slotMu sync.Mutex           // protects slot
 	slot   replication.SlotInfo // what the last poll of pg_replication_slots said; zero: unknown
@@ -121,6 +124,7 @@ func newMetrics(rules *mapping.Rules, mapper *mapping.Mapper, ts fanout) *metric
 		mapper:  mapper,
 		targets: ts,
 	}
+	m.cover = newCoverage(rules, m.reg)
 	// Every rule table shows up from the start, at zero.
 	for _, table := range rules.Tables() {
 		for _, op := range []pginvalidator.Op{pginvalidator.OpInsert, pginvalidator.OpUpdate, pginvalidator.OpDelete, pginvalidator.OpTruncate} {
@@ -165,16 +169,26 @@ func (m *metrics) see(lsn pglogrepl.LSN) {
 func (m *metrics) committed(end pglogrepl.LSN, commitTime time.Time) {
 	m.transactions.Inc()
 	m.see(end)
+	m.atEnd.Store(false)
 	m.commits = append(m.commits, commitTime)
 	if m.pendingSince.Load() == 0 {
 		m.pendingSince.Store(commitTime.UnixNano())
 	}
 }
 
+// keepalive records a keepalive: the server had nothing more to send.
+func (m *metrics) keepalive(lsn pglogrepl.LSN) {
+	m.see(lsn)
+	m.atEnd.Store(true)
+}
+
 // applied records that Redis has applied every transaction received so far.
 func (m *metrics) applied(now time.Time) {
 	for _, t := range m.commits {
 		m.latency.Observe(max(now.Sub(t).Seconds(), 0)) // clock skew between hosts
+	}
+	if len(m.commits) > 0 {
+		m.lastApplied.Store(m.commits[len(m.commits)-1].UnixNano())
 	}
 	m.commits = m.commits[:0]
 	m.pendingSince.Store(0)
@@ -377,7 +391,7 @@ func readSlot(ctx context.Context, conn **pgx.Conn, cfg Config) (replication.Slo
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if *conn == nil {
-		c, err := connect(ctx, cfg.PostgresURL)
+		c, err := connect(ctx, cfg)
 		if err != nil {
 			return replication.SlotInfo{}, err
 		}

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -33,6 +34,9 @@ type pipeline struct {
 	// connection ends it: a new slot would skip the changes in between.
 	dryRun   bool
 	streamed bool // a session has streamed before: a missing slot now means it was lost
+	// silentPID is the walsender of the last session's connection when that
+	// session was dropped as silent: it may still hold the slot. 0: none.
+	silentPID uint32
 }
 
 // newPipeline returns a pipeline that maps changes with mapper and delivers
@@ -58,6 +62,11 @@ func newPipeline(cfg Config, mapper *mapping.Mapper, m *metrics, s sink, redel *
 
 // session runs one replication connection until it fails or ctx ends.
 func (p *pipeline) session(ctx context.Context) error {
+	if p.silentPID != 0 && !p.dryRun {
+		if err := p.endSilentWalsender(ctx); err != nil {
+			return err
+		}
+	}
 	if !p.dryRun && (p.streamed || p.cfg.Resync) {
 		if err := p.requireSlot(ctx); err != nil {
 			return err
@@ -68,6 +77,7 @@ func (p *pipeline) session(ctx context.Context) error {
 		Slot:           p.cfg.Slot,
 		Publication:    p.cfg.Publication,
 		StatusInterval: p.cfg.StatusInterval,
+		Timeout:        p.cfg.Timeout,
 		Logger:         p.log,
 	})
 	if err != nil {
@@ -123,7 +133,11 @@ func (p *pipeline) session(ctx context.Context) error {
 
 	err = p.consume(ctx, stream, events, streamErr)
 	stop()
-	<-readerDone   // the deferred Close may write to the connection only after the reader left it
+	<-readerDone // the deferred Close may write to the connection only after the reader left it
+	var silent *replication.SilenceError
+	if errors.As(err, &silent) {
+		p.silentPID = stream.PID()
+	}
 	p.sink.reset() // unacknowledged work is replayed by the next session
 	p.redel.reset()
 	p.m.discard()
@@ -319,7 +333,7 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 				if !inTx {
 					ackable = max(ackable, ev.LSN)
 				}
-				p.m.see(ev.LSN)
+				p.m.keepalive(ev.LSN)
 			}
 		}
 		// Flush when the stream has run dry: no fixed delay, and a batch as
@@ -340,7 +354,7 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 // for a slot missing at start too: after a failover a fresh start cannot
 // tell a lost slot from a first one.
 func (p *pipeline) requireSlot(ctx context.Context) error {
-	conn, err := connect(ctx, p.cfg.PostgresURL)
+	conn, err := connect(ctx, p.cfg)
 	if err != nil {
 		return err
 	}
@@ -362,9 +376,34 @@ func (p *pipeline) requireSlot(ctx context.Context) error {
 	return nil
 }
 
+// endSilentWalsender ends the walsender of a connection dropped as silent
+// when it still holds the slot. The server would end it only once its own
+// wal_sender_timeout (60s by default) passes, and the slot stays busy until
+// then. Failing to end it is logged, not returned: the slot frees itself
+// later, and the daemon waits for it as a standby would.
+func (p *pipeline) endSilentWalsender(ctx context.Context) error {
+	conn, err := connect(ctx, p.cfg)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	pid := p.silentPID
+	p.silentPID = 0
+	ended, err := replication.TerminateSlotHolder(ctx, conn, p.cfg.Slot, pid)
+	switch {
+	case err != nil && ctx.Err() == nil:
+		p.log.Warn("could not end the walsender of the silent connection; the slot stays busy until the server's wal_sender_timeout ends it",
+			"slot", p.cfg.Slot, "pid", pid, "err", err)
+	case ended:
+		p.log.Info("ended the walsender of the silent connection, which still held the slot", "slot", p.cfg.Slot, "pid", pid)
+	}
+	return nil
+}
+
 // swapRules puts reloaded rules in force. It runs between transactions.
 func (p *pipeline) swapRules(rules *mapping.Rules) {
 	p.mapper.SetRules(rules)
 	p.cfg.Rules = rules
+	p.m.cover.setRules(rules)
 	p.log.Info("reloaded rules in force", "file", rules.File, "tables", rules.Tables())
 }

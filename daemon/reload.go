@@ -51,7 +51,7 @@ func (p *pipeline) prepareReload(ctx context.Context, old *mapping.Rules) (*mapp
 	if err != nil {
 		return nil, err
 	}
-	conn, err := connect(ctx, p.cfg.PostgresURL)
+	conn, err := connect(ctx, p.cfg)
 	if err != nil {
 		return nil, err
 	}

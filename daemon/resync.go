@@ -62,7 +62,7 @@ func (p *pipeline) slotCreated(ctx context.Context, stream *replication.Stream) 
 // does not say wal_status lost (START_REPLICATION said it was invalidated).
 func (p *pipeline) resync(ctx context.Context, why string, force bool) error {
 	slot := p.cfg.Slot
-	conn, err := connect(ctx, p.cfg.PostgresURL)
+	conn, err := connect(ctx, p.cfg)
 	if err != nil {
 		return err
 	}
@@ -81,6 +81,7 @@ func (p *pipeline) resync(ctx context.Context, why string, force bool) error {
 		URL:         p.cfg.PostgresURL,
 		Slot:        slot,
 		Publication: p.cfg.Publication,
+		Timeout:     p.cfg.Timeout,
 		Logger:      p.log,
 	})
 	if err != nil {
@@ -130,7 +131,7 @@ func (p *pipeline) flushAll(ctx context.Context, why string, dropped bool) error
 		// then finds it missing and resyncs anew.
 		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if derr := dropNewSlot(dctx, p.cfg.PostgresURL, slot); derr != nil {
+		if derr := dropNewSlot(dctx, p.cfg, slot); derr != nil {
 			p.log.Error("resync interrupted before the flush finished, and the new replication slot could not be dropped again: caches may be stale; "+
 				"flush the rules' keys by hand, or drop the slot and start with --resync", "slot", slot, "err", derr)
 		} else {
@@ -152,7 +153,7 @@ func (p *pipeline) flushAll(ctx context.Context, why string, dropped bool) error
 // slotStart returns where the slot, just created, streams from: its
 // confirmed_flush_lsn, the consistent point it was created at.
 func (p *pipeline) slotStart(ctx context.Context) (pginvalidator.LSN, error) {
-	conn, err := connect(ctx, p.cfg.PostgresURL)
+	conn, err := connect(ctx, p.cfg)
 	if err != nil {
 		return 0, err
 	}
@@ -168,8 +169,8 @@ func (p *pipeline) slotStart(ctx context.Context) (pginvalidator.LSN, error) {
 }
 
 // dropNewSlot drops the slot a resync created when its flush did not finish.
-func dropNewSlot(ctx context.Context, url, slot string) error {
-	conn, err := connect(ctx, url)
+func dropNewSlot(ctx context.Context, cfg Config, slot string) error {
+	conn, err := connect(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -186,7 +187,7 @@ func (p *pipeline) ensureSlotFailed(ctx context.Context, err error) error {
 	if !errors.As(err, &slotErr) {
 		return err
 	}
-	conn, cerr := connect(ctx, p.cfg.PostgresURL)
+	conn, cerr := connect(ctx, p.cfg)
 	if cerr != nil {
 		return cerr
 	}

@@ -72,7 +72,7 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 			name: "stopped by a fatal error",
 			end: func(t *testing.T, db string, cancel context.CancelFunc) {
 				// Someone drops the slot: Run stops on its own, with ctx alive.
-				conn, err := replication.ConnectSQL(context.Background(), db)
+				conn, err := replication.ConnectSQL(context.Background(), db, 0)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -117,7 +117,7 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 			go func() { done <- Run(ctx, cfg) }()
 
 			slot := replication.DefaultSlot
-			conn, err := replication.ConnectSQL(context.Background(), db)
+			conn, err := replication.ConnectSQL(context.Background(), db, 0)
 			if err != nil {
 				t.Fatal(err)
 			}

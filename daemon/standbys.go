@@ -42,7 +42,7 @@ const (
 type standbyGate struct {
 	names   []string
 	timeout time.Duration
-	url     string
+	cfg     Config // how to connect
 	log     *slog.Logger
 	m       *metrics
 	conn    *pgx.Conn // opened at the first wait, kept; nil after an error
@@ -54,7 +54,7 @@ type standbyGate struct {
 }
 
 func newStandbyGate(cfg Config, m *metrics) *standbyGate {
-	return &standbyGate{names: cfg.Replicas, timeout: cfg.ReplicaTimeout, url: cfg.PostgresURL, log: cfg.Logger, m: m,
+	return &standbyGate{names: cfg.Replicas, timeout: cfg.ReplicaTimeout, cfg: cfg, log: cfg.Logger, m: m,
 		lagging: make(map[string]string)}
 }
 
@@ -166,7 +166,7 @@ func (g *standbyGate) positions(ctx context.Context) (map[string]replication.Sta
 		qctx, cancel := context.WithTimeout(ctx, g.timeout)
 		defer cancel()
 		if g.conn == nil {
-			c, err := connect(qctx, g.url)
+			c, err := connect(qctx, g.cfg)
 			if err != nil {
 				return nil, err
 			}

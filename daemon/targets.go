@@ -57,6 +57,7 @@ func newFanout(cfg Config) (fanout, error) {
 	for _, t := range cfg.Targets {
 		opts := t.Redis
 		opts.Logger = cfg.Logger
+		opts.ProgressInterval = cfg.ProgressInterval
 		if len(cfg.Targets) > 1 || t.Name != DefaultTarget {
 			opts.Logger = cfg.Logger.With("target", t.Name)
 		}

@@ -322,7 +322,22 @@ func (m *Mapper) add(dst []pginvalidator.Command, start int, a pginvalidator.Act
 // placeholders becomes a pattern), whatever the rule's on. A resync after a
 // lost slot runs them, since any change may have been missed. Each command
 // appears once.
-func (rs *Rules) FlushCommands() []pginvalidator.Command {
+func (rs *Rules) FlushCommands() []pginvalidator.Command { return rs.flushCommands("") }
+
+// TableFlushCommands returns the FlushCommands of the rules for one table
+// ("schema.table", as Tables names it): what the daemon runs when changes to
+// that table went unstreamed, such as a table swapped for a new one, or a
+// partition dropped. A table no rule names gets none.
+func (rs *Rules) TableFlushCommands(table string) []pginvalidator.Command {
+	if table == "" {
+		return nil
+	}
+	return rs.flushCommands(table)
+}
+
+// flushCommands returns the flush commands of the rules for table, or of
+// every rule when table is "".
+func (rs *Rules) flushCommands(table string) []pginvalidator.Command {
 	var out []pginvalidator.Command
 	seen := make(map[pginvalidator.Command]bool)
 	add := func(a pginvalidator.Action, t *Template) {
@@ -336,6 +351,9 @@ func (rs *Rules) FlushCommands() []pginvalidator.Command {
 		}
 	}
 	for _, r := range rs.List {
+		if table != "" && r.QualifiedName() != table {
+			continue
+		}
 		for _, t := range r.Del {
 			add(pginvalidator.Del, t)
 		}

@@ -410,6 +410,45 @@ on = ["insert"]
 	}
 }
 
+func TestTableFlushCommands(t *testing.T) {
+	c, err := Parse("rules.toml", []byte(`
+[[rule]]
+table = "products"
+del  = ["product:<id>", "products:all"]
+on   = ["insert"]
+
+[[rule]]
+table = "categories"
+del  = ["product-list:category:<id>"]
+
+[[rule]]
+table = "public.products"
+incr = ["version:product:<id>"]
+del  = ["products:all"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		table string
+		want  []string
+	}{
+		{"public.products", []string{"del_pattern product:*", "del products:all", "incr_pattern version:product:*"}},
+		{"public.categories", []string{"del_pattern product-list:category:*"}},
+		{"public.brands", nil},
+		{"", nil},
+	}
+	for _, tt := range tests {
+		var got []string
+		for _, cmd := range c.TableFlushCommands(tt.table) {
+			got = append(got, cmd.Action.String()+" "+cmd.Key)
+		}
+		if !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("TableFlushCommands(%q) = %q, want %q", tt.table, got, tt.want)
+		}
+	}
+}
+
 func TestSetRulesKeepsCounters(t *testing.T) {
 	first, err := Parse("a.toml", []byte("[[rule]]\ntable = \"t\"\ndel = [\"a:<id>\"]\n"))
 	if err != nil {

@@ -49,6 +49,7 @@ func (c *commonFlags) daemonConfig(logger *slog.Logger, needRedis bool) (daemon.
 		Slot:           f.Postgres.Slot,
 		Publication:    f.Postgres.Publication,
 		Heartbeat:      f.Postgres.Heartbeat,
+		Timeout:        f.Postgres.Timeout,
 		Replicas:       f.Postgres.Replicas,
 		ReplicaTimeout: f.Postgres.ReplicaTimeout,
 		Resync:         f.Recovery.OnSlotLost == config.OnSlotLostResync,

@@ -198,7 +198,7 @@ func Check(ctx context.Context, cfg Config) (replication.Server, error) {
 		return replication.Server{}, err
 	}
 	defer conn.Close(context.Background())
-	return verify(ctx, conn, cfg.Rules, cfg.Slot)
+	return verify(ctx, conn, cfg, cfg.Slot)
 }
 
 // connect opens an ordinary connection to PostgreSQL, with TCP keepalives
@@ -209,10 +209,12 @@ func connect(ctx context.Context, cfg Config) (*pgx.Conn, error) {
 
 // verify checks everything that retrying cannot fix before anything is
 // created: the server's prerequisites for streaming from slot (empty: a new
-// slot), the connecting role's rights on the rule tables, and the rules
+// slot), the connecting role's rights on the rule tables (and to see the
+// standbys' positions, when cfg.Replicas names some), and the rules
 // against the live schema. Every problem found is in one *ConfigError, the
 // server's first.
-func verify(ctx context.Context, conn *pgx.Conn, rules *mapping.Rules, slot string) (replication.Server, error) {
+func verify(ctx context.Context, conn *pgx.Conn, cfg Config, slot string) (replication.Server, error) {
+	rules := cfg.Rules
 	srv, problems, err := replication.ServerProblems(ctx, conn, slot)
 	if err != nil {
 		return srv, err
@@ -226,6 +228,15 @@ func verify(ctx context.Context, conn *pgx.Conn, rules *mapping.Rules, slot stri
 		return srv, err
 	}
 	problems = append(problems, roleProblems...)
+	if len(cfg.Replicas) > 0 {
+		problem, err := replication.StandbyRoleProblem(ctx, conn)
+		if err != nil {
+			return srv, err
+		}
+		if problem != nil {
+			problems = append(problems, problem)
+		}
+	}
 	tables, err := replication.DescribeTables(ctx, conn, rules.Tables())
 	if err != nil {
 		return srv, fmt.Errorf("describe rule tables: %w", err)
@@ -334,7 +345,7 @@ func prepare(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer conn.Close(context.Background())
-	if _, err := verify(ctx, conn, cfg.Rules, cfg.Slot); err != nil {
+	if _, err := verify(ctx, conn, cfg, cfg.Slot); err != nil {
 		return err
 	}
 	created, added, err := replication.EnsurePublication(ctx, conn, cfg.Publication, cfg.Rules.Tables())

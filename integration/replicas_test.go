@@ -159,3 +159,28 @@ func TestReplicaTimeout(t *testing.T) {
 		t.Errorf("/readyz = %d %q, want 200, ready, and a line for each standby", code, body)
 	}
 }
+
+// TestReplicasNeedPgMonitor checks that setup grants pg_monitor to the
+// daemon's role when the rules file names replicas, and that the daemon
+// refuses to start as a role that cannot see the standbys' positions,
+// saying what to run.
+func TestReplicasNeedPgMonitor(t *testing.T) {
+	role := newClusterRole(t)
+	f := newFixture(t, raceload.Schema(3), markerSchema)
+	rules := f.rules("[postgres]\nreplicas = [\"standby1\"]\n" + raceRules(""))
+	stdout, stderr, code := runCLI(t, "setup", "--config", rules, "--postgres", f.dbURL, "--role", role, "--apply")
+	if code != 0 {
+		t.Fatalf("setup --apply: exit %d, stderr:\n%s", code, stderr)
+	}
+	if want := `GRANT pg_monitor TO "` + role + `";`; !hasLine(stdout, want) {
+		t.Errorf("setup output lacks the line\n%s\nin:\n%s", want, stdout)
+	}
+	if _, stderr, code := runCLI(t, "check", "--config", rules, "--postgres", asRole(t, f.dbURL, role, "any")); code != 0 {
+		t.Errorf("check as the role setup made: exit %d, stderr:\n%s", code, stderr)
+	}
+	f.exec(`REVOKE pg_monitor FROM "` + role + `"`)
+	_, stderr, code = runCLI(t, "check", "--config", rules, "--postgres", asRole(t, f.dbURL, role, "any"))
+	if want := `GRANT pg_monitor TO "` + role + `"`; code != 1 || !strings.Contains(stderr, want) {
+		t.Errorf("check without pg_monitor: exit %d, stderr:\n%s\nwant exit 1 and %s", code, stderr, want)
+	}
+}

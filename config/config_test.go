@@ -216,7 +216,7 @@ testdata/several.toml:13: template "product-list:<category_id": the "<" at byte 
 testdata/several.toml:16: on: "INSERT" is not an operation; use insert, update, delete or truncate
 testdata/several.toml:18: rule has no del, incr or version; add del = ["key:<column>"], incr = ["key"] or version = ["key"]
 testdata/several.toml:19: table "a.b.c" has more than one dot; write "schema.table", or just "table" for the public schema
-testdata/several.toml:24: unknown key "colour" in [[rule]]; allowed keys: table, del, incr, version, on`},
+testdata/several.toml:24: unknown key "colour" in [[rule]]; allowed keys: table, del, incr, version, on, redelete_after`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {

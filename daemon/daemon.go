@@ -44,6 +44,10 @@ type Config struct {
 	// more data is waiting, or in the middle of a large transaction. Zero
 	// means 4096. It bounds memory whatever the size of a transaction.
 	MaxBatch int
+	// RedeleteLimit is how many re-deletes (rules with redelete_after) may
+	// wait before the daemon stops reading the stream until some are sent.
+	// Zero means DefaultRedeleteLimit.
+	RedeleteLimit int
 	// StatusInterval is passed to replication.Config; zero means its default.
 	StatusInterval time.Duration
 	// Timeout is how long the replication connection may stay silent, the
@@ -69,9 +73,24 @@ type Config struct {
 	// SlotPollInterval is how often the slot's wal_status and safe_wal_size
 	// are read for /metrics. Zero means 10s.
 	SlotPollInterval time.Duration
+	// CatalogPollInterval is how often the catalog is read to notice that a
+	// rule table was swapped, renamed or dropped, that its replica identity
+	// was weakened, or that a partition of it was truncated, detached or
+	// dropped (see coverage.go). Zero means 10s.
+	CatalogPollInterval time.Duration
 	// Heartbeat is how often a logical decoding message is written so that
 	// the slot moves even when keepalives stop coming. Zero means 1m.
 	Heartbeat time.Duration
+	// ProgressInterval is how often the daemon says how far behind it is
+	// while it is behind, and how far a long pattern scan got (a TRUNCATE's,
+	// or a resync's flush). Zero means 10s.
+	ProgressInterval time.Duration
+	// BehindBytes and BehindTime say when the daemon counts as behind: the
+	// slot trails the server's WAL by BehindBytes or more, or the oldest
+	// commit not yet applied is BehindTime old or older. Zero means 64 MB
+	// and 10s.
+	BehindBytes int64
+	BehindTime  time.Duration
 	// Reload, when not nil, asks for the rules to be re-read with LoadRules,
 	// validated against the live schema and swapped in between
 	// transactions. The command line sends on it on SIGHUP.
@@ -121,8 +140,20 @@ func (c *Config) setDefaults() {
 	if c.ReadyRedisWithin == 0 {
 		c.ReadyRedisWithin = 30 * time.Second
 	}
+	if c.CatalogPollInterval == 0 {
+		c.CatalogPollInterval = 10 * time.Second
+	}
 	if c.SlotPollInterval == 0 {
 		c.SlotPollInterval = 10 * time.Second
+	}
+	if c.ProgressInterval == 0 {
+		c.ProgressInterval = 10 * time.Second
+	}
+	if c.BehindBytes == 0 {
+		c.BehindBytes = 64 << 20
+	}
+	if c.BehindTime == 0 {
+		c.BehindTime = 10 * time.Second
 	}
 }
 
@@ -215,7 +246,7 @@ func checkSchema(ctx context.Context, conn *pgx.Conn, rules *mapping.Rules) erro
 // cannot be fixed by retrying.
 //
 // Run owns every goroutine it starts (the stream's reader, the heartbeat,
-// the reload watcher, the metrics server and its pollers): they all end
+// the catalog watch, the reload watcher, the metrics server and its pollers): they all end
 // with it, and Run returns only once they have.
 func Run(ctx context.Context, cfg Config) error {
 	cfg.setDefaults()
@@ -263,8 +294,11 @@ func Run(ctx context.Context, cfg Config) error {
 	cancelEvictions()
 
 	wg.Go(func() { heartbeat(ctx, cfg) })
+	wg.Go(func() { watchCatalog(ctx, cfg, m.cover, redis) })
+	wg.Go(func() { m.reportLag(ctx, cfg) })
 
-	p := newPipeline(cfg, mapper, m, newRedisSink(redis), redis)
+	redel := newRedeleter(redis, cfg.RedeleteLimit, cfg.MaxBatch)
+	p := newPipeline(cfg, mapper, m, newRedisSink(redis, redel), redel, redis)
 	if cfg.Reload != nil && cfg.LoadRules != nil {
 		wg.Go(func() { p.watchReloads(ctx, cfg.Rules) })
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -91,7 +92,11 @@ func (m *metrics) ready(now time.Time, within time.Duration) (bool, string) {
 	for i, t := range m.targets {
 		as[i] = answered{name: t.name, at: t.answered.Load()}
 	}
-	return readiness(now, m.streaming.Load(), as, within)
+	ok, why := readiness(now, m.streaming.Load(), as, within)
+	if reasons := m.cover.reasons(); ok && len(reasons) > 0 {
+		return false, strings.Join(reasons, "\n") // a rule table not covered: see coverage.go
+	}
+	return ok, why
 }
 
 // answered is when a target's Redis last answered (Unix ns); 0: never.

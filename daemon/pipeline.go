@@ -19,8 +19,9 @@ import (
 type pipeline struct {
 	cfg    Config
 	log    *slog.Logger
-	sink   sink   // where each transaction's commands go: every Redis target, or a dry run's output
-	redis  fanout // every Redis deployment, which resync flushes; nil in a dry run
+	sink   sink       // where each transaction's commands go: every Redis target, or a dry run's output
+	redel  *redeleter // re-deletes waiting for their time; they hold the acknowledgement back
+	redis  fanout     // every Redis deployment, which resync flushes; nil in a dry run
 	mapper *mapping.Mapper
 	cmds   []pginvalidator.Command // scratch for one change's commands
 	m      *metrics
@@ -48,10 +49,12 @@ type pipeline struct {
 }
 
 // newPipeline returns a pipeline that maps changes with mapper and delivers
-// the commands to s. redis is what a resync flushes (nil for a dry run).
-func newPipeline(cfg Config, mapper *mapping.Mapper, m *metrics, s sink, redis fanout) *pipeline {
-	p := &pipeline{cfg: cfg, log: cfg.Logger, sink: s, redis: redis, mapper: mapper, m: m,
+// the commands to s, which hands their re-deletes to redel. redis is what a
+// resync flushes (nil for a dry run).
+func newPipeline(cfg Config, mapper *mapping.Mapper, m *metrics, s sink, redel *redeleter, redis fanout) *pipeline {
+	p := &pipeline{cfg: cfg, log: cfg.Logger, sink: s, redel: redel, redis: redis, mapper: mapper, m: m,
 		reloaded: make(chan *mapping.Rules, 1)}
+	redel.onPending = func(n int) { m.redeletesPending.Set(float64(n)) }
 	mapper.OnProblem = func(table, column string, err error) {
 		p.log.Error("rule cannot be applied", "table", table, "column", column, "err", err)
 	}
@@ -145,6 +148,7 @@ func (p *pipeline) session(ctx context.Context) error {
 		p.silentPID = stream.PID()
 	}
 	p.sink.reset() // unacknowledged work is replayed by the next session
+	p.redel.reset()
 	p.m.discard()
 	return err
 }
@@ -167,7 +171,9 @@ func (p *pipeline) ensureSlot(ctx context.Context, stream *replication.Stream) e
 
 // consume maps events and hands their commands to the sink until the stream
 // fails or ctx ends. It acknowledges a transaction only once the sink has
-// delivered it.
+// delivered it, and its re-deletes are sent. It sends them when they are
+// due, between chunks of events, and stops reading events while too many
+// are pending.
 func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, events <-chan []replication.Event, streamErr <-chan error) error {
 	// applyCtx outlives ctx by ShutdownGrace, so that a batch in flight at
 	// SIGTERM can still finish and be acknowledged. The goroutine that ends
@@ -195,34 +201,75 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 		inTx     bool
 		xid      uint32
 		ackable  pglogrepl.LSN // end LSN of the last transaction the sink holds complete
+		applied  pglogrepl.LSN // highest position the sink has delivered; the acknowledgement may wait below it for re-deletes
 		batchTxs int
 		commitAt time.Time
 		// pendingRules are reloaded rules waiting for the end of the
 		// transaction in progress: a transaction is mapped by one rule set.
 		pendingRules *mapping.Rules
 	)
+	// acknowledge tells the server the highest position delivered, unless
+	// a re-delete pending holds it lower.
+	acknowledge := func() {
+		lsn := applied
+		if held, ok := p.redel.hold(); ok && held < lsn {
+			lsn = held
+		}
+		if lsn <= stream.Acked() {
+			return
+		}
+		stream.Ack(lsn)
+		p.m.ack(stream.Acked())
+		if p.log.Enabled(ctx, slog.LevelDebug) {
+			if lsn < applied {
+				p.log.Debug("acknowledged", "lsn", lsn.String(), "held_below", applied.String(), "redeletes", p.redel.pending())
+			} else if batchTxs > 0 {
+				p.log.Debug("acknowledged", "lsn", lsn.String(), "xid", xid, "txs", batchTxs,
+					"lag", time.Since(commitAt).String())
+			} else { // a keepalive's position: no transaction, no lag
+				p.log.Debug("acknowledged", "lsn", lsn.String(), "txs", 0)
+			}
+		}
+	}
 	flush := func() error {
 		if err := p.sink.flush(applyCtx); err != nil {
 			return err
 		}
 		p.m.applied(time.Now())
 		if ackable != 0 {
-			stream.Ack(ackable)
-			p.m.ack(stream.Acked())
-			if p.log.Enabled(ctx, slog.LevelDebug) {
-				if batchTxs > 0 {
-					p.log.Debug("acknowledged", "lsn", ackable.String(), "xid", xid, "txs", batchTxs,
-						"lag", time.Since(commitAt).String())
-				} else { // a keepalive's position: no transaction, no lag
-					p.log.Debug("acknowledged", "lsn", ackable.String(), "txs", 0)
-				}
-			}
+			applied = max(applied, ackable)
+			acknowledge()
 			ackable, batchTxs = 0, 0
 		}
 		return nil
 	}
+	// The timer of the next re-delete; a stopped timer while none is
+	// pending.
+	redelTimer := time.NewTimer(time.Hour)
+	redelTimer.Stop()
+	defer redelTimer.Stop()
+	paused := false // reading stopped on a full re-delete queue
 
 	for {
+		if at, ok := p.redel.next(); ok {
+			redelTimer.Reset(time.Until(at))
+		} else {
+			redelTimer.Stop()
+		}
+		// Past the limit of pending re-deletes, wait for some to be sent
+		// before reading on: the reader goroutine keeps answering the
+		// server meanwhile.
+		in := events
+		if p.redel.full() {
+			in = nil
+			if !paused {
+				p.m.redeletePauses.Inc()
+				p.log.Warn("too many re-deletes pending; reading from the stream paused until some are sent", "redeletes", p.redel.pending())
+			}
+		} else if paused {
+			p.log.Info("reading from the stream resumed", "redeletes", p.redel.pending())
+		}
+		paused = in == nil
 		var chunk []replication.Event
 		select {
 		case <-ctx.Done():
@@ -231,7 +278,13 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 			return err
 		case rules := <-p.reloaded:
 			pendingRules = rules
-		case chunk = <-events:
+		case <-redelTimer.C:
+			if err := p.redel.send(applyCtx, time.Now()); err != nil {
+				return err
+			}
+			acknowledge()
+			continue
+		case chunk = <-in:
 		}
 		if pendingRules != nil && !inTx {
 			p.swapRules(pendingRules)
@@ -277,7 +330,7 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 				if !inTx {
 					ackable = max(ackable, ev.LSN)
 				}
-				p.m.see(ev.LSN)
+				p.m.keepalive(ev.LSN)
 			}
 		}
 		// Flush when the stream has run dry: no fixed delay, and a batch as
@@ -399,5 +452,6 @@ func (p *pipeline) endSilentWalsender(ctx context.Context) error {
 func (p *pipeline) swapRules(rules *mapping.Rules) {
 	p.mapper.SetRules(rules)
 	p.cfg.Rules = rules
+	p.m.cover.setRules(rules)
 	p.log.Info("reloaded rules in force", "file", rules.File, "tables", rules.Tables())
 }

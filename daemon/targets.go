@@ -57,6 +57,7 @@ func newFanout(cfg Config) (fanout, error) {
 	for _, t := range cfg.Targets {
 		opts := t.Redis
 		opts.Logger = cfg.Logger
+		opts.ProgressInterval = cfg.ProgressInterval
 		if len(cfg.Targets) > 1 || t.Name != DefaultTarget {
 			opts.Logger = cfg.Logger.With("target", t.Name)
 		}
@@ -144,6 +145,8 @@ func (f fanout) Stats() invalidator.Stats {
 		sum.Version += st.Version
 		sum.VersionKept += st.VersionKept
 		sum.VersionPatternKeys += st.VersionPatternKeys
+		sum.Redeletes += st.Redeletes
+		sum.RedeletesFound += st.RedeletesFound
 		sum.Errors += st.Errors
 		sum.Skipped += st.Skipped
 		sum.Retries += st.Retries

@@ -26,7 +26,7 @@ type pipeline struct {
 	cmds   []pginvalidator.Command // scratch for one change's commands
 	m      *metrics
 
-	reloaded chan *mapping.Rules // validated rules waiting to be swapped in between transactions
+	reloaded chan reload // validated rules waiting to be swapped in between transactions
 
 	// dryRun streams once from a temporary slot (cfg.Slot names it) that it
 	// creates, instead of from the daemon's permanent slot. A lost
@@ -53,7 +53,7 @@ type pipeline struct {
 // resync flushes (nil for a dry run).
 func newPipeline(cfg Config, mapper *mapping.Mapper, m *metrics, s sink, redel *redeleter, redis fanout) *pipeline {
 	p := &pipeline{cfg: cfg, log: cfg.Logger, sink: s, redel: redel, redis: redis, mapper: mapper, m: m,
-		reloaded: make(chan *mapping.Rules, 1)}
+		reloaded: make(chan reload, 1)}
 	redel.onPending = func(n int) { m.redeletesPending.Set(float64(n)) }
 	mapper.OnProblem = func(table, column string, err error) {
 		p.log.Error("rule cannot be applied", "table", table, "column", column, "err", err)
@@ -63,6 +63,13 @@ func newPipeline(cfg Config, mapper *mapping.Mapper, m *metrics, s sink, redel *
 
 // session runs one replication connection until it fails or ctx ends.
 func (p *pipeline) session(ctx context.Context) error {
+	// Between sessions no transaction is in progress: rules reloaded
+	// meanwhile (on a standby, say) go in force now.
+	select {
+	case r := <-p.reloaded:
+		p.swapRules(r)
+	default:
+	}
 	if p.silentPID != 0 && !p.dryRun {
 		if err := p.endSilentWalsender(ctx); err != nil {
 			return err
@@ -206,8 +213,15 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 		commitAt time.Time
 		// pendingRules are reloaded rules waiting for the end of the
 		// transaction in progress: a transaction is mapped by one rule set.
-		pendingRules *mapping.Rules
+		pendingRules *reload
 	)
+	defer func() {
+		// The transaction in progress is replayed by the next session,
+		// whole: the rules can go in force now.
+		if pendingRules != nil {
+			p.swapRules(*pendingRules)
+		}
+	}()
 	// acknowledge tells the server the highest position delivered, unless
 	// a re-delete pending holds it lower.
 	acknowledge := func() {
@@ -276,8 +290,8 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 			return ctx.Err()
 		case err := <-streamErr:
 			return err
-		case rules := <-p.reloaded:
-			pendingRules = rules
+		case r := <-p.reloaded:
+			pendingRules = &r
 		case <-redelTimer.C:
 			if err := p.redel.send(applyCtx, time.Now()); err != nil {
 				return err
@@ -287,7 +301,7 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 		case chunk = <-in:
 		}
 		if pendingRules != nil && !inTx {
-			p.swapRules(pendingRules)
+			p.swapRules(*pendingRules)
 			pendingRules = nil
 		}
 		for i := range chunk {
@@ -319,7 +333,7 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 				batchTxs++
 				p.m.committed(ev.LSN, ev.CommitTime)
 				if pendingRules != nil {
-					p.swapRules(pendingRules)
+					p.swapRules(*pendingRules)
 					pendingRules = nil
 				}
 			case replication.Keepalive:
@@ -448,10 +462,11 @@ func (p *pipeline) endSilentWalsender(ctx context.Context) error {
 	return nil
 }
 
-// swapRules puts reloaded rules in force. It runs between transactions.
-func (p *pipeline) swapRules(rules *mapping.Rules) {
-	p.mapper.SetRules(rules)
-	p.cfg.Rules = rules
-	p.m.cover.setRules(rules)
-	p.log.Info("reloaded rules in force", "file", rules.File, "tables", rules.Tables())
+// swapRules puts reloaded rules in force, and says so to the reload that
+// waits for it. It runs between transactions, or between sessions.
+func (p *pipeline) swapRules(r reload) {
+	p.mapper.SetRules(r.rules)
+	p.cfg.Rules = r.rules
+	p.log.Info("reloaded rules in force", "file", r.rules.File, "tables", r.rules.Tables())
+	close(r.swapped)
 }

@@ -159,6 +159,31 @@ func (f fanout) Stats() invalidator.Stats {
 	return sum
 }
 
+// SetMarker sets key to value on every target.
+func (f fanout) SetMarker(ctx context.Context, key, value string) error {
+	for _, t := range f {
+		if err := t.inv.SetMarker(ctx, key, value); err != nil {
+			return wrapTarget(t.name, len(f), err)
+		}
+	}
+	return nil
+}
+
+// MarkerIn returns the name of the first target that holds key, or "" when
+// none does.
+func (f fanout) MarkerIn(ctx context.Context, key string) (string, error) {
+	for _, t := range f {
+		ok, err := t.inv.MarkerExists(ctx, key)
+		if err != nil {
+			return "", wrapTarget(t.name, len(f), err)
+		}
+		if ok {
+			return t.name, nil
+		}
+	}
+	return "", nil
+}
+
 // Close closes every target's connections.
 func (f fanout) Close() {
 	for _, t := range f {

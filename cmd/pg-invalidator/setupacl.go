@@ -57,7 +57,7 @@ func redisACLs(f *config.File) ([]redisACL, error) {
 // aclNeeds says what the rules make the daemon send: the keys every
 // template can render, and which actions, TRUNCATE and resync included.
 func aclNeeds(rules *mapping.Rules) invalidator.ACLNeeds {
-	needs := invalidator.ACLNeeds{CanaryPattern: canaryKeys, EvictionCheck: true}
+	needs := invalidator.ACLNeeds{CanaryPattern: canaryKeys, MarkerPattern: daemon.SlotMarkerPrefix + "*", EvictionCheck: true}
 	for _, r := range rules.List {
 		for _, t := range r.Del {
 			needs.Del = true

@@ -274,3 +274,27 @@ del = ["{p}category:<id>"]
 		}
 	}
 }
+
+func TestCatalogReplicaIdentityWeakened(t *testing.T) {
+	f := newFixture(t, productsSchema, markerSchema)
+	w := f.startWatched(f.config(f.rules(productsRules)))
+
+	// list:cat:<category_id> needs the old category on update and delete,
+	// which only FULL sends.
+	f.exec("ALTER TABLE products REPLICA IDENTITY DEFAULT")
+	body := w.waitReadyz(http.StatusServiceUnavailable, "rule table public.products", "category_id",
+		"ALTER TABLE public.products REPLICA IDENTITY FULL")
+	t.Logf("/readyz: %s", body)
+	w.waitLog("ERROR", "table=public.products", "change=identity")
+	f.sync()
+
+	f.exec("ALTER TABLE products REPLICA IDENTITY FULL")
+	w.waitReadyz(http.StatusOK)
+	w.waitLog("INFO", "table=public.products", "serves its rules again")
+	if n := w.logCount("ERROR", "table=public.products", "change=identity"); n != 1 {
+		t.Errorf("%d errors about the identity, want 1:\n%s", n, w.log)
+	}
+	if got := w.counter(`pg_invalidator_catalog_changes_total{change="identity",table="public.products"}`); got != 1 {
+		t.Errorf(`catalog_changes_total{change="identity"} = %v, want 1`, got)
+	}
+}

@@ -298,3 +298,55 @@ func TestCatalogReplicaIdentityWeakened(t *testing.T) {
 		t.Errorf(`catalog_changes_total{change="identity"} = %v, want 1`, got)
 	}
 }
+
+// TestCatalogPartitionsTruncatedDetachedDropped: under
+// publish_via_partition_root = true, a TRUNCATE of a leaf is not published,
+// and DETACH PARTITION and DROP TABLE of a partition produce no row events.
+// Each runs on a daemon of its own, so that each fails on its own without
+// the watch.
+func TestCatalogPartitionsTruncatedDetachedDropped(t *testing.T) {
+	tests := []struct {
+		name string
+		sql  string
+		keys []string
+		log  string
+	}{
+		{"truncated", "TRUNCATE events_eu", []string{"event:eu:1", "events:all"}, "public.events_eu truncated or rewritten"},
+		{"detached", "ALTER TABLE events DETACH PARTITION events_us", []string{"event:us:2", "events:all"}, "public.events_us detached or dropped"},
+		{"dropped", "DROP TABLE events_ap", []string{"event:ap:3", "events:all"}, "public.events_ap detached or dropped"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t, `
+				CREATE TABLE events (id bigint, region text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+				CREATE TABLE events_eu PARTITION OF events FOR VALUES IN ('eu');
+				CREATE TABLE events_us PARTITION OF events FOR VALUES IN ('us');
+				CREATE TABLE events_ap PARTITION OF events FOR VALUES IN ('ap');
+				INSERT INTO events VALUES (1, 'eu'), (2, 'us'), (3, 'ap');`, markerSchema)
+			w := f.startWatched(f.config(f.rules(`
+[[rule]]
+table = "events"
+del = ["{p}event:<region>:<id>", "{p}events:all"]
+` + markerRule)))
+
+			f.cache(tt.keys...)
+			start := time.Now()
+			f.exec(tt.sql)
+			f.waitGoneLong(tt.keys...)
+			t.Logf("%s to keys flushed: %s (poll every %s)", tt.sql, time.Since(start).Round(time.Millisecond), catalogPoll)
+			w.waitLog("WARN", "table=public.events", "change=partition", tt.log)
+
+			// Row events of the partitions left still stream.
+			f.cache("event:eu:4")
+			f.exec("INSERT INTO events VALUES (4, 'eu')")
+			f.waitGone("event:eu:4")
+			f.sync()
+			if got := w.counter(`pg_invalidator_catalog_changes_total{change="partition",table="public.events"}`); got != 1 {
+				t.Errorf(`catalog_changes_total{change="partition"} = %v, want 1`, got)
+			}
+			if code, body := httpGet(t, w.addr, "/readyz"); code != http.StatusOK {
+				t.Errorf("/readyz = %d %q, want 200: a flushed partition leaves the table covered", code, body)
+			}
+		})
+	}
+}

@@ -76,6 +76,12 @@ type Postgres struct {
 	// it is dropped (see daemon.Config.Timeout). Zero: the caller picks its
 	// default.
 	Timeout time.Duration
+	// Replicas are the standbys, by application_name, that must have
+	// replayed a transaction before its commands go to Redis. Nil: none.
+	Replicas []string
+	// ReplicaTimeout is how long a standby may hold them back. Zero: the
+	// caller picks its default.
+	ReplicaTimeout time.Duration
 }
 
 // What [recovery] on_slot_lost may say.
@@ -162,7 +168,7 @@ type parser struct{ *tomldoc.Checker }
 
 // Keys each table allows, in the order messages list them.
 var (
-	postgresKeys = []string{"url", "slot", "publication", "heartbeat", "timeout"}
+	postgresKeys = []string{"url", "slot", "publication", "heartbeat", "timeout", "replicas", "replica_timeout"}
 	redisKeys    = []string{"url", "mode", "addrs", "master", "username", "password_env", "password_file",
 		"sentinel_username", "sentinel_password_env", "sentinel_password_file",
 		"tls", "tls_ca", "tls_cert", "tls_key", "tls_server_name", "wait_replicas"}
@@ -189,6 +195,10 @@ func (p *parser) postgres(c *Postgres, v any) {
 			p.duration(path, m[k], &c.Heartbeat)
 		case "timeout":
 			p.duration(path, m[k], &c.Timeout)
+		case "replicas":
+			c.Replicas = p.replicas(path, m[k])
+		case "replica_timeout":
+			p.duration(path, m[k], &c.ReplicaTimeout)
 		default:
 			p.Unknown(path, "[postgres]", postgresKeys)
 		}
@@ -207,6 +217,29 @@ func (p *parser) duration(path []string, v any, d *time.Duration) {
 		return
 	}
 	*d = x
+}
+
+// replicas parses [postgres] replicas: application_names, each once.
+func (p *parser) replicas(path []string, v any) []string {
+	names, ok := p.Strs(path, v)
+	if !ok {
+		return nil
+	}
+	seen := make(map[string]bool)
+	var out []string
+	for i, name := range names {
+		at := tomldoc.Key(path, strconv.Itoa(i))
+		switch {
+		case name == "" || strings.TrimSpace(name) != name:
+			p.Addf(at, "replicas[%d] %q is not a standby's name; give its application_name as the primary's pg_stat_replication shows it", i, name)
+		case seen[name]:
+			p.Addf(at, "replicas names %q twice; remove one", name)
+		default:
+			seen[name] = true
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 // secret says where a target's password (or its sentinels') comes from,

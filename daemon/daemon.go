@@ -44,6 +44,15 @@ type Config struct {
 	// more data is waiting, or in the middle of a large transaction. Zero
 	// means 4096. It bounds memory whatever the size of a transaction.
 	MaxBatch int
+	// Replicas names the PostgreSQL standbys, by their application_name in
+	// the primary's pg_stat_replication, that must have replayed a
+	// transaction before its commands are sent: applications that read
+	// from them cannot cache an old row after the delete. Empty: none.
+	Replicas []string
+	// ReplicaTimeout is how long a standby may hold commands back before
+	// it is given up on until it catches up. Zero means
+	// DefaultReplicaTimeout.
+	ReplicaTimeout time.Duration
 	// RedeleteLimit is how many re-deletes (rules with redelete_after) may
 	// wait before the daemon stops reading the stream until some are sent.
 	// Zero means DefaultRedeleteLimit.
@@ -139,6 +148,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.ReadyRedisWithin == 0 {
 		c.ReadyRedisWithin = 30 * time.Second
+	}
+	if c.ReplicaTimeout == 0 {
+		c.ReplicaTimeout = DefaultReplicaTimeout
 	}
 	if c.CatalogPollInterval == 0 {
 		c.CatalogPollInterval = 10 * time.Second
@@ -299,6 +311,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	redel := newRedeleter(redis, cfg.RedeleteLimit, cfg.MaxBatch)
 	p := newPipeline(cfg, mapper, m, newRedisSink(redis, redel), redel, redis)
+	defer p.gate.close()
 	if cfg.Reload != nil && cfg.LoadRules != nil {
 		wg.Go(func() { p.watchReloads(ctx, cfg.Rules) })
 	}

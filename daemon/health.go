@@ -44,7 +44,8 @@ func serveMetrics(ctx context.Context, wg *sync.WaitGroup, cfg Config, m *metric
 
 // handler serves /metrics in the Prometheus text format, /healthz (the
 // process is alive) and /readyz (streaming, and Redis answered within the
-// last within; a ready body names any degraded Redis master after "ready").
+// last within; a ready body names any degraded Redis master, and any
+// standby given up on, after "ready").
 func (m *metrics) handler(within time.Duration) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg}))
@@ -63,6 +64,11 @@ func (m *metrics) handler(within time.Duration) http.Handler {
 		fmt.Fprintln(w, "ready")
 		for _, note := range degradedNotes(m.targets) {
 			fmt.Fprintln(w, note)
+		}
+		if m.gate != nil {
+			for _, note := range m.gate.notes() {
+				fmt.Fprintln(w, note)
+			}
 		}
 	})
 	return mux

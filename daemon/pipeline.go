@@ -19,9 +19,10 @@ import (
 type pipeline struct {
 	cfg    Config
 	log    *slog.Logger
-	sink   sink       // where each transaction's commands go: every Redis target, or a dry run's output
-	redel  *redeleter // re-deletes waiting for their time; they hold the acknowledgement back
-	redis  fanout     // every Redis deployment, which resync flushes; nil in a dry run
+	sink   sink         // where each transaction's commands go: every Redis target, or a dry run's output
+	redel  *redeleter   // re-deletes waiting for their time; they hold the acknowledgement back
+	gate   *standbyGate // holds each batch until the standbys named in cfg.Replicas replayed it
+	redis  fanout       // every Redis deployment, which resync flushes; nil in a dry run
 	mapper *mapping.Mapper
 	cmds   []pginvalidator.Command // scratch for one change's commands
 	m      *metrics
@@ -55,6 +56,14 @@ func newPipeline(cfg Config, mapper *mapping.Mapper, m *metrics, s sink, redel *
 	p := &pipeline{cfg: cfg, log: cfg.Logger, sink: s, redel: redel, redis: redis, mapper: mapper, m: m,
 		reloaded: make(chan reload, 1)}
 	redel.onPending = func(n int) { m.redeletesPending.Set(float64(n)) }
+	p.gate = newStandbyGate(cfg, m)
+	if len(cfg.Replicas) > 0 {
+		m.gate = p.gate
+		for _, name := range cfg.Replicas {
+			m.replicaTimeouts.WithLabelValues(name)
+			m.replicaLagging.WithLabelValues(name).Set(0)
+		}
+	}
 	mapper.OnProblem = func(table, column string, err error) {
 		p.log.Error("rule cannot be applied", "table", table, "column", column, "err", err)
 	}
@@ -209,6 +218,8 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 		xid      uint32
 		ackable  pglogrepl.LSN // end LSN of the last transaction the sink holds complete
 		applied  pglogrepl.LSN // highest position the sink has delivered; the acknowledgement may wait below it for re-deletes
+		final    pglogrepl.LSN // the open transaction's commit position
+		replayTo pglogrepl.LSN // where the standbys must have replayed before the sink's commands go
 		batchTxs int
 		commitAt time.Time
 		// pendingRules are reloaded rules waiting for the end of the
@@ -246,6 +257,17 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 		}
 	}
 	flush := func() error {
+		if p.sink.pending() > 0 {
+			// The open transaction's commands may be in the batch: it is
+			// replayed once a standby is past the start of its commit
+			// record.
+			if inTx {
+				replayTo = max(replayTo, final+1)
+			}
+			if err := p.gate.wait(applyCtx, replayTo); err != nil {
+				return err
+			}
+		}
 		if err := p.sink.flush(applyCtx); err != nil {
 			return err
 		}
@@ -308,7 +330,7 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 			ev := &chunk[i]
 			switch ev.Kind {
 			case replication.Begin:
-				inTx, xid = true, ev.XID
+				inTx, xid, final = true, ev.XID, ev.LSN
 				p.sink.begin(ev.XID, ev.LSN)
 				p.m.see(ev.LSN)
 			case replication.RowChange:
@@ -329,7 +351,7 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 				if err := p.sink.commit(ev.LSN, ev.CommitTime); err != nil {
 					return err
 				}
-				ackable, commitAt = ev.LSN, ev.CommitTime
+				ackable, commitAt, replayTo = ev.LSN, ev.CommitTime, ev.LSN
 				batchTxs++
 				p.m.committed(ev.LSN, ev.CommitTime)
 				if pendingRules != nil {

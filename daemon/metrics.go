@@ -44,6 +44,8 @@ type metrics struct {
 	mapper  *mapping.Mapper
 	targets fanout // each knows when its Redis last answered
 
+	readyChecks []readyCheck // more reasons for /readyz (addReadyCheck); set before the metrics server starts
+
 	slotMu sync.Mutex           // protects slot
 	slot   replication.SlotInfo // what the last poll of pg_replication_slots said; zero: unknown
 }

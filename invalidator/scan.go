@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -92,6 +93,7 @@ func (inv *Invalidator) scanNode(ctx context.Context, m *redis.Client, pattern s
 		if err != nil {
 			return err
 		}
+		inv.progress.advance(time.Now())
 		if runID != p.runID {
 			if p.runID != "" {
 				inv.log.Info("redis server changed during a pattern scan; scanning it again from the start",

@@ -69,9 +69,15 @@ type Postgres struct {
 	// Publication is the publication name. Parse sets
 	// replication.DefaultPublication when the file leaves it out.
 	Publication string
-	// Heartbeat is how often to confirm progress on an idle stream. Zero:
-	// the caller picks its default.
+	// Heartbeat is how often to confirm progress on an idle stream, and to
+	// send the canary; a second or more. Zero: the caller picks its
+	// default.
 	Heartbeat time.Duration
+	// CanaryKey is the Redis key of the end-to-end canary, "<slot>" in it
+	// standing for Slot (see daemon.CanaryKey). Parse sets
+	// daemon.DefaultCanaryKey when the file leaves it out; empty
+	// (canary_key = "") turns the canary off.
+	CanaryKey string
 }
 
 // What [recovery] on_slot_lost may say.
@@ -120,7 +126,7 @@ func Parse(path string, data []byte) (*File, error) {
 	p := &parser{Checker: tomldoc.NewChecker(doc)}
 	f := &File{
 		Path:     path,
-		Postgres: Postgres{Slot: replication.DefaultSlot, Publication: replication.DefaultPublication},
+		Postgres: Postgres{Slot: replication.DefaultSlot, Publication: replication.DefaultPublication, CanaryKey: daemon.DefaultCanaryKey},
 		Recovery: Recovery{OnSlotLost: OnSlotLostStop},
 	}
 	_, hasRedis := doc.Root["redis"]
@@ -158,7 +164,7 @@ type parser struct{ *tomldoc.Checker }
 
 // Keys each table allows, in the order messages list them.
 var (
-	postgresKeys = []string{"url", "slot", "publication", "heartbeat"}
+	postgresKeys = []string{"url", "slot", "publication", "heartbeat", "canary_key"}
 	redisKeys    = []string{"url", "mode", "addrs", "master", "username", "password_env", "password_file",
 		"sentinel_username", "sentinel_password_env", "sentinel_password_file",
 		"tls", "tls_ca", "tls_cert", "tls_key", "tls_server_name", "wait_replicas"}
@@ -188,14 +194,47 @@ func (p *parser) postgres(c *Postgres, v any) {
 			}
 			d, err := time.ParseDuration(s)
 			if err != nil || d <= 0 {
-				p.Addf(path, "heartbeat %q is not a positive duration; write one like \"30s\" or \"1m\"", s)
+				p.Addf(path, "heartbeat %q is not a positive duration; write one like \"10s\" or \"1m\"", s)
+				break
+			}
+			if d < MinHeartbeat {
+				p.Addf(path, "heartbeat %q is shorter than %s; write one like \"1s\" or \"10s\"", s, MinHeartbeat)
 				break
 			}
 			c.Heartbeat = d
+		case "canary_key":
+			if p.Str(path, m[k], &c.CanaryKey) {
+				if problem := canaryKeyProblem(c.CanaryKey); problem != "" {
+					p.Addf(path, "canary_key %q %s", c.CanaryKey, problem)
+				}
+			}
 		default:
 			p.Unknown(path, "[postgres]", postgresKeys)
 		}
 	}
+}
+
+// MinHeartbeat is the shortest [postgres] heartbeat: each one writes a
+// little WAL, and with the canary sets and deletes a key in every target.
+const MinHeartbeat = time.Second
+
+// canaryKeyProblem says what is wrong with a canary_key, or "". The key
+// becomes an ACL key pattern (setup --redis-acl), so it may hold neither a
+// space nor a glob character; "<slot>" is its only placeholder.
+func canaryKeyProblem(key string) string {
+	if key == "" {
+		return "" // the canary is off
+	}
+	if strings.ContainsAny(key, " \t\r\n") {
+		return "holds a space, which an ACL key pattern cannot; remove it"
+	}
+	if strings.ContainsAny(key, "*?[]\\") {
+		return `holds a glob character (*, ?, [, ] or \), which the ACL key pattern setup prints would widen; remove it`
+	}
+	if strings.ContainsAny(strings.ReplaceAll(key, "<slot>", ""), "<>") {
+		return `has a "<" or ">" that is not part of "<slot>", its only placeholder (the slot's name)`
+	}
+	return ""
 }
 
 // secret says where a target's password (or its sentinels') comes from,

@@ -62,8 +62,17 @@ type Config struct {
 	// are read for /metrics. Zero means 10s.
 	SlotPollInterval time.Duration
 	// Heartbeat is how often a logical decoding message is written so that
-	// the slot moves even when keepalives stop coming. Zero means 1m.
+	// the slot moves even when keepalives stop coming, and the canary goes
+	// round. Zero means 10s.
 	Heartbeat time.Duration
+	// CanaryKey is the Redis key of the end-to-end canary, set and deleted
+	// in every target on every heartbeat; "<slot>" in it stands for Slot
+	// (see CanaryKey). Zero means DefaultCanaryKey.
+	CanaryKey string
+	// NoCanary, when true, turns the canary off: heartbeats carry none, and
+	// /readyz cannot see a stalled path. False: on, with PostgreSQL 14 and
+	// later (pgoutput passes no messages before).
+	NoCanary bool
 	// Reload, when not nil, asks for the rules to be re-read with LoadRules,
 	// validated against the live schema and swapped in between
 	// transactions. The command line sends on it on SIGHUP.
@@ -105,7 +114,7 @@ func (c *Config) setDefaults() {
 		c.MaxBackoff = 10 * time.Second
 	}
 	if c.Heartbeat == 0 {
-		c.Heartbeat = time.Minute
+		c.Heartbeat = 10 * time.Second
 	}
 	if c.ReadyRedisWithin == 0 {
 		c.ReadyRedisWithin = 30 * time.Second
@@ -226,6 +235,12 @@ func Run(ctx context.Context, cfg Config) error {
 
 	mapper := mapping.NewMapper(cfg.Rules)
 	m := newMetrics(cfg.Rules, mapper, redis)
+	var c *canary
+	if !cfg.NoCanary {
+		c = newCanary(CanaryKey(cfg.CanaryKey, cfg.Slot))
+		m.canary = c
+		m.addReadyCheck(func(now time.Time) []string { return c.notReady(now, cfg.ReadyRedisWithin) })
+	}
 	if cfg.MetricsAddr != "" {
 		if err := serveMetrics(ctx, &wg, cfg, m, redis); err != nil {
 			return err
@@ -249,9 +264,10 @@ func Run(ctx context.Context, cfg Config) error {
 	warnEvictions(ectx, log, cfg.Rules, redis) // incr keys that Redis may evict
 	cancelEvictions()
 
-	wg.Go(func() { heartbeat(ctx, cfg) })
+	wg.Go(func() { heartbeat(ctx, cfg, c, redis) })
 
 	p := newPipeline(cfg, mapper, m, newRedisSink(redis), redis)
+	p.canary = c
 	if cfg.Reload != nil && cfg.LoadRules != nil {
 		wg.Go(func() { p.watchReloads(ctx, cfg.Rules) })
 	}

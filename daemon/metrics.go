@@ -45,6 +45,7 @@ type metrics struct {
 	targets fanout // each knows when its Redis last answered
 
 	readyChecks []readyCheck // more reasons for /readyz (addReadyCheck); set before the metrics server starts
+	canary      *canary      // the end-to-end canary; nil: off. Set before the metrics server starts
 
 	slotMu sync.Mutex           // protects slot
 	slot   replication.SlotInfo // what the last poll of pg_replication_slots said; zero: unknown
@@ -239,7 +240,7 @@ type scrapeCollector struct{ m *metrics }
 func (c scrapeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{keysRenderedDesc, keysSkippedDesc, commandsDesc, versionKeptDesc, redisErrorsDesc,
 		redisRetriesDesc, redisRejectedDesc, targetUpDesc, batchDesc, lagBytesDesc, lagSecondsDesc, ackedDesc, streamingDesc,
-		slotWALStatusDesc, slotSafeWALSizeDesc, redisDegradedDesc} {
+		slotWALStatusDesc, slotSafeWALSizeDesc, redisDegradedDesc, canarySecondsDesc, canaryPendingDesc} {
 		ch <- d
 	}
 }
@@ -284,6 +285,7 @@ func (c scrapeCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(lagSecondsDesc, lagSeconds(now, m.pendingSince.Load()))
 	gauge(ackedDesc, float64(m.acked.Load()))
 	gauge(streamingDesc, boolValue(m.streaming.Load()))
+	collectCanary(ch, m.canary, now)
 
 	m.slotMu.Lock()
 	slot := m.slot

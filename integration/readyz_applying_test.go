@@ -29,6 +29,13 @@ type refusingRedis struct {
 // window of window, and waits until it is ready.
 func startRefusingRedis(t *testing.T, rules string, window time.Duration) *refusingRedis {
 	t.Helper()
+	return startRefusingRedisWith(t, rules, window, func(*daemon.Config) {})
+}
+
+// startRefusingRedisWith is startRefusingRedis with the daemon's
+// configuration changed by change before it starts.
+func startRefusingRedisWith(t *testing.T, rules string, window time.Duration, change func(*daemon.Config)) *refusingRedis {
+	t.Helper()
 	ctx := context.Background()
 	rd, err := localsvc.StartRedis(ctx)
 	if err != nil {
@@ -45,6 +52,7 @@ func startRefusingRedis(t *testing.T, rules string, window time.Duration) *refus
 	cfg.Targets = []daemon.Target{{Name: daemon.DefaultTarget, Redis: invalidator.Options{URL: rd.URL(), Username: "pginv", Password: "pginv-pw"}}}
 	cfg.MetricsAddr = metricsAddr(t)
 	cfg.ReadyRedisWithin = window
+	change(&cfg)
 	f.startConfig(cfg)
 	waitStatus(t, cfg.MetricsAddr, "/readyz", http.StatusOK, 30*time.Second)
 	return &refusingRedis{f: f, admin: admin, addr: cfg.MetricsAddr}

@@ -1,6 +1,8 @@
 package invalidator
 
 import (
+	"context"
+	"fmt"
 	"sync"
 	"time"
 )
@@ -59,4 +61,15 @@ func (inv *Invalidator) Waiting() (since time.Time, lastErr error) {
 	inv.progress.mu.Lock()
 	defer inv.progress.mu.Unlock()
 	return inv.progress.since, inv.progress.lastErr
+}
+
+// SetCanary sets key to value, without expiry, once: no retry. The daemon
+// sets its end-to-end canary's key with it; the key is deleted like any
+// other, through a Batch. In a cluster it goes to the master of key's slot.
+// Its error holds no password.
+func (inv *Invalidator) SetCanary(ctx context.Context, key, value string) error {
+	if err := inv.client.Set(ctx, key, value, 0).Err(); err != nil {
+		return fmt.Errorf("set %s on redis %s: %w", key, inv.addr, inv.redactErr(err))
+	}
+	return nil
 }

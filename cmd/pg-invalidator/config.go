@@ -49,6 +49,8 @@ func (c *commonFlags) daemonConfig(logger *slog.Logger, needRedis bool) (daemon.
 		Slot:        f.Postgres.Slot,
 		Publication: f.Postgres.Publication,
 		Heartbeat:   f.Postgres.Heartbeat,
+		CanaryKey:   f.Postgres.CanaryKey,
+		NoCanary:    f.Postgres.CanaryKey == "",
 		Resync:      f.Recovery.OnSlotLost == config.OnSlotLostResync,
 		Logger:      logger,
 	}

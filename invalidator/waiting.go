@@ -63,12 +63,18 @@ func (inv *Invalidator) Waiting() (since time.Time, lastErr error) {
 	return inv.progress.since, inv.progress.lastErr
 }
 
-// SetCanary sets key to value, without expiry, once: no retry. The daemon
-// sets its end-to-end canary's key with it; the key is deleted like any
-// other, through a Batch. In a cluster it goes to the master of key's slot.
-// Its error holds no password.
+// SetCanary sets key to value, without expiry, once: no retry, and a
+// MOVED reply is an error too. The daemon sets its end-to-end canary's key
+// with it; the key is deleted like any other, through a Batch. In a cluster
+// it goes to the master of key's slot, as Apply's commands do (so the ACL
+// needs no COMMAND, which the cluster client's own routing would send). Its
+// error holds no password.
 func (inv *Invalidator) SetCanary(ctx context.Context, key, value string) error {
-	if err := inv.client.Set(ctx, key, value, 0).Err(); err != nil {
+	c, err := inv.masterFor(ctx, key, "")
+	if err == nil {
+		err = c.Set(ctx, key, value, 0).Err()
+	}
+	if err != nil {
 		return fmt.Errorf("set %s on redis %s: %w", key, inv.addr, inv.redactErr(err))
 	}
 	return nil

@@ -47,6 +47,12 @@ type pipeline struct {
 	// silentPID is the walsender of the last session's connection when that
 	// session was dropped as silent: it may still hold the slot. 0: none.
 	silentPID uint32
+
+	// canary is the end-to-end canary; nil: off (and always in a dry run).
+	canary *canary
+	// canaries are the tokens of the canaries whose deletion the sink
+	// holds, reported to canary once it has been applied.
+	canaries []string
 }
 
 // newPipeline returns a pipeline that maps changes with mapper and delivers
@@ -139,6 +145,10 @@ func (p *pipeline) session(ctx context.Context) error {
 	p.streamed, p.seen = true, true
 	p.m.streaming.Store(true)
 	defer p.m.streaming.Store(false)
+	if p.canary != nil {
+		p.canary.start(stream.Messages())
+		defer p.canary.stop()
+	}
 	if p.dryRun {
 		p.log.Info("dry run: streaming from a temporary slot; only transactions committed from now on are shown, and nothing is applied",
 			"slot", p.cfg.Slot, "publication", p.cfg.Publication)
@@ -166,6 +176,7 @@ func (p *pipeline) session(ctx context.Context) error {
 	p.sink.reset() // unacknowledged work is replayed by the next session
 	p.redel.reset()
 	p.m.discard()
+	p.canaries = p.canaries[:0]
 	return err
 }
 
@@ -271,7 +282,12 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 		if err := p.sink.flush(applyCtx); err != nil {
 			return err
 		}
-		p.m.applied(time.Now())
+		now := time.Now()
+		p.m.applied(now)
+		if len(p.canaries) > 0 {
+			p.canary.back(p.canaries, now)
+			p.canaries = p.canaries[:0]
+		}
 		if ackable != 0 {
 			applied = max(applied, ackable)
 			acknowledge()
@@ -358,6 +374,17 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 					p.swapRules(*pendingRules)
 					pendingRules = nil
 				}
+			case replication.Canary:
+				// The canary's key is deleted in the batch of its
+				// transaction, like a row change's keys, and the canary
+				// counts as back once that batch is applied.
+				if p.canary == nil {
+					break
+				}
+				if err := p.sink.add(nil, []pginvalidator.Command{{Action: pginvalidator.Del, Key: p.canary.key}}); err != nil {
+					return err
+				}
+				p.canaries = append(p.canaries, ev.Token)
 			case replication.Keepalive:
 				// Everything the server sent before this keepalive is in the
 				// sink or delivered, so once the sink has delivered it the

@@ -55,6 +55,9 @@ type metrics struct {
 	targets fanout    // each knows when its Redis last answered
 	cover   *coverage // the rule tables the catalog watch finds not covered; a dry run does not watch
 
+	readyChecks []readyCheck // more reasons for /readyz (addReadyCheck); set before the metrics server starts
+	canary      *canary      // the end-to-end canary; nil: off. Set before the metrics server starts
+
 	slotMu sync.Mutex           // protects slot
 	slot   replication.SlotInfo // what the last poll of pg_replication_slots said; zero: unknown
 }
@@ -287,7 +290,7 @@ type scrapeCollector struct{ m *metrics }
 func (c scrapeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{keysRenderedDesc, keysSkippedDesc, commandsDesc, versionKeptDesc, redisErrorsDesc,
 		redisRetriesDesc, redisRejectedDesc, redeletesDesc, redeletesFoundDesc, targetUpDesc, batchDesc, lagBytesDesc, lagSecondsDesc, ackedDesc, streamingDesc,
-		slotWALStatusDesc, slotSafeWALSizeDesc, redisDegradedDesc} {
+		slotWALStatusDesc, slotSafeWALSizeDesc, redisDegradedDesc, canarySecondsDesc, canaryPendingDesc} {
 		ch <- d
 	}
 }
@@ -334,6 +337,7 @@ func (c scrapeCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(lagSecondsDesc, lagSeconds(now, m.pendingSince.Load()))
 	gauge(ackedDesc, float64(m.acked.Load()))
 	gauge(streamingDesc, boolValue(m.streaming.Load()))
+	collectCanary(ch, m.canary, now)
 
 	m.slotMu.Lock()
 	slot := m.slot

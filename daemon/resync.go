@@ -27,31 +27,32 @@ const resyncHint = `or restart with --resync (or [recovery] on_slot_lost = "resy
 // session streams from the new slot.
 var errResynced = errors.New("replication slot recreated after it was lost; reconnecting to stream from it")
 
-// slotDisappeared is the fatal error for a slot that vanished while the
-// daemon ran, without Resync.
-func slotDisappeared(slot string) error {
-	return fatal(fmt.Errorf("replication slot %s disappeared while the daemon was running (a failover, or someone dropped it): "+
-		"changes made since then were not invalidated and caches may be stale; flush the affected keys, then restart the daemon to create a new slot; %s", slot, resyncHint))
+// slotLost is the fatal error, without Resync, for a slot that was lost:
+// why says how the daemon knows.
+func slotLost(slot, why string) error {
+	return fatal(fmt.Errorf("replication slot %s %s (a failover, or someone dropped it): "+
+		"changes made since then were not invalidated and caches may be stale; flush the affected keys, then restart the daemon to create a new slot; %s", slot, why, resyncHint))
 }
 
 // slotCreated handles a slot that EnsureSlot had to create, on stream's
 // connection. On a first start without Resync that is simply the first run.
 // Otherwise the slot vanished after requireSlot saw it (or after resync made
-// it): it was lost. Under Resync the new slot exists already, so the flush
-// is what is left to do; without it the slot is dropped again and the loss
-// is fatal.
+// it), or this process had seen it before: it was lost. Under Resync the new
+// slot exists already, so the flush is what is left to do; without it the
+// slot is dropped again and the loss is fatal.
 func (p *pipeline) slotCreated(ctx context.Context, stream *replication.Stream) error {
-	if !p.streamed && !p.cfg.Resync {
+	if !p.seen && !p.cfg.Resync {
 		p.log.Info("replication slot created", "slot", p.cfg.Slot)
 		return nil
 	}
+	const why = "disappeared while the daemon was starting a session"
 	if p.cfg.Resync {
-		return p.flushAll(ctx, "disappeared while the daemon was starting a session", false)
+		return p.flushAll(ctx, why, false)
 	}
 	if err := stream.DropSlot(ctx); err != nil {
 		return err
 	}
-	return slotDisappeared(p.cfg.Slot)
+	return slotLost(p.cfg.Slot, why)
 }
 
 // resync recovers from a lost slot: it drops the slot if it still exists,
@@ -87,14 +88,19 @@ func (p *pipeline) resync(ctx context.Context, why string, force bool) error {
 	if err != nil {
 		return err
 	}
-	_, err = repl.EnsureSlot(ctx)
+	created, err := repl.EnsureSlot(ctx)
 	cctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	repl.Close(cctx)
 	cancel()
 	if err != nil {
 		return err
 	}
-
+	if !created {
+		// Another daemon on the same slot (an HA peer) found it lost too,
+		// and recreated it first: it flushes, once.
+		p.log.Info("another process recreated the lost replication slot first, and flushes the keys", "slot", slot, "reason", why)
+		return nil
+	}
 	return p.flushAll(ctx, why, dropped)
 }
 

@@ -330,3 +330,13 @@ WHERE slot_name = $1 AND active_pid = $2`, slot, int64(pid)).Scan(&ended)
 		}
 	}
 }
+
+// CurrentDatabase returns the name of the database conn is connected to,
+// where the slot of a logical replication connection to the same URL lives.
+func CurrentDatabase(ctx context.Context, conn *pgx.Conn) (string, error) {
+	var name string
+	if err := conn.QueryRow(ctx, `SELECT current_database()`).Scan(&name); err != nil {
+		return "", fmt.Errorf("read the current database: %w", err)
+	}
+	return name, nil
+}

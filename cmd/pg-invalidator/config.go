@@ -52,6 +52,8 @@ func (c *commonFlags) daemonConfig(logger *slog.Logger, needRedis bool) (daemon.
 		Timeout:        f.Postgres.Timeout,
 		Replicas:       f.Postgres.Replicas,
 		ReplicaTimeout: f.Postgres.ReplicaTimeout,
+		CanaryKey:      f.Postgres.CanaryKey,
+		NoCanary:       f.Postgres.CanaryKey == "",
 		Resync:         f.Recovery.OnSlotLost == config.OnSlotLostResync,
 		Logger:         logger,
 	}

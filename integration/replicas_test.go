@@ -57,14 +57,15 @@ func (f *fixture) waitReplayed(readURL string) {
 }
 
 // TestReplicaGate forces the replica race on 5 rows against a real
-// standby that replays 1s late: a reader waits for the daemon's delete,
+// standby that replays 3s late (long enough for a loaded machine): a
+// reader waits for the daemon's delete,
 // then reads the row from the standby and caches it. Without replicas the
 // standby still has the old row, so each entry ends stale; with replicas
 // = ["standby1"] the delete waits until the standby replayed the update,
 // and none is.
 func TestReplicaGate(t *testing.T) {
 	pg := startPostgres(t)
-	sb := startStandby(t, pg, "standby1", "recovery_min_apply_delay=1s")
+	sb := startStandby(t, pg, "standby1", "recovery_min_apply_delay=3s")
 	for _, gate := range []bool{false, true} {
 		t.Run(fmt.Sprintf("replicas=%v", gate), func(t *testing.T) {
 			f := newFixtureOn(t, pg.URL(), env.RedisURL, raceload.Schema(20), markerSchema)

@@ -3,8 +3,11 @@
 //
 //	replication.Stream  -> events, in WAL order
 //	mapping.Mapper      -> commands for each row change
+//	standbyGate.wait    -> with Config.Replicas, until the standbys replayed the batch (standbys.go)
 //	invalidator.Apply   -> Redis, checked command by command, on every target
+//	redeleter           -> the re-deletes of redelete_after rules, sent when due (redelete.go)
 //	Stream.Ack          -> the transaction's end LSN, only after every target said yes
+//	                       and its re-deletes are sent
 //
 // It decides what is fatal: a bad rule or schema stops the daemon before it
 // streams; a lost connection to PostgreSQL or Redis never does.

@@ -104,7 +104,8 @@ func TestReplicaGate(t *testing.T) {
 }
 
 // TestReplicaTimeout names a standby that replays 20s late and one that
-// does not exist, with replica_timeout = 1s: invalidation goes on without
+// does not exist, with replica_timeout = 1s: check warns of the one that
+// does not exist, naming the one that does; invalidation goes on without
 // them (a key is gone while the standby still has the old row), each is
 // logged and counted once, and /readyz stays 200 and names them.
 func TestReplicaTimeout(t *testing.T) {
@@ -119,7 +120,17 @@ func TestReplicaTimeout(t *testing.T) {
 		}
 		return err == nil
 	}, func() string { return "the test database did not reach the standby" })
-	cfg := f.config(f.rules(raceRules("")))
+	rules := f.rules("[postgres]\nreplicas = [\"standby1\", \"ghost\"]\nreplica_timeout = \"1s\"\n" + raceRules(""))
+	stdout, stderr, code := runCLI(t, "check", "--config", rules, "--postgres", f.dbURL)
+	for _, want := range []string{
+		"standby standby1: ok: invalidations wait until it has replayed each transaction",
+		"warning: standby ghost: not in the primary's pg_stat_replication, whose standbys are named standby1; invalidations will wait for it up to replica_timeout, then go on without it until it catches up",
+	} {
+		if code != 0 || !hasLine(stdout, want) {
+			t.Errorf("check: exit %d, stdout lacks the line\n%s\nin:\n%s\nstderr:\n%s", code, want, stdout, stderr)
+		}
+	}
+	cfg := f.config(rules) // the rules only: the test sets what the command line would take from [postgres]
 	cfg.MetricsAddr = metricsAddr(t)
 	cfg.Replicas, cfg.ReplicaTimeout = []string{"standby1", "ghost"}, time.Second
 	f.startConfig(cfg)

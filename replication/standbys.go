@@ -100,3 +100,20 @@ func StandbyRoleProblem(ctx context.Context, conn *pgx.Conn) (problem, err error
 		Fix: "as a superuser, run GRANT pg_monitor TO " + pgx.Identifier{role}.Sanitize() + "; or remove replicas",
 	}, nil
 }
+
+// ConnectedStandbys returns the application_name of every standby the
+// primary's WAL senders serve, sorted, each once; logical replication
+// connections (the daemon's own among them) are left out.
+func ConnectedStandbys(ctx context.Context, conn *pgx.Conn) ([]string, error) {
+	rows, err := conn.Query(ctx, `SELECT DISTINCT r.application_name FROM pg_stat_replication r
+WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots s WHERE s.active_pid = r.pid AND s.slot_type = 'logical')
+ORDER BY 1`)
+	if err != nil {
+		return nil, fmt.Errorf("list standbys: %w", err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("list standbys: %w", err)
+	}
+	return names, nil
+}

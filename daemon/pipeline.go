@@ -390,7 +390,7 @@ func (p *pipeline) requireSlot(ctx context.Context) error {
 	case p.streamed:
 		why = "disappeared while the daemon was running"
 	case p.seen:
-		why = "disappeared while the daemon stood by (it had seen the slot exist)"
+		why = "disappeared while the daemon stood by for it"
 	default:
 		target, err := p.redis.MarkerIn(ctx, p.marker)
 		if err != nil {

@@ -236,10 +236,9 @@ func (w *catalogWatch) poll(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("describe rule tables: %w", err)
 	}
-	identity := make(map[string]string)
+	identity := make(map[string]mapping.IdentityNeed)
 	for _, need := range rules.FullIdentityNeeds(infos) {
-		identity[need.Table] = fmt.Sprintf("rule table %s: its replica identity no longer sends the old values its rules need: %s; fix: %s",
-			need.Table, need.Reason, mapping.IdentityFix(infos[need.Table]))
+		identity[need.Table] = need
 	}
 
 	var logs []func()
@@ -297,16 +296,20 @@ func (w *catalogWatch) poll(ctx context.Context) error {
 					"partitions", why))
 			}
 		}
-		if cur.OID != 0 {
-			cur.identity = identity[t]
-			switch {
-			case cur.identity != "" && cur.identity != prev.identity:
-				logs = append(logs, w.change(t, changeIdentity, true, cur.identity))
-			case cur.identity == "" && prev.identity != "":
-				logs = append(logs, func() {
-					w.cfg.Logger.Info("the replica identity of a rule table serves its rules again", "table", t)
-				})
+		if need, ok := identity[t]; ok && cur.OID != 0 {
+			fix := mapping.IdentityFix(infos[t])
+			cur.identity = fmt.Sprintf("rule table %s: its replica identity no longer sends the old values its rules need: %s; fix: %s",
+				t, need.Reason, fix)
+			if cur.identity != prev.identity {
+				logs = append(logs, w.change(t, changeIdentity, true,
+					"the replica identity of a rule table no longer sends the old values its rules need: keys rendered from old rows are skipped",
+					"reason", need.Reason, "fix", fix))
 			}
+		}
+		if cur.OID != 0 && cur.identity == "" && prev.identity != "" {
+			logs = append(logs, func() {
+				w.cfg.Logger.Info("the replica identity of a rule table serves its rules again", "table", t)
+			})
 		}
 		if cur.problem != "" {
 			problems[t] = cur.problem

@@ -44,6 +44,15 @@ type Config struct {
 	// more data is waiting, or in the middle of a large transaction. Zero
 	// means 4096. It bounds memory whatever the size of a transaction.
 	MaxBatch int
+	// Replicas names the PostgreSQL standbys, by their application_name in
+	// the primary's pg_stat_replication, that must have replayed a
+	// transaction before its commands are sent: applications that read
+	// from them cannot cache an old row after the delete. Empty: none.
+	Replicas []string
+	// ReplicaTimeout is how long a standby may hold commands back before
+	// it is given up on until it catches up. Zero means
+	// DefaultReplicaTimeout.
+	ReplicaTimeout time.Duration
 	// RedeleteLimit is how many re-deletes (rules with redelete_after) may
 	// wait before the daemon stops reading the stream until some are sent.
 	// Zero means DefaultRedeleteLimit.
@@ -79,7 +88,8 @@ type Config struct {
 	// dropped (see coverage.go). Zero means 10s.
 	CatalogPollInterval time.Duration
 	// Heartbeat is how often a logical decoding message is written so that
-	// the slot moves even when keepalives stop coming. Zero means 1m.
+	// the slot moves even when keepalives stop coming, and the canary goes
+	// round. Zero means 10s.
 	Heartbeat time.Duration
 	// ProgressInterval is how often the daemon says how far behind it is
 	// while it is behind, and how far a long pattern scan got (a TRUNCATE's,
@@ -91,6 +101,14 @@ type Config struct {
 	// and 10s.
 	BehindBytes int64
 	BehindTime  time.Duration
+	// CanaryKey is the Redis key of the end-to-end canary, set and deleted
+	// in every target on every heartbeat; "<slot>" in it stands for Slot
+	// (see CanaryKey). Zero means DefaultCanaryKey.
+	CanaryKey string
+	// NoCanary, when true, turns the canary off: heartbeats carry none, and
+	// /readyz cannot see a stalled path. False: on, with PostgreSQL 14 and
+	// later (pgoutput passes no messages before).
+	NoCanary bool
 	// Reload, when not nil, asks for the rules to be re-read with LoadRules,
 	// validated against the live schema and swapped in between
 	// transactions. The command line sends on it on SIGHUP.
@@ -135,10 +153,13 @@ func (c *Config) setDefaults() {
 		c.Timeout = replication.DefaultTimeout
 	}
 	if c.Heartbeat == 0 {
-		c.Heartbeat = time.Minute
+		c.Heartbeat = 10 * time.Second
 	}
 	if c.ReadyRedisWithin == 0 {
 		c.ReadyRedisWithin = 30 * time.Second
+	}
+	if c.ReplicaTimeout == 0 {
+		c.ReplicaTimeout = DefaultReplicaTimeout
 	}
 	if c.CatalogPollInterval == 0 {
 		c.CatalogPollInterval = 10 * time.Second
@@ -270,6 +291,12 @@ func Run(ctx context.Context, cfg Config) error {
 
 	mapper := mapping.NewMapper(cfg.Rules)
 	m := newMetrics(cfg.Rules, mapper, redis)
+	var c *canary
+	if !cfg.NoCanary {
+		c = newCanary(CanaryKey(cfg.CanaryKey, cfg.Slot))
+		m.canary = c
+		m.addReadyCheck(func(now time.Time) []string { return c.notReady(now, cfg.ReadyRedisWithin) })
+	}
 	if cfg.MetricsAddr != "" {
 		if err := serveMetrics(ctx, &wg, cfg, m, redis); err != nil {
 			return err
@@ -293,12 +320,14 @@ func Run(ctx context.Context, cfg Config) error {
 	warnEvictions(ectx, log, cfg.Rules, redis) // incr keys that Redis may evict
 	cancelEvictions()
 
-	wg.Go(func() { heartbeat(ctx, cfg) })
+	wg.Go(func() { heartbeat(ctx, cfg, c, redis) })
 	wg.Go(func() { watchCatalog(ctx, cfg, m.cover, redis) })
 	wg.Go(func() { m.reportLag(ctx, cfg) })
 
 	redel := newRedeleter(redis, cfg.RedeleteLimit, cfg.MaxBatch)
 	p := newPipeline(cfg, mapper, m, newRedisSink(redis, redel), redel, redis)
+	defer p.gate.close()
+	p.canary = c
 	if cfg.Reload != nil && cfg.LoadRules != nil {
 		wg.Go(func() { p.watchReloads(ctx, cfg.Rules) })
 	}

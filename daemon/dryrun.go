@@ -72,6 +72,7 @@ func dryRun(ctx context.Context, cfg Config) error {
 	if n := dryRunSlots.Add(1); n > 1 {
 		cfg.Slot = fmt.Sprintf("%s_%d", cfg.Slot, n)
 	}
+	cfg.Replicas = nil // it prints each transaction at once: nothing to wait for
 	mapper := mapping.NewMapper(cfg.Rules)
 	// A dry run prints a re-delete's delay with its command, and schedules
 	// nothing: its redeleter stays empty.

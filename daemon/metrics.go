@@ -35,6 +35,11 @@ type metrics struct {
 	redeletesPending prometheus.Gauge
 	redeletePauses   prometheus.Counter
 
+	replicaWait     prometheus.Histogram
+	replicaTimeouts *prometheus.CounterVec
+	replicaLagging  *prometheus.GaugeVec
+	gate            *standbyGate // its notes go on /readyz; nil: no standbys named
+
 	rels    map[uint32]*relCounters // by Relation.ID; pipeline goroutine only
 	lastRel *relCounters            // the previous change's; pipeline goroutine only
 	commits []time.Time             // commit times of the transactions received and not yet applied; pipeline goroutine only
@@ -49,6 +54,9 @@ type metrics struct {
 	mapper  *mapping.Mapper
 	targets fanout    // each knows when its Redis last answered
 	cover   *coverage // the rule tables the catalog watch finds not covered; a dry run does not watch
+
+	readyChecks []readyCheck // more reasons for /readyz (addReadyCheck); set before the metrics server starts
+	canary      *canary      // the end-to-end canary; nil: off. Set before the metrics server starts
 
 	slotMu sync.Mutex           // protects slot
 	slot   replication.SlotInfo // what the last poll of pg_replication_slots said; zero: unknown
@@ -102,6 +110,19 @@ func newMetrics(rules *mapping.Rules, mapper *mapping.Mapper, ts fanout) *metric
 			Name: "pg_invalidator_redelete_pauses_total",
 			Help: "Times reading from the stream paused because the re-deletes pending reached their limit, until some were sent.",
 		}),
+		replicaWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "pg_invalidator_replica_wait_seconds",
+			Help:    "Time each batch of commands waited for the standbys named in replicas to replay its transactions.",
+			Buckets: latencyBuckets,
+		}),
+		replicaTimeouts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pg_invalidator_replica_timeouts_total",
+			Help: "Times a standby named in replicas was given up on: missing, or still behind after replica_timeout; invalidations stopped waiting for it until it caught up.",
+		}, []string{"standby"}),
+		replicaLagging: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "pg_invalidator_replica_lagging",
+			Help: "1 while a standby named in replicas is given up on (missing, or behind by more than replica_timeout) and invalidations do not wait for it, else 0.",
+		}, []string{"standby"}),
 		rels:    make(map[uint32]*relCounters),
 		mapper:  mapper,
 		targets: ts,
@@ -113,7 +134,8 @@ func newMetrics(rules *mapping.Rules, mapper *mapping.Mapper, ts fanout) *metric
 			m.rowChanges.WithLabelValues(table, op.String())
 		}
 	}
-	m.reg.MustRegister(m.transactions, m.rowChanges, m.latency, m.reconnects, m.resyncs, m.redeletesPending, m.redeletePauses, scrapeCollector{m},
+	m.reg.MustRegister(m.transactions, m.rowChanges, m.latency, m.reconnects, m.resyncs, m.redeletesPending, m.redeletePauses,
+		m.replicaWait, m.replicaTimeouts, m.replicaLagging, scrapeCollector{m},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -268,7 +290,7 @@ type scrapeCollector struct{ m *metrics }
 func (c scrapeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{keysRenderedDesc, keysSkippedDesc, commandsDesc, versionKeptDesc, redisErrorsDesc,
 		redisRetriesDesc, redisRejectedDesc, redeletesDesc, redeletesFoundDesc, targetUpDesc, batchDesc, lagBytesDesc, lagSecondsDesc, ackedDesc, streamingDesc,
-		slotWALStatusDesc, slotSafeWALSizeDesc, redisDegradedDesc} {
+		slotWALStatusDesc, slotSafeWALSizeDesc, redisDegradedDesc, canarySecondsDesc, canaryPendingDesc} {
 		ch <- d
 	}
 }
@@ -315,6 +337,7 @@ func (c scrapeCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(lagSecondsDesc, lagSeconds(now, m.pendingSince.Load()))
 	gauge(ackedDesc, float64(m.acked.Load()))
 	gauge(streamingDesc, boolValue(m.streaming.Load()))
+	collectCanary(ch, m.canary, now)
 
 	m.slotMu.Lock()
 	slot := m.slot

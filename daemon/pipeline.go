@@ -19,9 +19,10 @@ import (
 type pipeline struct {
 	cfg    Config
 	log    *slog.Logger
-	sink   sink       // where each transaction's commands go: every Redis target, or a dry run's output
-	redel  *redeleter // re-deletes waiting for their time; they hold the acknowledgement back
-	redis  fanout     // every Redis deployment, which resync flushes; nil in a dry run
+	sink   sink         // where each transaction's commands go: every Redis target, or a dry run's output
+	redel  *redeleter   // re-deletes waiting for their time; they hold the acknowledgement back
+	gate   *standbyGate // holds each batch until the standbys named in cfg.Replicas replayed it
+	redis  fanout       // every Redis deployment, which resync flushes; nil in a dry run
 	mapper *mapping.Mapper
 	cmds   []pginvalidator.Command // scratch for one change's commands
 	m      *metrics
@@ -47,6 +48,12 @@ type pipeline struct {
 	// silentPID is the walsender of the last session's connection when that
 	// session was dropped as silent: it may still hold the slot. 0: none.
 	silentPID uint32
+
+	// canary is the end-to-end canary; nil: off (and always in a dry run).
+	canary *canary
+	// canaries are the tokens of the canaries whose deletion the sink
+	// holds, reported to canary once it has been applied.
+	canaries []string
 }
 
 // newPipeline returns a pipeline that maps changes with mapper and delivers
@@ -56,6 +63,14 @@ func newPipeline(cfg Config, mapper *mapping.Mapper, m *metrics, s sink, redel *
 	p := &pipeline{cfg: cfg, log: cfg.Logger, sink: s, redel: redel, redis: redis, mapper: mapper, m: m,
 		reloaded: make(chan reload, 1)}
 	redel.onPending = func(n int) { m.redeletesPending.Set(float64(n)) }
+	p.gate = newStandbyGate(cfg, m)
+	if len(cfg.Replicas) > 0 {
+		m.gate = p.gate
+		for _, name := range cfg.Replicas {
+			m.replicaTimeouts.WithLabelValues(name)
+			m.replicaLagging.WithLabelValues(name).Set(0)
+		}
+	}
 	mapper.OnProblem = func(table, column string, err error) {
 		p.log.Error("rule cannot be applied", "table", table, "column", column, "err", err)
 	}
@@ -134,6 +149,10 @@ func (p *pipeline) session(ctx context.Context) error {
 	defer func() { p.remembered = false }()
 	p.m.streaming.Store(true)
 	defer p.m.streaming.Store(false)
+	if p.canary != nil {
+		p.canary.start(stream.Messages())
+		defer p.canary.stop()
+	}
 	if p.dryRun {
 		p.log.Info("dry run: streaming from a temporary slot; only transactions committed from now on are shown, and nothing is applied",
 			"slot", p.cfg.Slot, "publication", p.cfg.Publication)
@@ -161,6 +180,7 @@ func (p *pipeline) session(ctx context.Context) error {
 	p.sink.reset() // unacknowledged work is replayed by the next session
 	p.redel.reset()
 	p.m.discard()
+	p.canaries = p.canaries[:0]
 	return err
 }
 
@@ -213,6 +233,8 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 		xid      uint32
 		ackable  pglogrepl.LSN // end LSN of the last transaction the sink holds complete
 		applied  pglogrepl.LSN // highest position the sink has delivered; the acknowledgement may wait below it for re-deletes
+		final    pglogrepl.LSN // the open transaction's commit position
+		replayTo pglogrepl.LSN // where the standbys must have replayed before the sink's commands go
 		batchTxs int
 		commitAt time.Time
 		// pendingRules are reloaded rules waiting for the end of the
@@ -250,10 +272,26 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 		}
 	}
 	flush := func() error {
+		if p.sink.pending() > 0 {
+			// The open transaction's commands may be in the batch: it is
+			// replayed once a standby is past the start of its commit
+			// record.
+			if inTx {
+				replayTo = max(replayTo, final+1)
+			}
+			if err := p.gate.wait(applyCtx, replayTo); err != nil {
+				return err
+			}
+		}
 		if err := p.sink.flush(applyCtx); err != nil {
 			return err
 		}
-		p.m.applied(time.Now())
+		now := time.Now()
+		p.m.applied(now)
+		if len(p.canaries) > 0 {
+			p.canary.back(p.canaries, now)
+			p.canaries = p.canaries[:0]
+		}
 		if ackable != 0 {
 			applied = max(applied, ackable)
 			acknowledge()
@@ -312,7 +350,7 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 			ev := &chunk[i]
 			switch ev.Kind {
 			case replication.Begin:
-				inTx, xid = true, ev.XID
+				inTx, xid, final = true, ev.XID, ev.LSN
 				p.sink.begin(ev.XID, ev.LSN)
 				p.m.see(ev.LSN)
 			case replication.RowChange:
@@ -333,13 +371,24 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 				if err := p.sink.commit(ev.LSN, ev.CommitTime); err != nil {
 					return err
 				}
-				ackable, commitAt = ev.LSN, ev.CommitTime
+				ackable, commitAt, replayTo = ev.LSN, ev.CommitTime, ev.LSN
 				batchTxs++
 				p.m.committed(ev.LSN, ev.CommitTime)
 				if pendingRules != nil {
 					p.swapRules(*pendingRules)
 					pendingRules = nil
 				}
+			case replication.Canary:
+				// The canary's key is deleted in the batch of its
+				// transaction, like a row change's keys, and the canary
+				// counts as back once that batch is applied.
+				if p.canary == nil {
+					break
+				}
+				if err := p.sink.add(nil, []pginvalidator.Command{{Action: pginvalidator.Del, Key: p.canary.key}}); err != nil {
+					return err
+				}
+				p.canaries = append(p.canaries, ev.Token)
 			case replication.Keepalive:
 				// Everything the server sent before this keepalive is in the
 				// sink or delivered, so once the sink has delivered it the

@@ -21,7 +21,8 @@ type sink interface {
 	begin(xid uint32, final pglogrepl.LSN)
 	// add takes the commands the rules rendered from one row change of the
 	// open transaction; cmds is empty when they render none, and is reused
-	// after add returns.
+	// after add returns. ch is nil for the canary's deletion, which only
+	// the Redis sink is given.
 	add(ch *pginvalidator.Change, cmds []pginvalidator.Command) error
 	// commit closes the open transaction, whose end LSN is end and which
 	// committed at at.

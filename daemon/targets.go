@@ -132,6 +132,22 @@ func (f fanout) Ping(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// SetCanary sets the canary's key to value on every target, each at the
+// same time, once. It returns every target's error, joined.
+func (f fanout) SetCanary(ctx context.Context, key, value string) error {
+	errs := make([]error, len(f))
+	var wg sync.WaitGroup
+	for i, t := range f {
+		wg.Go(func() {
+			if err := t.inv.SetCanary(ctx, key, value); err != nil {
+				errs[i] = wrapTarget(t.name, len(f), err)
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
 // Stats sums the counters of every target: a command applied on two
 // targets counts twice.
 func (f fanout) Stats() invalidator.Stats {

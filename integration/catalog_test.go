@@ -210,3 +210,143 @@ func TestCatalogSwappedTableTheRoleMayNotAdd(t *testing.T) {
 		}
 	}
 }
+
+func TestCatalogDroppedAndRenamedRuleTables(t *testing.T) {
+	f := newFixture(t, productsSchema, markerSchema,
+		"CREATE TABLE categories (id bigint PRIMARY KEY, name text)",
+		"INSERT INTO categories VALUES (1, 'lamps')")
+	w := f.startWatched(f.config(f.rules(productsRules + `
+[[rule]]
+table = "categories"
+del = ["{p}category:<id>"]
+`)))
+
+	// Dropped.
+	{
+		f.cache("category:1")
+		start := time.Now()
+		f.exec("DROP TABLE categories")
+		w.waitReadyz(http.StatusServiceUnavailable, "rule table public.categories does not exist")
+		t.Logf("DROP TABLE to /readyz 503: %s (poll every %s)", time.Since(start).Round(time.Millisecond), catalogPoll)
+		w.waitLog("ERROR", "table=public.categories", "change=missing")
+		// Its rows are gone: so are their keys.
+		f.waitGoneLong("category:1")
+		// The other rules keep running.
+		f.cache("product:1", "list:cat:3")
+		f.exec("INSERT INTO products (id, category_id) VALUES (1, 3)")
+		f.waitGone("product:1", "list:cat:3")
+	}
+
+	// Renamed.
+	{
+		f.cache("product:2", "list:cat:4")
+		f.exec("INSERT INTO products (id, category_id) VALUES (2, 4)")
+		f.waitGone("product:2", "list:cat:4")
+		f.cache("product:1")
+		f.exec("ALTER TABLE products RENAME TO goods")
+		body := w.waitReadyz(http.StatusServiceUnavailable, "rule table public.products does not exist")
+		if !strings.Contains(body, "rule table public.categories does not exist") {
+			t.Errorf("/readyz no longer names the dropped table:\n%s", body)
+		}
+		w.waitLog("ERROR", "table=public.products", "change=missing")
+		f.waitGoneLong("product:1")
+		// Renamed back, it is covered again, after a flush: changes made
+		// under the other name were not mapped.
+		f.cache("product:2")
+		f.exec("UPDATE goods SET name = 'x' WHERE id = 2")
+		f.exec("ALTER TABLE goods RENAME TO products")
+		f.waitGoneLong("product:2")
+		w.waitLog("WARN", "table=public.products", "change=restored")
+		w.waitReadyz(http.StatusServiceUnavailable, "rule table public.categories does not exist")
+		f.cache("product:3")
+		f.exec("INSERT INTO products (id, category_id) VALUES (3, 1)")
+		f.waitGone("product:3")
+	}
+
+	f.sync()
+	for _, table := range []string{"public.categories", "public.products"} {
+		if n := w.logCount("ERROR", "table="+table, "change=missing"); n != 1 {
+			t.Errorf("%d errors about %s missing, want 1:\n%s", n, table, w.log)
+		}
+		series := fmt.Sprintf(`pg_invalidator_catalog_changes_total{change="missing",table=%q}`, table)
+		if got := w.counter(series); got != 1 {
+			t.Errorf("%s = %v, want 1", series, got)
+		}
+	}
+}
+
+func TestCatalogReplicaIdentityWeakened(t *testing.T) {
+	f := newFixture(t, productsSchema, markerSchema)
+	w := f.startWatched(f.config(f.rules(productsRules)))
+
+	// list:cat:<category_id> needs the old category on update and delete,
+	// which only FULL sends.
+	f.exec("ALTER TABLE products REPLICA IDENTITY DEFAULT")
+	body := w.waitReadyz(http.StatusServiceUnavailable, "rule table public.products", "category_id",
+		"ALTER TABLE public.products REPLICA IDENTITY FULL")
+	t.Logf("/readyz: %s", body)
+	w.waitLog("ERROR", "table=public.products", "change=identity")
+	f.sync()
+
+	f.exec("ALTER TABLE products REPLICA IDENTITY FULL")
+	w.waitReadyz(http.StatusOK)
+	w.waitLog("INFO", "table=public.products", "serves its rules again")
+	if n := w.logCount("ERROR", "table=public.products", "change=identity"); n != 1 {
+		t.Errorf("%d errors about the identity, want 1:\n%s", n, w.log)
+	}
+	if got := w.counter(`pg_invalidator_catalog_changes_total{change="identity",table="public.products"}`); got != 1 {
+		t.Errorf(`catalog_changes_total{change="identity"} = %v, want 1`, got)
+	}
+}
+
+// TestCatalogPartitionsTruncatedDetachedDropped: under
+// publish_via_partition_root = true, a TRUNCATE of a leaf is not published,
+// and DETACH PARTITION and DROP TABLE of a partition produce no row events.
+// Each runs on a daemon of its own, so that each fails on its own without
+// the watch.
+func TestCatalogPartitionsTruncatedDetachedDropped(t *testing.T) {
+	tests := []struct {
+		name string
+		sql  string
+		keys []string
+		log  string
+	}{
+		{"truncated", "TRUNCATE events_eu", []string{"event:eu:1", "events:all"}, "public.events_eu truncated or rewritten"},
+		{"detached", "ALTER TABLE events DETACH PARTITION events_us", []string{"event:us:2", "events:all"}, "public.events_us detached or dropped"},
+		{"dropped", "DROP TABLE events_ap", []string{"event:ap:3", "events:all"}, "public.events_ap detached or dropped"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t, `
+				CREATE TABLE events (id bigint, region text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+				CREATE TABLE events_eu PARTITION OF events FOR VALUES IN ('eu');
+				CREATE TABLE events_us PARTITION OF events FOR VALUES IN ('us');
+				CREATE TABLE events_ap PARTITION OF events FOR VALUES IN ('ap');
+				INSERT INTO events VALUES (1, 'eu'), (2, 'us'), (3, 'ap');`, markerSchema)
+			w := f.startWatched(f.config(f.rules(`
+[[rule]]
+table = "events"
+del = ["{p}event:<region>:<id>", "{p}events:all"]
+` + markerRule)))
+
+			f.cache(tt.keys...)
+			start := time.Now()
+			f.exec(tt.sql)
+			f.waitGoneLong(tt.keys...)
+			t.Logf("%s to keys flushed: %s (poll every %s)", tt.sql, time.Since(start).Round(time.Millisecond), catalogPoll)
+			w.waitLog("WARN", "table=public.events", "change=partition", tt.log)
+
+			// Row events of the partitions left still stream.
+			f.cache("event:eu:4")
+			f.exec("INSERT INTO events VALUES (4, 'eu')")
+			f.waitGone("event:eu:4")
+			f.sync()
+			if got := w.counter(`pg_invalidator_catalog_changes_total{change="partition",table="public.events"}`); got != 1 {
+				t.Errorf(`catalog_changes_total{change="partition"} = %v, want 1`, got)
+			}
+			if code, body := httpGet(t, w.addr, "/readyz"); code != http.StatusOK {
+				t.Errorf("/readyz = %d %q, want 200: a flushed partition leaves the table covered", code, body)
+			}
+		})
+	}
+}

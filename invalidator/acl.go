@@ -26,7 +26,8 @@ type ACLNeeds struct {
 	// warning says the policy could not be read.
 	EvictionCheck bool
 	// CanaryPattern, when not empty, is the glob of the end-to-end canary's
-	// keys, which the daemon sets and deletes (SET, UNLINK).
+	// key, which the daemon sets and deletes (SET, UNLINK): the key itself,
+	// when it holds no glob character.
 	CanaryPattern string
 	// MarkerPattern, when not empty, is the glob of the daemon's markers
 	// (SetMarker, MarkerExists), which it sets and looks for (SET, EXISTS).

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -38,6 +39,8 @@ import (
 func (inv *Invalidator) Apply(ctx context.Context, b *Batch) error {
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
+	inv.progress.begin(time.Now())
+	defer inv.progress.end()
 	size := b.Len()
 
 	ops := inv.ops[:0]
@@ -242,6 +245,9 @@ func (inv *Invalidator) send(ctx context.Context, g *group) {
 	}
 	for _, i := range g.done {
 		inv.stats.count(g.ops[i], g.cmds[i])
+	}
+	if len(g.failed) < len(g.ops) { // applied, or rejected for good
+		inv.progress.advance(time.Now())
 	}
 }
 

@@ -61,6 +61,11 @@ const (
 	// the wire. A consumer with nothing pending may acknowledge LSN, so that
 	// the slot moves while published tables are quiet.
 	Keepalive
+	// Canary is a canary written by EmitCanary for this stream's slot,
+	// inside the transaction that carries it: Token is its token, and LSN
+	// its position. Streams that do not pass messages (see
+	// Stream.Messages) never send one.
+	Canary
 )
 
 // Event is one step of the stream.
@@ -70,6 +75,7 @@ type Event struct {
 	XID        uint32
 	CommitTime time.Time            // Commit only
 	Change     pginvalidator.Change // RowChange only
+	Token      string               // Canary only
 }
 
 // Config says where to stream from.
@@ -106,11 +112,12 @@ type Stream struct {
 	sock      *socketReader                      // the connection's reads; reader only
 	behind    atomic.Bool                        // the last commit decoded was old: read in bulk
 
-	acked   atomic.Uint64 // highest LSN the consumer applied
-	silent  atomic.Int64  // how long the server had been silent when the stream gave up on it; 0 while it has not
-	sentMu  sync.Mutex    // serialises writes of status updates to conn
-	poke    chan struct{} // asks the status sender to send now
-	started bool
+	acked    atomic.Uint64 // highest LSN the consumer applied
+	silent   atomic.Int64  // how long the server had been silent when the stream gave up on it; 0 while it has not
+	sentMu   sync.Mutex    // serialises writes of status updates to conn
+	poke     chan struct{} // asks the status sender to send now
+	started  bool
+	messages bool // Start asked pgoutput for logical decoding messages
 }
 
 // Connect opens a replication connection with the text settings pinned.
@@ -159,24 +166,47 @@ func Connect(ctx context.Context, cfg Config) (*Stream, error) {
 }
 
 // Start sends START_REPLICATION at LSN 0, so the server resumes at the slot's
-// confirmed_flush_lsn. After a failed Start the connection is unusable: Close
-// it and connect again. A slot the server has invalidated is a *SlotError
-// that says what to do; SlotInvalidated reports it.
+// confirmed_flush_lsn. On PostgreSQL 14 and later it asks pgoutput for
+// logical decoding messages too (messages 'true'), which carry the
+// canaries; see Messages. After a failed Start the connection is unusable:
+// Close it and connect again. A slot the server has invalidated is a
+// *SlotError that says what to do; SlotInvalidated reports it.
 func (s *Stream) Start(ctx context.Context) error {
-	err := pglogrepl.StartReplication(ctx, s.conn, s.cfg.Slot, 0, pglogrepl.StartReplicationOptions{
-		PluginArgs: []string{
-			"proto_version '1'",
-			fmt.Sprintf("publication_names '%s'", quoteIdent(s.cfg.Publication)),
-		},
-	})
+	args := []string{
+		"proto_version '1'",
+		fmt.Sprintf("publication_names '%s'", quoteIdent(s.cfg.Publication)),
+	}
+	messages := serverMajor(s.conn.ParameterStatus("server_version")) >= 14
+	if messages {
+		args = append(args, "messages 'true'")
+	}
+	err := pglogrepl.StartReplication(ctx, s.conn, s.cfg.Slot, 0, pglogrepl.StartReplicationOptions{PluginArgs: args})
 	if err != nil {
 		if SlotInvalidated(err) {
 			return invalidatedError(s.cfg.Slot, err)
 		}
 		return fmt.Errorf("start replication on slot %s: %w", s.cfg.Slot, err)
 	}
-	s.started = true
+	s.started, s.messages = true, messages
 	return nil
+}
+
+// Messages reports whether the started stream passes logical decoding
+// messages, and so Canary events: PostgreSQL 14 and later (pgoutput's
+// messages option is new in 14).
+func (s *Stream) Messages() bool { return s.messages }
+
+// serverMajor returns the major version in a server_version parameter
+// ("15.4 (Debian 15.4-1)", "17beta1"); 0 when it holds none.
+func serverMajor(v string) int {
+	n := 0
+	for _, c := range v {
+		if c < '0' || c > '9' {
+			break
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n
 }
 
 // Ack records that everything up to lsn has been applied. The position goes
@@ -437,6 +467,10 @@ func (s *Stream) decode(chunk []Event, xld pglogrepl.XLogData) (_ []Event, err e
 		s.behind.Store(time.Since(m.CommitTime) > behindAfter)
 	case *pglogrepl.RelationMessage:
 		s.relations[m.RelationID] = relationOf(m)
+	case *pglogrepl.LogicalDecodingMessage:
+		if token, ok := canaryToken(m.Prefix, m.Content, s.cfg.Slot); ok {
+			chunk = append(chunk, Event{Kind: Canary, LSN: xld.WALStart, Token: token})
+		}
 	case *pglogrepl.TruncateMessage:
 		for _, id := range m.RelationIDs {
 			rel, err := s.relation(id)
@@ -448,7 +482,8 @@ func (s *Stream) decode(chunk []Event, xld pglogrepl.XLogData) (_ []Event, err e
 			}})
 		}
 	default:
-		// Type, Origin and logical decoding messages carry nothing to invalidate.
+		// Type and Origin messages, and other logical decoding messages,
+		// carry nothing to invalidate.
 	}
 	return chunk, nil
 }

@@ -142,48 +142,63 @@ type catalogWatch struct {
 	cov   *coverage
 	redis fanout
 	conn  *pgx.Conn            // an ordinary connection, kept open; nil: reconnect at the next poll
-	seen  map[string]seenTable // by rule table, as the last poll saw it
+	seen  map[string]seenTable // by rule table, as the last poll saw it; empty: no poll has succeeded
+	added []string             // rule tables added to the publication at start, flushed by the first poll that succeeds; nil after it
+
+	failing bool // the last poll failed, and that was logged
 }
 
-// watchCatalog reads the catalog every cfg.CatalogPollInterval until ctx
-// ends, and reacts to the changes described above. A failed poll is logged
-// once per streak at warn level and tried again at the next interval.
-func watchCatalog(ctx context.Context, cfg Config, cov *coverage, redis fanout) {
-	w := &catalogWatch{cfg: cfg, cov: cov, redis: redis, seen: make(map[string]seenTable)}
+// newCatalogWatch returns the catalog watch of Run. added are the rule
+// tables that prepare added to a publication that existed: the first poll
+// flushes their keys, as it would after adding them itself.
+func newCatalogWatch(cfg Config, cov *coverage, redis fanout, added []string) *catalogWatch {
+	return &catalogWatch{cfg: cfg, cov: cov, redis: redis, seen: make(map[string]seenTable), added: added}
+}
+
+// run polls every cfg.CatalogPollInterval until ctx ends, and reacts to
+// the changes described above. Run takes the first reading itself, before
+// it streams, so run waits one interval first.
+func (w *catalogWatch) run(ctx context.Context) {
 	defer func() {
 		if w.conn != nil {
 			w.conn.Close(context.Background())
 		}
 	}()
-	t := time.NewTicker(cfg.CatalogPollInterval)
+	t := time.NewTicker(w.cfg.CatalogPollInterval)
 	defer t.Stop()
-	failing := false
 	for {
-		err := w.poll(ctx)
-		switch {
-		case err != nil && ctx.Err() == nil && !failing:
-			cfg.Logger.Warn("catalog watch failed; rule tables swapped, renamed or dropped go unnoticed until it works again", "err", err)
-			failing = true
-		case err == nil && failing:
-			cfg.Logger.Info("catalog watch recovered")
-			failing = false
-		}
-		if err != nil && w.conn != nil {
-			w.conn.Close(context.Background())
-			w.conn = nil
-		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+		w.poll(ctx)
 	}
 }
 
-// poll reads the catalog once, compares it with the last reading, flushes
+// poll reads the catalog once and reacts to what changed. A failed poll is
+// logged once per streak at warn level, and its connection closed; the
+// next poll tries again.
+func (w *catalogWatch) poll(ctx context.Context) {
+	err := w.read(ctx)
+	switch {
+	case err != nil && ctx.Err() == nil && !w.failing:
+		w.cfg.Logger.Warn("catalog watch failed; rule tables swapped, renamed or dropped go unnoticed until it works again", "err", err)
+		w.failing = true
+	case err == nil && w.failing:
+		w.cfg.Logger.Info("catalog watch recovered")
+		w.failing = false
+	}
+	if err != nil && w.conn != nil {
+		w.conn.Close(context.Background())
+		w.conn = nil
+	}
+}
+
+// read reads the catalog once, compares it with the last reading, flushes
 // what needs flushing, and only then takes the new reading as the last: a
-// poll that fails before its flush is done is redone in full by the next.
-func (w *catalogWatch) poll(ctx context.Context) error {
+// read that fails before its flush is done is redone in full by the next.
+func (w *catalogWatch) read(ctx context.Context) error {
 	if w.conn == nil {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		c, err := connect(cctx, w.cfg.PostgresURL)
@@ -204,14 +219,14 @@ func (w *catalogWatch) poll(ctx context.Context) error {
 
 	// A relation the publication does not stream is added to it, when this
 	// role may.
-	var unpublished []string
+	var unpublished []string // and added to the publication just now, unless refused
 	for _, t := range names {
-		if b := now[t]; b.OID != 0 && !b.Published {
+		if b := now[t]; b.OID != 0 && (!b.Published || slices.Contains(w.added, t)) {
 			unpublished = append(unpublished, t)
 		}
 	}
 	var refused *replication.PublicationError
-	if len(unpublished) > 0 {
+	if slices.ContainsFunc(unpublished, func(t string) bool { return !now[t].Published }) {
 		_, added, err := replication.EnsurePublication(qctx, w.conn, w.cfg.Publication, unpublished)
 		switch {
 		case errors.As(err, &refused):
@@ -328,6 +343,7 @@ func (w *catalogWatch) poll(ctx context.Context) error {
 		log()
 	}
 	w.seen = next
+	w.added = nil
 	w.cov.setProblems(problems)
 	return nil
 }

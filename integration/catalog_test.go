@@ -350,3 +350,26 @@ del = ["{p}event:<region>:<id>", "{p}events:all"]
 		})
 	}
 }
+
+// TestCatalogSwappedWhileStopped: a table swapped while no daemon runs is
+// added to the publication at start, which alone would leave the keys of
+// the changes made before stale.
+func TestCatalogSwappedWhileStopped(t *testing.T) {
+	f := newFixture(t, productsSchema, markerSchema)
+	f.exec("INSERT INTO products (id, category_id, name) VALUES (1, 3, 'lamp')")
+	cfg := f.config(f.rules(productsRules))
+	first := f.startConfig(cfg)
+	f.sync()
+	if err := first.stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	f.cache("product:1", "list:cat:3", "product:2", "list:cat:7")
+	f.exec(swapSQL)
+	w := f.startWatched(cfg)
+	f.waitGoneLong("product:1", "list:cat:3", "product:2", "list:cat:7")
+	w.waitLog("WARN", "table=public.products", "change=swapped")
+	f.cache("product:3")
+	f.exec("INSERT INTO products (id, category_id) VALUES (3, 9)")
+	f.waitGone("product:3")
+}

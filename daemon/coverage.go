@@ -41,7 +41,8 @@ import (
 //     DBA ran the SQL), or a name back after it was gone, is covered again,
 //     after a flush;
 //   - a replica identity that no longer sends the old values a rule needs is
-//     not covered until it is fixed;
+//     not covered until it is fixed, and then the table's keys are flushed,
+//     since keys of old rows were skipped meanwhile;
 //   - a leaf partition missing (detached or dropped) or with a new
 //     relfilenode (truncated, or rewritten by VACUUM FULL, CLUSTER or ALTER
 //     TABLE) has the rules' keys of its partitioned table flushed.
@@ -67,7 +68,7 @@ const (
 	changeSwapped   = "swapped"   // a new relation under the name, streamed now (added to the publication, or in it already); keys flushed
 	changeUncovered = "uncovered" // a new relation under the name that the publication does not stream, and this role may not add
 	changeMissing   = "missing"   // the name resolves to no table: dropped, or renamed away; keys flushed
-	changeRestored  = "restored"  // a table not covered before is streamed again; keys flushed
+	changeRestored  = "restored"  // a table not covered before is streamed again, or its replica identity serves its rules again; keys flushed
 	changeIdentity  = "identity"  // the replica identity no longer sends old values a rule needs
 	changePartition = "partition" // a leaf partition truncated or rewritten, detached or dropped; keys flushed
 )
@@ -321,10 +322,10 @@ func (w *catalogWatch) read(ctx context.Context) error {
 					"reason", need.Reason, "fix", fix))
 			}
 		}
-		if cur.OID != 0 && cur.identity == "" && prev.identity != "" {
-			logs = append(logs, func() {
-				w.cfg.Logger.Info("the replica identity of a rule table serves its rules again", "table", t)
-			})
+		if cur.OID != 0 && cur.identity == "" && prev.identity != "" && !slices.Contains(flush, t) {
+			flush = append(flush, t)
+			logs = append(logs, w.change(t, changeRestored, false,
+				"the replica identity of a rule table serves its rules again: flushed its keys, since keys of old rows were skipped meanwhile"))
 		}
 		if cur.problem != "" {
 			problems[t] = cur.problem

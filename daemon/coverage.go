@@ -202,7 +202,7 @@ func (w *catalogWatch) poll(ctx context.Context) {
 func (w *catalogWatch) read(ctx context.Context) error {
 	if w.conn == nil {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		c, err := connect(cctx, w.cfg.PostgresURL)
+		c, err := connect(cctx, w.cfg)
 		cancel()
 		if err != nil {
 			return err

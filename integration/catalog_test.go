@@ -4,11 +4,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/pg-invalidator/pg-invalidator/daemon"
+	"github.com/pg-invalidator/pg-invalidator/mapping"
 )
 
 // The catalog watch: a rule table swapped, renamed or dropped, a replica
@@ -215,11 +217,16 @@ func TestCatalogDroppedAndRenamedRuleTables(t *testing.T) {
 	f := newFixture(t, productsSchema, markerSchema,
 		"CREATE TABLE categories (id bigint PRIMARY KEY, name text)",
 		"INSERT INTO categories VALUES (1, 'lamps')")
-	w := f.startWatched(f.config(f.rules(productsRules + `
+	path := f.rules(productsRules + `
 [[rule]]
 table = "categories"
 del = ["{p}category:<id>"]
-`)))
+`)
+	cfg := f.config(path)
+	reload := make(chan struct{}, 1)
+	cfg.Reload = reload
+	cfg.LoadRules = func() (*mapping.Rules, error) { return loadRules(path) }
+	w := f.startWatched(cfg)
 
 	// Dropped.
 	{
@@ -272,6 +279,16 @@ del = ["{p}category:<id>"]
 		if got := w.counter(series); got != 1 {
 			t.Errorf("%s = %v, want 1", series, got)
 		}
+	}
+
+	// Rules that no longer name the dropped table make the daemon ready.
+	if err := os.WriteFile(path, []byte(strings.ReplaceAll(productsRules, "{p}", f.prefix)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	reload <- struct{}{}
+	w.waitReadyz(http.StatusOK)
+	if got := w.counter(`pg_invalidator_rule_tables_not_covered`); got != 0 {
+		t.Errorf("rule_tables_not_covered = %v after the reload, want 0", got)
 	}
 }
 

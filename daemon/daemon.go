@@ -317,7 +317,12 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 
-	if err := retry(ctx, cfg, "prepare postgres", func() error { return prepare(ctx, cfg) }); err != nil {
+	var added []string // rule tables prepare added to a publication that existed
+	if err := retry(ctx, cfg, "prepare postgres", func() error {
+		var err error
+		added, err = prepare(ctx, cfg)
+		return err
+	}); err != nil {
 		return ignoreCanceled(ctx, err)
 	}
 	if err := retry(ctx, cfg, "connect to redis", func() error { return redis.Ping(ctx) }); err != nil {
@@ -335,7 +340,12 @@ func Run(ctx context.Context, cfg Config) error {
 	cancelEvictions()
 
 	wg.Go(func() { heartbeat(ctx, cfg, c, redis) })
-	wg.Go(func() { watchCatalog(ctx, cfg, m.cover, redis) })
+	// The catalog watch's first reading is taken before streaming starts,
+	// so that every change after it is noticed; tables added to an existing
+	// publication at start get their keys flushed by it.
+	watch := newCatalogWatch(cfg, m.cover, redis, added)
+	watch.poll(ctx)
+	wg.Go(func() { watch.run(ctx) })
 	wg.Go(func() { m.reportLag(ctx, cfg) })
 
 	redel := newRedeleter(redis, cfg.RedeleteLimit, cfg.MaxBatch)
@@ -357,26 +367,29 @@ func Run(ctx context.Context, cfg Config) error {
 
 // prepare checks the prerequisites and the schema, then makes sure the
 // publication exists and holds every rule table. It creates nothing when a
-// check fails.
-func prepare(ctx context.Context, cfg Config) error {
+// check fails. It returns the rule tables it added to a publication that
+// existed: their changes until now were not streamed.
+func prepare(ctx context.Context, cfg Config) ([]string, error) {
 	conn, err := connect(ctx, cfg)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer conn.Close(context.Background())
 	if _, err := verify(ctx, conn, cfg, cfg.Slot); err != nil {
-		return err
+		return nil, err
 	}
 	created, added, err := replication.EnsurePublication(ctx, conn, cfg.Publication, cfg.Rules.Tables())
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if created {
 		cfg.Logger.Info("publication created", "publication", cfg.Publication, "tables", cfg.Rules.Tables())
-	} else if len(added) > 0 {
+		return nil, nil
+	}
+	if len(added) > 0 {
 		cfg.Logger.Info("tables added to publication", "publication", cfg.Publication, "tables", added)
 	}
-	return nil
+	return added, nil
 }
 
 func ignoreCanceled(ctx context.Context, err error) error {

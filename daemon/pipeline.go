@@ -41,8 +41,9 @@ type pipeline struct {
 	// marker is the key of the slot's marker in Redis (see SlotMarker);
 	// empty until the first session has read the database's name.
 	marker string
-	// remembered is true once the marker was set in every target by this
-	// process.
+	// remembered is true once the marker was set in every target, by this
+	// process and since the last session that streamed: each reconnection
+	// sets it again, in case Redis was emptied meanwhile.
 	remembered bool
 	// silentPID is the walsender of the last session's connection when that
 	// session was dropped as silent: it may still hold the slot. 0: none.
@@ -90,7 +91,9 @@ func (p *pipeline) session(ctx context.Context) error {
 			return err
 		}
 	}
-	if !p.dryRun {
+	// A standby that has seen the slot skips the check: should the slot
+	// vanish, slotCreated finds it lost.
+	if !p.dryRun && (p.streamed || p.cfg.Resync || !p.seen) {
 		if err := p.requireSlot(ctx); err != nil {
 			return err
 		}
@@ -143,6 +146,7 @@ func (p *pipeline) session(ctx context.Context) error {
 		return err
 	}
 	p.streamed, p.seen = true, true
+	defer func() { p.remembered = false }()
 	p.m.streaming.Store(true)
 	defer p.m.streaming.Store(false)
 	if p.canary != nil {
@@ -439,7 +443,7 @@ func (p *pipeline) requireSlot(ctx context.Context) error {
 	case p.streamed:
 		why = "disappeared while the daemon was running"
 	case p.seen:
-		why = "disappeared while the daemon stood by (it had seen the slot exist)"
+		why = "disappeared while the daemon stood by for it"
 	default:
 		target, err := p.redis.MarkerIn(ctx, p.marker)
 		if err != nil {
@@ -474,8 +478,9 @@ const SlotMarkerPrefix = "pg-invalidator:slot:"
 func SlotMarker(db, slot string) string { return SlotMarkerPrefix + db + ":" + slot }
 
 // rememberSlot sets the slot's marker in every target, once the slot is
-// known to exist: a process started later that finds the marker but not the
-// slot knows the slot was lost. It lives in Redis, with the entries that
+// known to exist (once per process on a standby, before every session that
+// streams on the active daemon): a process started later that finds the
+// marker but not the slot knows the slot was lost. It lives in Redis, with the entries that
 // would be stale: an emptied Redis forgets the slot and holds nothing stale
 // either. See docs/high-availability.md for why not in PostgreSQL.
 func (p *pipeline) rememberSlot(ctx context.Context) error {

@@ -460,7 +460,7 @@ var steps = []step{
 		keys: []string{"category:2", "product-list:category:2"}},
 }
 
-// demoKeys are the keys the script sets or increments.
+// demoKeys are the keys the script sets or increments, and the canary's.
 func demoKeys() []string {
 	var keys []string
 	for _, s := range steps {
@@ -470,7 +470,9 @@ func demoKeys() []string {
 			}
 		}
 	}
-	return keys
+	// The daemon's canary key, which exists while a canary is out: one may
+	// be when the demo stops.
+	return append(keys, daemon.CanaryKey("", demoName))
 }
 
 func (d *demo) script(ctx context.Context) error {

@@ -73,6 +73,16 @@ type Postgres struct {
 	// send the canary; a second or more. Zero: the caller picks its
 	// default.
 	Heartbeat time.Duration
+	// Timeout is how long a connection to PostgreSQL may stay silent before
+	// it is dropped (see daemon.Config.Timeout). Zero: the caller picks its
+	// default.
+	Timeout time.Duration
+	// Replicas are the standbys, by application_name, that must have
+	// replayed a transaction before its commands go to Redis. Nil: none.
+	Replicas []string
+	// ReplicaTimeout is how long a standby may hold them back. Zero: the
+	// caller picks its default.
+	ReplicaTimeout time.Duration
 	// CanaryKey is the Redis key of the end-to-end canary, "<slot>" in it
 	// standing for Slot (see daemon.CanaryKey). Parse sets
 	// daemon.DefaultCanaryKey when the file leaves it out; empty
@@ -164,7 +174,7 @@ type parser struct{ *tomldoc.Checker }
 
 // Keys each table allows, in the order messages list them.
 var (
-	postgresKeys = []string{"url", "slot", "publication", "heartbeat", "canary_key"}
+	postgresKeys = []string{"url", "slot", "publication", "heartbeat", "timeout", "replicas", "replica_timeout", "canary_key"}
 	redisKeys    = []string{"url", "mode", "addrs", "master", "username", "password_env", "password_file",
 		"sentinel_username", "sentinel_password_env", "sentinel_password_file",
 		"tls", "tls_ca", "tls_cert", "tls_key", "tls_server_name", "wait_replicas"}
@@ -202,6 +212,12 @@ func (p *parser) postgres(c *Postgres, v any) {
 				break
 			}
 			c.Heartbeat = d
+		case "timeout":
+			p.duration(path, m[k], &c.Timeout)
+		case "replicas":
+			c.Replicas = p.replicas(path, m[k])
+		case "replica_timeout":
+			p.duration(path, m[k], &c.ReplicaTimeout)
 		case "canary_key":
 			if p.Str(path, m[k], &c.CanaryKey) {
 				if problem := canaryKeyProblem(c.CanaryKey); problem != "" {
@@ -212,6 +228,43 @@ func (p *parser) postgres(c *Postgres, v any) {
 			p.Unknown(path, "[postgres]", postgresKeys)
 		}
 	}
+}
+
+// duration parses v, the value at path, as a positive duration into d.
+func (p *parser) duration(path []string, v any, d *time.Duration) {
+	var s string
+	if !p.Str(path, v, &s) {
+		return
+	}
+	x, err := time.ParseDuration(s)
+	if err != nil || x <= 0 {
+		p.Addf(path, "%s %q is not a positive duration; write one like \"30s\" or \"1m\"", path[len(path)-1], s)
+		return
+	}
+	*d = x
+}
+
+// replicas parses [postgres] replicas: application_names, each once.
+func (p *parser) replicas(path []string, v any) []string {
+	names, ok := p.Strs(path, v)
+	if !ok {
+		return nil
+	}
+	seen := make(map[string]bool)
+	var out []string
+	for i, name := range names {
+		at := tomldoc.Key(path, strconv.Itoa(i))
+		switch {
+		case name == "" || strings.TrimSpace(name) != name:
+			p.Addf(at, "replicas[%d] %q is not a standby's name; give its application_name as the primary's pg_stat_replication shows it", i, name)
+		case seen[name]:
+			p.Addf(at, "replicas names %q twice; remove one", name)
+		default:
+			seen[name] = true
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 // MinHeartbeat is the shortest [postgres] heartbeat: each one writes a

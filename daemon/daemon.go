@@ -44,8 +44,29 @@ type Config struct {
 	// more data is waiting, or in the middle of a large transaction. Zero
 	// means 4096. It bounds memory whatever the size of a transaction.
 	MaxBatch int
+	// Replicas names the PostgreSQL standbys, by their application_name in
+	// the primary's pg_stat_replication, that must have replayed a
+	// transaction before its commands are sent: applications that read
+	// from them cannot cache an old row after the delete. Empty: none.
+	Replicas []string
+	// ReplicaTimeout is how long a standby may hold commands back before
+	// it is given up on until it catches up. Zero means
+	// DefaultReplicaTimeout.
+	ReplicaTimeout time.Duration
+	// RedeleteLimit is how many re-deletes (rules with redelete_after) may
+	// wait before the daemon stops reading the stream until some are sent.
+	// Zero means DefaultRedeleteLimit.
+	RedeleteLimit int
 	// StatusInterval is passed to replication.Config; zero means its default.
 	StatusInterval time.Duration
+	// Timeout is how long the replication connection may stay silent, the
+	// counterpart of PostgreSQL's wal_receiver_timeout: after half of it
+	// with nothing received, a status update asks the server for a reply;
+	// after all of it the connection is dropped and the daemon reconnects,
+	// as after any connection error. It also sets the TCP keepalives and
+	// the connect timeout of every connection to PostgreSQL, and bounds
+	// each heartbeat. Zero means 30s (replication.DefaultTimeout).
+	Timeout time.Duration
 	// ShutdownGrace is how long a batch in flight may take to finish after
 	// ctx ends. Zero means 2s.
 	ShutdownGrace time.Duration
@@ -61,10 +82,25 @@ type Config struct {
 	// SlotPollInterval is how often the slot's wal_status and safe_wal_size
 	// are read for /metrics. Zero means 10s.
 	SlotPollInterval time.Duration
+	// CatalogPollInterval is how often the catalog is read to notice that a
+	// rule table was swapped, renamed or dropped, that its replica identity
+	// was weakened, or that a partition of it was truncated, detached or
+	// dropped (see coverage.go). Zero means 10s.
+	CatalogPollInterval time.Duration
 	// Heartbeat is how often a logical decoding message is written so that
 	// the slot moves even when keepalives stop coming, and the canary goes
 	// round. Zero means 10s.
 	Heartbeat time.Duration
+	// ProgressInterval is how often the daemon says how far behind it is
+	// while it is behind, and how far a long pattern scan got (a TRUNCATE's,
+	// or a resync's flush). Zero means 10s.
+	ProgressInterval time.Duration
+	// BehindBytes and BehindTime say when the daemon counts as behind: the
+	// slot trails the server's WAL by BehindBytes or more, or the oldest
+	// commit not yet applied is BehindTime old or older. Zero means 64 MB
+	// and 10s.
+	BehindBytes int64
+	BehindTime  time.Duration
 	// CanaryKey is the Redis key of the end-to-end canary, set and deleted
 	// in every target on every heartbeat; "<slot>" in it stands for Slot
 	// (see CanaryKey). Zero means DefaultCanaryKey.
@@ -113,14 +149,32 @@ func (c *Config) setDefaults() {
 	if c.MaxBackoff == 0 {
 		c.MaxBackoff = 10 * time.Second
 	}
+	if c.Timeout == 0 {
+		c.Timeout = replication.DefaultTimeout
+	}
 	if c.Heartbeat == 0 {
 		c.Heartbeat = 10 * time.Second
 	}
 	if c.ReadyRedisWithin == 0 {
 		c.ReadyRedisWithin = 30 * time.Second
 	}
+	if c.ReplicaTimeout == 0 {
+		c.ReplicaTimeout = DefaultReplicaTimeout
+	}
+	if c.CatalogPollInterval == 0 {
+		c.CatalogPollInterval = 10 * time.Second
+	}
 	if c.SlotPollInterval == 0 {
 		c.SlotPollInterval = 10 * time.Second
+	}
+	if c.ProgressInterval == 0 {
+		c.ProgressInterval = 10 * time.Second
+	}
+	if c.BehindBytes == 0 {
+		c.BehindBytes = 64 << 20
+	}
+	if c.BehindTime == 0 {
+		c.BehindTime = 10 * time.Second
 	}
 }
 
@@ -148,7 +202,7 @@ func (e *ConfigError) Error() string {
 // *ConfigError. It returns what it found on the server either way.
 func Check(ctx context.Context, cfg Config) (replication.Server, error) {
 	cfg.setDefaults()
-	conn, err := connect(ctx, cfg.PostgresURL)
+	conn, err := connect(ctx, cfg)
 	if err != nil {
 		return replication.Server{}, err
 	}
@@ -156,8 +210,10 @@ func Check(ctx context.Context, cfg Config) (replication.Server, error) {
 	return verify(ctx, conn, cfg.Rules, cfg.Slot)
 }
 
-func connect(ctx context.Context, url string) (*pgx.Conn, error) {
-	return replication.ConnectSQL(ctx, url)
+// connect opens an ordinary connection to PostgreSQL, with TCP keepalives
+// and a connect timeout from cfg.Timeout.
+func connect(ctx context.Context, cfg Config) (*pgx.Conn, error) {
+	return replication.ConnectSQL(ctx, cfg.PostgresURL, cfg.Timeout)
 }
 
 // verify checks everything that retrying cannot fix before anything is
@@ -211,7 +267,7 @@ func checkSchema(ctx context.Context, conn *pgx.Conn, rules *mapping.Rules) erro
 // cannot be fixed by retrying.
 //
 // Run owns every goroutine it starts (the stream's reader, the heartbeat,
-// the reload watcher, the metrics server and its pollers): they all end
+// the catalog watch, the reload watcher, the metrics server and its pollers): they all end
 // with it, and Run returns only once they have.
 func Run(ctx context.Context, cfg Config) error {
 	cfg.setDefaults()
@@ -265,8 +321,12 @@ func Run(ctx context.Context, cfg Config) error {
 	cancelEvictions()
 
 	wg.Go(func() { heartbeat(ctx, cfg, c, redis) })
+	wg.Go(func() { watchCatalog(ctx, cfg, m.cover, redis) })
+	wg.Go(func() { m.reportLag(ctx, cfg) })
 
-	p := newPipeline(cfg, mapper, m, newRedisSink(redis), redis)
+	redel := newRedeleter(redis, cfg.RedeleteLimit, cfg.MaxBatch)
+	p := newPipeline(cfg, mapper, m, newRedisSink(redis, redel), redel, redis)
+	defer p.gate.close()
 	p.canary = c
 	if cfg.Reload != nil && cfg.LoadRules != nil {
 		wg.Go(func() { p.watchReloads(ctx, cfg.Rules) })
@@ -285,7 +345,7 @@ func Run(ctx context.Context, cfg Config) error {
 // publication exists and holds every rule table. It creates nothing when a
 // check fails.
 func prepare(ctx context.Context, cfg Config) error {
-	conn, err := connect(ctx, cfg.PostgresURL)
+	conn, err := connect(ctx, cfg)
 	if err != nil {
 		return err
 	}

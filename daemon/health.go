@@ -44,8 +44,8 @@ func serveMetrics(ctx context.Context, wg *sync.WaitGroup, cfg Config, m *metric
 
 // handler serves /metrics in the Prometheus text format, /healthz (the
 // process is alive) and /readyz: 200 and "ready" when notReady finds
-// nothing (then a line per degraded Redis master, if any), else 503 and
-// every reason, one a line.
+// nothing (then a line per degraded Redis master and per standby given up
+// on, if any), else 503 and every reason, one a line.
 func (m *metrics) handler(within time.Duration) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg}))
@@ -65,6 +65,11 @@ func (m *metrics) handler(within time.Duration) http.Handler {
 		fmt.Fprintln(w, "ready")
 		for _, note := range degradedNotes(m.targets) {
 			fmt.Fprintln(w, note)
+		}
+		if m.gate != nil {
+			for _, note := range m.gate.notes() {
+				fmt.Fprintln(w, note)
+			}
 		}
 	})
 	return mux
@@ -106,6 +111,7 @@ func (m *metrics) notReady(now time.Time, within time.Duration) []string {
 		ts[i] = targetState{name: t.name, answered: t.answered.Load(), waitingSince: since, lastErr: err}
 	}
 	why := readiness(now, m.streaming.Load(), ts, within)
+	why = append(why, m.cover.reasons()...) // rule tables not covered: see coverage.go
 	for _, c := range m.readyChecks {
 		why = append(why, c(now)...)
 	}

@@ -51,8 +51,11 @@ func heartbeat(ctx context.Context, cfg Config, c *canary, ts fanout) {
 		}
 		var setErr error
 		err := func() error {
+			// A server gone silent must not hold the heartbeat forever.
+			ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+			defer cancel()
 			if conn == nil || conn.IsClosed() {
-				nc, err := connect(ctx, cfg.PostgresURL)
+				nc, err := connect(ctx, cfg)
 				if err != nil {
 					return err
 				}

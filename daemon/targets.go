@@ -57,6 +57,7 @@ func newFanout(cfg Config) (fanout, error) {
 	for _, t := range cfg.Targets {
 		opts := t.Redis
 		opts.Logger = cfg.Logger
+		opts.ProgressInterval = cfg.ProgressInterval
 		if len(cfg.Targets) > 1 || t.Name != DefaultTarget {
 			opts.Logger = cfg.Logger.With("target", t.Name)
 		}
@@ -160,6 +161,8 @@ func (f fanout) Stats() invalidator.Stats {
 		sum.Version += st.Version
 		sum.VersionKept += st.VersionKept
 		sum.VersionPatternKeys += st.VersionPatternKeys
+		sum.Redeletes += st.Redeletes
+		sum.RedeletesFound += st.RedeletesFound
 		sum.Errors += st.Errors
 		sum.Skipped += st.Skipped
 		sum.Retries += st.Retries
@@ -170,6 +173,31 @@ func (f fanout) Stats() invalidator.Stats {
 		}
 	}
 	return sum
+}
+
+// SetMarker sets key to value on every target.
+func (f fanout) SetMarker(ctx context.Context, key, value string) error {
+	for _, t := range f {
+		if err := t.inv.SetMarker(ctx, key, value); err != nil {
+			return wrapTarget(t.name, len(f), err)
+		}
+	}
+	return nil
+}
+
+// MarkerIn returns the name of the first target that holds key, or "" when
+// none does.
+func (f fanout) MarkerIn(ctx context.Context, key string) (string, error) {
+	for _, t := range f {
+		ok, err := t.inv.MarkerExists(ctx, key)
+		if err != nil {
+			return "", wrapTarget(t.name, len(f), err)
+		}
+		if ok {
+			return t.name, nil
+		}
+	}
+	return "", nil
 }
 
 // Close closes every target's connections.

@@ -108,6 +108,10 @@ type Options struct {
 	ScanCount int
 	// PipelineSize is the most commands sent in one round trip; zero means 1000.
 	PipelineSize int
+	// ProgressInterval is how often a pattern scan that is still running
+	// logs how far it got: keys scanned, keys changed, time spent. Zero
+	// means 10s.
+	ProgressInterval time.Duration
 }
 
 // Invalidator runs batches of commands against Redis: one server, a
@@ -126,8 +130,9 @@ type Invalidator struct {
 	maxBackoff     time.Duration
 	scanCount      int64
 	pipeSize       int
-	replicas       replicaSet  // how many replicas WAIT asks for, per master
-	sentinelMaster *dialedAddr // mode sentinel: where the master is; nil otherwise
+	progressEvery  time.Duration // how often a running pattern scan logs its progress
+	replicas       replicaSet    // how many replicas WAIT asks for, per master
+	sentinelMaster *dialedAddr   // mode sentinel: where the master is; nil otherwise
 	// scanPage reads one SCAN page and the server's run_id: the function
 	// scanPage, wrapped by tests only.
 	scanPage func(ctx context.Context, m *redis.Client, cursor uint64, match string, count int64) ([]string, uint64, string, error)
@@ -147,17 +152,18 @@ type Invalidator struct {
 // Ping. Errors name the setting at fault and never contain a password.
 func New(opts Options) (*Invalidator, error) {
 	inv := &Invalidator{
-		log:          opts.Logger,
-		url:          opts.URL,
-		passwords:    []string{opts.Password, opts.SentinelPassword},
-		waitReplicas: opts.WaitReplicas,
-		waitTimeout:  opts.WaitTimeout,
-		minBackoff:   opts.MinBackoff,
-		maxBackoff:   opts.MaxBackoff,
-		scanCount:    int64(opts.ScanCount),
-		pipeSize:     opts.PipelineSize,
-		groups:       make(map[*redis.Client]*group),
-		scanPage:     scanPage,
+		log:           opts.Logger,
+		url:           opts.URL,
+		passwords:     []string{opts.Password, opts.SentinelPassword},
+		waitReplicas:  opts.WaitReplicas,
+		waitTimeout:   opts.WaitTimeout,
+		minBackoff:    opts.MinBackoff,
+		maxBackoff:    opts.MaxBackoff,
+		scanCount:     int64(opts.ScanCount),
+		pipeSize:      opts.PipelineSize,
+		progressEvery: opts.ProgressInterval,
+		groups:        make(map[*redis.Client]*group),
+		scanPage:      scanPage,
 	}
 	if inv.waitReplicas < 0 {
 		return nil, fmt.Errorf("redis wait_replicas %d: want zero or more", inv.waitReplicas)
@@ -185,6 +191,9 @@ func New(opts Options) (*Invalidator, error) {
 	}
 	if inv.pipeSize <= 0 {
 		inv.pipeSize = 1000
+	}
+	if inv.progressEvery <= 0 {
+		inv.progressEvery = 10 * time.Second
 	}
 	return inv, nil
 }

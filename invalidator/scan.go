@@ -32,6 +32,7 @@ import (
 // cluster, slots being reassigned) is an error, retried like any other.
 func (inv *Invalidator) scan(ctx context.Context, pattern string, proto op) error {
 	pos := make(map[string]*scanPos) // by master address ("" outside a cluster)
+	prog := inv.newScanProgress(pattern, proto.action)
 	for attempt := 0; ; attempt++ {
 		masters, err := inv.scanMasters(ctx)
 		for _, m := range masters {
@@ -54,12 +55,13 @@ func (inv *Invalidator) scan(ctx context.Context, pattern string, proto op) erro
 			if p.done {
 				continue
 			}
-			err = inv.scanNode(ctx, m, pattern, proto, p)
+			err = inv.scanNode(ctx, m, pattern, proto, p, prog)
 			if ctx.Err() != nil { // run gave up: ctx is done
 				return err
 			}
 		}
 		if err == nil {
+			prog.done()
 			return nil
 		}
 		inv.stats.errors.Add(1)
@@ -87,7 +89,7 @@ type scanPos struct {
 
 // scanNode runs proto on the keys matching pattern on master m, from p's
 // cursor to the end, keeping p up to date.
-func (inv *Invalidator) scanNode(ctx context.Context, m *redis.Client, pattern string, proto op, p *scanPos) error {
+func (inv *Invalidator) scanNode(ctx context.Context, m *redis.Client, pattern string, proto op, p *scanPos, prog *scanProgress) error {
 	for {
 		keys, next, runID, err := inv.scanPage(ctx, m, p.cursor, pattern, inv.scanCount)
 		if err != nil {
@@ -116,12 +118,74 @@ func (inv *Invalidator) scanNode(ctx context.Context, m *redis.Client, pattern s
 		if err := inv.run(ctx, ops); err != nil {
 			return err
 		}
+		prog.page(len(keys))
 		if next == 0 {
 			p.done = true
 			return nil
 		}
 		p.cursor = next
 	}
+}
+
+// scanProgress logs how far a long pattern scan got, every
+// Options.ProgressInterval, and once more when it ends if it logged before.
+type scanProgress struct {
+	inv     *Invalidator
+	pattern string
+	action  pginvalidator.Action
+	start   time.Time
+	last    time.Time // of the last line logged, or start
+	scanned uint64    // keys SCAN returned, on every master, restarts included
+	before  uint64    // the action's count of changed keys when the scan began
+	logged  bool      // a progress line went out
+}
+
+func (inv *Invalidator) newScanProgress(pattern string, action pginvalidator.Action) *scanProgress {
+	now := time.Now()
+	g := &scanProgress{inv: inv, pattern: pattern, action: action, start: now, last: now}
+	g.before = g.changed()
+	return g
+}
+
+// changed is the action's count of keys changed so far, since New.
+func (g *scanProgress) changed() uint64 {
+	st := &g.inv.stats
+	switch g.action {
+	case pginvalidator.DelPattern:
+		return st.delPatternKeys.Load()
+	case pginvalidator.IncrPattern:
+		return st.incrPatternKeys.Load()
+	default:
+		return st.versionPatternKeys.Load()
+	}
+}
+
+// page records a page of n keys, applied, and logs when it is time.
+func (g *scanProgress) page(n int) {
+	g.scanned += uint64(n)
+	if now := time.Now(); now.Sub(g.last) >= g.inv.progressEvery {
+		g.last, g.logged = now, true
+		g.log("pattern scan in progress")
+	}
+}
+
+// done logs the end of a scan that logged its progress before.
+func (g *scanProgress) done() {
+	if g.logged {
+		g.log("pattern scan done")
+	}
+}
+
+func (g *scanProgress) log(msg string) {
+	changed := "keys_deleted"
+	switch g.action {
+	case pginvalidator.IncrPattern:
+		changed = "keys_incremented"
+	case pginvalidator.VersionPattern:
+		changed = "keys_set"
+	}
+	g.inv.log.Info(msg, "pattern", g.pattern, "keys_scanned", g.scanned, changed, g.changed()-g.before,
+		"elapsed", time.Since(g.start).Round(time.Millisecond).String())
 }
 
 // scanPage runs SCAN cursor MATCH match COUNT count on m, and INFO server

@@ -91,7 +91,7 @@ Flags:
 
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	conn, err := replication.ConnectSQL(ctx, url)
+	conn, err := replication.ConnectSQL(ctx, url, cfg.Postgres.Timeout)
 	if err != nil {
 		return err
 	}

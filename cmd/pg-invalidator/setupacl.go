@@ -66,7 +66,7 @@ func canaryPattern(pg config.Postgres) string {
 // template can render, and which actions, TRUNCATE and resync included.
 // The canary's key is not among them: see canaryPattern.
 func aclNeeds(rules *mapping.Rules) invalidator.ACLNeeds {
-	needs := invalidator.ACLNeeds{EvictionCheck: true}
+	needs := invalidator.ACLNeeds{MarkerPattern: daemon.SlotMarkerPrefix + "*", EvictionCheck: true}
 	for _, r := range rules.List {
 		for _, t := range r.Del {
 			needs.Del = true

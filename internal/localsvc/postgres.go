@@ -93,6 +93,12 @@ func (p *Postgres) URL() string {
 	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=%s", p.Port, mode)
 }
 
+// UnixURL returns the URL of database postgres over the server's Unix
+// socket, which sits in its directory.
+func (p *Postgres) UnixURL() string {
+	return fmt.Sprintf("postgres://postgres@/postgres?host=%s&port=%d&sslmode=disable", p.Dir, p.Port)
+}
+
 // Start starts the server on its data directory and waits until it accepts
 // connections. It is used again after Stop or Kill.
 func (p *Postgres) Start(ctx context.Context) error {

@@ -39,6 +39,10 @@ func StartRedis(ctx context.Context) (*Redis, error) {
 // URL returns the redis:// URL of database 0.
 func (r *Redis) URL() string { return fmt.Sprintf("redis://127.0.0.1:%d/0", r.Port) }
 
+// UnixURL returns the unix:// URL of database 0, over the server's Unix
+// socket.
+func (r *Redis) UnixURL() string { return "unix://" + r.SocketPath() + "?db=0" }
+
 func ping(addr string) error {
 	c, err := net.DialTimeout("tcp", addr, time.Second)
 	if err != nil {

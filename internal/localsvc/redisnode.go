@@ -142,8 +142,16 @@ func (n *RedisNode) Running() bool {
 // disk but the log.
 func baseArgs(port int, dir string) []string {
 	return []string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+		"--unixsocket", filepath.Join(dir, redisSocket), "--unixsocketperm", "700",
 		"--save", "", "--appendonly", "no", "--dir", dir, "--logfile", filepath.Join(dir, "redis.log")}
 }
+
+// redisSocket is the name of a node's Unix socket in its directory.
+const redisSocket = "redis.sock"
+
+// SocketPath is the node's Unix socket, which it listens on besides its
+// TCP port.
+func (n *RedisNode) SocketPath() string { return filepath.Join(n.Dir, redisSocket) }
 
 // startNodes starts nodes one after the other; on failure it kills those
 // it started.

@@ -189,6 +189,15 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 		return nil
 	}
 
+	// While the stream is behind, a batch is not flushed each time the
+	// stream runs dry, which on a backlog read in small pieces happens
+	// after every few transactions: it lingers up to catchUpLinger for more,
+	// so that one round trip to Redis carries many transactions.
+	linger := time.NewTimer(time.Hour)
+	linger.Stop()
+	defer linger.Stop()
+	lingering := false
+
 	for {
 		var chunk []replication.Event
 		select {
@@ -199,6 +208,12 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 		case rules := <-p.reloaded:
 			pendingRules = rules
 		case chunk = <-events:
+		case <-linger.C:
+			lingering = false
+			if err := flush(); err != nil {
+				return err
+			}
+			continue
 		}
 		if pendingRules != nil && !inTx {
 			p.swapRules(pendingRules)
@@ -251,13 +266,30 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 		// large as the backlog allows.
 		// A long run of transactions with nothing to send is still flushed
 		// now and then, so that they are acknowledged.
-		if len(events) == 0 || p.sink.pending() >= p.cfg.MaxBatch || batchTxs >= p.cfg.MaxBatch {
-			if err := flush(); err != nil {
-				return err
+		switch {
+		case p.sink.pending() >= p.cfg.MaxBatch || batchTxs >= p.cfg.MaxBatch:
+		case len(events) > 0:
+			continue
+		case stream.Behind() && catchUpLinger > 0:
+			if !lingering {
+				lingering = true
+				linger.Reset(catchUpLinger)
 			}
+			continue
+		}
+		if lingering {
+			lingering = false
+			linger.Stop()
+		}
+		if err := flush(); err != nil {
+			return err
 		}
 	}
 }
+
+// catchUpLinger is how long the consumer waits for more of a backlog
+// before it flushes a batch to Redis, while the stream is behind.
+const catchUpLinger = 5 * time.Millisecond
 
 // requireSlot refuses to recreate a slot that disappeared while the daemon
 // was running: the changes in between are gone, and caches may be stale.

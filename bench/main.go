@@ -123,7 +123,7 @@ func parseOptions(args []string, output io.Writer) (options, error) {
 	fs.IntVar(&o.samples, "samples", 1000, "stale window samples per condition (idle, loaded)")
 	fs.IntVar(&o.loadTPS, "load-tps", 1000, "background single-row transactions per second during the loaded stale window")
 	fs.IntVar(&o.clients, "clients", 4, "pgbench clients that write the small-transactions backlog")
-	fs.StringVar(&o.scenarios, "scenarios", "small,large,stale,throughput", "comma-separated scenarios to run: small, large, stale, throughput")
+	fs.StringVar(&o.scenarios, "scenarios", "small,large,stale,throughput", "comma-separated scenarios to run: small, large, stale, throughput, and split (not by default: one daemon against two on two slots)")
 	fs.DurationVar(&o.tpSeconds, "throughput-time", 30*time.Second, "how long pgbench writes at each rate of the throughput scenario")
 	fs.BoolVar(&o.small, "small", false, "a quick run of every scenario: -small-txs 20000 -large-rows 100000 -samples 200 -runs 1 -throughput-time 5s, unless set")
 	fs.StringVar(&o.outDir, "out", "", "directory for the JSON results (default: bench/results in the module for a run that publishes, else bench/results/local)")
@@ -200,11 +200,11 @@ func run(ctx context.Context, o options) error {
 	want := map[string]bool{}
 	for s := range strings.SplitSeq(o.scenarios, ",") {
 		switch s = strings.TrimSpace(s); s {
-		case "small", "large", "stale", "throughput":
+		case "small", "large", "stale", "throughput", "split":
 			want[s] = true
 		case "":
 		default:
-			return fmt.Errorf("-scenarios: unknown scenario %q (want small, large, stale or throughput)", s)
+			return fmt.Errorf("-scenarios: unknown scenario %q (want small, large, stale, throughput or split)", s)
 		}
 	}
 
@@ -269,6 +269,13 @@ func run(ctx context.Context, o options) error {
 			return fmt.Errorf("throughput: %w", err)
 		}
 		res.Throughput = tp
+	}
+	if want["split"] {
+		sp, err := e.split(ctx)
+		if err != nil {
+			return fmt.Errorf("split: %w", err)
+		}
+		res.Split = sp
 	}
 	res.Targets = evaluate(res)
 	res.TotalSeconds = time.Since(start).Seconds()

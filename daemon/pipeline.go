@@ -306,6 +306,15 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 	defer redelTimer.Stop()
 	paused := false // reading stopped on a full re-delete queue
 
+	// While the stream is behind, a batch is not flushed each time the
+	// stream runs dry, which on a backlog read in small pieces happens
+	// after every few transactions: it lingers up to catchUpLinger for more,
+	// so that one round trip to Redis carries many transactions.
+	linger := time.NewTimer(time.Hour)
+	linger.Stop()
+	defer linger.Stop()
+	lingering := false
+
 	for {
 		if at, ok := p.redel.next(); ok {
 			redelTimer.Reset(time.Until(at))
@@ -341,6 +350,12 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 			acknowledge()
 			continue
 		case chunk = <-in:
+		case <-linger.C:
+			lingering = false
+			if err := flush(); err != nil {
+				return err
+			}
+			continue
 		}
 		if pendingRules != nil && !inTx {
 			p.swapRules(*pendingRules)
@@ -404,13 +419,30 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 		// large as the backlog allows.
 		// A long run of transactions with nothing to send is still flushed
 		// now and then, so that they are acknowledged.
-		if len(events) == 0 || p.sink.pending() >= p.cfg.MaxBatch || batchTxs >= p.cfg.MaxBatch {
-			if err := flush(); err != nil {
-				return err
+		switch {
+		case p.sink.pending() >= p.cfg.MaxBatch || batchTxs >= p.cfg.MaxBatch:
+		case len(events) > 0:
+			continue
+		case stream.Behind() && catchUpLinger > 0:
+			if !lingering {
+				lingering = true
+				linger.Reset(catchUpLinger)
 			}
+			continue
+		}
+		if lingering {
+			lingering = false
+			linger.Stop()
+		}
+		if err := flush(); err != nil {
+			return err
 		}
 	}
 }
+
+// catchUpLinger is how long the consumer waits for more of a backlog
+// before it flushes a batch to Redis, while the stream is behind.
+const catchUpLinger = 5 * time.Millisecond
 
 // requireSlot, before each session, tells a lost slot from a first start.
 // A slot that is missing was lost when this process saw it before, or when

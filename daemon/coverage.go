@@ -43,9 +43,10 @@ import (
 //   - a replica identity that no longer sends the old values a rule needs is
 //     not covered until it is fixed, and then the table's keys are flushed,
 //     since keys of old rows were skipped meanwhile;
-//   - a leaf partition missing (detached or dropped) or with a new
+//   - a leaf partition missing (detached or dropped), with a new
 //     relfilenode (truncated, or rewritten by VACUUM FULL, CLUSTER or ALTER
-//     TABLE) has the rules' keys of its partitioned table flushed.
+//     TABLE), or new and not empty (attached with rows, whose keys may list
+//     them as absent) has the rules' keys of its partitioned table flushed.
 //
 // Each change is logged once, when it happens, and counted in
 // pg_invalidator_catalog_changes_total; a table that is not covered makes
@@ -308,7 +309,7 @@ func (w *catalogWatch) read(ctx context.Context) error {
 			if why := leavesChanged(prev.BoundTable, cur.BoundTable); len(why) > 0 {
 				flush = append(flush, t)
 				logs = append(logs, w.change(t, changePartition, false,
-					"partitions of a rule table were truncated, detached or dropped, which the stream does not report: flushed its keys as a TRUNCATE would",
+					"partitions of a rule table were truncated, detached, dropped or attached, which the stream does not report: flushed its keys as a TRUNCATE would",
 					"partitions", why))
 			}
 		}
@@ -364,17 +365,25 @@ func (w *catalogWatch) change(table, change string, isError bool, msg string, ar
 }
 
 // leavesChanged says which leaf partitions of a partitioned table went
-// missing or got a new relfilenode between two readings, one phrase each,
-// sorted.
+// missing, got a new relfilenode, or joined with rows between two readings,
+// one phrase each, sorted. A new leaf that holds rows was attached with
+// them, or written to since it was created: either way the flush is safe,
+// and only the first needs it. A new empty leaf needs none: its rows will
+// be streamed.
 func leavesChanged(prev, cur replication.BoundTable) []string {
 	var why []string
-	for oid, node := range prev.Leaves {
+	for oid, was := range prev.Leaves {
 		now, ok := cur.Leaves[oid]
 		switch {
 		case !ok:
-			why = append(why, prev.LeafNames[oid]+" detached or dropped")
-		case now != node:
-			why = append(why, prev.LeafNames[oid]+" truncated or rewritten")
+			why = append(why, was.Name+" detached or dropped")
+		case now.Filenode != was.Filenode:
+			why = append(why, was.Name+" truncated or rewritten")
+		}
+	}
+	for oid, l := range cur.Leaves {
+		if _, ok := prev.Leaves[oid]; !ok && l.HasData {
+			why = append(why, l.Name+" attached with rows")
 		}
 	}
 	slices.Sort(why)

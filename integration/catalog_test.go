@@ -328,7 +328,8 @@ func TestCatalogReplicaIdentityWeakened(t *testing.T) {
 
 // TestCatalogPartitionsTruncatedDetachedDropped: under
 // publish_via_partition_root = true, a TRUNCATE of a leaf is not published,
-// and DETACH PARTITION and DROP TABLE of a partition produce no row events.
+// and DETACH PARTITION and DROP TABLE of a partition produce no row events,
+// nor does ATTACH PARTITION of a table with rows.
 // Each runs on a daemon of its own, so that each fails on its own without
 // the watch.
 func TestCatalogPartitionsTruncatedDetachedDropped(t *testing.T) {
@@ -341,6 +342,9 @@ func TestCatalogPartitionsTruncatedDetachedDropped(t *testing.T) {
 		{"truncated", "TRUNCATE events_eu", []string{"event:eu:1", "events:all"}, "public.events_eu truncated or rewritten"},
 		{"detached", "ALTER TABLE events DETACH PARTITION events_us", []string{"event:us:2", "events:all"}, "public.events_us detached or dropped"},
 		{"dropped", "DROP TABLE events_ap", []string{"event:ap:3", "events:all"}, "public.events_ap detached or dropped"},
+		// Rows that appear under the partitioned table: a list key that
+		// was cached without them is stale.
+		{"attached", "ALTER TABLE events ATTACH PARTITION events_sa FOR VALUES IN ('sa')", []string{"events:all"}, "public.events_sa attached with rows"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -349,7 +353,9 @@ func TestCatalogPartitionsTruncatedDetachedDropped(t *testing.T) {
 				CREATE TABLE events_eu PARTITION OF events FOR VALUES IN ('eu');
 				CREATE TABLE events_us PARTITION OF events FOR VALUES IN ('us');
 				CREATE TABLE events_ap PARTITION OF events FOR VALUES IN ('ap');
-				INSERT INTO events VALUES (1, 'eu'), (2, 'us'), (3, 'ap');`, markerSchema)
+				INSERT INTO events VALUES (1, 'eu'), (2, 'us'), (3, 'ap');
+				CREATE TABLE events_sa (LIKE events INCLUDING ALL);
+				INSERT INTO events_sa VALUES (5, 'sa');`, markerSchema)
 			w := f.startWatched(f.config(f.rules(`
 [[rule]]
 table = "events"

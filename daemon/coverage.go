@@ -60,6 +60,13 @@ type coverage struct {
 
 	changes *prometheus.CounterVec // pg_invalidator_catalog_changes_total{table,change}
 
+	// bound maps the OID each rule table's name resolved to at the last
+	// reading to that name; nil before the first. The watch stores it; see
+	// reads it.
+	bound   atomic.Pointer[map[uint32]string]
+	wake    chan struct{}           // asks the watch to read the catalog now; buffered, one request pending at most
+	lastRel *pginvalidator.Relation // the relation see looked at last; pipeline goroutine only
+
 	mu       sync.Mutex        // protects problems
 	problems map[string]string // why a rule table is not covered, by table; empty: all are
 }
@@ -81,6 +88,7 @@ func newCoverage(rules *mapping.Rules, reg prometheus.Registerer) *coverage {
 			Help: "Catalog changes to rule tables that produce no row event, by table and change: swapped, uncovered, missing, restored, identity, partition.",
 		}, []string{"table", "change"}),
 		problems: make(map[string]string),
+		wake:     make(chan struct{}, 1),
 	}
 	c.rules.Store(rules)
 	// Every rule table shows up from the start, at zero.
@@ -130,6 +138,28 @@ func (c *coverage) setRules(rules *mapping.Rules) {
 	}
 }
 
+// see is called by the pipeline with the relation of each row change. A
+// relation whose OID a rule table's name was bound to, under another name
+// now (a Relation message after ALTER TABLE ... RENAME), wakes the watch at
+// once instead of at its next interval. It costs a pointer comparison per
+// row, and a map lookup when the relation changes.
+func (c *coverage) see(rel *pginvalidator.Relation) {
+	if c == nil || rel == c.lastRel || rel == nil {
+		return
+	}
+	c.lastRel = rel
+	bound := c.bound.Load()
+	if bound == nil {
+		return
+	}
+	if name, ok := (*bound)[rel.ID]; ok && name != rel.QualifiedName() {
+		select {
+		case c.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
 // seenTable is one rule table as the last poll saw it.
 type seenTable struct {
 	replication.BoundTable
@@ -157,8 +187,9 @@ func newCatalogWatch(cfg Config, cov *coverage, redis fanout, added []string) *c
 	return &catalogWatch{cfg: cfg, cov: cov, redis: redis, seen: make(map[string]seenTable), added: added}
 }
 
-// run polls every cfg.CatalogPollInterval until ctx ends, and reacts to
-// the changes described above. Run takes the first reading itself, before
+// run polls every cfg.CatalogPollInterval, and at once when the pipeline
+// sees a rule table's relation under another name, until ctx ends, and
+// reacts to the changes described above. Run takes the first reading itself, before
 // it streams, so run waits one interval first.
 func (w *catalogWatch) run(ctx context.Context) {
 	defer func() {
@@ -173,6 +204,8 @@ func (w *catalogWatch) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-w.cov.wake:
+			t.Reset(w.cfg.CatalogPollInterval)
 		}
 		w.poll(ctx)
 	}
@@ -347,6 +380,13 @@ func (w *catalogWatch) read(ctx context.Context) error {
 	w.seen = next
 	w.added = nil
 	w.cov.setProblems(problems)
+	bound := make(map[uint32]string, len(next))
+	for t, s := range next {
+		if s.OID != 0 {
+			bound[s.OID] = t
+		}
+	}
+	w.cov.bound.Store(&bound)
 	return nil
 }
 

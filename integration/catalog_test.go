@@ -29,12 +29,14 @@ type watched struct {
 	log  *syncBuffer
 }
 
-// startWatched runs the daemon on cfg with a fast catalog poll and the
-// metrics endpoints, and keeps its log.
+// startWatched runs the daemon on cfg with the metrics endpoints and a fast
+// catalog poll, unless cfg sets one, and keeps its log.
 func (f *fixture) startWatched(cfg daemon.Config) *watched {
 	f.t.Helper()
 	w := &watched{f: f, addr: metricsAddr(f.t), log: &syncBuffer{}}
-	cfg.CatalogPollInterval = catalogPoll
+	if cfg.CatalogPollInterval == 0 {
+		cfg.CatalogPollInterval = catalogPoll
+	}
 	cfg.MetricsAddr = w.addr
 	cfg.Logger = slog.New(slog.NewTextHandler(teeWriter{testWriter{f.t}, w.log}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	f.startConfig(cfg)
@@ -405,4 +407,23 @@ func TestCatalogSwappedWhileStopped(t *testing.T) {
 	f.cache("product:3")
 	f.exec("INSERT INTO products (id, category_id) VALUES (3, 9)")
 	f.waitGone("product:3")
+}
+
+// TestCatalogRenameSeenInTheStream: a Relation message that names a rule
+// table's relation otherwise wakes the catalog watch at once. The poll
+// interval is an hour, so only the stream can tell.
+func TestCatalogRenameSeenInTheStream(t *testing.T) {
+	f := newFixture(t, productsSchema, markerSchema)
+	cfg := f.config(f.rules(productsRules))
+	cfg.CatalogPollInterval = time.Hour
+	w := f.startWatched(cfg)
+
+	f.cache("product:1")
+	f.exec("ALTER TABLE products RENAME TO goods")
+	start := time.Now()
+	f.exec("INSERT INTO goods (id, category_id) VALUES (1, 3)")
+	w.waitReadyz(http.StatusServiceUnavailable, "rule table public.products does not exist")
+	t.Logf("first write under the new name to /readyz 503: %s (poll every %s)", time.Since(start).Round(time.Millisecond), cfg.CatalogPollInterval)
+	w.waitLog("ERROR", "table=public.products", "change=missing")
+	f.waitGone("product:1")
 }

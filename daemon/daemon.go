@@ -3,8 +3,11 @@
 //
 //	replication.Stream  -> events, in WAL order
 //	mapping.Mapper      -> commands for each row change
+//	standbyGate.wait    -> with Config.Replicas, until the standbys replayed the batch (standbys.go)
 //	invalidator.Apply   -> Redis, checked command by command, on every target
+//	redeleter           -> the re-deletes of redelete_after rules, sent when due (redelete.go)
 //	Stream.Ack          -> the transaction's end LSN, only after every target said yes
+//	                       and its re-deletes are sent
 //
 // It decides what is fatal: a bad rule or schema stops the daemon before it
 // streams; a lost connection to PostgreSQL or Redis never does.
@@ -207,7 +210,7 @@ func Check(ctx context.Context, cfg Config) (replication.Server, error) {
 		return replication.Server{}, err
 	}
 	defer conn.Close(context.Background())
-	return verify(ctx, conn, cfg.Rules, cfg.Slot)
+	return verify(ctx, conn, cfg, cfg.Slot)
 }
 
 // connect opens an ordinary connection to PostgreSQL, with TCP keepalives
@@ -218,10 +221,12 @@ func connect(ctx context.Context, cfg Config) (*pgx.Conn, error) {
 
 // verify checks everything that retrying cannot fix before anything is
 // created: the server's prerequisites for streaming from slot (empty: a new
-// slot), the connecting role's rights on the rule tables, and the rules
+// slot), the connecting role's rights on the rule tables (and to see the
+// standbys' positions, when cfg.Replicas names some), and the rules
 // against the live schema. Every problem found is in one *ConfigError, the
 // server's first.
-func verify(ctx context.Context, conn *pgx.Conn, rules *mapping.Rules, slot string) (replication.Server, error) {
+func verify(ctx context.Context, conn *pgx.Conn, cfg Config, slot string) (replication.Server, error) {
+	rules := cfg.Rules
 	srv, problems, err := replication.ServerProblems(ctx, conn, slot)
 	if err != nil {
 		return srv, err
@@ -235,6 +240,15 @@ func verify(ctx context.Context, conn *pgx.Conn, rules *mapping.Rules, slot stri
 		return srv, err
 	}
 	problems = append(problems, roleProblems...)
+	if len(cfg.Replicas) > 0 {
+		problem, err := replication.StandbyRoleProblem(ctx, conn)
+		if err != nil {
+			return srv, err
+		}
+		if problem != nil {
+			problems = append(problems, problem)
+		}
+	}
 	tables, err := replication.DescribeTables(ctx, conn, rules.Tables())
 	if err != nil {
 		return srv, fmt.Errorf("describe rule tables: %w", err)
@@ -361,7 +375,7 @@ func prepare(ctx context.Context, cfg Config) ([]string, error) {
 		return nil, err
 	}
 	defer conn.Close(context.Background())
-	if _, err := verify(ctx, conn, cfg.Rules, cfg.Slot); err != nil {
+	if _, err := verify(ctx, conn, cfg, cfg.Slot); err != nil {
 		return nil, err
 	}
 	created, added, err := replication.EnsurePublication(ctx, conn, cfg.Publication, cfg.Rules.Tables())

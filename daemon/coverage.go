@@ -25,9 +25,11 @@ import (
 // (ALTER TABLE ... RENAME, then CREATE TABLE ... (LIKE ...), as online
 // schema-change tools do), renamed or dropped; a replica identity weakened
 // under a rule that needs old values; and, under publish_via_partition_root,
-// a leaf partition truncated, detached or dropped. The catalog watch reads
-// the catalog every Config.CatalogPollInterval and compares each reading
-// with the last:
+// a leaf partition truncated, detached or dropped, or a table with rows
+// attached. The catalog watch reads the catalog every
+// Config.CatalogPollInterval, and at once when a row change arrives whose
+// relation a rule table's name was bound to under another name; it
+// compares each reading with the last:
 //
 //   - a name that resolves to a relation the publication does not stream is
 //     added to it when this role may, and then the rules' keys of that table
@@ -53,10 +55,10 @@ import (
 // /readyz answer 503 and say why, until it is covered again.
 
 // coverage is what the catalog watch knows about the rule tables, for
-// /readyz and /metrics. The watch writes it; the pipeline stores reloaded
-// rules in it; /readyz reads it.
+// /readyz and /metrics. The watch writes it; the pipeline shows it each row
+// change's relation; a reload stores the new rules in it; /readyz reads it.
 type coverage struct {
-	rules atomic.Pointer[mapping.Rules] // the rules in force; the pipeline stores reloaded ones
+	rules atomic.Pointer[mapping.Rules] // the rules in force; a reload stores new ones once they are
 
 	changes *prometheus.CounterVec // pg_invalidator_catalog_changes_total{table,change}
 

@@ -370,6 +370,7 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 				p.m.see(ev.LSN)
 			case replication.RowChange:
 				p.m.rowChange(&ev.Change)
+				p.m.cover.see(ev.Change.Rel) // a rule table renamed wakes the catalog watch
 				p.cmds = p.mapper.Commands(p.cmds[:0], &ev.Change)
 				if err := p.sink.add(&ev.Change, p.cmds); err != nil {
 					return err

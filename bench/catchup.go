@@ -47,22 +47,79 @@ type Run struct {
 	PeakRSSKB int64 `json:"peak_rss_kb,omitempty"`
 	// Messages is the number of pgoutput messages decoded; decode only.
 	Messages int64 `json:"messages,omitempty"`
+	// Segments is how many TCP data segments the walsender sent
+	// (data_segs_out of its socket, from ss -ti); zero over a Unix socket
+	// and for decode.
+	Segments int64 `json:"walsender_data_segments,omitempty"`
+	// LoadAvg is the 1-minute load average when the run started: the
+	// machine is shared, and a loaded run is slower.
+	LoadAvg float64 `json:"load_avg"`
 	// AllSeconds holds every run's time when the contender ran more than
-	// once (-runs); the row is the run with the median time.
-	AllSeconds []float64 `json:"all_seconds,omitempty"`
+	// once (-runs); the row is the run with the median time. AllServerCPU,
+	// AllSegments and AllLoadAvg are the same runs' walsender CPU, segment
+	// counts and load averages, in the same order.
+	AllSeconds   []float64 `json:"all_seconds,omitempty"`
+	AllServerCPU []float64 `json:"all_server_cpu_seconds,omitempty"`
+	AllSegments  []int64   `json:"all_walsender_data_segments,omitempty"`
+	AllLoadAvg   []float64 `json:"all_load_avg,omitempty"`
 }
 
-// Contenders, in the order they run.
+// Contenders, in the order they run. "(unix)" reads the WAL over
+// PostgreSQL's Unix socket instead of TCP on 127.0.0.1.
 const (
-	cDecode      = "decode"
-	cRecvlogical = "pg_recvlogical"
-	cBaseline    = "baseline"
-	cDaemon      = "daemon"
+	cDecode          = "decode"
+	cRecvlogical     = "pg_recvlogical"
+	cRecvlogicalUnix = "pg_recvlogical (unix)"
+	cBaseline        = "baseline"
+	cDaemon          = "daemon"
+	cDaemonUnix      = "daemon (unix)"
+	// cDaemonRedisUnix talks to Redis over its Unix socket too.
+	cDaemonRedisUnix = "daemon (unix, redis unix)"
 	// cDaemonCluster is the daemon against a Redis Cluster (-cluster).
-	cDaemonCluster = "daemon (cluster)"
+	cDaemonCluster     = "daemon (cluster)"
+	cDaemonClusterUnix = "daemon (cluster, unix)"
+	// cAlt and cAltUnix are another build of the daemon (-alt-daemon),
+	// interleaved with this one.
+	cAlt     = "daemon (alt)"
+	cAltUnix = "daemon (alt, unix)"
 )
 
-var allContenders = []string{cDecode, cRecvlogical, cBaseline, cDaemon}
+// unixContender reports whether c reads the WAL over the Unix socket.
+func unixContender(c string) bool {
+	return strings.Contains(c, "unix)") || strings.Contains(c, "unix,")
+}
+
+// contenders lists the catch-up contenders this run measures, decode first.
+func (e *env) contenders() []string {
+	tcp, unix := e.transport("tcp"), e.transport("unix")
+	var cs []string
+	add := func(on bool, c ...string) {
+		if on {
+			cs = append(cs, c...)
+		}
+	}
+	add(true, cDecode)
+	add(!e.skipped(cRecvlogical) && tcp, cRecvlogical)
+	add(!e.skipped(cRecvlogical) && unix, cRecvlogicalUnix)
+	add(!e.skipped(cBaseline), cBaseline)
+	add(!e.skipped(cDaemon) && tcp, cDaemon)
+	add(!e.skipped(cDaemon) && unix, cDaemonUnix, cDaemonRedisUnix)
+	add(e.o.altDaemon != "" && tcp, cAlt)
+	add(e.o.altDaemon != "" && unix, cAltUnix)
+	add(e.o.cluster && tcp, cDaemonCluster)
+	add(e.o.cluster && unix, cDaemonClusterUnix)
+	return cs
+}
+
+// transport reports whether -transports names t.
+func (e *env) transport(t string) bool {
+	for s := range strings.SplitSeq(e.o.transports, ",") {
+		if strings.TrimSpace(s) == t {
+			return true
+		}
+	}
+	return false
+}
 
 // catchup creates a slot, writes a backlog with build, ends it with the
 // sentinel transaction, copies the slot once per contender and times each.
@@ -84,17 +141,11 @@ func (e *env) catchup(ctx context.Context, name, backlog string, build func(cont
 	sc := &CatchUp{Scenario: name, Backlog: backlog, Transactions: txs + 1, Rows: rows + 1, BuildSeconds: time.Since(t).Seconds()}
 	e.step("%s: backlog written in %.1fs", name, sc.BuildSeconds)
 
-	var contenders []string
-	for _, c := range allContenders {
-		if !e.skipped(c) {
-			contenders = append(contenders, c)
-		}
-	}
-	if e.o.cluster {
+	contenders := e.contenders()
+	if slices.Contains(contenders, cDaemonCluster) || slices.Contains(contenders, cDaemonClusterUnix) {
 		if err := e.startCluster(ctx); err != nil {
 			return nil, err
 		}
-		contenders = append(contenders, cDaemonCluster)
 	}
 	// Every run of a streaming contender needs its own copy of the slot;
 	// decode only peeks, so its runs share one.
@@ -107,7 +158,7 @@ func (e *env) catchup(ctx context.Context, name, backlog string, build func(cont
 	copies := map[string][]string{}
 	for _, c := range contenders {
 		for i := range runsOf(c) {
-			n := fmt.Sprintf("%s_%s_%d", src, strings.NewReplacer(" ", "_", "(", "", ")", "").Replace(c), i+1)
+			n := fmt.Sprintf("%s_%s_%d", src, strings.NewReplacer(" ", "_", "(", "", ")", "", ",", "").Replace(c), i+1)
 			if err := e.copySlot(ctx, src, n); err != nil {
 				return nil, err
 			}
@@ -143,42 +194,67 @@ func (e *env) catchup(ctx context.Context, name, backlog string, build func(cont
 	sc.Runs = append(sc.Runs, decode)
 	e.step("%s: %s median %.2fs (%.0f MB of WAL)", name, cDecode, decode.Seconds, float64(sc.WALBytes)/1e6)
 
-	// 2-5. The streaming contenders, each alone, each run on its own copy.
-	for _, c := range contenders[1:] {
-		var runs []Run
-		for i, slot := range copies[c] {
-			e.step("%s: %s, run %d of %d", name, c, i+1, len(copies[c]))
-			var r Run
-			var err error
-			switch c {
-			case cRecvlogical:
-				r, err = e.runRecvlogical(ctx, slot, end)
-			case cBaseline:
-				r, err = e.runConsumer(ctx, e.rdb, c, slot, end, e.baselineArgs(slot, e.redis.URL()))
-			case cDaemon:
-				var args []string
-				args, err = e.daemonArgs(slot, e.redis.URL())
-				if err == nil {
-					r, err = e.runConsumer(ctx, e.rdb, c, slot, end, args)
-				}
-			case cDaemonCluster:
-				var args []string
-				args, err = e.daemonClusterArgs(slot)
-				if err == nil {
-					r, err = e.runConsumer(ctx, e.crdb, c, slot, end, args)
-				}
+	// The streaming contenders, each alone, each run on its own copy. The
+	// runs are interleaved, one of each contender per round, so that a
+	// spell of load from elsewhere on the machine hits every contender
+	// alike rather than all the runs of one.
+	byContender := map[string][]Run{}
+	for round := range e.o.runs {
+		for _, c := range contenders[1:] {
+			if round >= len(copies[c]) {
+				continue
 			}
+			slot := copies[c][round]
+			e.step("%s: %s, run %d of %d (load %.2f)", name, c, round+1, len(copies[c]), loadAvg())
+			r, err := e.runContender(ctx, c, slot, end)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", c, err)
 			}
-			e.step("%s: %s took %.2fs (%.2f× decode)", name, c, r.Seconds, r.Seconds/decode.Seconds)
-			runs = append(runs, r)
+			e.step("%s: %s took %.2fs (%.2f× decode), walsender CPU %.2fs, %d segments", name, c, r.Seconds, r.Seconds/decode.Seconds,
+				r.ServerCPU, r.Segments)
+			byContender[c] = append(byContender[c], r)
 		}
-		r := median(runs)
+	}
+	for _, c := range contenders[1:] {
+		r := median(byContender[c])
 		r.Ratio = r.Seconds / decode.Seconds
 		sc.Runs = append(sc.Runs, r)
 	}
 	return sc, nil
+}
+
+// runContender runs streaming contender c once on slot.
+func (e *env) runContender(ctx context.Context, c, slot string, end pglogrepl.LSN) (Run, error) {
+	pgURL := e.pg.URL()
+	if unixContender(c) {
+		pgURL = e.pg.UnixURL()
+	}
+	switch c {
+	case cRecvlogical, cRecvlogicalUnix:
+		return e.runRecvlogical(ctx, c, slot, end)
+	case cBaseline:
+		return e.runConsumer(ctx, e.rdb, c, slot, end, e.baselineArgs(e.pg.URL(), slot, e.redis.URL()))
+	case cDaemon, cDaemonUnix, cDaemonRedisUnix, cAlt, cAltUnix:
+		bin, redisURL := e.daemon, e.redis.URL()
+		if c == cAlt || c == cAltUnix {
+			bin = e.o.altDaemon
+		}
+		if c == cDaemonRedisUnix {
+			redisURL = e.redis.UnixURL()
+		}
+		args, err := e.daemonArgs(bin, pgURL, slot, redisURL)
+		if err != nil {
+			return Run{}, err
+		}
+		return e.runConsumer(ctx, e.rdb, c, slot, end, args)
+	case cDaemonCluster, cDaemonClusterUnix:
+		args, err := e.daemonClusterArgs(pgURL, slot)
+		if err != nil {
+			return Run{}, err
+		}
+		return e.runConsumer(ctx, e.crdb, c, slot, end, args)
+	}
+	return Run{}, fmt.Errorf("unknown contender %q", c)
 }
 
 // median returns the run with the median time, with every run's time in
@@ -188,9 +264,12 @@ func median(runs []Run) Run {
 	sorted := slices.SortedFunc(slices.Values(runs), func(a, b Run) int { return cmp.Compare(a.Seconds, b.Seconds) })
 	m := sorted[(len(sorted)-1)/2]
 	if len(runs) > 1 {
-		m.AllSeconds = nil
+		m.AllSeconds, m.AllServerCPU, m.AllSegments, m.AllLoadAvg = nil, nil, nil, nil
 		for _, r := range runs {
 			m.AllSeconds = append(m.AllSeconds, r.Seconds)
+			m.AllServerCPU = append(m.AllServerCPU, r.ServerCPU)
+			m.AllSegments = append(m.AllSegments, r.Segments)
+			m.AllLoadAvg = append(m.AllLoadAvg, r.LoadAvg)
 			m.PeakRSSKB = max(m.PeakRSSKB, r.PeakRSSKB)
 		}
 	}
@@ -267,12 +346,17 @@ func (e *env) runDecode(ctx context.Context, slot string) (Run, pglogrepl.LSN, e
 }
 
 // runRecvlogical times pg_recvlogical streaming the backlog to /dev/null.
-func (e *env) runRecvlogical(ctx context.Context, slot string, end pglogrepl.LSN) (Run, error) {
+func (e *env) runRecvlogical(ctx context.Context, name, slot string, end pglogrepl.LSN) (Run, error) {
 	bin, err := pgTool("pg_recvlogical")
 	if err != nil {
 		return Run{}, err
 	}
-	dsn := fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres", e.pg.Port)
+	host := "127.0.0.1"
+	if unixContender(name) {
+		host = e.pg.Dir
+	}
+	dsn := fmt.Sprintf("host=%s port=%d user=postgres dbname=postgres", host, e.pg.Port)
+	load := loadAvg()
 	redis0 := redisCPU(ctx, e.rdb)
 	stopPerf, err := e.startPerf(slot)
 	if err != nil {
@@ -286,6 +370,7 @@ func (e *env) runRecvlogical(ctx context.Context, slot string, end pglogrepl.LSN
 		return Run{}, err
 	}
 	var server procStat
+	var segs int64
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	wal := 0
@@ -302,37 +387,42 @@ func (e *env) runRecvlogical(ctx context.Context, slot string, end pglogrepl.LSN
 			if s, ok := readProc(wal); wal != 0 && ok {
 				server = s
 			}
+			if n, ok := e.walsenderSegments(wal); ok {
+				segs = n
+			}
 		}
 	}
 	elapsed := time.Since(t)
 	if c.err != nil {
 		return Run{}, c.failure()
 	}
-	return Run{Contender: cRecvlogical, Seconds: elapsed.Seconds(), ClientCPU: c.cpu(), ServerCPU: server.cpu,
-		RedisCPU: redisCPU(ctx, e.rdb) - redis0}, nil
+	// The walsender exits with pg_recvlogical: its CPU time and segment
+	// count are those of the last sample, up to 50 ms short.
+	return Run{Contender: name, Seconds: elapsed.Seconds(), ClientCPU: c.cpu(), ServerCPU: server.cpu,
+		RedisCPU: redisCPU(ctx, e.rdb) - redis0, Segments: segs, LoadAvg: load}, nil
 }
 
-func (e *env) baselineArgs(slot, redisURL string) []string {
-	return []string{e.self, "baseline", "-postgres", e.pg.URL(), "-redis", redisURL, "-slot", slot, "-publication", publication}
+func (e *env) baselineArgs(pgURL, slot, redisURL string) []string {
+	return []string{e.self, "baseline", "-postgres", pgURL, "-redis", redisURL, "-slot", slot, "-publication", publication}
 }
 
-func (e *env) daemonArgs(slot, redisURL string) ([]string, error) {
+func (e *env) daemonArgs(bin, pgURL, slot, redisURL string) ([]string, error) {
 	rules, err := e.writeRules(slot, nil)
 	if err != nil {
 		return nil, err
 	}
-	return []string{e.daemon, "run", "--config", rules, "--postgres", e.pg.URL(), "--redis", redisURL}, nil
+	return []string{bin, "run", "--config", rules, "--postgres", pgURL, "--redis", redisURL}, nil
 }
 
 // daemonClusterArgs runs the daemon against the Redis Cluster: its rules
 // file says mode = "cluster" with the masters as seeds, and --redis must not
 // be given.
-func (e *env) daemonClusterArgs(slot string) ([]string, error) {
+func (e *env) daemonClusterArgs(pgURL, slot string) ([]string, error) {
 	rules, err := e.writeRules(slot, e.clusterSeeds)
 	if err != nil {
 		return nil, err
 	}
-	return []string{e.daemon, "run", "--config", rules, "--postgres", e.pg.URL()}, nil
+	return []string{e.daemon, "run", "--config", rules, "--postgres", pgURL}, nil
 }
 
 // runConsumer times a child that invalidates keys (baseline or daemon): from
@@ -343,6 +433,7 @@ func (e *env) runConsumer(ctx context.Context, rdb redis.UniversalClient, name, 
 		return Run{}, err
 	}
 	redis0 := redisCPU(ctx, rdb)
+	load := loadAvg()
 	stopPerf, err := e.startPerf(slot)
 	if err != nil {
 		return Run{}, err
@@ -401,8 +492,9 @@ func (e *env) runConsumer(ctx context.Context, rdb redis.UniversalClient, name, 
 	if s, ok := readProc(wal); wal != 0 && ok {
 		server = s
 	}
+	segs, _ := e.walsenderSegments(wal)
 	return Run{Contender: name, Seconds: elapsed.Seconds(), ClientCPU: client.cpu, ServerCPU: server.cpu,
-		RedisCPU: redisCPU(ctx, rdb) - redis0, PeakRSSKB: client.hwmKB}, nil
+		RedisCPU: redisCPU(ctx, rdb) - redis0, PeakRSSKB: client.hwmKB, Segments: segs, LoadAvg: load}, nil
 }
 
 // populate empties Redis and sets every key the rules can derive from items,

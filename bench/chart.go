@@ -18,6 +18,13 @@ var colors = map[string]string{
 	cDaemon:      "#1f5f9e",
 	// the daemon against a Redis Cluster
 	cDaemonCluster: "#5b3f8c",
+	// over the Unix socket: lighter shades of the same hues
+	cRecvlogicalUnix:   "#b4cde2",
+	cDaemonUnix:        "#4f8fcf",
+	cDaemonRedisUnix:   "#86b5e3",
+	cDaemonClusterUnix: "#9479c2",
+	cAlt:               "#2e8b57",
+	cAltUnix:           "#6cc08f",
 }
 
 const (
@@ -78,7 +85,11 @@ func chartSVG(r *Results) string {
 	if len(r.Stale) > 0 {
 		staleH = 380
 	}
-	h := 50 + catchH + staleH
+	tpH := 0.0
+	if len(r.Throughput) > 0 {
+		tpH = 330
+	}
+	h := 50 + catchH + staleH + tpH
 	s.f(`<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%.0f" viewBox="0 0 %d %.0f" font-family="Helvetica, Arial, sans-serif" font-size="12">`, chartW, h, chartW, h)
 	s.f(`<rect width="100%%" height="100%%" fill="white"/>`)
 	s.text(chartW/2, 24, "middle", `font-size="16" font-weight="bold"`, "pg-invalidator benchmarks, "+r.Date[:10])
@@ -91,6 +102,10 @@ func chartSVG(r *Results) string {
 	}
 	if len(r.Stale) > 0 {
 		stalePanel(s, r, y)
+		y += staleH
+	}
+	if len(r.Throughput) > 0 {
+		throughputPanel(s, r, y)
 	}
 	s.f(`</svg>`)
 	return s.b.String()
@@ -136,8 +151,8 @@ func catchUpPanel(s *svg, r *Results, y0 float64) {
 		s.f(`<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#e4e4e4"/>`, sx(t), top, sx(t), bottom)
 		s.text(sx(t), bottom+14, "middle", `fill="#555"`, tickLabel(t)+"×")
 	}
-	s.f(`<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#c0392b" stroke-dasharray="5,4"/>`, sx(2), top-6, sx(2), bottom)
-	s.text(sx(2)+4, top-8, "start", `fill="#c0392b"`, "target 2× (small transactions)")
+	s.f(`<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#c0392b" stroke-dasharray="5,4"/>`, sx(3), top-6, sx(3), bottom)
+	s.text(sx(3)+4, top-8, "start", `fill="#c0392b"`, "target 3× (small transactions, TCP)")
 	y := top
 	for _, sc := range r.CatchUp {
 		label := map[string]string{"small": "small transactions", "large": "one large transaction"}[sc.Scenario]
@@ -199,8 +214,11 @@ func stalePanel(s *svg, r *Results, y0 float64) {
 	ly := top + 6
 	for _, st := range r.Stale {
 		dash := ""
-		if st.Condition != "idle" {
+		if strings.HasPrefix(st.Condition, "load") {
 			dash = ` stroke-dasharray="6,4"`
+		}
+		if strings.HasSuffix(st.Condition, "(unix)") {
+			dash += ` stroke-opacity="0.5"`
 		}
 		for _, d := range st.Stats {
 			vals := make([]float64, len(d.Samples))
@@ -223,5 +241,100 @@ func stalePanel(s *svg, r *Results, y0 float64) {
 			s.text(x1+46, ly+18, "start", `fill="#555" font-size="11"`, fmt.Sprintf("p50 %.2f  p99 %.2f  max %.1f", d.P50, d.P99, d.Max))
 			ly += 40
 		}
+	}
+}
+
+// throughputPanel draws, for each pgbench rate achieved, the daemon's
+// median and maximum lag (MB, left) and the stale window p99 measured
+// meanwhile (ms, right), both on log scales.
+func throughputPanel(s *svg, r *Results, y0 float64) {
+	s.text(20, y0+24, "start", `font-size="14" font-weight="bold"`, "Throughput: pgbench single-row UPDATEs, the daemon live: lag and stale window p99 by rate achieved")
+	x0, x1 := float64(marginL), float64(chartW-marginR-210)
+	top, bottom := y0+50, y0+280
+	loR, hiR := math.Inf(1), 0.0
+	loL, hiL := math.Inf(1), 0.0
+	loP, hiP := math.Inf(1), 0.0
+	for _, t := range r.Throughput {
+		loR, hiR = math.Min(loR, t.AchievedTPS), math.Max(hiR, t.AchievedTPS)
+		for _, v := range []float64{t.LagBytesP50, t.LagBytesMax, t.RecvlogicalSentLagMax} {
+			if v > 0 {
+				loL, hiL = math.Min(loL, v/1e6), math.Max(hiL, v/1e6)
+			}
+		}
+		if t.Stale.P99 > 0 {
+			loP, hiP = math.Min(loP, t.Stale.P99), math.Max(hiP, t.Stale.P99)
+		}
+	}
+	if hiR == 0 || hiL == 0 {
+		return
+	}
+	decade := func(lo, hi float64) (float64, float64) {
+		return math.Pow(10, math.Floor(math.Log10(lo))), math.Pow(10, math.Ceil(math.Log10(hi*1.0001)))
+	}
+	loR, hiR = decade(loR, hiR)
+	loL, hiL = decade(loL, hiL)
+	loP, hiP = decade(math.Min(loP, 50), math.Max(hiP, 50))
+	sx := logScale(loR, hiR, x0, x1)
+	flip := func(f func(float64) float64) func(float64) float64 {
+		return func(v float64) float64 { return bottom - (f(v) - top) }
+	}
+	syL := flip(logScale(loL, hiL, top, bottom))
+	syP := flip(logScale(loP, hiP, top, bottom))
+	s.f(`<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="none" stroke="#999"/>`, x0, top, x1-x0, bottom-top)
+	for _, t := range logTicks(loR, hiR) {
+		s.f(`<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#e4e4e4"/>`, sx(t), top, sx(t), bottom)
+		s.text(sx(t), bottom+14, "middle", `fill="#555"`, tickLabel(t))
+	}
+	s.text((x0+x1)/2, bottom+32, "middle", `fill="#555"`, "transactions per second achieved")
+	for _, t := range logTicks(loL, hiL) {
+		s.text(x0-6, syL(t)+4, "end", `fill="#1f5f9e"`, tickLabel(t)+" MB")
+	}
+	for _, t := range logTicks(loP, hiP) {
+		s.text(x1+6, syP(t)+4, "start", `fill="#c0392b"`, tickLabel(t)+" ms")
+	}
+	s.f(`<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#c0392b" stroke-dasharray="5,4"/>`, x0, syP(50), x1, syP(50))
+	s.text(x1-4, syP(50)-4, "end", `fill="#c0392b"`, "target p99 50 ms")
+	line := func(color, dash string, pts [][2]float64) {
+		var ps []string
+		for _, p := range pts {
+			ps = append(ps, fmt.Sprintf("%.1f,%.1f", p[0], p[1]))
+			s.f(`<circle cx="%.1f" cy="%.1f" r="3" fill="%s"/>`, p[0], p[1], color)
+		}
+		s.f(`<polyline fill="none" stroke="%s" stroke-width="1.6"%s points="%s"/>`, color, dash, strings.Join(ps, " "))
+	}
+	var p50, pmax, rmax, p99 [][2]float64
+	for _, t := range r.Throughput {
+		x := sx(math.Max(t.AchievedTPS, loR))
+		if t.LagBytesP50 > 0 {
+			p50 = append(p50, [2]float64{x, syL(math.Max(t.LagBytesP50/1e6, loL))})
+		}
+		if t.LagBytesMax > 0 {
+			pmax = append(pmax, [2]float64{x, syL(math.Max(t.LagBytesMax/1e6, loL))})
+		}
+		if t.RecvlogicalSentLagMax > 0 && t.RecvlogicalTPS > 0 {
+			rmax = append(rmax, [2]float64{sx(math.Max(t.RecvlogicalTPS, loR)), syL(math.Max(t.RecvlogicalSentLagMax/1e6, loL))})
+		}
+		if t.Stale.P99 > 0 {
+			p99 = append(p99, [2]float64{x, syP(t.Stale.P99)})
+		}
+	}
+	line(colors[cDaemon], "", p50)
+	line(colors[cDaemon], ` stroke-dasharray="6,4"`, pmax)
+	line(colors[cRecvlogical], ` stroke-dasharray="2,3"`, rmax)
+	line("#c0392b", "", p99)
+	ly := top + 6
+	for _, l := range []struct{ color, dash, text string }{
+		{colors[cDaemon], "", "daemon lag p50 (MB)"},
+		{colors[cDaemon], "6,4", "daemon lag max (MB)"},
+		{colors[cRecvlogical], "2,3", "pg_recvlogical sent lag max (MB)"},
+		{"#c0392b", "", "stale window p99 (ms)"},
+	} {
+		dash := ""
+		if l.dash != "" {
+			dash = fmt.Sprintf(` stroke-dasharray="%s"`, l.dash)
+		}
+		s.f(`<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s" stroke-width="2"%s/>`, x1+60, ly, x1+84, ly, l.color, dash)
+		s.text(x1+90, ly+4, "start", "", l.text)
+		ly += 18
 	}
 }

@@ -350,6 +350,47 @@ func readProc(pid int) (procStat, bool) {
 	return s, true
 }
 
+// loadAvg is the 1-minute load average, or 0 when unknown.
+func loadAvg() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[0], 64)
+	return v
+}
+
+// walsenderSegments reads how many TCP data segments the socket of the
+// walsender with pid has sent (data_segs_out, from ss -tinp). ok is false
+// over a Unix socket, when the walsender is gone, or without ss.
+func (e *env) walsenderSegments(pid int) (n int64, ok bool) {
+	if pid == 0 {
+		return 0, false
+	}
+	out, err := exec.Command("ss", "-tinpH", "state", "established", fmt.Sprintf("( sport = :%d )", e.pg.Port)).Output()
+	if err != nil {
+		return 0, false
+	}
+	// Each socket is a line naming its process, then a line of TCP_INFO.
+	lines := strings.Split(string(out), "\n")
+	for i := 0; i+1 < len(lines); i++ {
+		if !strings.Contains(lines[i], fmt.Sprintf("pid=%d,", pid)) {
+			continue
+		}
+		for _, f := range strings.Fields(lines[i+1]) {
+			if v, found := strings.CutPrefix(f, "data_segs_out:"); found {
+				n, err := strconv.ParseInt(v, 10, 64)
+				return n, err == nil
+			}
+		}
+	}
+	return 0, false
+}
+
 // Slots.
 
 func (e *env) createSlot(ctx context.Context, name string) (pglogrepl.LSN, error) {

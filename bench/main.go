@@ -57,20 +57,24 @@ import (
 
 // options are the command-line flags. The defaults are the full run.
 type options struct {
-	smallTxs  int    // single-row UPDATE transactions in the small-transactions backlog
-	largeRows int    // rows in items, all updated by the one large transaction
-	samples   int    // stale window samples per condition
-	loadTPS   int    // background load during the loaded stale window samples
-	clients   int    // pgbench clients building the small-transactions backlog
-	scenarios string // which scenarios to run
-	outDir    string // where the JSON goes; empty: bench/results, or bench/results/local for a run that does not publish
-	chart     string // where the SVG goes; empty: docs/benchmarks.svg, or next to the JSON for a run that does not publish; "-": none
-	cluster   bool   // also run the daemon against a Redis Cluster in the catch-up scenarios
-	skip      string // catch-up contenders left out, comma-separated
-	runs      int    // runs of each catch-up contender but the baseline; the median is reported
-	perfDir   string // where perf record writes a profile of each streaming contender; empty: no profiling
-	publish   bool   // replace the published results even when the run is not a full one
-	verbose   bool
+	smallTxs   int           // single-row UPDATE transactions in the small-transactions backlog
+	largeRows  int           // rows in items, all updated by the one large transaction
+	samples    int           // stale window samples per condition
+	loadTPS    int           // background load during the loaded stale window samples
+	clients    int           // pgbench clients building the small-transactions backlog
+	scenarios  string        // which scenarios to run
+	outDir     string        // where the JSON goes; empty: bench/results, or bench/results/local for a run that does not publish
+	chart      string        // where the SVG goes; empty: docs/benchmarks.svg, or next to the JSON for a run that does not publish; "-": none
+	cluster    bool          // also run the daemon against a Redis Cluster in the catch-up scenarios
+	skip       string        // catch-up contenders left out, comma-separated
+	runs       int           // runs of each catch-up contender but the baseline; the median is reported
+	perfDir    string        // where perf record writes a profile of each streaming contender; empty: no profiling
+	tpSeconds  time.Duration // how long pgbench runs at each rate of the throughput scenario
+	small      bool          // quick sizes for every scenario
+	transports string        // the transports the catch-up contenders use to read the WAL: tcp, unix
+	altDaemon  string        // another pg-invalidator binary, run interleaved with this one; empty: none
+	publish    bool          // replace the published results even when the run is not a full one
+	verbose    bool
 
 	// notFull lists the flags, as -name=value, whose values make this run
 	// differ from the full run. Empty: a full run, which publishes.
@@ -123,12 +127,16 @@ func parseOptions(args []string, output io.Writer) (options, error) {
 	fs.IntVar(&o.samples, "samples", 1000, "stale window samples per condition (idle, loaded)")
 	fs.IntVar(&o.loadTPS, "load-tps", 1000, "background single-row transactions per second during the loaded stale window")
 	fs.IntVar(&o.clients, "clients", 4, "pgbench clients that write the small-transactions backlog")
-	fs.StringVar(&o.scenarios, "scenarios", "small,large,stale", "comma-separated scenarios to run: small, large, stale")
+	fs.StringVar(&o.scenarios, "scenarios", "small,large,stale,throughput", "comma-separated scenarios to run: small, large, stale, throughput, and split (not by default: one daemon against two on two slots)")
+	fs.DurationVar(&o.tpSeconds, "throughput-time", 30*time.Second, "how long pgbench writes at each rate of the throughput scenario")
+	fs.BoolVar(&o.small, "small", false, "a quick run of every scenario: -small-txs 20000 -large-rows 100000 -samples 200 -runs 1 -throughput-time 5s, unless set")
 	fs.StringVar(&o.outDir, "out", "", "directory for the JSON results (default: bench/results in the module for a run that publishes, else bench/results/local)")
 	fs.StringVar(&o.chart, "chart", "", "SVG chart to write (default: docs/benchmarks.svg in the module for a run that publishes, else <date>.svg beside the JSON; \"-\" for none)")
 	fs.BoolVar(&o.cluster, "cluster", true, "in the catch-up scenarios, also run the daemon against a 3-master Redis Cluster (\"daemon (cluster)\")")
 	fs.IntVar(&o.runs, "runs", 3, "runs of each catch-up contender (the baseline runs once); the table shows the median run")
 	fs.StringVar(&o.skip, "skip", "", "catch-up contenders to leave out, comma-separated: pg_recvlogical, baseline, daemon (decode always runs: it is the yardstick)")
+	fs.StringVar(&o.transports, "transports", "tcp,unix", "how the catch-up contenders read the WAL, comma-separated: tcp (127.0.0.1), unix (the server's Unix socket)")
+	fs.StringVar(&o.altDaemon, "alt-daemon", "", "another pg-invalidator binary to run interleaved with this one, as \"daemon (alt)\" (to compare two builds)")
 	fs.StringVar(&o.perfDir, "perf", "", "record a machine-wide perf profile (perf record -a -g) of each catch-up contender into this directory")
 	fs.BoolVar(&o.publish, "publish", false, "replace bench/results/latest.json and docs/benchmarks.svg even though flags make this run differ from the full run")
 	fs.BoolVar(&o.verbose, "v", false, "print each step with its time")
@@ -153,6 +161,19 @@ Flags:
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(output, "bench: unexpected argument %q\n", fs.Arg(0))
+		return o, errors.New("usage")
+	}
+	if o.small {
+		set := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		for name, v := range map[string]string{"small-txs": "20000", "large-rows": "100000", "samples": "200", "runs": "1", "throughput-time": "5s"} {
+			if !set[name] {
+				fs.Set(name, v)
+			}
+		}
+	}
+	if o.tpSeconds < time.Second {
+		fmt.Fprintln(output, "bench: -throughput-time must be at least 1s")
 		return o, errors.New("usage")
 	}
 	if o.smallTxs < 1 || o.largeRows < 1 || o.samples < 1 || o.clients < 1 || o.loadTPS < 1 || o.runs < 1 {
@@ -183,14 +204,21 @@ func run(ctx context.Context, o options) error {
 	want := map[string]bool{}
 	for s := range strings.SplitSeq(o.scenarios, ",") {
 		switch s = strings.TrimSpace(s); s {
-		case "small", "large", "stale":
+		case "small", "large", "stale", "throughput", "split":
 			want[s] = true
 		case "":
 		default:
-			return fmt.Errorf("-scenarios: unknown scenario %q (want small, large or stale)", s)
+			return fmt.Errorf("-scenarios: unknown scenario %q (want small, large, stale, throughput or split)", s)
 		}
 	}
 
+	for t := range strings.SplitSeq(o.transports, ",") {
+		switch t = strings.TrimSpace(t); t {
+		case "tcp", "unix", "":
+		default:
+			return fmt.Errorf("-transports: unknown transport %q (want tcp or unix)", t)
+		}
+	}
 	for c := range strings.SplitSeq(o.skip, ",") {
 		switch c = strings.TrimSpace(c); c {
 		case cRecvlogical, cBaseline, cDaemon, "":
@@ -212,6 +240,7 @@ func run(ctx context.Context, o options) error {
 		Params: Params{
 			SmallTxs: o.smallTxs, LargeRows: o.largeRows, Samples: o.samples, LoadTPS: o.loadTPS,
 			PgbenchClients: o.clients, Runs: o.runs, PostgresSettings: postgresSettings,
+			ThroughputSeconds: o.tpSeconds.Seconds(), Transports: o.transports,
 			Templates: []string{"item:<id>", "items:cat:<cat>", "other:<id>"},
 		},
 	}
@@ -237,6 +266,20 @@ func run(ctx context.Context, o options) error {
 			return fmt.Errorf("stale window: %w", err)
 		}
 		res.Stale = st
+	}
+	if want["throughput"] {
+		tp, err := e.throughput(ctx)
+		if err != nil {
+			return fmt.Errorf("throughput: %w", err)
+		}
+		res.Throughput = tp
+	}
+	if want["split"] {
+		sp, err := e.split(ctx)
+		if err != nil {
+			return fmt.Errorf("split: %w", err)
+		}
+		res.Split = sp
 	}
 	res.Targets = evaluate(res)
 	res.TotalSeconds = time.Since(start).Seconds()

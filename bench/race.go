@@ -182,7 +182,7 @@ func runRace(ctx context.Context, o raceOptions) error {
 	if err := e.setup(ctx, root); err != nil {
 		return err
 	}
-	res := &RaceResults{Date: start.UTC().Format(time.RFC3339), LoadAvg: [2]string{loadAvg()},
+	res := &RaceResults{Date: start.UTC().Format(time.RFC3339), LoadAvg: [2]string{loadAvgText()},
 		Params: RaceParams{Rows: o.rows, Readers: o.readers, ReadDelayMS: ms(o.readDelay), Writers: o.writers,
 			WritePauseMS: ms(o.writePause), DurationS: o.duration.Seconds(), RedeleteAfter: o.redelete.String(),
 			StandbyDelayMS: ms(o.standbyDelay), ReplicaTimeout: "5s"}}
@@ -212,7 +212,7 @@ func runRace(ctx context.Context, o raceOptions) error {
 		run.Workload, run.Remedy = r.workload, r.remedy
 		res.Runs = append(res.Runs, run)
 	}
-	res.LoadAvg[1] = loadAvg()
+	res.LoadAvg[1] = loadAvgText()
 	res.TotalSeconds = time.Since(start).Seconds()
 	printRace(os.Stdout, res)
 	return saveRace(os.Stdout, dir, publish, o.notFull, res, start)
@@ -483,8 +483,8 @@ func histogram(m map[string]float64, name string) (meanMS, p99MS float64) {
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// loadAvg returns the first three fields of /proc/loadavg; empty elsewhere.
-func loadAvg() string {
+// loadAvgText returns the first three fields of /proc/loadavg; empty elsewhere.
+func loadAvgText() string {
 	b, err := os.ReadFile("/proc/loadavg")
 	if err != nil {
 		return ""

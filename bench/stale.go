@@ -19,7 +19,7 @@ import (
 // Stale is one condition of the stale window scenario: how long a key
 // stays in Redis after the UPDATE that invalidates it has committed.
 type Stale struct {
-	Condition string  `json:"condition"` // "idle" or "load"
+	Condition string  `json:"condition"` // "idle" or "load", and " (unix)" over the Unix socket
 	LoadTPS   float64 `json:"load_tps"`  // background transactions per second achieved; 0 when idle
 	Samples   int     `json:"samples"`
 	Stats     []Delay `json:"contenders"`
@@ -43,10 +43,33 @@ const (
 	staleTimeout = 10 * time.Second // a sample whose key is still there after this counts as a timeout
 )
 
-// staleWindow runs the daemon and the baseline side by side, each on its own
-// slot and its own Redis, idle and then under background load.
+// staleWindow runs the stale window scenario over each transport of
+// -transports: TCP first, then the Unix socket, whose conditions are
+// named "idle (unix)" and "load (unix)".
 func (e *env) staleWindow(ctx context.Context) ([]Stale, error) {
-	e.step("stale window: starting a second Redis, the daemon and the baseline")
+	var out []Stale
+	for _, t := range []string{"tcp", "unix"} {
+		if !e.transport(t) {
+			continue
+		}
+		st, err := e.staleWindowOver(ctx, t)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, st...)
+	}
+	return out, nil
+}
+
+// staleWindowOver runs the daemon and the baseline side by side, each on its
+// own slot and its own Redis, both reading the WAL over transport (tcp or
+// unix), idle and then under background load.
+func (e *env) staleWindowOver(ctx context.Context, transport string) ([]Stale, error) {
+	pgURL, suffix := e.pg.URL(), ""
+	if transport == "unix" {
+		pgURL, suffix = e.pg.UnixURL(), " (unix)"
+	}
+	e.step("stale window%s: starting a second Redis, the daemon and the baseline", suffix)
 	redis2, err := localsvc.StartRedis(ctx)
 	if err != nil {
 		return nil, err
@@ -59,7 +82,7 @@ func (e *env) staleWindow(ctx context.Context) ([]Stale, error) {
 	}
 
 	names := [2]string{cDaemon, cBaseline}
-	slots := [2]string{"bench_stale_daemon", "bench_stale_baseline"}
+	slots := [2]string{"bench_stale_daemon_" + transport, "bench_stale_baseline_" + transport}
 	rdbs := [2]*redis.Client{e.rdb, rdb2}
 	var children [2]*child
 	for i, slot := range slots {
@@ -69,11 +92,11 @@ func (e *env) staleWindow(ctx context.Context) ([]Stale, error) {
 		defer e.dropSlot(context.Background(), slot)
 		var args []string
 		if names[i] == cDaemon {
-			if args, err = e.daemonArgs(slot, e.redis.URL()); err != nil {
+			if args, err = e.daemonArgs(e.daemon, pgURL, slot, e.redis.URL()); err != nil {
 				return nil, err
 			}
 		} else {
-			args = e.baselineArgs(slot, redis2.URL())
+			args = e.baselineArgs(pgURL, slot, redis2.URL())
 		}
 		c, err := startChild(args[0], filepath.Join(e.tmp, slot+".log"), args[1:]...)
 		if err != nil {
@@ -96,7 +119,7 @@ func (e *env) staleWindow(ctx context.Context) ([]Stale, error) {
 
 	var out []Stale
 	for _, cond := range []string{"idle", "load"} {
-		e.step("stale window: %d samples, %s", e.o.samples, cond)
+		e.step("stale window%s: %d samples, %s", suffix, e.o.samples, cond)
 		var load *loadGen
 		if cond == "load" {
 			load = startLoad(ctx, e.pg.URL(), e.o.loadTPS)
@@ -110,7 +133,7 @@ func (e *env) staleWindow(ctx context.Context) ([]Stale, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", cond, err)
 		}
-		st := Stale{Condition: cond, LoadTPS: tps, Samples: e.o.samples}
+		st := Stale{Condition: cond + suffix, LoadTPS: tps, Samples: e.o.samples}
 		for i, name := range names {
 			st.Stats = append(st.Stats, summarise(name, delays[i]))
 		}

@@ -41,7 +41,8 @@ import (
 //     DBA ran the SQL), or a name back after it was gone, is covered again,
 //     after a flush;
 //   - a replica identity that no longer sends the old values a rule needs is
-//     not covered until it is fixed;
+//     not covered until it is fixed, and then the table's keys are flushed,
+//     since keys of old rows were skipped meanwhile;
 //   - a leaf partition missing (detached or dropped) or with a new
 //     relfilenode (truncated, or rewritten by VACUUM FULL, CLUSTER or ALTER
 //     TABLE) has the rules' keys of its partitioned table flushed.
@@ -67,7 +68,7 @@ const (
 	changeSwapped   = "swapped"   // a new relation under the name, streamed now (added to the publication, or in it already); keys flushed
 	changeUncovered = "uncovered" // a new relation under the name that the publication does not stream, and this role may not add
 	changeMissing   = "missing"   // the name resolves to no table: dropped, or renamed away; keys flushed
-	changeRestored  = "restored"  // a table not covered before is streamed again; keys flushed
+	changeRestored  = "restored"  // a table not covered before is streamed again, or its replica identity serves its rules again; keys flushed
 	changeIdentity  = "identity"  // the replica identity no longer sends old values a rule needs
 	changePartition = "partition" // a leaf partition truncated or rewritten, detached or dropped; keys flushed
 )
@@ -142,48 +143,63 @@ type catalogWatch struct {
 	cov   *coverage
 	redis fanout
 	conn  *pgx.Conn            // an ordinary connection, kept open; nil: reconnect at the next poll
-	seen  map[string]seenTable // by rule table, as the last poll saw it
+	seen  map[string]seenTable // by rule table, as the last poll saw it; empty: no poll has succeeded
+	added []string             // rule tables added to the publication at start, flushed by the first poll that succeeds; nil after it
+
+	failing bool // the last poll failed, and that was logged
 }
 
-// watchCatalog reads the catalog every cfg.CatalogPollInterval until ctx
-// ends, and reacts to the changes described above. A failed poll is logged
-// once per streak at warn level and tried again at the next interval.
-func watchCatalog(ctx context.Context, cfg Config, cov *coverage, redis fanout) {
-	w := &catalogWatch{cfg: cfg, cov: cov, redis: redis, seen: make(map[string]seenTable)}
+// newCatalogWatch returns the catalog watch of Run. added are the rule
+// tables that prepare added to a publication that existed: the first poll
+// flushes their keys, as it would after adding them itself.
+func newCatalogWatch(cfg Config, cov *coverage, redis fanout, added []string) *catalogWatch {
+	return &catalogWatch{cfg: cfg, cov: cov, redis: redis, seen: make(map[string]seenTable), added: added}
+}
+
+// run polls every cfg.CatalogPollInterval until ctx ends, and reacts to
+// the changes described above. Run takes the first reading itself, before
+// it streams, so run waits one interval first.
+func (w *catalogWatch) run(ctx context.Context) {
 	defer func() {
 		if w.conn != nil {
 			w.conn.Close(context.Background())
 		}
 	}()
-	t := time.NewTicker(cfg.CatalogPollInterval)
+	t := time.NewTicker(w.cfg.CatalogPollInterval)
 	defer t.Stop()
-	failing := false
 	for {
-		err := w.poll(ctx)
-		switch {
-		case err != nil && ctx.Err() == nil && !failing:
-			cfg.Logger.Warn("catalog watch failed; rule tables swapped, renamed or dropped go unnoticed until it works again", "err", err)
-			failing = true
-		case err == nil && failing:
-			cfg.Logger.Info("catalog watch recovered")
-			failing = false
-		}
-		if err != nil && w.conn != nil {
-			w.conn.Close(context.Background())
-			w.conn = nil
-		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+		w.poll(ctx)
 	}
 }
 
-// poll reads the catalog once, compares it with the last reading, flushes
+// poll reads the catalog once and reacts to what changed. A failed poll is
+// logged once per streak at warn level, and its connection closed; the
+// next poll tries again.
+func (w *catalogWatch) poll(ctx context.Context) {
+	err := w.read(ctx)
+	switch {
+	case err != nil && ctx.Err() == nil && !w.failing:
+		w.cfg.Logger.Warn("catalog watch failed; rule tables swapped, renamed or dropped go unnoticed until it works again", "err", err)
+		w.failing = true
+	case err == nil && w.failing:
+		w.cfg.Logger.Info("catalog watch recovered")
+		w.failing = false
+	}
+	if err != nil && w.conn != nil {
+		w.conn.Close(context.Background())
+		w.conn = nil
+	}
+}
+
+// read reads the catalog once, compares it with the last reading, flushes
 // what needs flushing, and only then takes the new reading as the last: a
-// poll that fails before its flush is done is redone in full by the next.
-func (w *catalogWatch) poll(ctx context.Context) error {
+// read that fails before its flush is done is redone in full by the next.
+func (w *catalogWatch) read(ctx context.Context) error {
 	if w.conn == nil {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		c, err := connect(cctx, w.cfg)
@@ -204,14 +220,14 @@ func (w *catalogWatch) poll(ctx context.Context) error {
 
 	// A relation the publication does not stream is added to it, when this
 	// role may.
-	var unpublished []string
+	var unpublished []string // and added to the publication just now, unless refused
 	for _, t := range names {
-		if b := now[t]; b.OID != 0 && !b.Published {
+		if b := now[t]; b.OID != 0 && (!b.Published || slices.Contains(w.added, t)) {
 			unpublished = append(unpublished, t)
 		}
 	}
 	var refused *replication.PublicationError
-	if len(unpublished) > 0 {
+	if slices.ContainsFunc(unpublished, func(t string) bool { return !now[t].Published }) {
 		_, added, err := replication.EnsurePublication(qctx, w.conn, w.cfg.Publication, unpublished)
 		switch {
 		case errors.As(err, &refused):
@@ -306,10 +322,10 @@ func (w *catalogWatch) poll(ctx context.Context) error {
 					"reason", need.Reason, "fix", fix))
 			}
 		}
-		if cur.OID != 0 && cur.identity == "" && prev.identity != "" {
-			logs = append(logs, func() {
-				w.cfg.Logger.Info("the replica identity of a rule table serves its rules again", "table", t)
-			})
+		if cur.OID != 0 && cur.identity == "" && prev.identity != "" && !slices.Contains(flush, t) {
+			flush = append(flush, t)
+			logs = append(logs, w.change(t, changeRestored, false,
+				"the replica identity of a rule table serves its rules again: flushed its keys, since keys of old rows were skipped meanwhile"))
 		}
 		if cur.problem != "" {
 			problems[t] = cur.problem
@@ -328,6 +344,7 @@ func (w *catalogWatch) poll(ctx context.Context) error {
 		log()
 	}
 	w.seen = next
+	w.added = nil
 	w.cov.setProblems(problems)
 	return nil
 }

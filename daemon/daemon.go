@@ -3,8 +3,11 @@
 //
 //	replication.Stream  -> events, in WAL order
 //	mapping.Mapper      -> commands for each row change
+//	standbyGate.wait    -> with Config.Replicas, until the standbys replayed the batch (standbys.go)
 //	invalidator.Apply   -> Redis, checked command by command, on every target
+//	redeleter           -> the re-deletes of redelete_after rules, sent when due (redelete.go)
 //	Stream.Ack          -> the transaction's end LSN, only after every target said yes
+//	                       and its re-deletes are sent
 //
 // It decides what is fatal: a bad rule or schema stops the daemon before it
 // streams; a lost connection to PostgreSQL or Redis never does.
@@ -207,7 +210,7 @@ func Check(ctx context.Context, cfg Config) (replication.Server, error) {
 		return replication.Server{}, err
 	}
 	defer conn.Close(context.Background())
-	return verify(ctx, conn, cfg.Rules, cfg.Slot)
+	return verify(ctx, conn, cfg, cfg.Slot)
 }
 
 // connect opens an ordinary connection to PostgreSQL, with TCP keepalives
@@ -218,10 +221,12 @@ func connect(ctx context.Context, cfg Config) (*pgx.Conn, error) {
 
 // verify checks everything that retrying cannot fix before anything is
 // created: the server's prerequisites for streaming from slot (empty: a new
-// slot), the connecting role's rights on the rule tables, and the rules
+// slot), the connecting role's rights on the rule tables (and to see the
+// standbys' positions, when cfg.Replicas names some), and the rules
 // against the live schema. Every problem found is in one *ConfigError, the
 // server's first.
-func verify(ctx context.Context, conn *pgx.Conn, rules *mapping.Rules, slot string) (replication.Server, error) {
+func verify(ctx context.Context, conn *pgx.Conn, cfg Config, slot string) (replication.Server, error) {
+	rules := cfg.Rules
 	srv, problems, err := replication.ServerProblems(ctx, conn, slot)
 	if err != nil {
 		return srv, err
@@ -235,6 +240,15 @@ func verify(ctx context.Context, conn *pgx.Conn, rules *mapping.Rules, slot stri
 		return srv, err
 	}
 	problems = append(problems, roleProblems...)
+	if len(cfg.Replicas) > 0 {
+		problem, err := replication.StandbyRoleProblem(ctx, conn)
+		if err != nil {
+			return srv, err
+		}
+		if problem != nil {
+			problems = append(problems, problem)
+		}
+	}
 	tables, err := replication.DescribeTables(ctx, conn, rules.Tables())
 	if err != nil {
 		return srv, fmt.Errorf("describe rule tables: %w", err)
@@ -303,7 +317,12 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 
-	if err := retry(ctx, cfg, "prepare postgres", func() error { return prepare(ctx, cfg) }); err != nil {
+	var added []string // rule tables prepare added to a publication that existed
+	if err := retry(ctx, cfg, "prepare postgres", func() error {
+		var err error
+		added, err = prepare(ctx, cfg)
+		return err
+	}); err != nil {
 		return ignoreCanceled(ctx, err)
 	}
 	if err := retry(ctx, cfg, "connect to redis", func() error { return redis.Ping(ctx) }); err != nil {
@@ -321,7 +340,12 @@ func Run(ctx context.Context, cfg Config) error {
 	cancelEvictions()
 
 	wg.Go(func() { heartbeat(ctx, cfg, c, redis) })
-	wg.Go(func() { watchCatalog(ctx, cfg, m.cover, redis) })
+	// The catalog watch's first reading is taken before streaming starts,
+	// so that every change after it is noticed; tables added to an existing
+	// publication at start get their keys flushed by it.
+	watch := newCatalogWatch(cfg, m.cover, redis, added)
+	watch.poll(ctx)
+	wg.Go(func() { watch.run(ctx) })
 	wg.Go(func() { m.reportLag(ctx, cfg) })
 
 	redel := newRedeleter(redis, cfg.RedeleteLimit, cfg.MaxBatch)
@@ -343,26 +367,29 @@ func Run(ctx context.Context, cfg Config) error {
 
 // prepare checks the prerequisites and the schema, then makes sure the
 // publication exists and holds every rule table. It creates nothing when a
-// check fails.
-func prepare(ctx context.Context, cfg Config) error {
+// check fails. It returns the rule tables it added to a publication that
+// existed: their changes until now were not streamed.
+func prepare(ctx context.Context, cfg Config) ([]string, error) {
 	conn, err := connect(ctx, cfg)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer conn.Close(context.Background())
-	if _, err := verify(ctx, conn, cfg.Rules, cfg.Slot); err != nil {
-		return err
+	if _, err := verify(ctx, conn, cfg, cfg.Slot); err != nil {
+		return nil, err
 	}
 	created, added, err := replication.EnsurePublication(ctx, conn, cfg.Publication, cfg.Rules.Tables())
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if created {
 		cfg.Logger.Info("publication created", "publication", cfg.Publication, "tables", cfg.Rules.Tables())
-	} else if len(added) > 0 {
+		return nil, nil
+	}
+	if len(added) > 0 {
 		cfg.Logger.Info("tables added to publication", "publication", cfg.Publication, "tables", added)
 	}
-	return nil
+	return added, nil
 }
 
 func ignoreCanceled(ctx context.Context, err error) error {

@@ -61,6 +61,7 @@ type dryRunCommand struct {
 // connection. A lost connection ends the dry run: a new slot would skip the
 // changes in between.
 func dryRun(ctx context.Context, cfg Config) error {
+	cfg.Replicas = nil // it prints each transaction at once: no standby to wait for, nor to see
 	out := cfg.DryRunOut
 	if out == nil {
 		out = os.Stdout
@@ -72,7 +73,6 @@ func dryRun(ctx context.Context, cfg Config) error {
 	if n := dryRunSlots.Add(1); n > 1 {
 		cfg.Slot = fmt.Sprintf("%s_%d", cfg.Slot, n)
 	}
-	cfg.Replicas = nil // it prints each transaction at once: nothing to wait for
 	mapper := mapping.NewMapper(cfg.Rules)
 	// A dry run prints a re-delete's delay with its command, and schedules
 	// nothing: its redeleter stays empty.
@@ -93,7 +93,7 @@ func checkDryRun(ctx context.Context, cfg Config) error {
 	}
 	defer conn.Close(context.Background())
 	// The temporary slot is a new one, whatever slot the daemon has.
-	if _, err := verify(ctx, conn, cfg.Rules, ""); err != nil {
+	if _, err := verify(ctx, conn, cfg, ""); err != nil {
 		return err
 	}
 	// PublicationPlan tries what run would do in a transaction that is then

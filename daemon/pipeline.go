@@ -41,8 +41,9 @@ type pipeline struct {
 	// marker is the key of the slot's marker in Redis (see SlotMarker);
 	// empty until the first session has read the database's name.
 	marker string
-	// remembered is true once the marker was set in every target by this
-	// process.
+	// remembered is true once the marker was set in every target, by this
+	// process and since the last session that streamed: each reconnection
+	// sets it again, in case Redis was emptied meanwhile.
 	remembered bool
 	// silentPID is the walsender of the last session's connection when that
 	// session was dropped as silent: it may still hold the slot. 0: none.
@@ -90,7 +91,9 @@ func (p *pipeline) session(ctx context.Context) error {
 			return err
 		}
 	}
-	if !p.dryRun {
+	// A standby that has seen the slot skips the check: should the slot
+	// vanish, slotCreated finds it lost.
+	if !p.dryRun && (p.streamed || p.cfg.Resync || !p.seen) {
 		if err := p.requireSlot(ctx); err != nil {
 			return err
 		}
@@ -143,6 +146,7 @@ func (p *pipeline) session(ctx context.Context) error {
 		return err
 	}
 	p.streamed, p.seen = true, true
+	defer func() { p.remembered = false }()
 	p.m.streaming.Store(true)
 	defer p.m.streaming.Store(false)
 	if p.canary != nil {
@@ -302,6 +306,15 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 	defer redelTimer.Stop()
 	paused := false // reading stopped on a full re-delete queue
 
+	// While the stream is behind, a batch is not flushed each time the
+	// stream runs dry, which on a backlog read in small pieces happens
+	// after every few transactions: it lingers up to catchUpLinger for more,
+	// so that one round trip to Redis carries many transactions.
+	linger := time.NewTimer(time.Hour)
+	linger.Stop()
+	defer linger.Stop()
+	lingering := false
+
 	for {
 		if at, ok := p.redel.next(); ok {
 			redelTimer.Reset(time.Until(at))
@@ -337,6 +350,12 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 			acknowledge()
 			continue
 		case chunk = <-in:
+		case <-linger.C:
+			lingering = false
+			if err := flush(); err != nil {
+				return err
+			}
+			continue
 		}
 		if pendingRules != nil && !inTx {
 			p.swapRules(*pendingRules)
@@ -400,13 +419,30 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 		// large as the backlog allows.
 		// A long run of transactions with nothing to send is still flushed
 		// now and then, so that they are acknowledged.
-		if len(events) == 0 || p.sink.pending() >= p.cfg.MaxBatch || batchTxs >= p.cfg.MaxBatch {
-			if err := flush(); err != nil {
-				return err
+		switch {
+		case p.sink.pending() >= p.cfg.MaxBatch || batchTxs >= p.cfg.MaxBatch:
+		case len(events) > 0:
+			continue
+		case stream.Behind() && catchUpLinger > 0:
+			if !lingering {
+				lingering = true
+				linger.Reset(catchUpLinger)
 			}
+			continue
+		}
+		if lingering {
+			lingering = false
+			linger.Stop()
+		}
+		if err := flush(); err != nil {
+			return err
 		}
 	}
 }
+
+// catchUpLinger is how long the consumer waits for more of a backlog
+// before it flushes a batch to Redis, while the stream is behind.
+const catchUpLinger = 5 * time.Millisecond
 
 // requireSlot, before each session, tells a lost slot from a first start.
 // A slot that is missing was lost when this process saw it before, or when
@@ -439,7 +475,7 @@ func (p *pipeline) requireSlot(ctx context.Context) error {
 	case p.streamed:
 		why = "disappeared while the daemon was running"
 	case p.seen:
-		why = "disappeared while the daemon stood by (it had seen the slot exist)"
+		why = "disappeared while the daemon stood by for it"
 	default:
 		target, err := p.redis.MarkerIn(ctx, p.marker)
 		if err != nil {
@@ -474,8 +510,9 @@ const SlotMarkerPrefix = "pg-invalidator:slot:"
 func SlotMarker(db, slot string) string { return SlotMarkerPrefix + db + ":" + slot }
 
 // rememberSlot sets the slot's marker in every target, once the slot is
-// known to exist: a process started later that finds the marker but not the
-// slot knows the slot was lost. It lives in Redis, with the entries that
+// known to exist (once per process on a standby, before every session that
+// streams on the active daemon): a process started later that finds the
+// marker but not the slot knows the slot was lost. It lives in Redis, with the entries that
 // would be stale: an emptied Redis forgets the slot and holds nothing stale
 // either. See docs/high-availability.md for why not in PostgreSQL.
 func (p *pipeline) rememberSlot(ctx context.Context) error {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -195,4 +196,51 @@ func (g *standbyGate) close() {
 		g.conn.Close(context.Background())
 		g.conn = nil
 	}
+}
+
+// StandbyCheck is what check says of one standby named in Config.Replicas.
+type StandbyCheck struct {
+	Name string
+	// Problem is empty when the standby is connected and its replay
+	// position can be read; otherwise it says what is wrong. A standby
+	// with a problem holds invalidations back for up to ReplicaTimeout,
+	// then no more until it catches up.
+	Problem string
+}
+
+// CheckStandbys reads, once, what the primary's pg_stat_replication says
+// of each standby named in cfg.Replicas, for the check command: a typo in
+// a name would otherwise show only as a standby given up on at the first
+// transaction. It returns nothing when no standby is named.
+func CheckStandbys(ctx context.Context, cfg Config) ([]StandbyCheck, error) {
+	if len(cfg.Replicas) == 0 {
+		return nil, nil
+	}
+	cfg.setDefaults()
+	conn, err := connect(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(context.Background())
+	pos, err := replication.StandbyPositions(ctx, conn, cfg.Replicas)
+	if err != nil {
+		return nil, err
+	}
+	connected, err := replication.ConnectedStandbys(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]StandbyCheck, len(cfg.Replicas))
+	for i, name := range cfg.Replicas {
+		out[i].Name = name
+		switch s := pos[name]; {
+		case !s.Connected && len(connected) == 0:
+			out[i].Problem = "not in the primary's pg_stat_replication, where no standby is connected"
+		case !s.Connected:
+			out[i].Problem = fmt.Sprintf("not in the primary's pg_stat_replication, whose standbys are named %s", strings.Join(connected, ", "))
+		case s.Replay == 0:
+			out[i].Problem = "its replay_lsn is NULL in pg_stat_replication (not reported yet)"
+		}
+	}
+	return out, nil
 }

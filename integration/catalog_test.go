@@ -4,11 +4,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/pg-invalidator/pg-invalidator/daemon"
+	"github.com/pg-invalidator/pg-invalidator/mapping"
 )
 
 // The catalog watch: a rule table swapped, renamed or dropped, a replica
@@ -215,11 +217,16 @@ func TestCatalogDroppedAndRenamedRuleTables(t *testing.T) {
 	f := newFixture(t, productsSchema, markerSchema,
 		"CREATE TABLE categories (id bigint PRIMARY KEY, name text)",
 		"INSERT INTO categories VALUES (1, 'lamps')")
-	w := f.startWatched(f.config(f.rules(productsRules + `
+	path := f.rules(productsRules + `
 [[rule]]
 table = "categories"
 del = ["{p}category:<id>"]
-`)))
+`)
+	cfg := f.config(path)
+	reload := make(chan struct{}, 1)
+	cfg.Reload = reload
+	cfg.LoadRules = func() (*mapping.Rules, error) { return loadRules(path) }
+	w := f.startWatched(cfg)
 
 	// Dropped.
 	{
@@ -273,10 +280,21 @@ del = ["{p}category:<id>"]
 			t.Errorf("%s = %v, want 1", series, got)
 		}
 	}
+
+	// Rules that no longer name the dropped table make the daemon ready.
+	if err := os.WriteFile(path, []byte(strings.ReplaceAll(productsRules, "{p}", f.prefix)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	reload <- struct{}{}
+	w.waitReadyz(http.StatusOK)
+	if got := w.counter(`pg_invalidator_rule_tables_not_covered`); got != 0 {
+		t.Errorf("rule_tables_not_covered = %v after the reload, want 0", got)
+	}
 }
 
 func TestCatalogReplicaIdentityWeakened(t *testing.T) {
 	f := newFixture(t, productsSchema, markerSchema)
+	f.exec("INSERT INTO products (id, category_id) VALUES (1, 3)")
 	w := f.startWatched(f.config(f.rules(productsRules)))
 
 	// list:cat:<category_id> needs the old category on update and delete,
@@ -286,11 +304,20 @@ func TestCatalogReplicaIdentityWeakened(t *testing.T) {
 		"ALTER TABLE public.products REPLICA IDENTITY FULL")
 	t.Logf("/readyz: %s", body)
 	w.waitLog("ERROR", "table=public.products", "change=identity")
+	// Meanwhile the old category is not sent: its list key stays.
+	f.cache("list:cat:3", "list:cat:5")
+	f.exec("UPDATE products SET category_id = 5 WHERE id = 1")
+	f.waitGone("list:cat:5")
 	f.sync()
+	if !f.exists("list:cat:3") {
+		t.Fatal("list:cat:3 was invalidated under REPLICA IDENTITY DEFAULT; this test no longer shows the window")
+	}
 
+	// Fixed, the keys skipped meanwhile are flushed.
 	f.exec("ALTER TABLE products REPLICA IDENTITY FULL")
 	w.waitReadyz(http.StatusOK)
-	w.waitLog("INFO", "table=public.products", "serves its rules again")
+	f.waitGoneLong("list:cat:3")
+	w.waitLog("WARN", "table=public.products", "change=restored", "serves its rules again")
 	if n := w.logCount("ERROR", "table=public.products", "change=identity"); n != 1 {
 		t.Errorf("%d errors about the identity, want 1:\n%s", n, w.log)
 	}
@@ -349,4 +376,27 @@ del = ["{p}event:<region>:<id>", "{p}events:all"]
 			}
 		})
 	}
+}
+
+// TestCatalogSwappedWhileStopped: a table swapped while no daemon runs is
+// added to the publication at start, which alone would leave the keys of
+// the changes made before stale.
+func TestCatalogSwappedWhileStopped(t *testing.T) {
+	f := newFixture(t, productsSchema, markerSchema)
+	f.exec("INSERT INTO products (id, category_id, name) VALUES (1, 3, 'lamp')")
+	cfg := f.config(f.rules(productsRules))
+	first := f.startConfig(cfg)
+	f.sync()
+	if err := first.stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	f.cache("product:1", "list:cat:3", "product:2", "list:cat:7")
+	f.exec(swapSQL)
+	w := f.startWatched(cfg)
+	f.waitGoneLong("product:1", "list:cat:3", "product:2", "list:cat:7")
+	w.waitLog("WARN", "table=public.products", "change=swapped")
+	f.cache("product:3")
+	f.exec("INSERT INTO products (id, category_id) VALUES (3, 9)")
+	f.waitGone("product:3")
 }

@@ -7,8 +7,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/pg-invalidator/pg-invalidator/daemon"
+	"github.com/pg-invalidator/pg-invalidator/internal/localsvc"
 	"github.com/pg-invalidator/pg-invalidator/internal/raceload"
+	"github.com/pg-invalidator/pg-invalidator/internal/testenv"
+	"github.com/pg-invalidator/pg-invalidator/invalidator"
 	"github.com/pg-invalidator/pg-invalidator/replication"
 )
 
@@ -39,13 +44,14 @@ func waitRedeletesSent(t *testing.T, addr string) {
 // pausing 5 ms between the read and the SET, 2 writers) and then forces
 // the stale-set race on 5 rows, with redelete_after off and on: off leaves
 // stale entries (at least the 5 forced ones), on leaves none, and counts
-// the re-deletes that found a key.
+// the re-deletes that found a key. The delay leaves the forced readers 2 s
+// for their SET after the delete, on a loaded machine.
 func TestRedeleteRepairsStaleSets(t *testing.T) {
 	for _, tc := range []struct {
 		name, redelete string
 	}{
 		{"off", ""},
-		{"on", `redelete_after = "1s"`},
+		{"on", `redelete_after = "2s"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t, raceload.Schema(raceRows), markerSchema)
@@ -178,5 +184,80 @@ WHERE s.database = current_database() AND s.temporary AND r.state = 'streaming'`
 	time.Sleep(time.Second)
 	if !f.exists("item:3") {
 		t.Error("the dry run deleted item:3")
+	}
+}
+
+// TestRedeleteEveryTargetAndCluster checks that re-deletes reach every
+// target, one of them a Redis Cluster whose keys span its masters, for
+// keys and for a TRUNCATE's pattern, and are counted per target.
+func TestRedeleteEveryTargetAndCluster(t *testing.T) {
+	ctx := context.Background()
+	cl, err := localsvc.StartRedisCluster(ctx, 3, 0, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	crdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cl.Addrs(), DisableIdentity: true})
+	t.Cleanup(func() { crdb.Close() })
+
+	f := newFixture(t, raceload.Schema(12), markerSchema)
+	cfg := f.config(f.rules(raceRules(`redelete_after = "2s"`)))
+	cfg.MetricsAddr = metricsAddr(t)
+	cfg.Targets = append(cfg.Targets, daemon.Target{Name: "cluster",
+		Redis: invalidator.Options{Mode: invalidator.ModeCluster, Addrs: cl.Addrs()}})
+	f.startConfig(cfg)
+
+	caches := []redis.UniversalClient{f.rdb, crdb}
+	set := func(ids ...int) {
+		t.Helper()
+		for _, c := range caches {
+			for _, id := range ids {
+				if err := c.Set(ctx, raceload.Key(f.prefix, id), "stale", time.Hour).Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	left := func(ids ...int) []string {
+		var l []string
+		for i, c := range caches {
+			for _, id := range ids {
+				if c.Exists(ctx, raceload.Key(f.prefix, id)).Val() == 1 {
+					l = append(l, fmt.Sprintf("%s on %s", raceload.Key("", id), cfg.Targets[i].Name))
+				}
+			}
+		}
+		return l
+	}
+	waitGone := func(ids ...int) {
+		t.Helper()
+		waitFor(t, 30*time.Second, func() bool { return len(left(ids...)) == 0 },
+			func() string { return fmt.Sprintf("still cached: %v", left(ids...)) })
+	}
+	keys, truncated := []int{1, 2, 3, 4, 5, 6}, []int{7, 8, 9, 10, 11, 12}
+	if on := testenv.KeysPerMaster(t, crdb, f.prefix+"*"); len(on) != 0 {
+		t.Fatalf("keys before the test: %v", on)
+	}
+	set(keys...)
+	f.exec("UPDATE race_items SET v = 1 WHERE id <= 6")
+	waitGone(keys...)
+	set(keys...) // slow readers, after the first delete
+	if on := testenv.KeysPerMaster(t, crdb, f.prefix+"*"); len(on) < 2 {
+		t.Fatalf("the keys are on %d masters, want them spread: %v", len(on), on)
+	}
+	waitGone(keys...)
+
+	set(truncated...)
+	f.exec("TRUNCATE race_items")
+	waitGone(truncated...)
+	set(truncated...)
+	waitGone(truncated...)
+
+	waitRedeletesSent(t, cfg.MetricsAddr)
+	m := scrape(t, cfg.MetricsAddr)
+	for _, target := range []string{"default", "cluster"} {
+		if got := m[fmt.Sprintf(`pg_invalidator_redeletes_found_total{target=%q}`, target)]; got < 12 {
+			t.Errorf("redeletes_found_total for %s = %v, want at least 12", target, got)
+		}
 	}
 }

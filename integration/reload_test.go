@@ -44,6 +44,7 @@ del = ["{p}item2:<id>"]
 table = "tags"
 del = ["{p}tag:<id>"]
 `+markerRule, "{p}", f.prefix)), 0o644)
+	reloaded := time.Now()
 	reload <- struct{}{}
 	waitFor(t, 20*time.Second, func() bool { return strings.Contains(logs.String(), "tables added to publication") },
 		func() string { return "tags never joined the publication; the daemon logged:\n" + logs.String() })
@@ -53,6 +54,8 @@ del = ["{p}tag:<id>"]
 	f.cache("tag:1")
 	f.exec("INSERT INTO tags VALUES (1, 'x')")
 	f.waitGone("tag:1")
+	t.Logf("the reload's rules were in force, its table in the publication and its first write invalidated %s after the reload",
+		time.Since(reloaded).Round(time.Millisecond))
 	f.cache("item:1", "item2:1")
 	f.exec("UPDATE items SET v = v + 1 WHERE id = 1")
 	f.waitGone("item2:1")

@@ -57,14 +57,15 @@ func (f *fixture) waitReplayed(readURL string) {
 }
 
 // TestReplicaGate forces the replica race on 5 rows against a real
-// standby that replays 1s late: a reader waits for the daemon's delete,
+// standby that replays 3s late (long enough for a loaded machine): a
+// reader waits for the daemon's delete,
 // then reads the row from the standby and caches it. Without replicas the
 // standby still has the old row, so each entry ends stale; with replicas
 // = ["standby1"] the delete waits until the standby replayed the update,
 // and none is.
 func TestReplicaGate(t *testing.T) {
 	pg := startPostgres(t)
-	sb := startStandby(t, pg, "standby1", "recovery_min_apply_delay=1s")
+	sb := startStandby(t, pg, "standby1", "recovery_min_apply_delay=3s")
 	for _, gate := range []bool{false, true} {
 		t.Run(fmt.Sprintf("replicas=%v", gate), func(t *testing.T) {
 			f := newFixtureOn(t, pg.URL(), env.RedisURL, raceload.Schema(20), markerSchema)
@@ -103,7 +104,8 @@ func TestReplicaGate(t *testing.T) {
 }
 
 // TestReplicaTimeout names a standby that replays 20s late and one that
-// does not exist, with replica_timeout = 1s: invalidation goes on without
+// does not exist, with replica_timeout = 1s: check warns of the one that
+// does not exist, naming the one that does; invalidation goes on without
 // them (a key is gone while the standby still has the old row), each is
 // logged and counted once, and /readyz stays 200 and names them.
 func TestReplicaTimeout(t *testing.T) {
@@ -118,7 +120,17 @@ func TestReplicaTimeout(t *testing.T) {
 		}
 		return err == nil
 	}, func() string { return "the test database did not reach the standby" })
-	cfg := f.config(f.rules(raceRules("")))
+	rules := f.rules("[postgres]\nreplicas = [\"standby1\", \"ghost\"]\nreplica_timeout = \"1s\"\n" + raceRules(""))
+	stdout, stderr, code := runCLI(t, "check", "--config", rules, "--postgres", f.dbURL)
+	for _, want := range []string{
+		"standby standby1: ok: invalidations wait until it has replayed each transaction",
+		"warning: standby ghost: not in the primary's pg_stat_replication, whose standbys are named standby1; invalidations will wait for it up to replica_timeout, then go on without it until it catches up",
+	} {
+		if code != 0 || !hasLine(stdout, want) {
+			t.Errorf("check: exit %d, stdout lacks the line\n%s\nin:\n%s\nstderr:\n%s", code, want, stdout, stderr)
+		}
+	}
+	cfg := f.config(rules) // the rules only: the test sets what the command line would take from [postgres]
 	cfg.MetricsAddr = metricsAddr(t)
 	cfg.Replicas, cfg.ReplicaTimeout = []string{"standby1", "ghost"}, time.Second
 	f.startConfig(cfg)
@@ -157,5 +169,30 @@ func TestReplicaTimeout(t *testing.T) {
 	if code != http.StatusOK || !strings.HasPrefix(body, "ready\n") ||
 		!strings.Contains(body, "degraded: standby standby1 is not waited for") || !strings.Contains(body, "degraded: standby ghost is not waited for: it is not in the primary's pg_stat_replication") {
 		t.Errorf("/readyz = %d %q, want 200, ready, and a line for each standby", code, body)
+	}
+}
+
+// TestReplicasNeedPgMonitor checks that setup grants pg_monitor to the
+// daemon's role when the rules file names replicas, and that the daemon
+// refuses to start as a role that cannot see the standbys' positions,
+// saying what to run.
+func TestReplicasNeedPgMonitor(t *testing.T) {
+	role := newClusterRole(t)
+	f := newFixture(t, raceload.Schema(3), markerSchema)
+	rules := f.rules("[postgres]\nreplicas = [\"standby1\"]\n" + raceRules(""))
+	stdout, stderr, code := runCLI(t, "setup", "--config", rules, "--postgres", f.dbURL, "--role", role, "--apply")
+	if code != 0 {
+		t.Fatalf("setup --apply: exit %d, stderr:\n%s", code, stderr)
+	}
+	if want := `GRANT pg_monitor TO "` + role + `";`; !hasLine(stdout, want) {
+		t.Errorf("setup output lacks the line\n%s\nin:\n%s", want, stdout)
+	}
+	if _, stderr, code := runCLI(t, "check", "--config", rules, "--postgres", asRole(t, f.dbURL, role, "any")); code != 0 {
+		t.Errorf("check as the role setup made: exit %d, stderr:\n%s", code, stderr)
+	}
+	f.exec(`REVOKE pg_monitor FROM "` + role + `"`)
+	_, stderr, code = runCLI(t, "check", "--config", rules, "--postgres", asRole(t, f.dbURL, role, "any"))
+	if want := `GRANT pg_monitor TO "` + role + `"`; code != 1 || !strings.Contains(stderr, want) {
+		t.Errorf("check without pg_monitor: exit %d, stderr:\n%s\nwant exit 1 and %s", code, stderr, want)
 	}
 }

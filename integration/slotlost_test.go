@@ -93,6 +93,7 @@ func TestStandbySeesTheSlotLost(t *testing.T) {
 	active, standby := f.activeAndStandby(cfg)
 
 	f.dropSlot("pg_invalidator")
+	dropped := time.Now()
 	for _, d := range []struct {
 		name string
 		r    *runDaemon
@@ -101,7 +102,7 @@ func TestStandbySeesTheSlotLost(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "replication slot pg_invalidator disappeared") || !strings.Contains(err.Error(), "--resync") {
 			t.Errorf("the %s stopped with %v, want the lost-slot message; it logged:\n%s", d.name, err, d.r.logs)
 		}
-		t.Logf("the %s stopped with: %v", d.name, err)
+		t.Logf("the %s stopped %s after the slot was dropped, with: %v", d.name, time.Since(dropped).Round(time.Millisecond), err)
 		if strings.Contains(d.r.logs.String(), "replication slot created") && d.name == "standby" {
 			t.Errorf("the standby created a slot:\n%s", d.r.logs)
 		}
@@ -128,10 +129,12 @@ func TestStandbyResyncsOnce(t *testing.T) {
 	}
 	atStart := resyncs() // with resync, a first start flushes too
 	f.dropSlot("pg_invalidator")
+	dropped := time.Now()
 	waitFor(t, 30*time.Second, func() bool { return resyncs() > atStart }, func() string {
 		return "no daemon resynced; they logged:\n" + active.logs.String() + "\n" + standby.logs.String()
 	})
 	f.waitSlotActive("pg_invalidator", nil)
+	t.Logf("the slot was dropped; %s later it was recreated, the keys flushed, and a daemon streamed from it", time.Since(dropped).Round(time.Millisecond))
 	for _, k := range []string{"item:1", "item:2000", "items:cat:3"} {
 		if f.exists(k) {
 			t.Errorf("%s is still cached after the resync", k)
@@ -180,7 +183,9 @@ func TestRestartedProcessFindsTheSlotLost(t *testing.T) {
 
 	// The slot is lost while no daemon runs; a fresh process starts.
 	f.dropSlot("pg_invalidator")
+	started := time.Now()
 	err := f.runDaemon(cfg).exit(t, "restarted daemon")
+	t.Logf("the restarted daemon stopped %s after it started", time.Since(started).Round(time.Millisecond))
 	if err == nil || !strings.Contains(err.Error(), "Redis remembers that it existed") || !strings.Contains(err.Error(), "--resync") {
 		t.Fatalf("the restarted daemon stopped with %v, want the lost-slot message", err)
 	}
@@ -192,11 +197,13 @@ func TestRestartedProcessFindsTheSlotLost(t *testing.T) {
 	// With resync, it recreates the slot and flushes.
 	f.cacheForResync()
 	cfg.Resync = true
+	started = time.Now()
 	r := f.runDaemon(cfg)
 	f.waitSlotActive("pg_invalidator", r.done)
 	waitFor(t, 20*time.Second, func() bool { return strings.Contains(r.logs.String(), "Redis remembers that it existed") },
 		func() string { return "no resync logged with the marker as its reason:\n" + r.logs.String() })
 	f.waitGone("item:1", "item:2000", "items:cat:3")
+	t.Logf("with resync, the restarted daemon flushed and streamed %s after it started", time.Since(started).Round(time.Millisecond))
 	if err := r.stop(); err != nil {
 		t.Fatal(err)
 	}

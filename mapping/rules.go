@@ -249,7 +249,7 @@ func (p *parser) rule(path []string, m map[string]any) *Rule {
 // maxRedelete bounds redelete_after: a transaction is acknowledged only
 // once its re-deletes are sent, so a long delay holds WAL on the server
 // for that long.
-const maxRedelete = time.Hour
+const maxRedelete = time.Minute
 
 // redelete parses redelete_after, a duration from 1ms to maxRedelete.
 func (p *parser) redelete(path []string, v any) time.Duration {
@@ -259,7 +259,7 @@ func (p *parser) redelete(path []string, v any) time.Duration {
 	}
 	d, err := time.ParseDuration(s)
 	if err != nil || d < time.Millisecond || d > maxRedelete {
-		p.Addf(path, "redelete_after %q is not a duration from 1ms to 1h; write one longer than the application's slowest read-to-SET, like \"500ms\"", s)
+		p.Addf(path, "redelete_after %q is not a duration from 1ms to 1m; write one longer than the application's slowest read-to-SET, like \"500ms\"", s)
 		return 0
 	}
 	return d

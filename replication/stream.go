@@ -155,7 +155,7 @@ func Connect(ctx context.Context, cfg Config) (*Stream, error) {
 		poke:      make(chan struct{}, 1),
 	}
 	pcfg.BuildFrontend = func(r io.Reader, w io.Writer) *pgproto3.Frontend {
-		s.sock = newSocketReader(r, &s.behind)
+		s.sock = newSocketReader(r, w, &s.behind)
 		return pgproto3.NewFrontend(s.sock, w)
 	}
 	s.conn, err = pgconn.ConnectConfig(ctx, pcfg)
@@ -226,6 +226,10 @@ func (s *Stream) Ack(lsn pglogrepl.LSN) {
 	default:
 	}
 }
+
+// Behind reports whether the last commit decoded was old: the stream is
+// catching up on a backlog rather than following live traffic.
+func (s *Stream) Behind() bool { return s.behind.Load() }
 
 // Acked returns the highest acknowledged position.
 func (s *Stream) Acked() pglogrepl.LSN { return pglogrepl.LSN(s.acked.Load()) }

@@ -217,6 +217,13 @@ func planSetup(ctx context.Context, tx pgx.Tx, cfg *config.File, role string) (*
 	if err != nil {
 		return nil, err
 	}
+	if len(cfg.Postgres.Replicas) > 0 {
+		stmts, err := replication.StandbyRoleSQL(ctx, tx.Conn(), role)
+		if err != nil {
+			return nil, err
+		}
+		roleStmts = append(roleStmts, stmts...)
+	}
 	identStmts, err := replication.ReplicaIdentityFullSQL(ctx, tx.Conn(), full)
 	if err != nil {
 		return nil, err

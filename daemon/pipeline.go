@@ -289,7 +289,7 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 		now := time.Now()
 		p.m.applied(now)
 		if len(p.canaries) > 0 {
-			p.canary.back(p.canaries, now)
+			p.canary.back(p.canaries, p.redis.appliedAt())
 			p.canaries = p.canaries[:0]
 		}
 		if ackable != 0 {

@@ -9,6 +9,7 @@
 #   make image   the Docker image pg-invalidator:$(VERSION)
 #   make demo    build, then run the self-contained demo (throwaway PostgreSQL and Redis)
 #   make bench   the bench program, then the Go benchmarks of mapping/ and invalidator/
+#   make race    the race scenarios: stale sets and standby reads, each remedy off and on (bench race)
 #   make fuzz    30 s of fuzzing the key template parser
 #   make clean   remove build and test output
 #
@@ -44,7 +45,7 @@ DOCKER_BUILD_FLAGS ?=
 # The systems besides Linux the binary must build for, as GOOS/GOARCH.
 CROSS     ?= darwin/arm64 windows/amd64
 
-.PHONY: all build test test-containers vet fmtcheck composecheck crossbuild demo bench fuzz image clean
+.PHONY: all build test test-containers vet fmtcheck composecheck crossbuild demo bench race fuzz image clean
 
 all: build
 
@@ -106,6 +107,11 @@ demo: build
 bench:
 	@if [ -d bench ]; then $(GO) run ./bench; else echo "note: no ./bench program yet; only the Go benchmarks run"; fi
 	$(GO) test -run='^$$' -bench=. -benchmem ./mapping/ ./config/ ./invalidator/
+
+# The race scenarios (bench/race.go): about 2 minutes; RACEFLAGS, such as
+# -duration 3s, make a quick run that leaves bench/results/race/latest.json alone.
+race:
+	$(GO) run ./bench race $(RACEFLAGS)
 
 fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzParseTemplate -fuzztime=$(FUZZTIME) ./mapping/

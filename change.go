@@ -7,7 +7,10 @@
 // connections, and the invalidator knows nothing of PostgreSQL.
 package pginvalidator
 
-import "fmt"
+import (
+	"fmt"
+	"time"
+)
 
 // Op is the kind of row change PostgreSQL reported.
 type Op uint8
@@ -154,6 +157,11 @@ func (a Action) String() string {
 type Command struct {
 	Action Action
 	Key    string
+	// Redelete, on a Del or DelPattern, asks for the command to be sent
+	// again this long after it was first applied, to remove a value that a
+	// slow reader cached in between from a row it read before the change
+	// (the rule's redelete_after). Zero: sent once.
+	Redelete time.Duration
 }
 
 // LSN is a position in PostgreSQL's write-ahead log: a byte offset, as

@@ -10,6 +10,7 @@
 //	go run ./bench -small-txs 20000 -large-rows 100000 -samples 200   # a quick run
 //	go run ./bench -scenarios small -skip baseline -perf /tmp/perf   # profile each contender
 //	go run ./bench chart bench/results/latest.json docs/benchmarks.svg   # redraw the chart
+//	go run ./bench race                # the race scenarios (make race): about 2 minutes; see race.go
 //
 // Every contender of a catch-up scenario starts from its own copy of one
 // replication slot (pg_copy_logical_replication_slot), made after the
@@ -93,6 +94,9 @@ func main() {
 	}
 	if len(os.Args) > 1 && os.Args[1] == "chart" {
 		os.Exit(chartMain(os.Args[2:]))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "race" {
+		os.Exit(raceMain(os.Args[2:]))
 	}
 
 	o, err := parseOptions(os.Args[1:], os.Stderr)

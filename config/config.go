@@ -69,9 +69,25 @@ type Postgres struct {
 	// Publication is the publication name. Parse sets
 	// replication.DefaultPublication when the file leaves it out.
 	Publication string
-	// Heartbeat is how often to confirm progress on an idle stream. Zero:
-	// the caller picks its default.
+	// Heartbeat is how often to confirm progress on an idle stream, and to
+	// send the canary; a second or more. Zero: the caller picks its
+	// default.
 	Heartbeat time.Duration
+	// Timeout is how long a connection to PostgreSQL may stay silent before
+	// it is dropped (see daemon.Config.Timeout). Zero: the caller picks its
+	// default.
+	Timeout time.Duration
+	// Replicas are the standbys, by application_name, that must have
+	// replayed a transaction before its commands go to Redis. Nil: none.
+	Replicas []string
+	// ReplicaTimeout is how long a standby may hold them back. Zero: the
+	// caller picks its default.
+	ReplicaTimeout time.Duration
+	// CanaryKey is the Redis key of the end-to-end canary, "<slot>" in it
+	// standing for Slot (see daemon.CanaryKey). Parse sets
+	// daemon.DefaultCanaryKey when the file leaves it out; empty
+	// (canary_key = "") turns the canary off.
+	CanaryKey string
 }
 
 // What [recovery] on_slot_lost may say.
@@ -120,7 +136,7 @@ func Parse(path string, data []byte) (*File, error) {
 	p := &parser{Checker: tomldoc.NewChecker(doc)}
 	f := &File{
 		Path:     path,
-		Postgres: Postgres{Slot: replication.DefaultSlot, Publication: replication.DefaultPublication},
+		Postgres: Postgres{Slot: replication.DefaultSlot, Publication: replication.DefaultPublication, CanaryKey: daemon.DefaultCanaryKey},
 		Recovery: Recovery{OnSlotLost: OnSlotLostStop},
 	}
 	_, hasRedis := doc.Root["redis"]
@@ -158,7 +174,7 @@ type parser struct{ *tomldoc.Checker }
 
 // Keys each table allows, in the order messages list them.
 var (
-	postgresKeys = []string{"url", "slot", "publication", "heartbeat"}
+	postgresKeys = []string{"url", "slot", "publication", "heartbeat", "timeout", "replicas", "replica_timeout", "canary_key"}
 	redisKeys    = []string{"url", "mode", "addrs", "master", "username", "password_env", "password_file",
 		"sentinel_username", "sentinel_password_env", "sentinel_password_file",
 		"tls", "tls_ca", "tls_cert", "tls_key", "tls_server_name", "wait_replicas"}
@@ -188,14 +204,90 @@ func (p *parser) postgres(c *Postgres, v any) {
 			}
 			d, err := time.ParseDuration(s)
 			if err != nil || d <= 0 {
-				p.Addf(path, "heartbeat %q is not a positive duration; write one like \"30s\" or \"1m\"", s)
+				p.Addf(path, "heartbeat %q is not a positive duration; write one like \"10s\" or \"1m\"", s)
+				break
+			}
+			if d < MinHeartbeat {
+				p.Addf(path, "heartbeat %q is shorter than %s; write one like \"1s\" or \"10s\"", s, MinHeartbeat)
 				break
 			}
 			c.Heartbeat = d
+		case "timeout":
+			p.duration(path, m[k], &c.Timeout)
+		case "replicas":
+			c.Replicas = p.replicas(path, m[k])
+		case "replica_timeout":
+			p.duration(path, m[k], &c.ReplicaTimeout)
+		case "canary_key":
+			if p.Str(path, m[k], &c.CanaryKey) {
+				if problem := canaryKeyProblem(c.CanaryKey); problem != "" {
+					p.Addf(path, "canary_key %q %s", c.CanaryKey, problem)
+				}
+			}
 		default:
 			p.Unknown(path, "[postgres]", postgresKeys)
 		}
 	}
+}
+
+// duration parses v, the value at path, as a positive duration into d.
+func (p *parser) duration(path []string, v any, d *time.Duration) {
+	var s string
+	if !p.Str(path, v, &s) {
+		return
+	}
+	x, err := time.ParseDuration(s)
+	if err != nil || x <= 0 {
+		p.Addf(path, "%s %q is not a positive duration; write one like \"30s\" or \"1m\"", path[len(path)-1], s)
+		return
+	}
+	*d = x
+}
+
+// replicas parses [postgres] replicas: application_names, each once.
+func (p *parser) replicas(path []string, v any) []string {
+	names, ok := p.Strs(path, v)
+	if !ok {
+		return nil
+	}
+	seen := make(map[string]bool)
+	var out []string
+	for i, name := range names {
+		at := tomldoc.Key(path, strconv.Itoa(i))
+		switch {
+		case name == "" || strings.TrimSpace(name) != name:
+			p.Addf(at, "replicas[%d] %q is not a standby's name; give its application_name as the primary's pg_stat_replication shows it", i, name)
+		case seen[name]:
+			p.Addf(at, "replicas names %q twice; remove one", name)
+		default:
+			seen[name] = true
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// MinHeartbeat is the shortest [postgres] heartbeat: each one writes a
+// little WAL, and with the canary sets and deletes a key in every target.
+const MinHeartbeat = time.Second
+
+// canaryKeyProblem says what is wrong with a canary_key, or "". The key
+// becomes an ACL key pattern (setup --redis-acl), so it may hold neither a
+// space nor a glob character; "<slot>" is its only placeholder.
+func canaryKeyProblem(key string) string {
+	if key == "" {
+		return "" // the canary is off
+	}
+	if strings.ContainsAny(key, " \t\r\n") {
+		return "holds a space, which an ACL key pattern cannot; remove it"
+	}
+	if strings.ContainsAny(key, "*?[]\\") {
+		return `holds a glob character (*, ?, [, ] or \), which the ACL key pattern setup prints would widen; remove it`
+	}
+	if strings.ContainsAny(strings.ReplaceAll(key, "<slot>", ""), "<>") {
+		return `has a "<" or ">" that is not part of "<slot>", its only placeholder (the slot's name)`
+	}
+	return ""
 }
 
 // secret says where a target's password (or its sentinels') comes from,

@@ -3,8 +3,11 @@
 //
 //	replication.Stream  -> events, in WAL order
 //	mapping.Mapper      -> commands for each row change
+//	standbyGate.wait    -> with Config.Replicas, until the standbys replayed the batch (standbys.go)
 //	invalidator.Apply   -> Redis, checked command by command, on every target
+//	redeleter           -> the re-deletes of redelete_after rules, sent when due (redelete.go)
 //	Stream.Ack          -> the transaction's end LSN, only after every target said yes
+//	                       and its re-deletes are sent
 //
 // It decides what is fatal: a bad rule or schema stops the daemon before it
 // streams; a lost connection to PostgreSQL or Redis never does.
@@ -44,8 +47,29 @@ type Config struct {
 	// more data is waiting, or in the middle of a large transaction. Zero
 	// means 4096. It bounds memory whatever the size of a transaction.
 	MaxBatch int
+	// Replicas names the PostgreSQL standbys, by their application_name in
+	// the primary's pg_stat_replication, that must have replayed a
+	// transaction before its commands are sent: applications that read
+	// from them cannot cache an old row after the delete. Empty: none.
+	Replicas []string
+	// ReplicaTimeout is how long a standby may hold commands back before
+	// it is given up on until it catches up. Zero means
+	// DefaultReplicaTimeout.
+	ReplicaTimeout time.Duration
+	// RedeleteLimit is how many re-deletes (rules with redelete_after) may
+	// wait before the daemon stops reading the stream until some are sent.
+	// Zero means DefaultRedeleteLimit.
+	RedeleteLimit int
 	// StatusInterval is passed to replication.Config; zero means its default.
 	StatusInterval time.Duration
+	// Timeout is how long the replication connection may stay silent, the
+	// counterpart of PostgreSQL's wal_receiver_timeout: after half of it
+	// with nothing received, a status update asks the server for a reply;
+	// after all of it the connection is dropped and the daemon reconnects,
+	// as after any connection error. It also sets the TCP keepalives and
+	// the connect timeout of every connection to PostgreSQL, and bounds
+	// each heartbeat. Zero means 30s (replication.DefaultTimeout).
+	Timeout time.Duration
 	// ShutdownGrace is how long a batch in flight may take to finish after
 	// ctx ends. Zero means 2s.
 	ShutdownGrace time.Duration
@@ -61,8 +85,14 @@ type Config struct {
 	// SlotPollInterval is how often the slot's wal_status and safe_wal_size
 	// are read for /metrics. Zero means 10s.
 	SlotPollInterval time.Duration
+	// CatalogPollInterval is how often the catalog is read to notice that a
+	// rule table was swapped, renamed or dropped, that its replica identity
+	// was weakened, or that a partition of it was truncated, detached or
+	// dropped (see coverage.go). Zero means 10s.
+	CatalogPollInterval time.Duration
 	// Heartbeat is how often a logical decoding message is written so that
-	// the slot moves even when keepalives stop coming. Zero means 1m.
+	// the slot moves even when keepalives stop coming, and the canary goes
+	// round. Zero means 10s.
 	Heartbeat time.Duration
 	// ProgressInterval is how often the daemon says how far behind it is
 	// while it is behind, and how far a long pattern scan got (a TRUNCATE's,
@@ -74,6 +104,14 @@ type Config struct {
 	// and 10s.
 	BehindBytes int64
 	BehindTime  time.Duration
+	// CanaryKey is the Redis key of the end-to-end canary, set and deleted
+	// in every target on every heartbeat; "<slot>" in it stands for Slot
+	// (see CanaryKey). Zero means DefaultCanaryKey.
+	CanaryKey string
+	// NoCanary, when true, turns the canary off: heartbeats carry none, and
+	// /readyz cannot see a stalled path. False: on, with PostgreSQL 14 and
+	// later (pgoutput passes no messages before).
+	NoCanary bool
 	// Reload, when not nil, asks for the rules to be re-read with LoadRules,
 	// validated against the live schema and swapped in between
 	// transactions. The command line sends on it on SIGHUP.
@@ -114,11 +152,20 @@ func (c *Config) setDefaults() {
 	if c.MaxBackoff == 0 {
 		c.MaxBackoff = 10 * time.Second
 	}
+	if c.Timeout == 0 {
+		c.Timeout = replication.DefaultTimeout
+	}
 	if c.Heartbeat == 0 {
-		c.Heartbeat = time.Minute
+		c.Heartbeat = 10 * time.Second
 	}
 	if c.ReadyRedisWithin == 0 {
 		c.ReadyRedisWithin = 30 * time.Second
+	}
+	if c.ReplicaTimeout == 0 {
+		c.ReplicaTimeout = DefaultReplicaTimeout
+	}
+	if c.CatalogPollInterval == 0 {
+		c.CatalogPollInterval = 10 * time.Second
 	}
 	if c.SlotPollInterval == 0 {
 		c.SlotPollInterval = 10 * time.Second
@@ -158,24 +205,28 @@ func (e *ConfigError) Error() string {
 // *ConfigError. It returns what it found on the server either way.
 func Check(ctx context.Context, cfg Config) (replication.Server, error) {
 	cfg.setDefaults()
-	conn, err := connect(ctx, cfg.PostgresURL)
+	conn, err := connect(ctx, cfg)
 	if err != nil {
 		return replication.Server{}, err
 	}
 	defer conn.Close(context.Background())
-	return verify(ctx, conn, cfg.Rules, cfg.Slot)
+	return verify(ctx, conn, cfg, cfg.Slot)
 }
 
-func connect(ctx context.Context, url string) (*pgx.Conn, error) {
-	return replication.ConnectSQL(ctx, url)
+// connect opens an ordinary connection to PostgreSQL, with TCP keepalives
+// and a connect timeout from cfg.Timeout.
+func connect(ctx context.Context, cfg Config) (*pgx.Conn, error) {
+	return replication.ConnectSQL(ctx, cfg.PostgresURL, cfg.Timeout)
 }
 
 // verify checks everything that retrying cannot fix before anything is
 // created: the server's prerequisites for streaming from slot (empty: a new
-// slot), the connecting role's rights on the rule tables, and the rules
+// slot), the connecting role's rights on the rule tables (and to see the
+// standbys' positions, when cfg.Replicas names some), and the rules
 // against the live schema. Every problem found is in one *ConfigError, the
 // server's first.
-func verify(ctx context.Context, conn *pgx.Conn, rules *mapping.Rules, slot string) (replication.Server, error) {
+func verify(ctx context.Context, conn *pgx.Conn, cfg Config, slot string) (replication.Server, error) {
+	rules := cfg.Rules
 	srv, problems, err := replication.ServerProblems(ctx, conn, slot)
 	if err != nil {
 		return srv, err
@@ -189,6 +240,15 @@ func verify(ctx context.Context, conn *pgx.Conn, rules *mapping.Rules, slot stri
 		return srv, err
 	}
 	problems = append(problems, roleProblems...)
+	if len(cfg.Replicas) > 0 {
+		problem, err := replication.StandbyRoleProblem(ctx, conn)
+		if err != nil {
+			return srv, err
+		}
+		if problem != nil {
+			problems = append(problems, problem)
+		}
+	}
 	tables, err := replication.DescribeTables(ctx, conn, rules.Tables())
 	if err != nil {
 		return srv, fmt.Errorf("describe rule tables: %w", err)
@@ -221,7 +281,7 @@ func checkSchema(ctx context.Context, conn *pgx.Conn, rules *mapping.Rules) erro
 // cannot be fixed by retrying.
 //
 // Run owns every goroutine it starts (the stream's reader, the heartbeat,
-// the reload watcher, the metrics server and its pollers): they all end
+// the catalog watch, the reload watcher, the metrics server and its pollers): they all end
 // with it, and Run returns only once they have.
 func Run(ctx context.Context, cfg Config) error {
 	cfg.setDefaults()
@@ -245,13 +305,24 @@ func Run(ctx context.Context, cfg Config) error {
 
 	mapper := mapping.NewMapper(cfg.Rules)
 	m := newMetrics(cfg.Rules, mapper, redis)
+	var c *canary
+	if !cfg.NoCanary {
+		c = newCanary(CanaryKey(cfg.CanaryKey, cfg.Slot))
+		m.canary = c
+		m.addReadyCheck(func(now time.Time) []string { return c.notReady(now, cfg.ReadyRedisWithin) })
+	}
 	if cfg.MetricsAddr != "" {
 		if err := serveMetrics(ctx, &wg, cfg, m, redis); err != nil {
 			return err
 		}
 	}
 
-	if err := retry(ctx, cfg, "prepare postgres", func() error { return prepare(ctx, cfg) }); err != nil {
+	var added []string // rule tables prepare added to a publication that existed
+	if err := retry(ctx, cfg, "prepare postgres", func() error {
+		var err error
+		added, err = prepare(ctx, cfg)
+		return err
+	}); err != nil {
 		return ignoreCanceled(ctx, err)
 	}
 	if err := retry(ctx, cfg, "connect to redis", func() error { return redis.Ping(ctx) }); err != nil {
@@ -268,10 +339,19 @@ func Run(ctx context.Context, cfg Config) error {
 	warnEvictions(ectx, log, cfg.Rules, redis) // incr keys that Redis may evict
 	cancelEvictions()
 
-	wg.Go(func() { heartbeat(ctx, cfg) })
+	wg.Go(func() { heartbeat(ctx, cfg, c, redis) })
+	// The catalog watch's first reading is taken before streaming starts,
+	// so that every change after it is noticed; tables added to an existing
+	// publication at start get their keys flushed by it.
+	watch := newCatalogWatch(cfg, m.cover, redis, added)
+	watch.poll(ctx)
+	wg.Go(func() { watch.run(ctx) })
 	wg.Go(func() { m.reportLag(ctx, cfg) })
 
-	p := newPipeline(cfg, mapper, m, newRedisSink(redis), redis)
+	redel := newRedeleter(redis, cfg.RedeleteLimit, cfg.MaxBatch)
+	p := newPipeline(cfg, mapper, m, newRedisSink(redis, redel), redel, redis)
+	defer p.gate.close()
+	p.canary = c
 	if cfg.Reload != nil && cfg.LoadRules != nil {
 		wg.Go(func() { p.watchReloads(ctx, cfg.Rules) })
 	}
@@ -287,26 +367,29 @@ func Run(ctx context.Context, cfg Config) error {
 
 // prepare checks the prerequisites and the schema, then makes sure the
 // publication exists and holds every rule table. It creates nothing when a
-// check fails.
-func prepare(ctx context.Context, cfg Config) error {
-	conn, err := connect(ctx, cfg.PostgresURL)
+// check fails. It returns the rule tables it added to a publication that
+// existed: their changes until now were not streamed.
+func prepare(ctx context.Context, cfg Config) ([]string, error) {
+	conn, err := connect(ctx, cfg)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer conn.Close(context.Background())
-	if _, err := verify(ctx, conn, cfg.Rules, cfg.Slot); err != nil {
-		return err
+	if _, err := verify(ctx, conn, cfg, cfg.Slot); err != nil {
+		return nil, err
 	}
 	created, added, err := replication.EnsurePublication(ctx, conn, cfg.Publication, cfg.Rules.Tables())
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if created {
 		cfg.Logger.Info("publication created", "publication", cfg.Publication, "tables", cfg.Rules.Tables())
-	} else if len(added) > 0 {
+		return nil, nil
+	}
+	if len(added) > 0 {
 		cfg.Logger.Info("tables added to publication", "publication", cfg.Publication, "tables", added)
 	}
-	return nil
+	return added, nil
 }
 
 func ignoreCanceled(ctx context.Context, err error) error {

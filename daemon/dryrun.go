@@ -45,6 +45,9 @@ type dryRunLine struct {
 type dryRunCommand struct {
 	Action string `json:"action"`
 	Key    string `json:"key"`
+	// RedeleteAfter is the rule's redelete_after, on a del or del_pattern
+	// command: a run would send it again that long after; empty: once.
+	RedeleteAfter string `json:"redelete_after,omitempty"`
 }
 
 // dryRun checks the server, the role, the rules against the live schema and
@@ -58,6 +61,7 @@ type dryRunCommand struct {
 // connection. A lost connection ends the dry run: a new slot would skip the
 // changes in between.
 func dryRun(ctx context.Context, cfg Config) error {
+	cfg.Replicas = nil // it prints each transaction at once: no standby to wait for, nor to see
 	out := cfg.DryRunOut
 	if out == nil {
 		out = os.Stdout
@@ -70,7 +74,10 @@ func dryRun(ctx context.Context, cfg Config) error {
 		cfg.Slot = fmt.Sprintf("%s_%d", cfg.Slot, n)
 	}
 	mapper := mapping.NewMapper(cfg.Rules)
-	p := newPipeline(cfg, mapper, newMetrics(cfg.Rules, mapper, nil), newPrintSink(out, cfg.Rules.Tables()), nil)
+	// A dry run prints a re-delete's delay with its command, and schedules
+	// nothing: its redeleter stays empty.
+	p := newPipeline(cfg, mapper, newMetrics(cfg.Rules, mapper, nil), newPrintSink(out, cfg.Rules.Tables()),
+		newRedeleter(nil, 0, cfg.MaxBatch), nil)
 	p.dryRun = true
 	return ignoreCanceled(ctx, p.session(ctx))
 }
@@ -80,13 +87,13 @@ func dryRun(ctx context.Context, cfg Config) error {
 // role, the schema, and the publication, which it does not create or
 // extend.
 func checkDryRun(ctx context.Context, cfg Config) error {
-	conn, err := connect(ctx, cfg.PostgresURL)
+	conn, err := connect(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	defer conn.Close(context.Background())
 	// The temporary slot is a new one, whatever slot the daemon has.
-	if _, err := verify(ctx, conn, cfg.Rules, ""); err != nil {
+	if _, err := verify(ctx, conn, cfg, ""); err != nil {
 		return err
 	}
 	// PublicationPlan tries what run would do in a transaction that is then
@@ -150,7 +157,11 @@ func (s *printSink) add(ch *pginvalidator.Change, cmds []pginvalidator.Command) 
 			continue
 		}
 		s.seen[c] = true
-		s.line.Commands = append(s.line.Commands, dryRunCommand{Action: c.Action.String(), Key: c.Key})
+		dc := dryRunCommand{Action: c.Action.String(), Key: c.Key}
+		if c.Redelete > 0 {
+			dc.RedeleteAfter = c.Redelete.String()
+		}
+		s.line.Commands = append(s.line.Commands, dc)
 	}
 	if len(s.line.Commands) >= dryRunChunk {
 		s.line.Partial = true

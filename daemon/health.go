@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -42,8 +43,9 @@ func serveMetrics(ctx context.Context, wg *sync.WaitGroup, cfg Config, m *metric
 }
 
 // handler serves /metrics in the Prometheus text format, /healthz (the
-// process is alive) and /readyz (streaming, and Redis answered within the
-// last within; a ready body names any degraded Redis master after "ready").
+// process is alive) and /readyz: 200 and "ready" when notReady finds
+// nothing (then a line per degraded Redis master and per standby given up
+// on, if any), else 503 and every reason, one a line.
 func (m *metrics) handler(within time.Duration) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg}))
@@ -53,15 +55,21 @@ func (m *metrics) handler(within time.Duration) http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		ok, why := m.ready(time.Now(), within)
-		if !ok {
+		if why := m.notReady(time.Now(), within); len(why) > 0 {
 			w.WriteHeader(http.StatusServiceUnavailable)
-			fmt.Fprintln(w, why)
+			for _, line := range why {
+				fmt.Fprintln(w, line)
+			}
 			return
 		}
 		fmt.Fprintln(w, "ready")
 		for _, note := range degradedNotes(m.targets) {
 			fmt.Fprintln(w, note)
+		}
+		if m.gate != nil {
+			for _, note := range m.gate.notes() {
+				fmt.Fprintln(w, note)
+			}
 		}
 	})
 	return mux
@@ -85,39 +93,77 @@ func (m *metrics) pingRedis(ctx context.Context, ts fanout, every time.Duration)
 	}
 }
 
-// ready says whether /readyz should answer 200 and, if not, why.
-func (m *metrics) ready(now time.Time, within time.Duration) (bool, string) {
-	as := make([]answered, len(m.targets))
+// readyCheck returns the reasons, one line each, why the daemon is not
+// ready at now; none when it is.
+type readyCheck func(now time.Time) []string
+
+// addReadyCheck makes /readyz report c's reasons too, after its own. Call
+// it before the metrics server starts.
+func (m *metrics) addReadyCheck(c readyCheck) { m.readyChecks = append(m.readyChecks, c) }
+
+// notReady returns every reason why /readyz should not answer 200, one line
+// each, in this order: the stream, each Redis target in config order, then
+// the checks added with addReadyCheck. None: ready.
+func (m *metrics) notReady(now time.Time, within time.Duration) []string {
+	ts := make([]targetState, len(m.targets))
 	for i, t := range m.targets {
-		as[i] = answered{name: t.name, at: t.answered.Load()}
+		since, err := t.inv.Waiting()
+		ts[i] = targetState{name: t.name, answered: t.answered.Load(), waitingSince: since, lastErr: err}
 	}
-	return readiness(now, m.streaming.Load(), as, within)
+	why := readiness(now, m.streaming.Load(), ts, within)
+	why = append(why, m.cover.reasons()...) // rule tables not covered: see coverage.go
+	for _, c := range m.readyChecks {
+		why = append(why, c(now)...)
+	}
+	return why
 }
 
-// answered is when a target's Redis last answered (Unix ns); 0: never.
-type answered struct {
-	name string
-	at   int64
+// targetState is what readiness knows of one Redis target.
+type targetState struct {
+	name     string
+	answered int64 // when its Redis last answered a ping or an Apply (Unix ns); 0: never
+	// waitingSince is when the batch in progress began on it, or last got
+	// commands applied; zero: no batch is waiting on it.
+	waitingSince time.Time
+	lastErr      error // the last error that batch was retried after; nil: none
 }
 
-// readiness is ready: streaming, and every target's Redis answered within
-// the last within. The first target at fault is named, unless it is the
-// default alone: "redis target eu has not answered for 12s".
-func readiness(now time.Time, streaming bool, targets []answered, within time.Duration) (bool, string) {
+// readiness returns why the daemon is not ready, one line per reason: it
+// is not streaming; a target's Redis has not answered (a ping or a batch)
+// within the last within; a batch has waited on a target longer than
+// within with nothing applied, even though it answers PING (writes paused
+// or refused: OOM, NOPERM, READONLY, a WAIT short of replicas). A target
+// is named unless it is the default alone: "redis target eu has not
+// answered for 12s".
+func readiness(now time.Time, streaming bool, targets []targetState, within time.Duration) []string {
+	var why []string
 	if !streaming {
-		return false, "not streaming from postgresql"
+		why = append(why, "not streaming from postgresql")
 	}
 	for _, t := range targets {
 		who := "redis"
 		if len(targets) > 1 || t.name != DefaultTarget {
 			who = "redis target " + t.name
 		}
-		if t.at == 0 {
-			return false, who + " has not answered yet"
+		switch age := now.Sub(time.Unix(0, t.answered)); {
+		case t.answered == 0:
+			why = append(why, who+" has not answered yet")
+		case age > within:
+			why = append(why, fmt.Sprintf("%s has not answered for %s", who, age.Round(100*time.Millisecond)))
 		}
-		if age := now.Sub(time.Unix(0, t.at)); age > within {
-			return false, fmt.Sprintf("%s has not answered for %s", who, age.Round(100*time.Millisecond))
+		if t.waitingSince.IsZero() {
+			continue
+		}
+		if idle := now.Sub(t.waitingSince); idle > within {
+			line := fmt.Sprintf("%s has applied nothing for %s", who, idle.Round(100*time.Millisecond))
+			if t.lastErr != nil {
+				line += ": " + oneLine(t.lastErr.Error())
+			}
+			why = append(why, line)
 		}
 	}
-	return true, ""
+	return why
 }
+
+// oneLine puts s on one line, so that a reason stays one line of /readyz.
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }

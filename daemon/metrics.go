@@ -32,6 +32,14 @@ type metrics struct {
 	reconnects   prometheus.Counter
 	resyncs      prometheus.Counter
 
+	redeletesPending prometheus.Gauge
+	redeletePauses   prometheus.Counter
+
+	replicaWait     prometheus.Histogram
+	replicaTimeouts *prometheus.CounterVec
+	replicaLagging  *prometheus.GaugeVec
+	gate            *standbyGate // its notes go on /readyz; nil: no standbys named
+
 	rels    map[uint32]*relCounters // by Relation.ID; pipeline goroutine only
 	lastRel *relCounters            // the previous change's; pipeline goroutine only
 	commits []time.Time             // commit times of the transactions received and not yet applied; pipeline goroutine only
@@ -44,7 +52,11 @@ type metrics struct {
 	streaming    atomic.Bool   // a session is streaming
 
 	mapper  *mapping.Mapper
-	targets fanout // each knows when its Redis last answered
+	targets fanout    // each knows when its Redis last answered
+	cover   *coverage // the rule tables the catalog watch finds not covered; a dry run does not watch
+
+	readyChecks []readyCheck // more reasons for /readyz (addReadyCheck); set before the metrics server starts
+	canary      *canary      // the end-to-end canary; nil: off. Set before the metrics server starts
 
 	slotMu sync.Mutex           // protects slot
 	slot   replication.SlotInfo // what the last poll of pg_replication_slots said; zero: unknown
@@ -90,17 +102,40 @@ func newMetrics(rules *mapping.Rules, mapper *mapping.Mapper, ts fanout) *metric
 			Name: "pg_invalidator_resyncs_total",
 			Help: "Lost replication slots recreated, with every rule's keys flushed (run --resync).",
 		}),
+		redeletesPending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pg_invalidator_redeletes_pending",
+			Help: "Re-deletes (rules with redelete_after) waiting for their time; each holds its transaction's acknowledgement back.",
+		}),
+		redeletePauses: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pg_invalidator_redelete_pauses_total",
+			Help: "Times reading from the stream paused because the re-deletes pending reached their limit, until some were sent.",
+		}),
+		replicaWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "pg_invalidator_replica_wait_seconds",
+			Help:    "Time each batch of commands waited for the standbys named in replicas to replay its transactions.",
+			Buckets: latencyBuckets,
+		}),
+		replicaTimeouts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pg_invalidator_replica_timeouts_total",
+			Help: "Times a standby named in replicas was given up on: missing, or still behind after replica_timeout; invalidations stopped waiting for it until it caught up.",
+		}, []string{"standby"}),
+		replicaLagging: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "pg_invalidator_replica_lagging",
+			Help: "1 while a standby named in replicas is given up on (missing, or behind by more than replica_timeout) and invalidations do not wait for it, else 0.",
+		}, []string{"standby"}),
 		rels:    make(map[uint32]*relCounters),
 		mapper:  mapper,
 		targets: ts,
 	}
+	m.cover = newCoverage(rules, m.reg)
 	// Every rule table shows up from the start, at zero.
 	for _, table := range rules.Tables() {
 		for _, op := range []pginvalidator.Op{pginvalidator.OpInsert, pginvalidator.OpUpdate, pginvalidator.OpDelete, pginvalidator.OpTruncate} {
 			m.rowChanges.WithLabelValues(table, op.String())
 		}
 	}
-	m.reg.MustRegister(m.transactions, m.rowChanges, m.latency, m.reconnects, m.resyncs, scrapeCollector{m},
+	m.reg.MustRegister(m.transactions, m.rowChanges, m.latency, m.reconnects, m.resyncs, m.redeletesPending, m.redeletePauses,
+		m.replicaWait, m.replicaTimeouts, m.replicaLagging, scrapeCollector{m},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -221,6 +256,12 @@ var (
 		"Redis commands and SCAN calls sent again after a failure, by target.", []string{"target"}, nil)
 	redisRejectedDesc = prometheus.NewDesc("pg_invalidator_redis_rejected_total",
 		"Redis commands rejected for good (WRONGTYPE, not an integer, overflow), logged and skipped, by target.", []string{"target"}, nil)
+	redeletesDesc = prometheus.NewDesc("pg_invalidator_redeletes_total",
+		"Re-deletes sent (rules with redelete_after): UNLINKs of a key, or of each key a truncate's pattern found, sent again after the delay, by target.",
+		[]string{"target"}, nil)
+	redeletesFoundDesc = prometheus.NewDesc("pg_invalidator_redeletes_found_total",
+		"Re-deletes that removed a key: a value cached again after the first delete, from a read before the change (a race repaired) or after it (a fresh value, deleted once more), by target.",
+		[]string{"target"}, nil)
 	targetUpDesc = prometheus.NewDesc("pg_invalidator_target_up",
 		"1 when the target's last Apply or ping succeeded, else 0; a target at 0 holds the acknowledgement back.",
 		[]string{"target"}, nil)
@@ -248,8 +289,8 @@ type scrapeCollector struct{ m *metrics }
 
 func (c scrapeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{keysRenderedDesc, keysSkippedDesc, commandsDesc, versionKeptDesc, redisErrorsDesc,
-		redisRetriesDesc, redisRejectedDesc, targetUpDesc, batchDesc, lagBytesDesc, lagSecondsDesc, ackedDesc, streamingDesc,
-		slotWALStatusDesc, slotSafeWALSizeDesc, redisDegradedDesc} {
+		redisRetriesDesc, redisRejectedDesc, redeletesDesc, redeletesFoundDesc, targetUpDesc, batchDesc, lagBytesDesc, lagSecondsDesc, ackedDesc, streamingDesc,
+		slotWALStatusDesc, slotSafeWALSizeDesc, redisDegradedDesc, canarySecondsDesc, canaryPendingDesc} {
 		ch <- d
 	}
 }
@@ -280,6 +321,8 @@ func (c scrapeCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(redisErrorsDesc, is.Errors, t.name)
 		counter(redisRetriesDesc, is.Retries, t.name)
 		counter(redisRejectedDesc, is.Skipped, t.name)
+		counter(redeletesDesc, is.Redeletes, t.name)
+		counter(redeletesFoundDesc, is.RedeletesFound, t.name)
 		gauge(targetUpDesc, boolValue(t.up.Load()), t.name)
 	}
 	collectDegraded(ch, m.targets)
@@ -294,6 +337,7 @@ func (c scrapeCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(lagSecondsDesc, lagSeconds(now, m.pendingSince.Load()))
 	gauge(ackedDesc, float64(m.acked.Load()))
 	gauge(streamingDesc, boolValue(m.streaming.Load()))
+	collectCanary(ch, m.canary, now)
 
 	m.slotMu.Lock()
 	slot := m.slot
@@ -351,7 +395,7 @@ func readSlot(ctx context.Context, conn **pgx.Conn, cfg Config) (replication.Slo
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if *conn == nil {
-		c, err := connect(ctx, cfg.PostgresURL)
+		c, err := connect(ctx, cfg)
 		if err != nil {
 			return replication.SlotInfo{}, err
 		}

@@ -197,6 +197,8 @@ func TestDocumentedMetricsExist(t *testing.T) {
 	m, _ := newTestMetrics(t)
 	safe := int64(1)
 	m.slot = replication.SlotInfo{Name: "pg_invalidator", Exists: true, WALStatus: "reserved", SafeWALSize: safe}
+	m.replicaTimeouts.WithLabelValues("standby1") // present only with replicas named
+	m.replicaLagging.WithLabelValues("standby1")
 	families, err := m.reg.Gather()
 	if err != nil {
 		t.Fatal(err)

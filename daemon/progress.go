@@ -146,7 +146,7 @@ func readLag(ctx context.Context, conn **pgx.Conn, cfg Config) (replication.Slot
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if *conn == nil {
-		c, err := connect(ctx, cfg.PostgresURL)
+		c, err := connect(ctx, cfg)
 		if err != nil {
 			return replication.SlotLag{}, err
 		}

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"time"
 
@@ -9,11 +10,18 @@ import (
 	"github.com/pg-invalidator/pg-invalidator/replication"
 )
 
+// reload is validated rules on their way to the pipeline, which closes
+// swapped once they are in force.
+type reload struct {
+	rules   *mapping.Rules
+	swapped chan struct{}
+}
+
 // watchReloads re-reads the rules on every request from cfg.Reload,
-// validates them against the live schema, brings the publication in line,
-// and hands them to the pipeline, which swaps them in between transactions.
-// A file that fails any step changes nothing: the old rules stay in force
-// and the log says why.
+// validates them against the live schema, and puts them in force with their
+// tables in the publication (see reload). A file that fails validation, or
+// whose tables the publication cannot take, changes nothing: the old rules
+// stay in force and the log says why.
 func (p *pipeline) watchReloads(ctx context.Context, current *mapping.Rules) {
 	for {
 		select {
@@ -21,37 +29,39 @@ func (p *pipeline) watchReloads(ctx context.Context, current *mapping.Rules) {
 			return
 		case <-p.cfg.Reload:
 		}
-		rules, err := p.prepareReload(ctx, current)
-		if err != nil {
-			if ctx.Err() == nil {
-				p.log.Error("reload failed; the old rules stay in force", "err", err)
-			}
-			continue
+		rules, err := p.reload(ctx, current)
+		if rules != nil {
+			current = rules
 		}
-		if p.redis != nil && IncrKeys(current) == "" && IncrKeys(rules) != "" {
-			ectx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			warnEvictions(ectx, p.log, rules, p.redis) // the first incr rules: Redis may evict their keys
-			cancel()
-		}
-		current = rules
-		// Only the newest validated rules matter: replace any not yet taken.
-		select {
-		case <-p.reloaded:
+		switch {
+		case err == nil || ctx.Err() != nil:
+		case rules == nil:
+			p.log.Error("reload failed; the old rules stay in force", "err", err)
 		default:
+			p.log.Error("reloaded rules are in force, but their tables could not be added to the publication; reload again", "err", err)
 		}
-		p.reloaded <- rules
 	}
 }
 
-// prepareReload loads and validates the new rules, adds their new tables to
-// the publication, and drops the tables the old rules named and the new ones
-// do not, when this role owns the publication.
-func (p *pipeline) prepareReload(ctx context.Context, old *mapping.Rules) (*mapping.Rules, error) {
+// reload loads and validates the new rules, then puts them in force before
+// their new tables join the publication: it adds the tables in a
+// transaction, hands the rules to the pipeline, which swaps them in between
+// transactions, and commits only once they are in force. A change to a new
+// table can reach the stream only after that commit, so the new rules map
+// it; the old ones, which know nothing of the table, never see it. Until
+// the commit, the transaction holds a SHARE UPDATE EXCLUSIVE lock on the
+// tables it adds, which blocks DDL and VACUUM on them, not writes; the swap
+// takes a moment, or until the transaction in progress ends.
+//
+// Last, it drops the tables the old rules named and the new ones do not,
+// when this role owns the publication. It returns the rules in force when
+// they are, even with an error.
+func (p *pipeline) reload(ctx context.Context, old *mapping.Rules) (*mapping.Rules, error) {
 	rules, err := p.cfg.LoadRules()
 	if err != nil {
 		return nil, err
 	}
-	conn, err := connect(ctx, p.cfg.PostgresURL)
+	conn, err := connect(ctx, p.cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -59,13 +69,37 @@ func (p *pipeline) prepareReload(ctx context.Context, old *mapping.Rules) (*mapp
 	if err := checkSchema(ctx, conn, rules); err != nil {
 		return nil, err
 	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("begin adding the rule tables to the publication: %w", err)
+	}
+	defer tx.Rollback(context.Background()) // a no-op once committed
 	_, added, err := replication.EnsurePublication(ctx, conn, p.cfg.Publication, rules.Tables())
 	if err != nil {
 		return nil, err
 	}
+
+	if p.redis != nil && IncrKeys(old) == "" && IncrKeys(rules) != "" {
+		ectx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		warnEvictions(ectx, p.log, rules, p.redis) // the first incr rules: Redis may evict their keys
+		cancel()
+	}
+	r := reload{rules: rules, swapped: make(chan struct{})}
+	p.reloaded <- r // empty: every reload waits for its swap
+	select {
+	case <-r.swapped:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	err = tx.Commit(ctx)
+	p.m.cover.setRules(rules) // the catalog watch checks the new tables once they are in
+	if err != nil {
+		return rules, fmt.Errorf("add tables %v to publication %s: %w", added, p.cfg.Publication, err)
+	}
 	if len(added) > 0 {
 		p.log.Info("tables added to publication", "publication", p.cfg.Publication, "tables", added)
 	}
+
 	var gone []string
 	for _, t := range old.Tables() {
 		if !slices.Contains(rules.Tables(), t) {

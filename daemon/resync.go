@@ -27,31 +27,32 @@ const resyncHint = `or restart with --resync (or [recovery] on_slot_lost = "resy
 // session streams from the new slot.
 var errResynced = errors.New("replication slot recreated after it was lost; reconnecting to stream from it")
 
-// slotDisappeared is the fatal error for a slot that vanished while the
-// daemon ran, without Resync.
-func slotDisappeared(slot string) error {
-	return fatal(fmt.Errorf("replication slot %s disappeared while the daemon was running (a failover, or someone dropped it): "+
-		"changes made since then were not invalidated and caches may be stale; flush the affected keys, then restart the daemon to create a new slot; %s", slot, resyncHint))
+// slotLost is the fatal error, without Resync, for a slot that was lost:
+// why says how the daemon knows.
+func slotLost(slot, why string) error {
+	return fatal(fmt.Errorf("replication slot %s %s (a failover, or someone dropped it): "+
+		"changes made since then were not invalidated and caches may be stale; flush the affected keys, then restart the daemon to create a new slot; %s", slot, why, resyncHint))
 }
 
 // slotCreated handles a slot that EnsureSlot had to create, on stream's
 // connection. On a first start without Resync that is simply the first run.
 // Otherwise the slot vanished after requireSlot saw it (or after resync made
-// it): it was lost. Under Resync the new slot exists already, so the flush
-// is what is left to do; without it the slot is dropped again and the loss
-// is fatal.
+// it), or this process had seen it before: it was lost. Under Resync the new
+// slot exists already, so the flush is what is left to do; without it the
+// slot is dropped again and the loss is fatal.
 func (p *pipeline) slotCreated(ctx context.Context, stream *replication.Stream) error {
-	if !p.streamed && !p.cfg.Resync {
+	if !p.seen && !p.cfg.Resync {
 		p.log.Info("replication slot created", "slot", p.cfg.Slot)
 		return nil
 	}
+	const why = "disappeared while the daemon was starting a session"
 	if p.cfg.Resync {
-		return p.flushAll(ctx, "disappeared while the daemon was starting a session", false)
+		return p.flushAll(ctx, why, false)
 	}
 	if err := stream.DropSlot(ctx); err != nil {
 		return err
 	}
-	return slotDisappeared(p.cfg.Slot)
+	return slotLost(p.cfg.Slot, why)
 }
 
 // resync recovers from a lost slot: it drops the slot if it still exists,
@@ -62,7 +63,7 @@ func (p *pipeline) slotCreated(ctx context.Context, stream *replication.Stream) 
 // does not say wal_status lost (START_REPLICATION said it was invalidated).
 func (p *pipeline) resync(ctx context.Context, why string, force bool) error {
 	slot := p.cfg.Slot
-	conn, err := connect(ctx, p.cfg.PostgresURL)
+	conn, err := connect(ctx, p.cfg)
 	if err != nil {
 		return err
 	}
@@ -81,19 +82,25 @@ func (p *pipeline) resync(ctx context.Context, why string, force bool) error {
 		URL:         p.cfg.PostgresURL,
 		Slot:        slot,
 		Publication: p.cfg.Publication,
+		Timeout:     p.cfg.Timeout,
 		Logger:      p.log,
 	})
 	if err != nil {
 		return err
 	}
-	_, err = repl.EnsureSlot(ctx)
+	created, err := repl.EnsureSlot(ctx)
 	cctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	repl.Close(cctx)
 	cancel()
 	if err != nil {
 		return err
 	}
-
+	if !created {
+		// Another daemon on the same slot (an HA peer) found it lost too,
+		// and recreated it first: it flushes, once.
+		p.log.Info("another process recreated the lost replication slot first, and flushes the keys", "slot", slot, "reason", why)
+		return nil
+	}
 	return p.flushAll(ctx, why, dropped)
 }
 
@@ -130,7 +137,7 @@ func (p *pipeline) flushAll(ctx context.Context, why string, dropped bool) error
 		// then finds it missing and resyncs anew.
 		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if derr := dropNewSlot(dctx, p.cfg.PostgresURL, slot); derr != nil {
+		if derr := dropNewSlot(dctx, p.cfg, slot); derr != nil {
 			p.log.Error("resync interrupted before the flush finished, and the new replication slot could not be dropped again: caches may be stale; "+
 				"flush the rules' keys by hand, or drop the slot and start with --resync", "slot", slot, "err", derr)
 		} else {
@@ -152,7 +159,7 @@ func (p *pipeline) flushAll(ctx context.Context, why string, dropped bool) error
 // slotStart returns where the slot, just created, streams from: its
 // confirmed_flush_lsn, the consistent point it was created at.
 func (p *pipeline) slotStart(ctx context.Context) (pginvalidator.LSN, error) {
-	conn, err := connect(ctx, p.cfg.PostgresURL)
+	conn, err := connect(ctx, p.cfg)
 	if err != nil {
 		return 0, err
 	}
@@ -168,8 +175,8 @@ func (p *pipeline) slotStart(ctx context.Context) (pginvalidator.LSN, error) {
 }
 
 // dropNewSlot drops the slot a resync created when its flush did not finish.
-func dropNewSlot(ctx context.Context, url, slot string) error {
-	conn, err := connect(ctx, url)
+func dropNewSlot(ctx context.Context, cfg Config, slot string) error {
+	conn, err := connect(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -186,7 +193,7 @@ func (p *pipeline) ensureSlotFailed(ctx context.Context, err error) error {
 	if !errors.As(err, &slotErr) {
 		return err
 	}
-	conn, cerr := connect(ctx, p.cfg.PostgresURL)
+	conn, cerr := connect(ctx, p.cfg)
 	if cerr != nil {
 		return cerr
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -33,7 +34,8 @@ func TestRetryable(t *testing.T) {
 		{"a prerequisite", fmt.Errorf("check: %w", &replication.PrerequisiteError{Msg: "wal_level is replica", Fix: "..."}), false},
 		{"unusable slot", &replication.SlotError{Slot: "s", Msg: "replication slot s uses plugin test_decoding"}, false},
 		{"publication", &replication.PublicationError{Publication: "p", Fix: []string{"..."}}, false},
-		{"lost slot", slotDisappeared("s"), false},
+		{"lost slot", slotLost("s", "disappeared"), false},
+		{"silent server", &replication.SilenceError{Waited: time.Minute, Timeout: time.Minute}, true},
 		{"canceled", fmt.Errorf("apply batch: %w", context.Canceled), false},
 	}
 	for _, tt := range tests {

@@ -72,7 +72,7 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 			name: "stopped by a fatal error",
 			end: func(t *testing.T, db string, cancel context.CancelFunc) {
 				// Someone drops the slot: Run stops on its own, with ctx alive.
-				conn, err := replication.ConnectSQL(context.Background(), db)
+				conn, err := replication.ConnectSQL(context.Background(), db, 0)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -97,6 +97,7 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			reload := make(chan struct{})
 			cfg := Config{
 				Rules:            rules,
 				PostgresURL:      db,
@@ -106,7 +107,7 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 				MetricsAddr:      "127.0.0.1:0",
 				SlotPollInterval: 10 * time.Millisecond,
 				Heartbeat:        10 * time.Millisecond,
-				Reload:           make(chan struct{}),
+				Reload:           reload,
 				LoadRules:        func() (*mapping.Rules, error) { return rules, nil },
 				DryRun:           tt.dryRun,
 				DryRunOut:        io.Discard,
@@ -117,7 +118,7 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 			go func() { done <- Run(ctx, cfg) }()
 
 			slot := replication.DefaultSlot
-			conn, err := replication.ConnectSQL(context.Background(), db)
+			conn, err := replication.ConnectSQL(context.Background(), db, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -143,6 +144,14 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 				}
 			}
 			time.Sleep(50 * time.Millisecond) // a few heartbeats and slot polls
+			// A reload in flight, or done, when Run ends.
+			if !tt.dryRun {
+				select {
+				case reload <- struct{}{}:
+				case <-time.After(10 * time.Second):
+					t.Fatal("the reload watcher took no reload within 10s")
+				}
+			}
 
 			tt.end(t, db, cancel)
 			select {

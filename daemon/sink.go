@@ -21,7 +21,8 @@ type sink interface {
 	begin(xid uint32, final pglogrepl.LSN)
 	// add takes the commands the rules rendered from one row change of the
 	// open transaction; cmds is empty when they render none, and is reused
-	// after add returns.
+	// after add returns. ch is nil for the canary's deletion, which only
+	// the Redis sink is given.
 	add(ch *pginvalidator.Change, cmds []pginvalidator.Command) error
 	// commit closes the open transaction, whose end LSN is end and which
 	// committed at at.
@@ -37,23 +38,30 @@ type sink interface {
 }
 
 // redisSink batches the commands and applies each batch to every Redis
-// target.
+// target. Once a batch is applied, the re-deletes its commands ask for go
+// to redel, which sends them later.
 type redisSink struct {
 	targets fanout
 	batch   *invalidator.Batch
+	redel   *redeleter
+	final   pglogrepl.LSN // the open transaction's commit position, which its re-deletes hold the acknowledgement at
 }
 
-func newRedisSink(ts fanout) *redisSink {
-	return &redisSink{targets: ts, batch: invalidator.NewBatch()}
+func newRedisSink(ts fanout, redel *redeleter) *redisSink {
+	return &redisSink{targets: ts, batch: invalidator.NewBatch(), redel: redel}
 }
 
 // begin gives the batch the commit record's position, with which it spills
 // the version keys of a transaction that holds too many of them.
-func (s *redisSink) begin(_ uint32, final pglogrepl.LSN) { s.batch.BeginTx(pginvalidator.LSN(final)) }
+func (s *redisSink) begin(_ uint32, final pglogrepl.LSN) {
+	s.batch.BeginTx(pginvalidator.LSN(final))
+	s.final = final
+}
 
 func (s *redisSink) add(_ *pginvalidator.Change, cmds []pginvalidator.Command) error {
 	for _, c := range cmds {
 		s.batch.Add(c)
+		s.redel.add(c, s.final)
 	}
 	return nil
 }
@@ -68,7 +76,8 @@ func (s *redisSink) commit(end pglogrepl.LSN, _ time.Time) error {
 func (s *redisSink) pending() int { return s.batch.Len() }
 
 // flush applies the batch to every target; it returns only once all have
-// applied it, or ctx ends.
+// applied it, or ctx ends. The re-deletes of its commands are due from
+// then on.
 func (s *redisSink) flush(ctx context.Context) error {
 	if s.batch.Len() == 0 {
 		return nil
@@ -76,6 +85,7 @@ func (s *redisSink) flush(ctx context.Context) error {
 	if err := s.targets.Apply(ctx, s.batch); err != nil {
 		return fmt.Errorf("apply batch: %w", err)
 	}
+	s.redel.applied(time.Now())
 	return nil
 }
 

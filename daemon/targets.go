@@ -132,6 +132,22 @@ func (f fanout) Ping(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// SetCanary sets the canary's key to value on every target, each at the
+// same time, once. It returns every target's error, joined.
+func (f fanout) SetCanary(ctx context.Context, key, value string) error {
+	errs := make([]error, len(f))
+	var wg sync.WaitGroup
+	for i, t := range f {
+		wg.Go(func() {
+			if err := t.inv.SetCanary(ctx, key, value); err != nil {
+				errs[i] = wrapTarget(t.name, len(f), err)
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
 // Stats sums the counters of every target: a command applied on two
 // targets counts twice.
 func (f fanout) Stats() invalidator.Stats {
@@ -145,6 +161,8 @@ func (f fanout) Stats() invalidator.Stats {
 		sum.Version += st.Version
 		sum.VersionKept += st.VersionKept
 		sum.VersionPatternKeys += st.VersionPatternKeys
+		sum.Redeletes += st.Redeletes
+		sum.RedeletesFound += st.RedeletesFound
 		sum.Errors += st.Errors
 		sum.Skipped += st.Skipped
 		sum.Retries += st.Retries
@@ -155,6 +173,31 @@ func (f fanout) Stats() invalidator.Stats {
 		}
 	}
 	return sum
+}
+
+// SetMarker sets key to value on every target.
+func (f fanout) SetMarker(ctx context.Context, key, value string) error {
+	for _, t := range f {
+		if err := t.inv.SetMarker(ctx, key, value); err != nil {
+			return wrapTarget(t.name, len(f), err)
+		}
+	}
+	return nil
+}
+
+// MarkerIn returns the name of the first target that holds key, or "" when
+// none does.
+func (f fanout) MarkerIn(ctx context.Context, key string) (string, error) {
+	for _, t := range f {
+		ok, err := t.inv.MarkerExists(ctx, key)
+		if err != nil {
+			return "", wrapTarget(t.name, len(f), err)
+		}
+		if ok {
+			return t.name, nil
+		}
+	}
+	return "", nil
 }
 
 // Close closes every target's connections.

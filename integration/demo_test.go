@@ -225,7 +225,7 @@ func TestDemoCleansUpServersItDidNotStart(t *testing.T) {
 			}
 			if tt.sig == 0 {
 				want := "Removed from your PostgreSQL: replication slot pg_invalidator_demo, publication pg_invalidator_demo, table public.products, table public.categories."
-				if out := p.out.String(); !strings.Contains(out, want) || !strings.Contains(out, "Removed from your Redis: key cache:version:products.") {
+				if out := p.out.String(); !strings.Contains(out, want) || !strings.Contains(out, "Removed from your Redis: key cache:version:products, key pg-invalidator:slot:") {
 					t.Errorf("output does not say what the demo removed:\n%s", out)
 				}
 			}

@@ -268,10 +268,12 @@ func TestPostgresRestart(t *testing.T) {
 		if err := pg.Start(context.Background()); err != nil {
 			t.Fatal(err)
 		}
+		up := time.Now()
 		f.reconnect()
 		f.cache("item:2", "item:3")
 		f.exec("UPDATE items SET v = v + 1 WHERE id IN (2, 3)")
 		f.waitGone("item:2", "item:3")
+		t.Logf("%s: keys gone %s after PostgreSQL accepted connections again (MaxBackoff %s)", how, time.Since(up).Round(time.Millisecond), cfg.MaxBackoff)
 	}
 }
 

@@ -76,10 +76,17 @@ func TestStandbyTakesOverAfterKill9(t *testing.T) {
 	waitFor(t, 30*time.Second, func() bool { return strings.Contains(standby.stderr.String(), "is active for PID") },
 		func() string { return "the standby never found the slot busy; it logged:\n" + standby.stderr.String() })
 
-	// Only the daemon that streams is ready.
+	// Only the daemon that streams is ready, and only it sends canaries: the
+	// standby says it does not stream, and nothing else (no canary of its
+	// own is ever out, though the two share the key).
 	waitReady(t, activeAddr)
-	if code, body := readyz(t, standbyAddr); code != http.StatusServiceUnavailable || !strings.Contains(body, "not streaming") {
-		t.Fatalf("standby /readyz = %d %q, want 503 not streaming", code, body)
+	waitFor(t, 30*time.Second, func() bool { _, ok := canarySeconds(t, activeAddr); return ok },
+		func() string { return "the active daemon's canary never came back" })
+	if code, body := readyz(t, standbyAddr); code != http.StatusServiceUnavailable || body != "not streaming from postgresql" {
+		t.Fatalf("standby /readyz = %d %q, want 503 \"not streaming from postgresql\" alone", code, body)
+	}
+	if s := scrape(t, standbyAddr); s["pg_invalidator_canary_pending_seconds"] != 0 {
+		t.Errorf("standby pg_invalidator_canary_pending_seconds = %v, want 0: a standby sends no canary", s["pg_invalidator_canary_pending_seconds"])
 	}
 
 	var wg sync.WaitGroup
@@ -111,6 +118,9 @@ func TestStandbyTakesOverAfterKill9(t *testing.T) {
 	wg.Wait()
 	f.waitGone(keys...)
 	waitReady(t, standbyAddr)
+	// It sends a canary as soon as it streams.
+	waitFor(t, 30*time.Second, func() bool { _, ok := canarySeconds(t, standbyAddr); return ok },
+		func() string { return "the standby's canary never came back after it took over" })
 
 	// Standing by is logged once, not once per attempt.
 	if n := strings.Count(standby.stderr.String(), "is active for PID"); n != 1 {

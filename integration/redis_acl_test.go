@@ -19,9 +19,11 @@ import (
 // prints for the rules, exactly as printed, on every node, and runs the
 // daemon as that user: a first start with resync (the flush of every
 // pattern and key), an UPDATE (UNLINK, INCR, version keys) and a TRUNCATE
-// (SCAN and the pattern scripts), with wait_replicas in cluster mode. Every
-// key must change as it should, and ACL LOG must stay empty on every node:
-// the generated ACL cannot lack a command the daemon sends.
+// (SCAN and the pattern scripts), with wait_replicas in cluster mode, and
+// canaries every second on a canary_key of the test's own (SET and UNLINK of
+// the key the ACL names for it). Every key must change as it should, the
+// canaries must come back, and ACL LOG must stay empty on every node: the
+// generated ACL cannot lack a command the daemon sends, nor the canary's key.
 func TestRedisACLFromSetup(t *testing.T) {
 	for _, mode := range []string{"single", "cluster"} {
 		t.Run(mode, func(t *testing.T) { testRedisACL(t, mode) })
@@ -57,6 +59,10 @@ func testRedisACL(t *testing.T, mode string) {
 	t.Cleanup(func() { rdb.Close() })
 	f := newFixtureOn(t, env.PostgresURL, "redis://"+nodes[0]+"/0", itemsSchema)
 	rules := f.rules(`
+[postgres]
+heartbeat = "1s"
+canary_key = "{p}canary:<slot>"
+
 [redis]
 ` + redisTable + `
 username = "pginv-acl"
@@ -103,6 +109,8 @@ version = ["{p}ver:item:<id>", "{p}ver:items"]
 	}
 	cfg := f.config(rules)
 	cfg.Targets = file.Targets
+	cfg.Heartbeat, cfg.CanaryKey = file.Postgres.Heartbeat, file.Postgres.CanaryKey
+	cfg.MetricsAddr = metricsAddr(t)
 	cfg.Resync = true // a first start finds no slot, and flushes every key the rules can render
 
 	key := f.key
@@ -145,6 +153,25 @@ version = ["{p}ver:item:<id>", "{p}ver:items"]
 	wait("the TRUNCATE did not delete item:7, increment count:cat:3 and set ver:item:7", func() bool {
 		return get("item:7") == "" && get("count:cat:3") == "9" && isLSN(get("ver:item:7"))
 	})
+
+	if !strings.Contains(acl[0], " ~"+f.key("canary:pg_invalidator")+" ") {
+		t.Errorf("the ACL does not name the canary's key %s: %s", f.key("canary:pg_invalidator"), acl[0])
+	}
+	// Canaries go round as that user: set, back through PostgreSQL, deleted.
+	var rtts []float64
+	waitFor(t, 30*time.Second, func() bool {
+		if v, ok := canarySeconds(t, cfg.MetricsAddr); ok && (len(rtts) == 0 || v != rtts[len(rtts)-1]) {
+			rtts = append(rtts, v)
+		}
+		return len(rtts) >= 3
+	}, func() string {
+		return fmt.Sprintf("canary round trips %v, want 3; /readyz: %q", rtts, fmt.Sprint(httpGet(t, cfg.MetricsAddr, "/readyz")))
+	})
+	if n := rdb.Exists(ctx, f.key("canary:pg_invalidator")).Val(); n != 0 {
+		// It lives only while a canary is out: wait a moment, and look again.
+		waitFor(t, 10*time.Second, func() bool { return rdb.Exists(ctx, f.key("canary:pg_invalidator")).Val() == 0 },
+			func() string { return "the canary's key stays" })
+	}
 
 	for _, addr := range nodes {
 		c := redis.NewClient(&redis.Options{Addr: addr, DisableIdentity: true})

@@ -17,10 +17,18 @@ CREATE TABLE tags (id bigint PRIMARY KEY, name text);
 INSERT INTO items (id, cat) SELECT g, g % 10 FROM generate_series(1, 10) g;
 `
 
+// TestReloadSwapsRules reloads a file with a rule for a new table and
+// changed templates, then an invalid file. The new table joins the
+// publication only once the new rules are in force, so its first write is
+// invalidated (before, a change committed between the two was mapped with
+// the old rules, which know nothing of the table, and acknowledged). The
+// invalid file changes nothing.
 func TestReloadSwapsRules(t *testing.T) {
 	f := newFixture(t, twoTablesSchema, markerSchema)
 	path := f.rules(itemsRules)
 	cfg := f.config(path)
+	logs := &syncBuffer{}
+	cfg.Logger = teeLogger(t, logs)
 	reload := make(chan struct{}, 1)
 	cfg.Reload = reload
 	cfg.LoadRules = func() (*mapping.Rules, error) { return loadRules(path) }
@@ -36,13 +44,18 @@ del = ["{p}item2:<id>"]
 table = "tags"
 del = ["{p}tag:<id>"]
 `+markerRule, "{p}", f.prefix)), 0o644)
+	reloaded := time.Now()
 	reload <- struct{}{}
-	waitFor(t, 20*time.Second, func() bool {
-		f.cache("tag:1")
-		f.exec("INSERT INTO tags VALUES ($1, 'x') ON CONFLICT (id) DO UPDATE SET name = 'y'", 1)
-		f.sync()
-		return !f.exists("tag:1")
-	}, func() string { return "the new rule for tags never took effect" })
+	waitFor(t, 20*time.Second, func() bool { return strings.Contains(logs.String(), "tables added to publication") },
+		func() string { return "tags never joined the publication; the daemon logged:\n" + logs.String() })
+	if inForce, added := strings.Index(logs.String(), "reloaded rules in force"), strings.Index(logs.String(), "tables added to publication"); inForce < 0 || inForce > added {
+		t.Fatalf("tags joined the publication before the rules for it were in force:\n%s", logs)
+	}
+	f.cache("tag:1")
+	f.exec("INSERT INTO tags VALUES (1, 'x')")
+	f.waitGone("tag:1")
+	t.Logf("the reload's rules were in force, its table in the publication and its first write invalidated %s after the reload",
+		time.Since(reloaded).Round(time.Millisecond))
 	f.cache("item:1", "item2:1")
 	f.exec("UPDATE items SET v = v + 1 WHERE id = 1")
 	f.waitGone("item2:1")
@@ -57,8 +70,10 @@ del = ["{p}tag:<id>"]
 table = "tags"
 del = ["{p}tag:<no_such_column>"]
 `+markerRule, "{p}", f.prefix)), 0o644)
+	failed := strings.Count(logs.String(), "reload failed")
 	reload <- struct{}{}
-	time.Sleep(500 * time.Millisecond)
+	waitFor(t, 20*time.Second, func() bool { return strings.Count(logs.String(), "reload failed") > failed },
+		func() string { return "the invalid reload was never refused; the daemon logged:\n" + logs.String() })
 	f.cache("item2:2", "tag:2")
 	f.exec("UPDATE items SET v = v + 1 WHERE id = 2")
 	f.exec("INSERT INTO tags VALUES (2, 'z')")

@@ -47,11 +47,15 @@ func (f *fixture) commitProbe() *commitProbe {
 }
 
 // commits returns the end LSN of every transaction committed since the
-// last call, in commit order.
+// last call, in commit order, leaving out the daemon's canaries (a
+// transaction that carries a pg_invalidator message).
 func (p *commitProbe) commits() []pginvalidator.LSN {
 	p.f.t.Helper()
-	rows, err := p.f.db.Query(context.Background(),
-		"SELECT lsn::text FROM pg_logical_slot_get_changes($1, NULL, NULL) WHERE data LIKE 'COMMIT%'", p.slot)
+	rows, err := p.f.db.Query(context.Background(), `
+WITH c AS (SELECT lsn, xid, data FROM pg_logical_slot_get_changes($1, NULL, NULL))
+SELECT lsn::text FROM c WHERE data LIKE 'COMMIT%'
+AND xid NOT IN (SELECT xid FROM c WHERE data LIKE 'message: transactional: 1 prefix: pg_invalidator,%')
+ORDER BY lsn`, p.slot)
 	if err != nil {
 		p.f.t.Fatal(err)
 	}

@@ -26,8 +26,12 @@ type ACLNeeds struct {
 	// warning says the policy could not be read.
 	EvictionCheck bool
 	// CanaryPattern, when not empty, is the glob of the end-to-end canary's
-	// keys, which the daemon sets and deletes (SET, UNLINK).
+	// key, which the daemon sets and deletes (SET, UNLINK): the key itself,
+	// when it holds no glob character.
 	CanaryPattern string
+	// MarkerPattern, when not empty, is the glob of the daemon's markers
+	// (SetMarker, MarkerExists), which it sets and looks for (SET, EXISTS).
+	MarkerPattern string
 }
 
 // ACL rules the Invalidator needs whatever the rules say.
@@ -57,7 +61,7 @@ var (
 func ACLRules(opts Options, needs ACLNeeds) (string, error) {
 	rules := []string{"resetkeys"}
 	var patterns []string
-	for _, p := range append(slices.Clip(needs.KeyPatterns), needs.CanaryPattern) {
+	for _, p := range append(slices.Clip(needs.KeyPatterns), needs.CanaryPattern, needs.MarkerPattern) {
 		if p != "" && !slices.Contains(patterns, p) {
 			patterns = append(patterns, p)
 		}
@@ -87,13 +91,13 @@ func ACLRules(opts Options, needs ACLNeeds) (string, error) {
 	if needs.IncrPattern || needs.Version || needs.VersionPattern {
 		rules = append(rules, "+evalsha", "+eval")
 	}
-	if needs.IncrPattern {
+	if needs.IncrPattern || needs.MarkerPattern != "" {
 		rules = append(rules, "+exists")
 	}
 	if needs.Version || needs.VersionPattern {
 		rules = append(rules, "+get")
 	}
-	if needs.Version || needs.VersionPattern || needs.CanaryPattern != "" {
+	if needs.Version || needs.VersionPattern || needs.CanaryPattern != "" || needs.MarkerPattern != "" {
 		rules = append(rules, "+set")
 	}
 	if needs.Incr && needs.EvictionCheck {

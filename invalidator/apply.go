@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -38,11 +39,13 @@ import (
 func (inv *Invalidator) Apply(ctx context.Context, b *Batch) error {
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
+	inv.progress.begin(time.Now())
+	defer inv.progress.end()
 	size := b.Len()
 
 	ops := inv.ops[:0]
 	for k := range b.dels {
-		ops = append(ops, op{action: pginvalidator.Del, key: k})
+		ops = append(ops, op{action: pginvalidator.Del, key: k, redelete: b.Redelete})
 	}
 	for k, n := range b.incrs {
 		ops = append(ops, op{action: pginvalidator.Incr, key: k, n: n})
@@ -55,7 +58,7 @@ func (inv *Invalidator) Apply(ctx context.Context, b *Batch) error {
 		return err
 	}
 	for p := range b.delPatterns {
-		if err := inv.scan(ctx, p, op{action: pginvalidator.DelPattern}); err != nil {
+		if err := inv.scan(ctx, p, op{action: pginvalidator.DelPattern, redelete: b.Redelete}); err != nil {
 			return fmt.Errorf("delete keys matching %q: %w", p, err)
 		}
 	}
@@ -243,17 +246,21 @@ func (inv *Invalidator) send(ctx context.Context, g *group) {
 	for _, i := range g.done {
 		inv.stats.count(g.ops[i], g.cmds[i])
 	}
+	if len(g.failed) < len(g.ops) { // applied, or rejected for good
+		inv.progress.advance(time.Now())
+	}
 }
 
 // op is one single-key command to send.
 type op struct {
-	action pginvalidator.Action // the pattern actions act on one key found by SCAN
-	key    string
-	n      int64             // INCRBY amount, Incr only
-	lsn    pginvalidator.LSN // the LSN to set, Version and VersionPattern only
-	force  bool              // set the LSN whatever the key holds (a resync); Version and VersionPattern only
-	eval   bool              // send the script with EVAL: the server answered NOSCRIPT to EVALSHA
-	ask    string            // a cluster master to send it to once, after ASKING; empty: its slot's master
+	action   pginvalidator.Action // the pattern actions act on one key found by SCAN
+	key      string
+	n        int64             // INCRBY amount, Incr only
+	lsn      pginvalidator.LSN // the LSN to set, Version and VersionPattern only
+	force    bool              // set the LSN whatever the key holds (a resync); Version and VersionPattern only
+	redelete bool              // a re-delete (Batch.Redelete); Del and DelPattern only
+	eval     bool              // send the script with EVAL: the server answered NOSCRIPT to EVALSHA
+	ask      string            // a cluster master to send it to once, after ASKING; empty: its slot's master
 }
 
 // group is one pipeline to one master, and what came of it.

@@ -11,6 +11,7 @@ import (
 // before retry attempt+1. It returns ctx's error if ctx ends first.
 func (inv *Invalidator) backoff(ctx context.Context, attempt int, lastErr error) error {
 	lastErr = inv.redactErr(lastErr)
+	inv.progress.fail(lastErr)
 	if ctx.Err() != nil {
 		return fmt.Errorf("redis %s: %w (last error: %v)", inv.addr, ctx.Err(), lastErr)
 	}

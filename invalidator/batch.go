@@ -26,6 +26,13 @@ import pginvalidator "github.com/pg-invalidator/pg-invalidator"
 // The maps and slices are kept between batches: Reset empties them without
 // freeing their memory. A Batch is not safe for concurrent use.
 type Batch struct {
+	// Redelete marks a batch of re-deletes, Del keys and DelPattern
+	// patterns sent a second time, some time after a transaction's own
+	// batch (see pginvalidator.Command.Redelete): Apply counts them in
+	// Stats.Redeletes and Stats.RedeletesFound instead of Del and
+	// DelPatternKeys. False: an ordinary batch.
+	Redelete bool
+
 	dels         map[string]struct{}
 	incrs        map[string]int64    // key -> transactions of the batch that incremented it
 	txIncrs      map[string]struct{} // Incr keys of the open transaction, not yet in incrs

@@ -143,7 +143,8 @@ type Invalidator struct {
 	ops       []op                     // scratch: the commands of one pipeline or SCAN page
 	groups    map[*redis.Client]*group // scratch: ops by the master that serves them
 
-	stats counters
+	stats    counters
+	progress progress // how the Apply in progress fares, for Waiting
 }
 
 // New checks opts and builds a client for its mode: it parses the URL,

@@ -95,6 +95,7 @@ func (inv *Invalidator) scanNode(ctx context.Context, m *redis.Client, pattern s
 		if err != nil {
 			return err
 		}
+		inv.progress.advance(time.Now())
 		if runID != p.runID {
 			if p.runID != "" {
 				inv.log.Info("redis server changed during a pattern scan; scanning it again from the start",

@@ -24,11 +24,17 @@ type Stats struct {
 	// here.
 	Version, VersionKept uint64
 	VersionPatternKeys   uint64 // keys a VersionPattern set to an LSN
-	Errors               uint64 // failed commands and SCAN calls, whether retried or skipped
-	Skipped              uint64 // commands Redis rejected for good, never applied (see Apply)
-	Retries              uint64 // commands and SCAN calls sent again after a failure
-	Batches              uint64 // batches Apply completed
-	BatchCommands        uint64 // sum of Batch.Len over those batches
+	// Redeletes counts the UNLINKs of re-deletes (Batch.Redelete): one per
+	// Del key, and one per key a DelPattern's SCAN found. RedeletesFound
+	// counts those that removed a key: a value cached again between the
+	// first delete and the re-delete, which the first delete alone would
+	// have left in place if it was read before the change.
+	Redeletes, RedeletesFound uint64
+	Errors                    uint64 // failed commands and SCAN calls, whether retried or skipped
+	Skipped                   uint64 // commands Redis rejected for good, never applied (see Apply)
+	Retries                   uint64 // commands and SCAN calls sent again after a failure
+	Batches                   uint64 // batches Apply completed
+	BatchCommands             uint64 // sum of Batch.Len over those batches
 	// BatchSizes[i] counts the batches of more than BatchSizeBounds[i-1] and
 	// at most BatchSizeBounds[i] commands; the last counts the larger ones.
 	BatchSizes [len(BatchSizeBounds) + 1]uint64
@@ -40,6 +46,7 @@ func (inv *Invalidator) Stats() Stats { return inv.stats.snapshot() }
 type counters struct {
 	del, incr, delPatternKeys, incrPatternKeys atomic.Uint64
 	version, versionKept, versionPatternKeys   atomic.Uint64
+	redeletes, redeletesFound                  atomic.Uint64
 	errors, skipped, retries                   atomic.Uint64
 	batches, batchCommands                     atomic.Uint64
 	batchSizes                                 [len(BatchSizeBounds) + 1]atomic.Uint64
@@ -47,6 +54,10 @@ type counters struct {
 
 // count records the successful reply c to o.
 func (s *counters) count(o op, c redis.Cmder) {
+	if o.redelete {
+		s.redeleted(c.(*redis.IntCmd).Val() > 0)
+		return
+	}
 	switch o.action {
 	case pginvalidator.Del:
 		s.del.Add(1)
@@ -73,6 +84,14 @@ func (s *counters) count(o op, c redis.Cmder) {
 	}
 }
 
+// redeleted counts a re-delete's UNLINK; found says it removed a key.
+func (s *counters) redeleted(found bool) {
+	s.redeletes.Add(1)
+	if found {
+		s.redeletesFound.Add(1)
+	}
+}
+
 func (s *counters) observeBatch(size int) {
 	s.batches.Add(1)
 	s.batchCommands.Add(uint64(size))
@@ -92,6 +111,8 @@ func (s *counters) snapshot() Stats {
 		Version:            s.version.Load(),
 		VersionKept:        s.versionKept.Load(),
 		VersionPatternKeys: s.versionPatternKeys.Load(),
+		Redeletes:          s.redeletes.Load(),
+		RedeletesFound:     s.redeletesFound.Load(),
 		Errors:             s.errors.Load(),
 		Skipped:            s.skipped.Load(),
 		Retries:            s.retries.Load(),

@@ -82,6 +82,11 @@ func identityName(id byte) string {
 	return fmt.Sprintf("%q", id)
 }
 
+// IdentityFix returns what to run so that every old value of table t is
+// sent: ALTER TABLE ... REPLICA IDENTITY FULL, on each leaf partition of a
+// partitioned table.
+func IdentityFix(t pginvalidator.TableInfo) string { return identityFix(t) }
+
 // identityFix returns the SQL that makes every old value available.
 func identityFix(t pginvalidator.TableInfo) string {
 	name := quoteIdent(t.Schema) + "." + quoteIdent(t.Name)

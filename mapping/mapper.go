@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	pginvalidator "github.com/pg-invalidator/pg-invalidator"
 )
@@ -100,11 +101,12 @@ type plan struct {
 
 // step is one template of one rule, compiled for one relation.
 type step struct {
-	on      Ops
-	action  pginvalidator.Action // Del, Incr or Version
-	t       *Template
-	cols    []int // the relation's column index for each placeholder
-	missing bool  // a placeholder names a column the relation lacks
+	on       Ops
+	action   pginvalidator.Action // Del, Incr or Version
+	redelete time.Duration        // the rule's RedeleteAfter, on a Del step; zero otherwise
+	t        *Template
+	cols     []int // the relation's column index for each placeholder
+	missing  bool  // a placeholder names a column the relation lacks
 }
 
 func (m *Mapper) plan(rel *pginvalidator.Relation) *plan {
@@ -138,6 +140,9 @@ func (m *Mapper) compile(rel *pginvalidator.Relation) *plan {
 
 func (m *Mapper) step(rel *pginvalidator.Relation, r *Rule, a pginvalidator.Action, t *Template) step {
 	s := step{on: r.On, action: a, t: t, cols: make([]int, len(t.cols))}
+	if a == pginvalidator.Del {
+		s.redelete = r.RedeleteAfter
+	}
 	for i, name := range t.cols {
 		s.cols[i] = -1
 		for j, c := range rel.Columns {
@@ -206,9 +211,9 @@ func (m *Mapper) Commands(dst []pginvalidator.Command, ch *pginvalidator.Change)
 
 func (m *Mapper) truncate(dst []pginvalidator.Command, start int, s *step) []pginvalidator.Command {
 	if len(s.t.cols) == 0 {
-		return m.add(dst, start, s.action, s.t.key)
+		return m.add(dst, start, s.action, s.t.key, s.redelete)
 	}
-	return m.add(dst, start, patternAction(s.action), s.t.glob)
+	return m.add(dst, start, patternAction(s.action), s.t.glob, s.redelete)
 }
 
 // patternAction returns the action that does a to every key matching a
@@ -258,7 +263,7 @@ func value(rel *pginvalidator.Relation, row, fallback pginvalidator.Row, keyOnly
 func (m *Mapper) render(dst []pginvalidator.Command, start int, s *step, rel *pginvalidator.Relation, row, fallback pginvalidator.Row, keyOnly bool) []pginvalidator.Command {
 	t := s.t
 	if len(t.cols) == 0 {
-		return m.add(dst, start, s.action, t.key)
+		return m.add(dst, start, s.action, t.key, s.redelete)
 	}
 	b := m.buf[:0]
 	for i, col := range s.cols {
@@ -276,18 +281,21 @@ func (m *Mapper) render(dst []pginvalidator.Command, start int, s *step, rel *pg
 	}
 	b = append(b, t.lits[len(t.cols)]...)
 	m.buf = b
-	for _, c := range dst[start:] {
-		if c.Action == s.action && c.Key == string(b) {
+	for i := range dst[start:] {
+		if c := &dst[start+i]; c.Action == s.action && c.Key == string(b) {
+			c.Redelete = max(c.Redelete, s.redelete)
 			return dst
 		}
 	}
-	return m.add(dst, len(dst), s.action, string(b))
+	return m.add(dst, len(dst), s.action, string(b), s.redelete)
 }
 
-// add appends a command unless it is already among dst[start:].
-func (m *Mapper) add(dst []pginvalidator.Command, start int, a pginvalidator.Action, key string) []pginvalidator.Command {
-	for _, c := range dst[start:] {
-		if c.Action == a && c.Key == key {
+// add appends a command unless it is already among dst[start:]; then the
+// one there keeps the longer of the two re-delete delays.
+func (m *Mapper) add(dst []pginvalidator.Command, start int, a pginvalidator.Action, key string, redelete time.Duration) []pginvalidator.Command {
+	for i := range dst[start:] {
+		if c := &dst[start+i]; c.Action == a && c.Key == key {
+			c.Redelete = max(c.Redelete, redelete)
 			return dst
 		}
 	}
@@ -305,7 +313,7 @@ func (m *Mapper) add(dst []pginvalidator.Command, start int, a pginvalidator.Act
 	case pginvalidator.VersionPattern:
 		m.versionPattern.Add(1)
 	}
-	return append(dst, pginvalidator.Command{Action: a, Key: key})
+	return append(dst, pginvalidator.Command{Action: a, Key: key, Redelete: redelete})
 }
 
 // FlushCommands returns the commands that invalidate every key the rules can
@@ -314,7 +322,22 @@ func (m *Mapper) add(dst []pginvalidator.Command, start int, a pginvalidator.Act
 // placeholders becomes a pattern), whatever the rule's on. A resync after a
 // lost slot runs them, since any change may have been missed. Each command
 // appears once.
-func (rs *Rules) FlushCommands() []pginvalidator.Command {
+func (rs *Rules) FlushCommands() []pginvalidator.Command { return rs.flushCommands("") }
+
+// TableFlushCommands returns the FlushCommands of the rules for one table
+// ("schema.table", as Tables names it): what the daemon runs when changes to
+// that table went unstreamed, such as a table swapped for a new one, or a
+// partition dropped. A table no rule names gets none.
+func (rs *Rules) TableFlushCommands(table string) []pginvalidator.Command {
+	if table == "" {
+		return nil
+	}
+	return rs.flushCommands(table)
+}
+
+// flushCommands returns the flush commands of the rules for table, or of
+// every rule when table is "".
+func (rs *Rules) flushCommands(table string) []pginvalidator.Command {
 	var out []pginvalidator.Command
 	seen := make(map[pginvalidator.Command]bool)
 	add := func(a pginvalidator.Action, t *Template) {
@@ -328,6 +351,9 @@ func (rs *Rules) FlushCommands() []pginvalidator.Command {
 		}
 	}
 	for _, r := range rs.List {
+		if table != "" && r.QualifiedName() != table {
+			continue
+		}
 		for _, t := range r.Del {
 			add(pginvalidator.Del, t)
 		}

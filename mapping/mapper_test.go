@@ -4,6 +4,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	pginvalidator "github.com/pg-invalidator/pg-invalidator"
 )
@@ -409,6 +410,45 @@ on = ["insert"]
 	}
 }
 
+func TestTableFlushCommands(t *testing.T) {
+	c, err := Parse("rules.toml", []byte(`
+[[rule]]
+table = "products"
+del  = ["product:<id>", "products:all"]
+on   = ["insert"]
+
+[[rule]]
+table = "categories"
+del  = ["product-list:category:<id>"]
+
+[[rule]]
+table = "public.products"
+incr = ["version:product:<id>"]
+del  = ["products:all"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		table string
+		want  []string
+	}{
+		{"public.products", []string{"del_pattern product:*", "del products:all", "incr_pattern version:product:*"}},
+		{"public.categories", []string{"del_pattern product-list:category:*"}},
+		{"public.brands", nil},
+		{"", nil},
+	}
+	for _, tt := range tests {
+		var got []string
+		for _, cmd := range c.TableFlushCommands(tt.table) {
+			got = append(got, cmd.Action.String()+" "+cmd.Key)
+		}
+		if !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("TableFlushCommands(%q) = %q, want %q", tt.table, got, tt.want)
+		}
+	}
+}
+
 func TestSetRulesKeepsCounters(t *testing.T) {
 	first, err := Parse("a.toml", []byte("[[rule]]\ntable = \"t\"\ndel = [\"a:<id>\"]\n"))
 	if err != nil {
@@ -431,5 +471,50 @@ func TestSetRulesKeepsCounters(t *testing.T) {
 	}
 	if got := m.Stats().Del; got != 2 {
 		t.Fatalf("Stats().Del = %d after SetRules, want 2", got)
+	}
+}
+
+// TestRedelete checks that a rule's redelete_after rides on the Del and
+// DelPattern commands it renders, on nothing else, and that a key two rules
+// delete keeps the longer delay.
+func TestRedelete(t *testing.T) {
+	rs := mustParse(t, `
+[[rule]]
+table = "products"
+del = ["product:<id>", "product-list:category:<category_id>"]
+incr = ["cache:counter:products"]
+redelete_after = "500ms"
+
+[[rule]]
+table = "products"
+del = ["product:<id>", "product-name:<name>"]
+redelete_after = "2s"
+
+[[rule]]
+table = "products"
+del = ["product-page:<id>"]
+`)
+	m := NewMapper(rs)
+	got := m.Commands(nil, &pginvalidator.Change{Rel: products, Op: pginvalidator.OpInsert, New: row("1", "pen", "3", "d")})
+	want := []pginvalidator.Command{
+		{Action: pginvalidator.Del, Key: "product:1", Redelete: 2 * time.Second},
+		{Action: pginvalidator.Del, Key: "product-list:category:3", Redelete: 500 * time.Millisecond},
+		{Action: pginvalidator.Incr, Key: "cache:counter:products"},
+		{Action: pginvalidator.Del, Key: "product-name:pen", Redelete: 2 * time.Second},
+		{Action: pginvalidator.Del, Key: "product-page:1"},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("insert:\ngot  %v\nwant %v", got, want)
+	}
+	got = m.Commands(nil, &pginvalidator.Change{Rel: products, Op: pginvalidator.OpTruncate})
+	want = []pginvalidator.Command{
+		{Action: pginvalidator.DelPattern, Key: "product:*", Redelete: 2 * time.Second},
+		{Action: pginvalidator.DelPattern, Key: "product-list:category:*", Redelete: 500 * time.Millisecond},
+		{Action: pginvalidator.Incr, Key: "cache:counter:products"},
+		{Action: pginvalidator.DelPattern, Key: "product-name:*", Redelete: 2 * time.Second},
+		{Action: pginvalidator.DelPattern, Key: "product-page:*"},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("truncate:\ngot  %v\nwant %v", got, want)
 	}
 }

@@ -10,6 +10,7 @@
 //	incr    = ["cache:counter:products"]
 //	version = ["cache:version:products"]
 //	on      = ["insert", "update", "delete", "truncate"]   # optional; default all four
+//	redelete_after = "500ms"      # optional; off by default
 //
 // # Templates
 //
@@ -32,6 +33,15 @@
 // patterns (DelPattern, IncrPattern, VersionPattern). Commands for one change
 // are deduplicated; commands across changes are not.
 //
+// # Delayed re-delete
+//
+// With redelete_after, every key the rule deletes (and every pattern a
+// truncate turns its del templates into) is deleted again that long after
+// the first time: Command.Redelete carries the delay. A reader that read
+// the row before the change and cached it after the first delete has its
+// stale value removed then. The delay should be longer than the
+// application's slowest read-to-SET.
+//
 // A template text may appear under one action only, across all rules: a key
 // that is both deleted and incremented, or both incremented and set to an
 // LSN, would defeat the versioning its readers rely on.
@@ -51,6 +61,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	pginvalidator "github.com/pg-invalidator/pg-invalidator"
 	"github.com/pg-invalidator/pg-invalidator/internal/tomldoc"
@@ -78,6 +89,9 @@ type Rule struct {
 	Incr    []*Template // keys to increment
 	Version []*Template // keys to set to the transaction's LSN
 	On      Ops         // operations the rule handles; AllOps when the file says none
+	// RedeleteAfter is how long after a Del key (or a truncate's
+	// DelPattern) was first deleted it is deleted again; zero: never.
+	RedeleteAfter time.Duration
 	// Del, Incr and Version are never all empty after Parse.
 }
 
@@ -172,7 +186,7 @@ type templateUse struct {
 }
 
 // ruleKeys are the keys a [[rule]] allows, in the order messages list them.
-var ruleKeys = []string{"table", "del", "incr", "version", "on"}
+var ruleKeys = []string{"table", "del", "incr", "version", "on", "redelete_after"}
 
 func (p *parser) rules(v any) []*Rule {
 	tables, ok := p.Tables("rule", v)
@@ -215,6 +229,8 @@ func (p *parser) rule(path []string, m map[string]any) *Rule {
 			}
 		case "on":
 			r.On = p.ops(at, m[k])
+		case "redelete_after":
+			r.RedeleteAfter = p.redelete(at, m[k])
 		default:
 			p.Unknown(at, "[[rule]]", ruleKeys)
 		}
@@ -224,8 +240,29 @@ func (p *parser) rule(path []string, m map[string]any) *Rule {
 	}
 	if !templates {
 		p.Addf(path, `rule has no del, incr or version; add del = ["key:<column>"], incr = ["key"] or version = ["key"]`)
+	} else if _, ok := m["del"]; !ok && r.RedeleteAfter > 0 {
+		p.Addf(tomldoc.Key(path, "redelete_after"), "redelete_after applies to del keys, and this rule has none; add del = [...] or remove redelete_after")
 	}
 	return r
+}
+
+// maxRedelete bounds redelete_after: a transaction is acknowledged only
+// once its re-deletes are sent, so a long delay holds WAL on the server
+// for that long.
+const maxRedelete = time.Minute
+
+// redelete parses redelete_after, a duration from 1ms to maxRedelete.
+func (p *parser) redelete(path []string, v any) time.Duration {
+	var s string
+	if !p.Str(path, v, &s) {
+		return 0
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < time.Millisecond || d > maxRedelete {
+		p.Addf(path, "redelete_after %q is not a duration from 1ms to 1m; write one longer than the application's slowest read-to-SET, like \"500ms\"", s)
+		return 0
+	}
+	return d
 }
 
 // tableName splits "schema.table", defaulting the schema to public, and

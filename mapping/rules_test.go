@@ -83,7 +83,7 @@ func TestParseInlineRules(t *testing.T) {
 ]
 `
 	_, err := Parse("f.toml", []byte(src))
-	want := `f.toml:4: unknown key "dell" in [[rule]]; allowed keys: table, del, incr, version, on
+	want := `f.toml:4: unknown key "dell" in [[rule]]; allowed keys: table, del, incr, version, on, redelete_after
 f.toml:4: rule has no del, incr or version; add del = ["key:<column>"], incr = ["key"] or version = ["key"]`
 	if err == nil || err.Error() != want {
 		t.Errorf("got:\n%v\nwant:\n%s", err, want)
@@ -95,12 +95,14 @@ func TestParseErrors(t *testing.T) {
 		file string
 		want string
 	}{
-		{"unknown_rule.toml", `testdata/unknown_rule.toml:7: unknown key "delete" in [[rule]]; allowed keys: table, del, incr, version, on`},
+		{"unknown_rule.toml", `testdata/unknown_rule.toml:7: unknown key "delete" in [[rule]]; allowed keys: table, del, incr, version, on, redelete_after`},
 		{"no_templates.toml", `testdata/no_templates.toml:6: rule has no del, incr or version; add del = ["key:<column>"], incr = ["key"] or version = ["key"]`},
 		{"version_bad_template.toml", `testdata/version_bad_template.toml:6: template "cache:version:category:<category_id": the "<" at byte 24 has no closing ">"; end the column name with ">", or write "<<" for a literal "<"`},
 		{"version_wrong_type.toml", `testdata/version_wrong_type.toml:3: version must be an array of strings, like ["a", "b"]; got a string`},
 		{"version_conflict.toml", `testdata/version_conflict.toml:8: template "cache:version:products" is in incr here and in version at line 4; INCR fails on a key that holds an LSN, and an LSN overwrites a counter; keep it in one of them
 testdata/version_conflict.toml:11: template "cache:version:products" is in del here and in version at line 4; a version key that is deleted starts over, and entries cached under an old version become reachable again; remove it from del`},
+		{"redelete_bad.toml", `testdata/redelete_bad.toml:4: redelete_after "500" is not a duration from 1ms to 1m; write one longer than the application's slowest read-to-SET, like "500ms"`},
+		{"redelete_no_del.toml", `testdata/redelete_no_del.toml:5: redelete_after applies to del keys, and this rule has none; add del = [...] or remove redelete_after`},
 		{"no_table.toml", `testdata/no_table.toml:1: rule has no table; add table = "schema.table" (or just "table" for the public schema)`},
 		{"bad_table.toml", `testdata/bad_table.toml:2: table "shop.public.products" has more than one dot; write "schema.table", or just "table" for the public schema`},
 		{"empty_table_part.toml", `testdata/empty_table_part.toml:2: table "shop." has an empty name; write "schema.table", or just "table" for the public schema`},

@@ -3,9 +3,18 @@ package replication
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 )
+
+// heartbeatPrefix is the prefix of every logical decoding message the
+// daemon writes.
+const heartbeatPrefix = "pg_invalidator"
+
+// canaryContent begins the content of a heartbeat that carries a canary;
+// the slot and the token follow, separated by spaces.
+const canaryContent = "canary "
 
 // EmitHeartbeat writes a small non-transactional logical decoding message
 // (pg_logical_emit_message, prefix pg_invalidator) on an ordinary
@@ -20,4 +29,42 @@ func EmitHeartbeat(ctx context.Context, conn *pgx.Conn) error {
 		return fmt.Errorf("emit heartbeat: %w", err)
 	}
 	return nil
+}
+
+// EmitCanary writes a heartbeat that carries a canary for slot: a
+// transactional logical decoding message (prefix pg_invalidator), in a
+// transaction of its own on conn, which must not be in one. A Stream on slot
+// that passes logical decoding messages (see Stream.Messages) hands it to
+// its consumer as a Canary event holding token, between the transaction's
+// Begin and Commit, like a row change; streams on other slots leave it out.
+// Being a transaction, it is flushed at its commit (under the default
+// synchronous_commit), and the walsender sends it at once, where a
+// non-transactional message waits for the WAL writer; and the consumer
+// acknowledges it as any transaction. slot is a valid slot name and token
+// holds no space.
+func EmitCanary(ctx context.Context, conn *pgx.Conn, slot, token string) error {
+	if !ValidSlotName(slot) || token == "" || strings.ContainsAny(token, " \t\r\n") {
+		return fmt.Errorf("emit canary: slot %q, token %q: want a slot name and a token without spaces", slot, token)
+	}
+	if _, err := conn.Exec(ctx, "SELECT pg_logical_emit_message(true, $1, $2)", heartbeatPrefix, canaryContent+slot+" "+token); err != nil {
+		return fmt.Errorf("emit canary: %w", err)
+	}
+	return nil
+}
+
+// canaryToken returns the token of a heartbeat message's content when it
+// carries a canary for slot.
+func canaryToken(prefix string, content []byte, slot string) (string, bool) {
+	if prefix != heartbeatPrefix {
+		return "", false
+	}
+	rest, ok := strings.CutPrefix(string(content), canaryContent)
+	if !ok {
+		return "", false
+	}
+	s, token, ok := strings.Cut(rest, " ")
+	if !ok || s != slot || token == "" {
+		return "", false
+	}
+	return token, true
 }

@@ -294,3 +294,49 @@ func (s *Stream) DropSlot(ctx context.Context) error {
 	}
 	return nil
 }
+
+// TerminateSlotHolder ends the backend pid when it is the walsender that
+// holds slot, and waits up to ten seconds for the slot to be released. It
+// reports whether it ended one. Use it for a walsender whose client has
+// given up on its connection, which the server would otherwise keep until
+// its wal_sender_timeout. The role needs to be the walsender's, or a member
+// of pg_signal_backend.
+func TerminateSlotHolder(ctx context.Context, conn *pgx.Conn, slot string, pid uint32) (bool, error) {
+	var ended bool
+	err := conn.QueryRow(ctx, `
+SELECT coalesce(bool_or(pg_terminate_backend(active_pid)), false) FROM pg_replication_slots
+WHERE slot_name = $1 AND active_pid = $2`, slot, int64(pid)).Scan(&ended)
+	if err != nil {
+		return false, fmt.Errorf("terminate the walsender %d on replication slot %s: %w", pid, slot, err)
+	}
+	if !ended {
+		return false, nil
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var held bool
+		err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active_pid = $2)`,
+			slot, int64(pid)).Scan(&held)
+		if err != nil {
+			return true, fmt.Errorf("read replication slot %s: %w", slot, err)
+		}
+		if !held || time.Now().After(deadline) {
+			return true, nil
+		}
+		select {
+		case <-ctx.Done():
+			return true, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// CurrentDatabase returns the name of the database conn is connected to,
+// where the slot of a logical replication connection to the same URL lives.
+func CurrentDatabase(ctx context.Context, conn *pgx.Conn) (string, error) {
+	var name string
+	if err := conn.QueryRow(ctx, `SELECT current_database()`).Scan(&name); err != nil {
+		return "", fmt.Errorf("read the current database: %w", err)
+	}
+	return name, nil
+}

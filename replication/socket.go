@@ -30,6 +30,10 @@ type socketReader struct {
 	// lastShort is true when the last read returned less than the policy's
 	// shortRead.
 	lastShort bool
+	// waitingSince is when the read of the socket in progress began, as a
+	// time since epoch; 0 while none is. The stream's silence watch reads it
+	// from another goroutine.
+	waitingSince atomic.Int64
 	// tuned is true while the receive buffer is the policy's catch-up size.
 	tuned bool
 }
@@ -125,7 +129,9 @@ func (s *socketReader) Read(p []byte) (int, error) {
 		if s.lastShort && behind && s.policy.pause > 0 {
 			time.Sleep(s.policy.pause)
 		}
+		s.waitingSince.Store(int64(time.Since(epoch)))
 		n, err := s.r.Read(s.buf)
+		s.waitingSince.Store(0)
 		s.rp, s.wp = 0, n
 		s.lastShort = n < s.policy.shortRead
 		if n == 0 {
@@ -136,6 +142,22 @@ func (s *socketReader) Read(p []byte) (int, error) {
 	s.rp += n
 	return n, nil
 }
+
+// silence returns when the read of the socket in progress began, which
+// tells one silence from the next, and how long it has waited for data; 0
+// and 0 while no read is in progress. Time spent elsewhere, handing events
+// to a consumer blocked on Redis say, is not silence: the server's messages
+// wait in the socket meanwhile.
+func (s *socketReader) silence() (since int64, quiet time.Duration) {
+	since = s.waitingSince.Load()
+	if since == 0 {
+		return 0, 0
+	}
+	return since, time.Since(epoch) - time.Duration(since)
+}
+
+// epoch is the origin of waitingSince, read on the monotonic clock.
+var epoch = time.Now()
 
 // Buffered returns how many bytes are read from the socket but not yet
 // handed on.

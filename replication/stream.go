@@ -16,6 +16,9 @@
 //     positions never go backwards;
 //   - a status update goes out at least every StatusInterval, and at once when
 //     the server asks, even while the consumer is blocked (on Redis, say);
+//   - a server that sends nothing is asked for a reply after Timeout/2, and
+//     the stream fails with a *SilenceError after Timeout, so a peer gone
+//     without closing the connection is never waited for forever;
 //   - events reach the consumer in WAL order, in chunks that end where no more
 //     data was immediately waiting on the socket, so the consumer can flush
 //     exactly when the stream runs dry.
@@ -58,6 +61,11 @@ const (
 	// the wire. A consumer with nothing pending may acknowledge LSN, so that
 	// the slot moves while published tables are quiet.
 	Keepalive
+	// Canary is a canary written by EmitCanary for this stream's slot,
+	// inside the transaction that carries it: Token is its token, and LSN
+	// its position. Streams that do not pass messages (see
+	// Stream.Messages) never send one.
+	Canary
 )
 
 // Event is one step of the stream.
@@ -67,6 +75,7 @@ type Event struct {
 	XID        uint32
 	CommitTime time.Time            // Commit only
 	Change     pginvalidator.Change // RowChange only
+	Token      string               // Canary only
 }
 
 // Config says where to stream from.
@@ -79,6 +88,12 @@ type Config struct {
 	// StatusInterval is the longest time between two status updates. Zero
 	// means 5s, well inside the server's default wal_sender_timeout of 60s.
 	StatusInterval time.Duration
+	// Timeout is how long the stream waits on a server that sends nothing,
+	// the counterpart of the server's wal_receiver_timeout: after half of it
+	// a status update asks the server for a reply, after all of it Run fails
+	// with a *SilenceError. It also sets TCP keepalives and the connect
+	// timeout (see SetTimeouts). Zero means DefaultTimeout.
+	Timeout time.Duration
 	// ChunkSize caps the events handed over at once. Zero means 512.
 	ChunkSize int
 	// Logger receives state changes. Nil means slog.Default().
@@ -97,10 +112,12 @@ type Stream struct {
 	sock      *socketReader                      // the connection's reads; reader only
 	behind    atomic.Bool                        // the last commit decoded was old: read in bulk
 
-	acked   atomic.Uint64 // highest LSN the consumer applied
-	sentMu  sync.Mutex    // serialises writes of status updates to conn
-	poke    chan struct{} // asks the status sender to send now
-	started bool
+	acked    atomic.Uint64 // highest LSN the consumer applied
+	silent   atomic.Int64  // how long the server had been silent when the stream gave up on it; 0 while it has not
+	sentMu   sync.Mutex    // serialises writes of status updates to conn
+	poke     chan struct{} // asks the status sender to send now
+	started  bool
+	messages bool // Start asked pgoutput for logical decoding messages
 }
 
 // Connect opens a replication connection with the text settings pinned.
@@ -110,6 +127,9 @@ func Connect(ctx context.Context, cfg Config) (*Stream, error) {
 	}
 	if cfg.ChunkSize == 0 {
 		cfg.ChunkSize = 512
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultTimeout
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -121,6 +141,9 @@ func Connect(ctx context.Context, cfg Config) (*Stream, error) {
 	pcfg, err := pgconn.ParseConfig(dsn)
 	if err != nil {
 		return nil, fmt.Errorf("parse postgres url %s: %w", redact.URL(cfg.URL), redact.Error(err, cfg.URL))
+	}
+	if err := SetTimeouts(pcfg, cfg.Timeout); err != nil {
+		return nil, fmt.Errorf("postgres url %s: %w", redact.URL(cfg.URL), err)
 	}
 	for k, v := range TextSettings {
 		pcfg.RuntimeParams[k] = v
@@ -143,24 +166,47 @@ func Connect(ctx context.Context, cfg Config) (*Stream, error) {
 }
 
 // Start sends START_REPLICATION at LSN 0, so the server resumes at the slot's
-// confirmed_flush_lsn. After a failed Start the connection is unusable: Close
-// it and connect again. A slot the server has invalidated is a *SlotError
-// that says what to do; SlotInvalidated reports it.
+// confirmed_flush_lsn. On PostgreSQL 14 and later it asks pgoutput for
+// logical decoding messages too (messages 'true'), which carry the
+// canaries; see Messages. After a failed Start the connection is unusable:
+// Close it and connect again. A slot the server has invalidated is a
+// *SlotError that says what to do; SlotInvalidated reports it.
 func (s *Stream) Start(ctx context.Context) error {
-	err := pglogrepl.StartReplication(ctx, s.conn, s.cfg.Slot, 0, pglogrepl.StartReplicationOptions{
-		PluginArgs: []string{
-			"proto_version '1'",
-			fmt.Sprintf("publication_names '%s'", quoteIdent(s.cfg.Publication)),
-		},
-	})
+	args := []string{
+		"proto_version '1'",
+		fmt.Sprintf("publication_names '%s'", quoteIdent(s.cfg.Publication)),
+	}
+	messages := serverMajor(s.conn.ParameterStatus("server_version")) >= 14
+	if messages {
+		args = append(args, "messages 'true'")
+	}
+	err := pglogrepl.StartReplication(ctx, s.conn, s.cfg.Slot, 0, pglogrepl.StartReplicationOptions{PluginArgs: args})
 	if err != nil {
 		if SlotInvalidated(err) {
 			return invalidatedError(s.cfg.Slot, err)
 		}
 		return fmt.Errorf("start replication on slot %s: %w", s.cfg.Slot, err)
 	}
-	s.started = true
+	s.started, s.messages = true, messages
 	return nil
+}
+
+// Messages reports whether the started stream passes logical decoding
+// messages, and so Canary events: PostgreSQL 14 and later (pgoutput's
+// messages option is new in 14).
+func (s *Stream) Messages() bool { return s.messages }
+
+// serverMajor returns the major version in a server_version parameter
+// ("15.4 (Debian 15.4-1)", "17beta1"); 0 when it holds none.
+func serverMajor(v string) int {
+	n := 0
+	for _, c := range v {
+		if c < '0' || c > '9' {
+			break
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n
 }
 
 // Ack records that everything up to lsn has been applied. The position goes
@@ -188,6 +234,24 @@ func (s *Stream) Behind() bool { return s.behind.Load() }
 // Acked returns the highest acknowledged position.
 func (s *Stream) Acked() pglogrepl.LSN { return pglogrepl.LSN(s.acked.Load()) }
 
+// PID returns the process ID of the walsender serving the stream.
+func (s *Stream) PID() uint32 { return s.conn.PID() }
+
+// SilenceError says that the server sent nothing for Waited, though asked
+// for a reply: its host is gone without closing the connection (power lost,
+// a NAT entry dropped, a virtual IP moved), or the network between is. The
+// walsender on the other end may still live and hold the slot until the
+// server's wal_sender_timeout ends it; TerminateSlotHolder ends it sooner.
+type SilenceError struct {
+	Waited  time.Duration // how long nothing came
+	Timeout time.Duration // the stream's Timeout
+}
+
+func (e *SilenceError) Error() string {
+	return fmt.Sprintf("replication connection silent: nothing received from the server for %s, though a reply was asked for after %s (timeout %s); dropping it",
+		e.Waited.Round(time.Millisecond), (e.Timeout / 2).Round(time.Millisecond), e.Timeout)
+}
+
 // Run reads the stream and hands events to out, in chunks, until ctx is done
 // or the connection fails. A status update goes out every StatusInterval
 // meanwhile. Run returns ctx.Err() when ctx ends it; any other error means
@@ -208,32 +272,64 @@ func (s *Stream) Run(ctx context.Context, out chan<- []Event) error {
 }
 
 // sendStatusLoop sends a status update every StatusInterval and whenever Ack
-// or a keepalive asks for one.
+// or a keepalive asks for one. It also watches for a silent server: once the
+// reader has waited on the socket for Timeout/2, a status update asks for a
+// reply; once it has waited for Timeout, the connection's deadline is set in
+// the past, which ends the reader's wait (and any write blocked on a full
+// socket), and the stream fails with a *SilenceError.
 func (s *Stream) sendStatusLoop(ctx context.Context) error {
 	t := time.NewTicker(s.cfg.StatusInterval)
 	defer t.Stop()
+	half := s.cfg.Timeout / 2
+	watch := time.NewTimer(half)
+	defer watch.Stop()
+	var asked int64 // the silence a reply was last asked for in, by the start of its read
 	for {
+		ask := false
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
 		case <-s.poke:
+		case <-watch.C:
+			since, quiet := s.sock.silence()
+			switch {
+			case quiet >= s.cfg.Timeout:
+				s.silent.Store(int64(quiet))
+				s.conn.Conn().SetDeadline(time.Now())
+				return nil
+			case quiet >= half:
+				ask, asked = since != asked, since
+				watch.Reset(s.cfg.Timeout - quiet)
+			default:
+				watch.Reset(half - quiet)
+			}
+			if !ask {
+				continue
+			}
 		}
-		if err := s.sendStatus(); err != nil {
+		if err := s.sendStatus(ask); err != nil {
 			return err
 		}
 	}
 }
 
-func (s *Stream) sendStatus() error {
+// sendStatus sends the acknowledged position, asking the server for a reply
+// when replyRequested. A write that cannot finish within Timeout (the socket
+// full, the server not reading) fails.
+func (s *Stream) sendStatus(replyRequested bool) error {
 	s.sentMu.Lock()
 	defer s.sentMu.Unlock()
 	lsn := pglogrepl.LSN(s.acked.Load())
+	nc := s.conn.Conn()
+	nc.SetWriteDeadline(time.Now().Add(s.cfg.Timeout))
 	err := pglogrepl.SendStandbyStatusUpdate(context.Background(), s.conn, pglogrepl.StandbyStatusUpdate{
 		WALWritePosition: lsn,
 		WALFlushPosition: lsn,
 		WALApplyPosition: lsn,
+		ReplyRequested:   replyRequested,
 	})
+	nc.SetWriteDeadline(time.Time{})
 	if err != nil {
 		return fmt.Errorf("send standby status update at %s: %w", lsn, err)
 	}
@@ -285,6 +381,9 @@ func (s *Stream) receiveLoop(ctx context.Context, out chan<- []Event) error {
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
+			}
+			if d := s.silent.Load(); d != 0 {
+				return &SilenceError{Waited: time.Duration(d), Timeout: s.cfg.Timeout}
 			}
 			return fmt.Errorf("receive replication message: %w", err)
 		}
@@ -372,6 +471,10 @@ func (s *Stream) decode(chunk []Event, xld pglogrepl.XLogData) (_ []Event, err e
 		s.behind.Store(time.Since(m.CommitTime) > behindAfter)
 	case *pglogrepl.RelationMessage:
 		s.relations[m.RelationID] = relationOf(m)
+	case *pglogrepl.LogicalDecodingMessage:
+		if token, ok := canaryToken(m.Prefix, m.Content, s.cfg.Slot); ok {
+			chunk = append(chunk, Event{Kind: Canary, LSN: xld.WALStart, Token: token})
+		}
 	case *pglogrepl.TruncateMessage:
 		for _, id := range m.RelationIDs {
 			rel, err := s.relation(id)
@@ -383,7 +486,8 @@ func (s *Stream) decode(chunk []Event, xld pglogrepl.XLogData) (_ []Event, err e
 			}})
 		}
 	default:
-		// Type, Origin and logical decoding messages carry nothing to invalidate.
+		// Type and Origin messages, and other logical decoding messages,
+		// carry nothing to invalidate.
 	}
 	return chunk, nil
 }
@@ -421,8 +525,8 @@ func relationOf(m *pglogrepl.RelationMessage) *pginvalidator.Relation {
 // stream was started, and closes the connection.
 func (s *Stream) Close(ctx context.Context) error {
 	var err error
-	if s.started && !s.conn.IsClosed() {
-		err = s.sendStatus()
+	if s.started && !s.conn.IsClosed() && s.silent.Load() == 0 {
+		err = s.sendStatus(false)
 	}
 	if cerr := s.conn.Close(ctx); err == nil {
 		err = cerr

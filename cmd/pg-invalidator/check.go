@@ -37,6 +37,10 @@ prints what it found and exits 0 when all is well. run makes the same
 checks before it creates anything. It does not retry: an unreachable
 PostgreSQL fails.
 
+With [postgres] replicas, it says of each standby named whether the
+primary's pg_stat_replication shows it (a warning otherwise, with the
+names it does show).
+
 When a rule uses incr, it then reads maxmemory-policy from every Redis
 master and warns where Redis may evict those version keys (allkeys-*), or
 where the policy cannot be read (Redis down, CONFIG refused). Warnings do
@@ -65,7 +69,30 @@ Flags:
 	}
 	fmt.Fprintf(stdout, "postgres: ok: %s\n", srv)
 	fmt.Fprintf(stdout, "%s: ok: %d rule(s) on %d table(s) match the live schema\n", c.config, len(cfg.Rules.List), len(cfg.Rules.Tables()))
+	if err := checkStandbys(ctx, cfg, stdout); err != nil {
+		return err
+	}
 	c.checkEvictions(ctx, logger, cfg.Rules, stdout)
+	return nil
+}
+
+// checkStandbys prints, for each standby [postgres] replicas names, ok or
+// a warning: a standby that is not connected, or whose name is not the one
+// in the primary's pg_stat_replication, holds invalidations back for
+// replica_timeout and is then given up on. Warnings do not fail check: a
+// standby may be restarting.
+func checkStandbys(ctx context.Context, cfg daemon.Config, stdout io.Writer) error {
+	standbys, err := daemon.CheckStandbys(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	for _, s := range standbys {
+		if s.Problem == "" {
+			fmt.Fprintf(stdout, "standby %s: ok: invalidations wait until it has replayed each transaction\n", s.Name)
+			continue
+		}
+		fmt.Fprintf(stdout, "warning: standby %s: %s; invalidations will wait for it up to replica_timeout, then go on without it until it catches up\n", s.Name, s.Problem)
+	}
 	return nil
 }
 

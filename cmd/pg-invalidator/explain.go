@@ -145,10 +145,15 @@ Flags:
 		enc := json.NewEncoder(stdout)
 		enc.SetEscapeHTML(false)
 		for _, c := range cmds {
+			var redelete string
+			if c.Redelete > 0 {
+				redelete = c.Redelete.String()
+			}
 			if err := enc.Encode(struct {
-				Action string `json:"action"`
-				Key    string `json:"key"`
-			}{c.Action.String(), c.Key}); err != nil {
+				Action        string `json:"action"`
+				Key           string `json:"key"`
+				RedeleteAfter string `json:"redelete_after,omitempty"`
+			}{c.Action.String(), c.Key, redelete}); err != nil {
 				return err
 			}
 		}
@@ -160,6 +165,10 @@ Flags:
 		return nil
 	}
 	for _, c := range cmds {
+		if c.Redelete > 0 {
+			fmt.Fprintf(stdout, "%s, again after %s\n", commandText(c), c.Redelete)
+			continue
+		}
 		fmt.Fprintln(stdout, commandText(c))
 	}
 	for _, n := range notes {

@@ -115,6 +115,18 @@ VERSION cache:version:category:3
 {"action":"version_pattern","key":"cache:version:category:*"}
 `,
 	}, {
+		name: "re-delete",
+		args: []string{"--config", "testdata/explain_redelete.toml", "--table", "products", "--op", "delete", "--old", "id=1"},
+		want: `UNLINK product:1, again after 500ms
+INCR cache:version:products
+`,
+	}, {
+		name: "re-delete on truncate, as json",
+		args: []string{"--config", "testdata/explain_redelete.toml", "--table", "products", "--op", "truncate", "--json"},
+		want: `{"action":"del_pattern","key":"product:*","redelete_after":"500ms"}
+{"action":"incr","key":"cache:version:products"}
+`,
+	}, {
 		name: "json for a rule that does not handle the operation",
 		args: []string{"--config", rules, "--table", "shop.orders", "--op", "delete", "--old", "id=9", "--json"},
 		want: `{"line":8,"skipped":"rule for shop.orders does not handle delete (on = insert, update, truncate)"}

@@ -27,7 +27,7 @@ func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	c.register(fs)
 	metricsAddr := fs.String("metrics-addr", "", "host:port to serve /metrics, /healthz and /readyz on, such as 127.0.0.1:9187 (default: none)")
 	resync := fs.Bool("resync", false, `when the replication slot is lost, recreate it and flush every key the rules can render, instead of stopping (default: [recovery] on_slot_lost in the rules file, else stop)`)
-	readyWindow := fs.Duration("ready-window", 30*time.Second, "with --metrics-addr: /readyz answers 503 once a Redis target has not answered for this long")
+	readyWindow := fs.Duration("ready-window", 30*time.Second, "with --metrics-addr: /readyz answers 503 once a Redis target has not answered, a batch has waited on it with nothing applied, or a canary has been out, for this long")
 	dryRun := fs.Bool("dry-run", false, "print each transaction's commands as JSON lines on stdout instead of applying them; uses a temporary slot, no Redis, and changes nothing")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: pg-invalidator run [flags]
@@ -41,7 +41,8 @@ file (validated first; on failure the old rules stay). SIGINT or SIGTERM
 stops it.
 With --metrics-addr it serves Prometheus metrics on /metrics, liveness on
 /healthz and readiness on /readyz: ready while it streams and every Redis
-target answered within --ready-window.
+target answers and applies within --ready-window, and the end-to-end
+canary comes back within it; otherwise 503 and every reason, one a line.
 A lost replication slot stops it with a message that says what to do;
 with --resync it recreates the slot, flushes every key the rules can
 render, and streams on.

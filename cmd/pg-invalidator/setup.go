@@ -91,7 +91,7 @@ Flags:
 
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	conn, err := replication.ConnectSQL(ctx, url)
+	conn, err := replication.ConnectSQL(ctx, url, cfg.Postgres.Timeout)
 	if err != nil {
 		return err
 	}
@@ -216,6 +216,13 @@ func planSetup(ctx context.Context, tx pgx.Tx, cfg *config.File, role string) (*
 	roleStmts, err := replication.RoleSQL(ctx, tx.Conn(), role, names)
 	if err != nil {
 		return nil, err
+	}
+	if len(cfg.Postgres.Replicas) > 0 {
+		stmts, err := replication.StandbyRoleSQL(ctx, tx.Conn(), role)
+		if err != nil {
+			return nil, err
+		}
+		roleStmts = append(roleStmts, stmts...)
 	}
 	identStmts, err := replication.ReplicaIdentityFullSQL(ctx, tx.Conn(), full)
 	if err != nil {

@@ -16,10 +16,6 @@ import (
 // username.
 const defaultACLUser = "pg-invalidator"
 
-// canaryKeys is the glob of the end-to-end canary's keys, which the daemon
-// sets and deletes in every target.
-const canaryKeys = "pg-invalidator:canary:*"
-
 // redisACL is the ACL a target's Redis needs for the rules: one user on
 // the data nodes, and in mode sentinel one on the sentinels.
 type redisACL struct {
@@ -34,6 +30,7 @@ type redisACL struct {
 // for run, so that a database other than 0 gets +select.
 func redisACLs(f *config.File) ([]redisACL, error) {
 	needs := aclNeeds(f.Rules)
+	needs.CanaryPattern = canaryPattern(f.Postgres)
 	var acls []redisACL
 	for _, t := range f.Targets {
 		opts := t.Redis
@@ -54,10 +51,22 @@ func redisACLs(f *config.File) ([]redisACL, error) {
 	return acls, nil
 }
 
+// canaryPattern is the ACL key pattern of the end-to-end canary's key that
+// the [postgres] table configures: the key itself, for the slot, which
+// holds no glob character (config checks canary_key); "" when the canary
+// is off.
+func canaryPattern(pg config.Postgres) string {
+	if pg.CanaryKey == "" {
+		return ""
+	}
+	return daemon.CanaryKey(pg.CanaryKey, pg.Slot)
+}
+
 // aclNeeds says what the rules make the daemon send: the keys every
 // template can render, and which actions, TRUNCATE and resync included.
+// The canary's key is not among them: see canaryPattern.
 func aclNeeds(rules *mapping.Rules) invalidator.ACLNeeds {
-	needs := invalidator.ACLNeeds{CanaryPattern: canaryKeys, EvictionCheck: true}
+	needs := invalidator.ACLNeeds{MarkerPattern: daemon.SlotMarkerPrefix + "*", EvictionCheck: true}
 	for _, r := range rules.List {
 		for _, t := range r.Del {
 			needs.Del = true

@@ -1,0 +1,72 @@
+package daemon
+
+import (
+	"slices"
+	"testing"
+	"time"
+)
+
+func TestCanaryKey(t *testing.T) {
+	for _, tt := range []struct{ template, slot, want string }{
+		{"", "pg_invalidator", "pg-invalidator:canary:pg_invalidator"},
+		{DefaultCanaryKey, "shop", "pg-invalidator:canary:shop"},
+		{"app:<slot>:canary:<slot>", "s1", "app:s1:canary:s1"},
+		{"fixed-canary", "s1", "fixed-canary"},
+	} {
+		if got := CanaryKey(tt.template, tt.slot); got != tt.want {
+			t.Errorf("CanaryKey(%q, %q) = %q, want %q", tt.template, tt.slot, got, tt.want)
+		}
+	}
+}
+
+func TestCanaryState(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	c := newCanary("k")
+	if _, ok := c.next(t0); ok {
+		t.Fatal("next before any session streams: a canary, want none (a standby sends plain heartbeats)")
+	}
+	c.start(false) // PostgreSQL 13: no messages
+	if _, ok := c.next(t0); ok {
+		t.Fatal("next while streaming without messages: a canary, want none")
+	}
+
+	c.start(true)
+	select {
+	case <-c.kick:
+	default:
+		t.Error("start with messages asked for no canary at once")
+	}
+	a, _ := c.next(t0)
+	b, _ := c.next(t0.Add(time.Second))
+	lost, _ := c.next(t0.Add(2 * time.Second))
+	c.forget(lost) // its message could not be written
+	if rtt, pending := c.state(t0.Add(3 * time.Second)); rtt != 0 || pending != 3*time.Second {
+		t.Errorf("state with two canaries out = %s, %s; want 0 (none back yet), 3s (the oldest)", rtt, pending)
+	}
+	if got, want := c.notReady(t0.Add(31*time.Second), 30*time.Second), []string{"canary has not come back for 31s"}; !slices.Equal(got, want) {
+		t.Errorf("notReady = %q, want %q", got, want)
+	}
+	if got := c.notReady(t0.Add(30*time.Second), 30*time.Second); got != nil {
+		t.Errorf("notReady at the window = %q, want none", got)
+	}
+
+	// b's return means a came back before it: messages keep their order.
+	c.back([]string{"someone-else.7", b}, t0.Add(1500*time.Millisecond))
+	if rtt, pending := c.state(t0.Add(5 * time.Second)); rtt != 500*time.Millisecond || pending != 0 {
+		t.Errorf("state after b came back = %s, %s; want 500ms, 0 (a is not out any more)", rtt, pending)
+	}
+	c.back([]string{a}, t0.Add(6*time.Second)) // late, and already counted as back
+	if rtt, _ := c.state(t0.Add(6 * time.Second)); rtt != 500*time.Millisecond {
+		t.Errorf("rtt after a stale token = %s, want 500ms still", rtt)
+	}
+
+	// A session that ends forgets what is out: it may never come back here.
+	c.next(t0.Add(7 * time.Second))
+	c.stop()
+	if _, pending := c.state(t0.Add(time.Hour)); pending != 0 {
+		t.Errorf("pending after stop = %s, want 0", pending)
+	}
+	if _, ok := c.next(t0); ok {
+		t.Error("next after stop: a canary, want none")
+	}
+}

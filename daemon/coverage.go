@@ -1,0 +1,411 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
+
+	pginvalidator "github.com/pg-invalidator/pg-invalidator"
+	"github.com/pg-invalidator/pg-invalidator/invalidator"
+	"github.com/pg-invalidator/pg-invalidator/mapping"
+	"github.com/pg-invalidator/pg-invalidator/replication"
+)
+
+// Some catalog changes stop invalidation without a single row event: a
+// rule table swapped for a new relation that the publication does not hold
+// (ALTER TABLE ... RENAME, then CREATE TABLE ... (LIKE ...), as online
+// schema-change tools do), renamed or dropped; a replica identity weakened
+// under a rule that needs old values; and, under publish_via_partition_root,
+// a leaf partition truncated, detached or dropped. The catalog watch reads
+// the catalog every Config.CatalogPollInterval and compares each reading
+// with the last:
+//
+//   - a name that resolves to a relation the publication does not stream is
+//     added to it when this role may, and then the rules' keys of that table
+//     are flushed as a TRUNCATE would flush them, since the changes made
+//     before the ADD were never streamed; when the role may not, one error
+//     gives the SQL to run, and the table is not covered until someone does;
+//   - a name that resolves to no table (dropped, or renamed away) is not
+//     covered: its rules match nothing. Its keys are flushed once, since its
+//     rows are gone, or live on under a name no rule knows;
+//   - a new relation the publication already streams (FOR ALL TABLES, or a
+//     DBA ran the SQL), or a name back after it was gone, is covered again,
+//     after a flush;
+//   - a replica identity that no longer sends the old values a rule needs is
+//     not covered until it is fixed, and then the table's keys are flushed,
+//     since keys of old rows were skipped meanwhile;
+//   - a leaf partition missing (detached or dropped) or with a new
+//     relfilenode (truncated, or rewritten by VACUUM FULL, CLUSTER or ALTER
+//     TABLE) has the rules' keys of its partitioned table flushed.
+//
+// Each change is logged once, when it happens, and counted in
+// pg_invalidator_catalog_changes_total; a table that is not covered makes
+// /readyz answer 503 and say why, until it is covered again.
+
+// coverage is what the catalog watch knows about the rule tables, for
+// /readyz and /metrics. The watch writes it; the pipeline stores reloaded
+// rules in it; /readyz reads it.
+type coverage struct {
+	rules atomic.Pointer[mapping.Rules] // the rules in force; the pipeline stores reloaded ones
+
+	changes *prometheus.CounterVec // pg_invalidator_catalog_changes_total{table,change}
+
+	mu       sync.Mutex        // protects problems
+	problems map[string]string // why a rule table is not covered, by table; empty: all are
+}
+
+// Change labels of pg_invalidator_catalog_changes_total.
+const (
+	changeSwapped   = "swapped"   // a new relation under the name, streamed now (added to the publication, or in it already); keys flushed
+	changeUncovered = "uncovered" // a new relation under the name that the publication does not stream, and this role may not add
+	changeMissing   = "missing"   // the name resolves to no table: dropped, or renamed away; keys flushed
+	changeRestored  = "restored"  // a table not covered before is streamed again, or its replica identity serves its rules again; keys flushed
+	changeIdentity  = "identity"  // the replica identity no longer sends old values a rule needs
+	changePartition = "partition" // a leaf partition truncated or rewritten, detached or dropped; keys flushed
+)
+
+func newCoverage(rules *mapping.Rules, reg prometheus.Registerer) *coverage {
+	c := &coverage{
+		changes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pg_invalidator_catalog_changes_total",
+			Help: "Catalog changes to rule tables that produce no row event, by table and change: swapped, uncovered, missing, restored, identity, partition.",
+		}, []string{"table", "change"}),
+		problems: make(map[string]string),
+	}
+	c.rules.Store(rules)
+	// Every rule table shows up from the start, at zero.
+	for _, t := range rules.Tables() {
+		for _, change := range []string{changeSwapped, changeUncovered, changeMissing, changeRestored, changeIdentity, changePartition} {
+			c.changes.WithLabelValues(t, change)
+		}
+	}
+	reg.MustRegister(c.changes, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "pg_invalidator_rule_tables_not_covered",
+		Help: "Rule tables whose changes the daemon cannot invalidate now: not streamed by the publication, missing, or with a replica identity that hides old values. /readyz says which and why.",
+	}, func() float64 {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return float64(len(c.problems))
+	}))
+	return c
+}
+
+// reasons returns why each rule table not covered is not, sorted by table;
+// none when every rule table is covered.
+func (c *coverage) reasons() []string {
+	if c == nil {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for _, t := range slices.Sorted(maps.Keys(c.problems)) {
+		out = append(out, c.problems[t])
+	}
+	return out
+}
+
+// setProblems replaces the reasons.
+func (c *coverage) setProblems(problems map[string]string) {
+	c.mu.Lock()
+	c.problems = problems
+	c.mu.Unlock()
+}
+
+// setRules stores rules just put in force: the next poll watches their
+// tables.
+func (c *coverage) setRules(rules *mapping.Rules) {
+	if c != nil {
+		c.rules.Store(rules)
+	}
+}
+
+// seenTable is one rule table as the last poll saw it.
+type seenTable struct {
+	replication.BoundTable
+	problem  string // why it is not covered, as logged; "": covered
+	identity string // why its replica identity does not serve its rules, as logged; "": it does
+}
+
+// catalogWatch polls the catalog for Run. Its fields belong to the goroutine
+// running watchCatalog.
+type catalogWatch struct {
+	cfg   Config
+	cov   *coverage
+	redis fanout
+	conn  *pgx.Conn            // an ordinary connection, kept open; nil: reconnect at the next poll
+	seen  map[string]seenTable // by rule table, as the last poll saw it; empty: no poll has succeeded
+	added []string             // rule tables added to the publication at start, flushed by the first poll that succeeds; nil after it
+
+	failing bool // the last poll failed, and that was logged
+}
+
+// newCatalogWatch returns the catalog watch of Run. added are the rule
+// tables that prepare added to a publication that existed: the first poll
+// flushes their keys, as it would after adding them itself.
+func newCatalogWatch(cfg Config, cov *coverage, redis fanout, added []string) *catalogWatch {
+	return &catalogWatch{cfg: cfg, cov: cov, redis: redis, seen: make(map[string]seenTable), added: added}
+}
+
+// run polls every cfg.CatalogPollInterval until ctx ends, and reacts to
+// the changes described above. Run takes the first reading itself, before
+// it streams, so run waits one interval first.
+func (w *catalogWatch) run(ctx context.Context) {
+	defer func() {
+		if w.conn != nil {
+			w.conn.Close(context.Background())
+		}
+	}()
+	t := time.NewTicker(w.cfg.CatalogPollInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		w.poll(ctx)
+	}
+}
+
+// poll reads the catalog once and reacts to what changed. A failed poll is
+// logged once per streak at warn level, and its connection closed; the
+// next poll tries again.
+func (w *catalogWatch) poll(ctx context.Context) {
+	err := w.read(ctx)
+	switch {
+	case err != nil && ctx.Err() == nil && !w.failing:
+		w.cfg.Logger.Warn("catalog watch failed; rule tables swapped, renamed or dropped go unnoticed until it works again", "err", err)
+		w.failing = true
+	case err == nil && w.failing:
+		w.cfg.Logger.Info("catalog watch recovered")
+		w.failing = false
+	}
+	if err != nil && w.conn != nil {
+		w.conn.Close(context.Background())
+		w.conn = nil
+	}
+}
+
+// read reads the catalog once, compares it with the last reading, flushes
+// what needs flushing, and only then takes the new reading as the last: a
+// read that fails before its flush is done is redone in full by the next.
+func (w *catalogWatch) read(ctx context.Context) error {
+	if w.conn == nil {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		c, err := connect(cctx, w.cfg)
+		cancel()
+		if err != nil {
+			return err
+		}
+		w.conn = c
+	}
+	rules := w.cov.rules.Load()
+	names := rules.Tables()
+	qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	now, err := replication.ResolveRuleTables(qctx, w.conn, w.cfg.Publication, names)
+	if err != nil {
+		return err
+	}
+
+	// A relation the publication does not stream is added to it, when this
+	// role may.
+	var unpublished []string // and added to the publication just now, unless refused
+	for _, t := range names {
+		if b := now[t]; b.OID != 0 && (!b.Published || slices.Contains(w.added, t)) {
+			unpublished = append(unpublished, t)
+		}
+	}
+	var refused *replication.PublicationError
+	if slices.ContainsFunc(unpublished, func(t string) bool { return !now[t].Published }) {
+		_, added, err := replication.EnsurePublication(qctx, w.conn, w.cfg.Publication, unpublished)
+		switch {
+		case errors.As(err, &refused):
+		case err != nil:
+			return err
+		default:
+			for _, t := range added {
+				b := now[t]
+				b.Published = true
+				now[t] = b
+			}
+		}
+	}
+
+	existing := make([]string, 0, len(names))
+	for _, t := range names {
+		if now[t].OID != 0 {
+			existing = append(existing, t)
+		}
+	}
+	infos, err := replication.DescribeTables(qctx, w.conn, existing)
+	if err != nil {
+		return fmt.Errorf("describe rule tables: %w", err)
+	}
+	identity := make(map[string]mapping.IdentityNeed)
+	for _, need := range rules.FullIdentityNeeds(infos) {
+		identity[need.Table] = need
+	}
+
+	var logs []func()
+	var flush []string // tables whose rules' keys to flush
+	next := make(map[string]seenTable, len(names))
+	problems := make(map[string]string)
+	for _, t := range names {
+		cur := seenTable{BoundTable: now[t]}
+		prev, known := w.seen[t]
+		switch {
+		case cur.OID == 0:
+			cur.problem = fmt.Sprintf("rule table %s does not exist (dropped, or renamed): its rules match nothing; "+
+				"rename it back, or remove its rules and reload", t)
+			if !known || prev.OID != 0 {
+				flush = append(flush, t)
+				logs = append(logs, w.change(t, changeMissing, true,
+					"rule table does not exist any more (dropped, or renamed): its rules match nothing, and its keys were flushed once; rename it back, or remove its rules and reload"))
+			}
+		case !cur.Published:
+			fix := replication.AddTablesSQL(w.cfg.Publication, []string{t})
+			if refused != nil {
+				fix = strings.Join(refused.Fix, "; ")
+			}
+			cur.problem = fmt.Sprintf("rule table %s is not covered: publication %s does not stream it (a new relation: swapped or recreated?), and this role may not add it; a DBA must run: %s",
+				t, w.cfg.Publication, fix)
+			if !known || prev.OID != cur.OID || prev.Published || prev.problem == "" {
+				args := []any{"publication", w.cfg.Publication, "sql", fix}
+				if refused != nil && refused.Err != nil {
+					args = append(args, "err", refused.Err)
+				}
+				logs = append(logs, w.change(t, changeUncovered, true,
+					"rule table is a new relation (swapped or recreated) that the publication does not stream, and this role may not add it: its changes are not invalidated until a DBA runs the SQL given", args...))
+			}
+		case !known && !slices.Contains(unpublished, t):
+			// The first reading: what prepare checked.
+		case !known || slices.Contains(unpublished, t) || prev.OID != cur.OID || prev.problem != "":
+			// A relation streamed now that was not before: changes made to
+			// it meanwhile were not streamed.
+			flush = append(flush, t)
+			var change, msg string
+			switch {
+			case slices.Contains(unpublished, t):
+				change, msg = changeSwapped, "rule table is a new relation (swapped or recreated), or was dropped from the publication: added it to the publication, and flushed its keys, since changes made to it before were not streamed"
+			case prev.OID != 0 && prev.OID != cur.OID:
+				change, msg = changeSwapped, "rule table is a new relation (swapped or recreated), which the publication streams already: flushed its keys, since changes made to it before the daemon noticed were not mapped"
+			default:
+				change, msg = changeRestored, "rule table is covered again: flushed its keys, since changes made to it meanwhile were not streamed or not mapped"
+			}
+			logs = append(logs, w.change(t, change, false, msg, "publication", w.cfg.Publication))
+		case cur.Partitioned && prev.OID == cur.OID:
+			if why := leavesChanged(prev.BoundTable, cur.BoundTable); len(why) > 0 {
+				flush = append(flush, t)
+				logs = append(logs, w.change(t, changePartition, false,
+					"partitions of a rule table were truncated, detached or dropped, which the stream does not report: flushed its keys as a TRUNCATE would",
+					"partitions", why))
+			}
+		}
+		if need, ok := identity[t]; ok && cur.OID != 0 {
+			fix := mapping.IdentityFix(infos[t])
+			cur.identity = fmt.Sprintf("rule table %s: its replica identity no longer sends the old values its rules need: %s; fix: %s",
+				t, need.Reason, fix)
+			if cur.identity != prev.identity {
+				logs = append(logs, w.change(t, changeIdentity, true,
+					"the replica identity of a rule table no longer sends the old values its rules need: keys rendered from old rows are skipped",
+					"reason", need.Reason, "fix", fix))
+			}
+		}
+		if cur.OID != 0 && cur.identity == "" && prev.identity != "" && !slices.Contains(flush, t) {
+			flush = append(flush, t)
+			logs = append(logs, w.change(t, changeRestored, false,
+				"the replica identity of a rule table serves its rules again: flushed its keys, since keys of old rows were skipped meanwhile"))
+		}
+		if cur.problem != "" {
+			problems[t] = cur.problem
+		} else if cur.identity != "" {
+			problems[t] = cur.identity
+		}
+		next[t] = cur
+	}
+
+	if len(flush) > 0 {
+		if err := w.flush(ctx, rules, flush); err != nil {
+			return err
+		}
+	}
+	for _, log := range logs {
+		log()
+	}
+	w.seen = next
+	w.added = nil
+	w.cov.setProblems(problems)
+	return nil
+}
+
+// change returns what logs and counts one change to table: an error when
+// the table is not covered, else a warning.
+func (w *catalogWatch) change(table, change string, isError bool, msg string, args ...any) func() {
+	return func() {
+		w.cov.changes.WithLabelValues(table, change).Inc()
+		args = append([]any{"table", table, "change", change}, args...)
+		if isError {
+			w.cfg.Logger.Error(msg, args...)
+		} else {
+			w.cfg.Logger.Warn(msg, args...)
+		}
+	}
+}
+
+// leavesChanged says which leaf partitions of a partitioned table went
+// missing or got a new relfilenode between two readings, one phrase each,
+// sorted.
+func leavesChanged(prev, cur replication.BoundTable) []string {
+	var why []string
+	for oid, node := range prev.Leaves {
+		now, ok := cur.Leaves[oid]
+		switch {
+		case !ok:
+			why = append(why, prev.LeafNames[oid]+" detached or dropped")
+		case now != node:
+			why = append(why, prev.LeafNames[oid]+" truncated or rewritten")
+		}
+	}
+	slices.Sort(why)
+	return why
+}
+
+// flush runs the flush commands of the rules of tables on every Redis
+// target, each template as a TRUNCATE of its table would. Version keys are
+// set to the server's WAL position read now, after the catalog: above every
+// change the flush stands for, below every change still to come.
+func (w *catalogWatch) flush(ctx context.Context, rules *mapping.Rules, tables []string) error {
+	var cmds []pginvalidator.Command
+	for _, t := range tables {
+		cmds = append(cmds, rules.TableFlushCommands(t)...)
+	}
+	if len(cmds) == 0 {
+		return nil
+	}
+	qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	lsn, err := replication.CurrentWALLSN(qctx, w.conn)
+	cancel()
+	if err != nil {
+		return err
+	}
+	b := invalidator.NewBatch()
+	for _, c := range cmds {
+		b.Add(c)
+	}
+	b.EndTx(pginvalidator.LSN(lsn))
+	if err := w.redis.Apply(ctx, b); err != nil {
+		return fmt.Errorf("flush the keys of rule tables %s: %w", strings.Join(tables, ", "), err)
+	}
+	return nil
+}

@@ -1,0 +1,164 @@
+// Package tcpproxy is a TCP proxy for tests that need a network fault
+// between a client and a real server: it forwards every connection it
+// accepts to one address until told to go silent.
+//
+// Silence stops forwarding on every connection established so far, in both
+// directions, without closing any of them: bytes sent either way are read
+// and dropped, and no FIN or RST ever reaches either end. That is what a
+// client sees when the server's host loses power, a NAT entry is dropped, or
+// a virtual IP moves to another host. Connections accepted afterwards are
+// forwarded as usual.
+package tcpproxy
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+)
+
+// Proxy forwards connections from its listener to a target address.
+type Proxy struct {
+	target string
+	ln     net.Listener
+	wg     sync.WaitGroup // the accept loop and every connection's copiers
+
+	mu     sync.Mutex    // protects conns and closed
+	conns  []*conn       // every connection accepted
+	closed bool          // Close was called: accept no more
+	done   chan struct{} // closed by Close: silent copiers stop waiting
+}
+
+type conn struct {
+	client, server net.Conn
+	silent         chan struct{} // closed when the connection goes silent
+	halfClosed     atomic.Int32  // directions that have ended with EOF
+	once           sync.Once     // closes both ends once
+}
+
+// Start listens on a free port of 127.0.0.1 and forwards every connection
+// to target (host:port).
+func Start(target string) (*Proxy, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	p := &Proxy{target: target, ln: ln, done: make(chan struct{})}
+	p.wg.Go(p.accept)
+	return p, nil
+}
+
+// Addr returns the host:port clients connect to.
+func (p *Proxy) Addr() string { return p.ln.Addr().String() }
+
+func (p *Proxy) accept() {
+	for {
+		client, err := p.ln.Accept()
+		if err != nil {
+			return // closed
+		}
+		server, err := net.Dial("tcp", p.target)
+		if err != nil {
+			client.Close()
+			continue
+		}
+		c := &conn{client: client, server: server, silent: make(chan struct{})}
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			c.close()
+			return
+		}
+		p.conns = append(p.conns, c)
+		p.mu.Unlock()
+		p.wg.Go(func() { p.pipe(c, c.server, c.client) })
+		p.wg.Go(func() { p.pipe(c, c.client, c.server) })
+	}
+}
+
+// pipe copies from src to dst, passing on a half-close, until either end
+// fails; once c is silent it drops what it reads instead, until the proxy
+// closes.
+func (p *Proxy) pipe(c *conn, dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		select {
+		case <-c.silent:
+			// Keep reading, so that the sender never sees its window
+			// close, and forward nothing, not even an end.
+			if err != nil {
+				<-p.done
+				c.close()
+				return
+			}
+			continue
+		default:
+		}
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				c.close()
+				return
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			if tc, ok := dst.(*net.TCPConn); ok {
+				tc.CloseWrite() // the other direction goes on
+				if c.halfClosed.Add(1) == 2 {
+					c.close()
+				}
+				return
+			}
+		}
+		if err != nil {
+			c.close()
+			return
+		}
+	}
+}
+
+func (c *conn) close() {
+	c.once.Do(func() {
+		c.client.Close()
+		c.server.Close()
+	})
+}
+
+// Silence stops forwarding on every connection accepted so far, in both
+// directions, and leaves them open. It returns how many it silenced, ended
+// ones included.
+func (p *Proxy) Silence() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, c := range p.conns {
+		select {
+		case <-c.silent:
+		default:
+			close(c.silent)
+			n++
+		}
+	}
+	return n
+}
+
+// Close stops accepting, closes every connection, and waits for its
+// goroutines to end.
+func (p *Proxy) Close() error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	close(p.done)
+	conns := p.conns
+	p.mu.Unlock()
+	err := p.ln.Close()
+	for _, c := range conns {
+		c.close()
+	}
+	p.wg.Wait()
+	return err
+}

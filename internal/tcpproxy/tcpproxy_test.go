@@ -1,0 +1,90 @@
+package tcpproxy
+
+import (
+	"bufio"
+	"errors"
+	"net"
+	"os"
+	"testing"
+	"time"
+)
+
+// echoServer answers every line with the same line.
+func echoServer(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					c.Write([]byte(line))
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+func dial(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, bufio.NewReader(c)
+}
+
+func echo(c net.Conn, r *bufio.Reader, within time.Duration) error {
+	c.SetDeadline(time.Now().Add(within))
+	defer c.SetDeadline(time.Time{})
+	if _, err := c.Write([]byte("ping\n")); err != nil {
+		return err
+	}
+	line, err := r.ReadString('\n')
+	if err == nil && line != "ping\n" {
+		return errors.New("echoed " + line)
+	}
+	return err
+}
+
+func TestSilence(t *testing.T) {
+	p, err := Start(echoServer(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+
+	old, oldR := dial(t, p.Addr())
+	if err := echo(old, oldR, 5*time.Second); err != nil {
+		t.Fatalf("before silence: %v", err)
+	}
+	if n := p.Silence(); n != 1 {
+		t.Fatalf("Silence() = %d, want 1", n)
+	}
+	// The connection stays open, and nothing comes back: the read times
+	// out, it does not end.
+	if err := echo(old, oldR, 300*time.Millisecond); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("after silence: %v, want a timeout", err)
+	}
+
+	// A new connection works.
+	c, r := dial(t, p.Addr())
+	if err := echo(c, r, 5*time.Second); err != nil {
+		t.Fatalf("new connection after silence: %v", err)
+	}
+}

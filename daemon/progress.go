@@ -23,7 +23,8 @@ type lagSample struct {
 // or its oldest unapplied commit is cfg.BehindTime old or older, it logs
 // one line with the lag, the rate it is catching up at and an estimate of
 // the time left. It logs once more when the lag falls back under both. It
-// runs until ctx ends, on an ordinary connection that it keeps open.
+// says nothing while no session streams. It runs until ctx ends, on an
+// ordinary connection that it keeps open.
 func (m *metrics) reportLag(ctx context.Context, cfg Config) {
 	var conn *pgx.Conn
 	defer func() {
@@ -43,6 +44,12 @@ func (m *metrics) reportLag(ctx context.Context, cfg Config) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if !m.streaming.Load() {
+			// A standby waiting for the slot, or a daemon between sessions:
+			// another daemon may be the one behind.
+			prev, start = lagSample{}, lagSample{}
+			continue
 		}
 		lag, err := readLag(ctx, &conn, cfg)
 		if err != nil {

@@ -62,7 +62,7 @@ type redeleter struct {
 type redeleteEntry struct {
 	cmd   pginvalidator.Command // Del or DelPattern; Redelete zero
 	due   time.Time
-	last  time.Time     // the latest due is may move to: its first due plus its delay
+	last  time.Time     // the latest its due may move to: its first due plus its delay
 	after time.Duration // its delay
 	hold  pglogrepl.LSN // commit position of the oldest transaction it re-deletes for
 	index int           // in the heap

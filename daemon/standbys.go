@@ -25,6 +25,10 @@ const (
 	replicaPollMax = 16 * time.Millisecond
 )
 
+// replicaQueryTimeout bounds connecting and reading the positions once,
+// when replica_timeout is shorter.
+const replicaQueryTimeout = 5 * time.Second
+
 // standbyGate holds a batch of commands back until every standby named in
 // Config.Replicas has replayed the transactions that caused them, so that
 // an application reading from a standby cannot read the old row, after the
@@ -164,7 +168,9 @@ func (g *standbyGate) notes() []string {
 // new one. A failure is logged once per streak.
 func (g *standbyGate) positions(ctx context.Context) (map[string]replication.Standby, error) {
 	pos, err := func() (map[string]replication.Standby, error) {
-		qctx, cancel := context.WithTimeout(ctx, g.timeout)
+		// Not replica_timeout: a poll slower than that (connecting on a
+		// loaded host) still says why a standby is given up on.
+		qctx, cancel := context.WithTimeout(ctx, max(g.timeout, replicaQueryTimeout))
 		defer cancel()
 		if g.conn == nil {
 			c, err := connect(qctx, g.cfg)

@@ -63,6 +63,22 @@ type Throughput struct {
 	RecvlogicalLagSecsP50  float64 `json:"recvlogical_sent_lag_seconds_p50"`
 	RecvlogicalLagSecsMax  float64 `json:"recvlogical_sent_lag_seconds_max"`
 	RecvlogicalDrainSecond float64 `json:"recvlogical_drain_seconds"`
+	// Alt is the same load followed by another build (-alt-daemon); nil without.
+	Alt *AltThroughput `json:"alt_daemon,omitempty"`
+}
+
+// AltThroughput is what another build of the daemon did under the same load.
+type AltThroughput struct {
+	AchievedTPS   float64 `json:"achieved_tps"`
+	LagBytesP50   float64 `json:"lag_bytes_p50"`
+	LagBytesMax   float64 `json:"lag_bytes_max"`
+	LagBytesFirst float64 `json:"lag_bytes_first_quarter"`
+	LagBytesLast  float64 `json:"lag_bytes_last_quarter"`
+	DrainSeconds  float64 `json:"drain_seconds"`
+	DaemonCPU     float64 `json:"daemon_cpu_cores"`
+	WalsenderCPU  float64 `json:"walsender_cpu_cores"`
+	StaleP50      float64 `json:"stale_p50_ms"`
+	StaleP99      float64 `json:"stale_p99_ms"`
 }
 
 // throughputRates are the pgbench rates of the scenario; 0 is unthrottled.
@@ -122,6 +138,30 @@ func (e *env) throughput(ctx context.Context) ([]Throughput, error) {
 		e.step("throughput %s: %.0f tx/s, lag p50 %.1f MB max %.1f MB (first quarter %.1f, last %.1f), p50 %.3f s max %.3f s, drain %.2f s, daemon %.2f cores, walsender %.2f cores, stale p99 %.1f ms",
 			name, tp.AchievedTPS, tp.LagBytesP50/1e6, tp.LagBytesMax/1e6, tp.LagBytesFirst/1e6, tp.LagBytesLast/1e6,
 			tp.LagSecondsP50, tp.LagSecondsMax, tp.DrainSeconds, tp.DaemonCPU, tp.WalsenderCPU, tp.Stale.P99)
+
+		// Another build of the daemon (-alt-daemon), under the same load.
+		if e.o.altDaemon != "" {
+			aslot := fmt.Sprintf("bench_tp_alt_%d", rate)
+			if _, err := e.createSlot(ctx, aslot); err != nil {
+				return nil, err
+			}
+			aargs, err := e.daemonArgs(e.o.altDaemon, e.pg.URL(), aslot, e.redis.URL())
+			if err != nil {
+				return nil, err
+			}
+			e.step("throughput %s: the other build (-alt-daemon) follows pgbench for %s (load %.2f)", name, e.o.tpSeconds, loadAvg())
+			a, err := e.follow(ctx, aslot, aargs, pgbench, script, rate, half)
+			e.dropSlot(context.Background(), aslot)
+			if err != nil {
+				return nil, fmt.Errorf("throughput %s, alt daemon: %w", name, err)
+			}
+			ast := summarise(cAlt, a.stale)
+			fl, ll := a.quarters()
+			tp.Alt = &AltThroughput{AchievedTPS: a.tps, LagBytesP50: percentile(a.lagBytesSorted(), 50), LagBytesMax: percentile(a.lagBytesSorted(), 100),
+				LagBytesFirst: fl, LagBytesLast: ll, DaemonCPU: a.clientCPU, WalsenderCPU: a.walsenderCPU, StaleP50: ast.P50, StaleP99: ast.P99, DrainSeconds: a.drain}
+			e.step("throughput %s: other build: %.0f tx/s, lag p50 %.1f MB max %.1f MB (first quarter %.1f, last %.1f), drain %.2f s, daemon %.2f cores, walsender %.2f cores, stale p50 %.1f p99 %.1f ms",
+				name, a.tps, tp.Alt.LagBytesP50/1e6, tp.Alt.LagBytesMax/1e6, fl/1e6, ll/1e6, a.drain, a.clientCPU, a.walsenderCPU, ast.P50, ast.P99)
+		}
 
 		// pg_recvlogical, the reference, on another new slot.
 		if !e.skipped(cRecvlogical) {

@@ -30,7 +30,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
 # Every test package starts its own PostgreSQL; -p 2 matches the 2 cores.
-TESTFLAGS ?= -count=1 -timeout 20m -p 2
+TESTFLAGS ?= -count=1 -timeout 30m -p 2
 FUZZTIME  ?= 30s
 # Where `make test` keeps the verbose test output it summarises.
 TESTLOG   ?= bin/test.log

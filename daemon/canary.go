@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"strconv"
 	"strings"
@@ -33,7 +34,8 @@ func CanaryKey(template, slot string) string {
 // comes back through the stream, the pipeline deletes the key in the batch
 // of its transaction, like a row change's key, and reports the canary here
 // once the batch is applied on every target, before the transaction is
-// acknowledged. The round trip is from the SET to that moment.
+// acknowledged. The round trip of each target is from the SET to the moment
+// that target had applied the batch.
 //
 // A canary counts only while a session streams with messages (PostgreSQL
 // 14 and later): a standby, which never streams, sends plain heartbeats,
@@ -43,16 +45,16 @@ type canary struct {
 	instance string        // tells this process's canaries from those of another daemon on the slot
 	kick     chan struct{} // asks the heartbeat for a canary now (a session started streaming)
 
-	mu      sync.Mutex           // protects the fields below
-	enabled bool                 // a session streams and passes messages; false: heartbeats carry no canary
-	seq     uint64               // the last token's number
-	sent    map[string]time.Time // this process's canaries in flight, by token: when each one's SET began
-	rtt     time.Duration        // the last round trip; 0: none yet
+	mu      sync.Mutex               // protects the fields below
+	enabled bool                     // a session streams and passes messages; false: heartbeats carry no canary
+	seq     uint64                   // the last token's number
+	sent    map[string]time.Time     // this process's canaries in flight, by token: when each one's SET began
+	rtt     map[string]time.Duration // the last round trip, by target; none before the first
 }
 
 func newCanary(key string) *canary {
 	return &canary{key: key, instance: strconv.FormatUint(rand.Uint64(), 36), kick: make(chan struct{}, 1),
-		sent: make(map[string]time.Time)}
+		sent: make(map[string]time.Time), rtt: make(map[string]time.Duration)}
 }
 
 // start notes that a session streams, with messages or not. The canaries
@@ -101,10 +103,11 @@ func (c *canary) forget(token string) {
 }
 
 // back notes that the canaries of tokens came back and their keys were
-// deleted on every target at now. Messages come back in the order they were
-// written, so this process's canaries sent before the last of them are not
-// in flight any more either. Tokens of another process are ignored.
-func (c *canary) back(tokens []string, now time.Time) {
+// deleted on every target, each target at its time in applied. Messages
+// come back in the order they were written, so this process's canaries
+// sent before the last of them are not in flight any more either. Tokens
+// of another process are ignored.
+func (c *canary) back(tokens []string, applied []targetTime) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, token := range tokens {
@@ -112,7 +115,9 @@ func (c *canary) back(tokens []string, now time.Time) {
 		if !ok {
 			continue
 		}
-		c.rtt = max(now.Sub(at), time.Nanosecond)
+		for _, t := range applied {
+			c.rtt[t.name] = max(t.at.Sub(at), time.Nanosecond)
+		}
 		for t, sent := range c.sent {
 			if !sent.After(at) {
 				delete(c.sent, t)
@@ -121,15 +126,15 @@ func (c *canary) back(tokens []string, now time.Time) {
 	}
 }
 
-// state returns the last round trip (0: none yet) and how long the oldest
-// canary in flight has been (0: none).
-func (c *canary) state(now time.Time) (rtt, pending time.Duration) {
+// state returns the last round trip of each target (none before the first)
+// and how long the oldest canary in flight has been (0: none).
+func (c *canary) state(now time.Time) (rtt map[string]time.Duration, pending time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, at := range c.sent {
 		pending = max(pending, now.Sub(at))
 	}
-	return c.rtt, pending
+	return maps.Clone(c.rtt), pending
 }
 
 // notReady is the canary's reason for /readyz: a canary has been in flight
@@ -143,8 +148,8 @@ func (c *canary) notReady(now time.Time, within time.Duration) []string {
 
 var (
 	canarySecondsDesc = prometheus.NewDesc("pg_invalidator_canary_seconds",
-		"The last canary's round trip: from setting its key in every Redis target, through a message written to the WAL, the replication stream and the pipeline, to its key deleted on every target; absent before the first.",
-		nil, nil)
+		"The last canary's round trip, by target: from setting its key in every Redis target, through a message written to the WAL, the replication stream and the pipeline, to the target having applied the batch that deletes its key; absent before the first.",
+		[]string{"target"}, nil)
 	canaryPendingDesc = prometheus.NewDesc("pg_invalidator_canary_pending_seconds",
 		"How long the oldest canary in flight has been; 0 when none is. Absent when the canary is off.",
 		nil, nil)
@@ -156,8 +161,8 @@ func collectCanary(ch chan<- prometheus.Metric, c *canary, now time.Time) {
 		return
 	}
 	rtt, pending := c.state(now)
-	if rtt > 0 {
-		ch <- prometheus.MustNewConstMetric(canarySecondsDesc, prometheus.GaugeValue, rtt.Seconds())
+	for target, d := range rtt {
+		ch <- prometheus.MustNewConstMetric(canarySecondsDesc, prometheus.GaugeValue, d.Seconds(), target)
 	}
 	ch <- prometheus.MustNewConstMetric(canaryPendingDesc, prometheus.GaugeValue, pending.Seconds())
 }

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"maps"
 	"slices"
 	"testing"
 	"time"
@@ -40,8 +41,8 @@ func TestCanaryState(t *testing.T) {
 	b, _ := c.next(t0.Add(time.Second))
 	lost, _ := c.next(t0.Add(2 * time.Second))
 	c.forget(lost) // its message could not be written
-	if rtt, pending := c.state(t0.Add(3 * time.Second)); rtt != 0 || pending != 3*time.Second {
-		t.Errorf("state with two canaries out = %s, %s; want 0 (none back yet), 3s (the oldest)", rtt, pending)
+	if rtt, pending := c.state(t0.Add(3 * time.Second)); len(rtt) != 0 || pending != 3*time.Second {
+		t.Errorf("state with two canaries out = %v, %s; want none (none back yet), 3s (the oldest)", rtt, pending)
 	}
 	if got, want := c.notReady(t0.Add(31*time.Second), 30*time.Second), []string{"canary has not come back for 31s"}; !slices.Equal(got, want) {
 		t.Errorf("notReady = %q, want %q", got, want)
@@ -51,13 +52,17 @@ func TestCanaryState(t *testing.T) {
 	}
 
 	// b's return means a came back before it: messages keep their order.
-	c.back([]string{"someone-else.7", b}, t0.Add(1500*time.Millisecond))
-	if rtt, pending := c.state(t0.Add(5 * time.Second)); rtt != 500*time.Millisecond || pending != 0 {
-		t.Errorf("state after b came back = %s, %s; want 500ms, 0 (a is not out any more)", rtt, pending)
+	applied := func(eu, us time.Duration) []targetTime {
+		return []targetTime{{"eu", t0.Add(eu)}, {"us", t0.Add(us)}}
 	}
-	c.back([]string{a}, t0.Add(6*time.Second)) // late, and already counted as back
-	if rtt, _ := c.state(t0.Add(6 * time.Second)); rtt != 500*time.Millisecond {
-		t.Errorf("rtt after a stale token = %s, want 500ms still", rtt)
+	c.back([]string{"someone-else.7", b}, applied(1500*time.Millisecond, 1700*time.Millisecond))
+	want := map[string]time.Duration{"eu": 500 * time.Millisecond, "us": 700 * time.Millisecond}
+	if rtt, pending := c.state(t0.Add(5 * time.Second)); !maps.Equal(rtt, want) || pending != 0 {
+		t.Errorf("state after b came back = %v, %s; want %v, 0 (a is not out any more)", rtt, pending, want)
+	}
+	c.back([]string{a}, applied(6*time.Second, 6*time.Second)) // late, and already counted as back
+	if rtt, _ := c.state(t0.Add(6 * time.Second)); !maps.Equal(rtt, want) {
+		t.Errorf("rtt after a stale token = %v, want %v still", rtt, want)
 	}
 
 	// A session that ends forgets what is out: it may never come back here.

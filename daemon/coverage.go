@@ -25,9 +25,11 @@ import (
 // (ALTER TABLE ... RENAME, then CREATE TABLE ... (LIKE ...), as online
 // schema-change tools do), renamed or dropped; a replica identity weakened
 // under a rule that needs old values; and, under publish_via_partition_root,
-// a leaf partition truncated, detached or dropped. The catalog watch reads
-// the catalog every Config.CatalogPollInterval and compares each reading
-// with the last:
+// a leaf partition truncated, detached or dropped, or a table with rows
+// attached. The catalog watch reads the catalog every
+// Config.CatalogPollInterval, and at once when a row change arrives whose
+// relation a rule table's name was bound to under another name; it
+// compares each reading with the last:
 //
 //   - a name that resolves to a relation the publication does not stream is
 //     added to it when this role may, and then the rules' keys of that table
@@ -43,21 +45,29 @@ import (
 //   - a replica identity that no longer sends the old values a rule needs is
 //     not covered until it is fixed, and then the table's keys are flushed,
 //     since keys of old rows were skipped meanwhile;
-//   - a leaf partition missing (detached or dropped) or with a new
+//   - a leaf partition missing (detached or dropped), with a new
 //     relfilenode (truncated, or rewritten by VACUUM FULL, CLUSTER or ALTER
-//     TABLE) has the rules' keys of its partitioned table flushed.
+//     TABLE), or new and not empty (attached with rows, whose keys may list
+//     them as absent) has the rules' keys of its partitioned table flushed.
 //
 // Each change is logged once, when it happens, and counted in
 // pg_invalidator_catalog_changes_total; a table that is not covered makes
 // /readyz answer 503 and say why, until it is covered again.
 
 // coverage is what the catalog watch knows about the rule tables, for
-// /readyz and /metrics. The watch writes it; the pipeline stores reloaded
-// rules in it; /readyz reads it.
+// /readyz and /metrics. The watch writes it; the pipeline shows it each row
+// change's relation; a reload stores the new rules in it; /readyz reads it.
 type coverage struct {
-	rules atomic.Pointer[mapping.Rules] // the rules in force; the pipeline stores reloaded ones
+	rules atomic.Pointer[mapping.Rules] // the rules in force; a reload stores new ones once they are
 
 	changes *prometheus.CounterVec // pg_invalidator_catalog_changes_total{table,change}
+
+	// bound maps the OID each rule table's name resolved to at the last
+	// reading to that name; nil before the first. The watch stores it; see
+	// reads it.
+	bound   atomic.Pointer[map[uint32]string]
+	wake    chan struct{}           // asks the watch to read the catalog now; buffered, one request pending at most
+	lastRel *pginvalidator.Relation // the relation see looked at last; pipeline goroutine only
 
 	mu       sync.Mutex        // protects problems
 	problems map[string]string // why a rule table is not covered, by table; empty: all are
@@ -80,6 +90,7 @@ func newCoverage(rules *mapping.Rules, reg prometheus.Registerer) *coverage {
 			Help: "Catalog changes to rule tables that produce no row event, by table and change: swapped, uncovered, missing, restored, identity, partition.",
 		}, []string{"table", "change"}),
 		problems: make(map[string]string),
+		wake:     make(chan struct{}, 1),
 	}
 	c.rules.Store(rules)
 	// Every rule table shows up from the start, at zero.
@@ -129,6 +140,28 @@ func (c *coverage) setRules(rules *mapping.Rules) {
 	}
 }
 
+// see is called by the pipeline with the relation of each row change. A
+// relation whose OID a rule table's name was bound to, under another name
+// now (a Relation message after ALTER TABLE ... RENAME), wakes the watch at
+// once instead of at its next interval. It costs a pointer comparison per
+// row, and a map lookup when the relation changes.
+func (c *coverage) see(rel *pginvalidator.Relation) {
+	if c == nil || rel == c.lastRel || rel == nil {
+		return
+	}
+	c.lastRel = rel
+	bound := c.bound.Load()
+	if bound == nil {
+		return
+	}
+	if name, ok := (*bound)[rel.ID]; ok && name != rel.QualifiedName() {
+		select {
+		case c.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
 // seenTable is one rule table as the last poll saw it.
 type seenTable struct {
 	replication.BoundTable
@@ -156,8 +189,9 @@ func newCatalogWatch(cfg Config, cov *coverage, redis fanout, added []string) *c
 	return &catalogWatch{cfg: cfg, cov: cov, redis: redis, seen: make(map[string]seenTable), added: added}
 }
 
-// run polls every cfg.CatalogPollInterval until ctx ends, and reacts to
-// the changes described above. Run takes the first reading itself, before
+// run polls every cfg.CatalogPollInterval, and at once when the pipeline
+// sees a rule table's relation under another name, until ctx ends, and
+// reacts to the changes described above. Run takes the first reading itself, before
 // it streams, so run waits one interval first.
 func (w *catalogWatch) run(ctx context.Context) {
 	defer func() {
@@ -172,6 +206,8 @@ func (w *catalogWatch) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-w.cov.wake:
+			t.Reset(w.cfg.CatalogPollInterval)
 		}
 		w.poll(ctx)
 	}
@@ -308,7 +344,7 @@ func (w *catalogWatch) read(ctx context.Context) error {
 			if why := leavesChanged(prev.BoundTable, cur.BoundTable); len(why) > 0 {
 				flush = append(flush, t)
 				logs = append(logs, w.change(t, changePartition, false,
-					"partitions of a rule table were truncated, detached or dropped, which the stream does not report: flushed its keys as a TRUNCATE would",
+					"partitions of a rule table were truncated, detached, dropped or attached, which the stream does not report: flushed its keys as a TRUNCATE would",
 					"partitions", why))
 			}
 		}
@@ -346,6 +382,13 @@ func (w *catalogWatch) read(ctx context.Context) error {
 	w.seen = next
 	w.added = nil
 	w.cov.setProblems(problems)
+	bound := make(map[uint32]string, len(next))
+	for t, s := range next {
+		if s.OID != 0 {
+			bound[s.OID] = t
+		}
+	}
+	w.cov.bound.Store(&bound)
 	return nil
 }
 
@@ -364,17 +407,25 @@ func (w *catalogWatch) change(table, change string, isError bool, msg string, ar
 }
 
 // leavesChanged says which leaf partitions of a partitioned table went
-// missing or got a new relfilenode between two readings, one phrase each,
-// sorted.
+// missing, got a new relfilenode, or joined with rows between two readings,
+// one phrase each, sorted. A new leaf that holds rows was attached with
+// them, or written to since it was created: either way the flush is safe,
+// and only the first needs it. A new empty leaf needs none: its rows will
+// be streamed.
 func leavesChanged(prev, cur replication.BoundTable) []string {
 	var why []string
-	for oid, node := range prev.Leaves {
+	for oid, was := range prev.Leaves {
 		now, ok := cur.Leaves[oid]
 		switch {
 		case !ok:
-			why = append(why, prev.LeafNames[oid]+" detached or dropped")
-		case now != node:
-			why = append(why, prev.LeafNames[oid]+" truncated or rewritten")
+			why = append(why, was.Name+" detached or dropped")
+		case now.Filenode != was.Filenode:
+			why = append(why, was.Name+" truncated or rewritten")
+		}
+	}
+	for oid, l := range cur.Leaves {
+		if _, ok := prev.Leaves[oid]; !ok && l.HasData {
+			why = append(why, l.Name+" attached with rows")
 		}
 	}
 	slices.Sort(why)

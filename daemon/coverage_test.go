@@ -8,19 +8,24 @@ import (
 )
 
 func TestLeavesChanged(t *testing.T) {
-	prev := replication.BoundTable{
-		Leaves:    map[uint32]uint32{1: 10, 2: 20, 3: 30},
-		LeafNames: map[uint32]string{1: "public.a", 2: "public.b", 3: "public.c"},
+	leaf := func(name string, node uint32, data bool) replication.Leaf {
+		return replication.Leaf{Name: name, Filenode: node, HasData: data}
 	}
+	prev := replication.BoundTable{Leaves: map[uint32]replication.Leaf{
+		1: leaf("public.a", 10, true), 2: leaf("public.b", 20, true), 3: leaf("public.c", 30, false)}}
 	tests := []struct {
 		name   string
-		leaves map[uint32]uint32
+		leaves map[uint32]replication.Leaf
 		want   []string
 	}{
-		{"unchanged", map[uint32]uint32{1: 10, 2: 20, 3: 30}, nil},
-		{"a new leaf only", map[uint32]uint32{1: 10, 2: 20, 3: 30, 4: 40}, nil},
-		{"truncated", map[uint32]uint32{1: 11, 2: 20, 3: 30}, []string{"public.a truncated or rewritten"}},
-		{"detached and truncated", map[uint32]uint32{1: 10, 3: 31},
+		{"unchanged", map[uint32]replication.Leaf{1: leaf("public.a", 10, true), 2: leaf("public.b", 20, true), 3: leaf("public.c", 30, true)}, nil},
+		{"a new empty leaf", map[uint32]replication.Leaf{1: leaf("public.a", 10, true), 2: leaf("public.b", 20, true),
+			3: leaf("public.c", 30, false), 4: leaf("public.d", 40, false)}, nil},
+		{"a new leaf with rows", map[uint32]replication.Leaf{1: leaf("public.a", 10, true), 2: leaf("public.b", 20, true),
+			3: leaf("public.c", 30, false), 4: leaf("public.d", 40, true)}, []string{"public.d attached with rows"}},
+		{"truncated", map[uint32]replication.Leaf{1: leaf("public.a", 11, false), 2: leaf("public.b", 20, true), 3: leaf("public.c", 30, false)},
+			[]string{"public.a truncated or rewritten"}},
+		{"detached and truncated", map[uint32]replication.Leaf{1: leaf("public.a", 10, true), 3: leaf("public.c", 31, false)},
 			[]string{"public.b detached or dropped", "public.c truncated or rewritten"}},
 	}
 	for _, tt := range tests {

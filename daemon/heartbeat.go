@@ -27,7 +27,9 @@ const canarySetTimeout = 5 * time.Second
 //
 // Failures are logged once per streak and never stop the daemon. A canary
 // whose key could not be set still goes: the deletion is what proves the
-// path.
+// path. A canary whose message failed stays out unless it was certainly not
+// written (replication.NotWritten): one that timed out on a silent server
+// may still come back, and until one does, /readyz says so.
 func heartbeat(ctx context.Context, cfg Config, c *canary, ts fanout) {
 	t := time.NewTicker(cfg.Heartbeat)
 	defer t.Stop()
@@ -73,7 +75,9 @@ func heartbeat(ctx context.Context, cfg Config, c *canary, ts fanout) {
 			setErr = ts.SetCanary(sctx, c.key, now.UTC().Format(time.RFC3339Nano))
 			cancel()
 			if err := replication.EmitCanary(ctx, conn, cfg.Slot, token); err != nil {
-				c.forget(token)
+				if replication.NotWritten(err) {
+					c.forget(token)
+				} // else it may still come back: it stays out, and /readyz sees it
 				return err
 			}
 			return nil

@@ -289,7 +289,7 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 		now := time.Now()
 		p.m.applied(now)
 		if len(p.canaries) > 0 {
-			p.canary.back(p.canaries, now)
+			p.canary.back(p.canaries, p.redis.appliedAt())
 			p.canaries = p.canaries[:0]
 		}
 		if ackable != 0 {
@@ -370,6 +370,7 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 				p.m.see(ev.LSN)
 			case replication.RowChange:
 				p.m.rowChange(&ev.Change)
+				p.m.cover.see(ev.Change.Rel) // a rule table renamed wakes the catalog watch
 				p.cmds = p.mapper.Commands(p.cmds[:0], &ev.Change)
 				if err := p.sink.add(&ev.Change, p.cmds); err != nil {
 					return err

@@ -24,7 +24,13 @@ const DefaultRedeleteLimit = 1_000_000
 // safe for concurrent use.
 //
 // Pending re-deletes are kept in time order and coalesced: a key already
-// pending is re-deleted once, at the later of the two times.
+// pending is re-deleted once, at the later of the two times. A hot key must
+// not postpone its re-delete for ever, though, since that would hold the
+// acknowledgement for ever: a re-delete moves to a later time only up to
+// its delay past the time it was first due. A later one is carried, and
+// pending again, coalesced in its turn, once the first is sent. A key
+// deleted without pause is so re-deleted about once per delay, and a
+// transaction's acknowledgement waits at most about three delays.
 //
 // They hold the acknowledgement back. Each remembers the oldest transaction
 // it re-deletes for, by the position of its commit record (the final LSN
@@ -40,11 +46,12 @@ type redeleter struct {
 	limit   int                // full() above it
 	max     int                // the most re-deletes one send takes
 
-	queue redeleteHeap                             // by due time
-	byCmd map[pginvalidator.Command]*redeleteEntry // the pending entry of each command (Redelete zero)
-	holds []holdCount                              // the holds of pending entries, by position, ascending; no zero counts
-	fresh []freshRedelete                          // re-deletes of commands in the sink's batch, waiting for it to be applied
-	sent  []pglogrepl.LSN                          // holds of the entries send took, released once applied
+	queue   redeleteHeap                             // by due time
+	byCmd   map[pginvalidator.Command]*redeleteEntry // the pending entry of each command (Redelete zero)
+	holds   []holdCount                              // the holds of pending entries, by position, ascending; no zero counts
+	fresh   []freshRedelete                          // re-deletes of commands in the sink's batch, waiting for it to be applied
+	sent    []*redeleteEntry                         // the entries send took: their holds are released, their carries queued, once applied
+	carried int                                      // carries of queued entries
 
 	// onPending is told how many re-deletes are pending whenever that
 	// changes (for /metrics); nil: nobody is.
@@ -55,8 +62,14 @@ type redeleter struct {
 type redeleteEntry struct {
 	cmd   pginvalidator.Command // Del or DelPattern; Redelete zero
 	due   time.Time
+	last  time.Time     // the latest due is may move to: its first due plus its delay
+	after time.Duration // its delay
 	hold  pglogrepl.LSN // commit position of the oldest transaction it re-deletes for
 	index int           // in the heap
+	// carry is the re-delete of the same command due after last, for the
+	// transactions that came too late to be coalesced into this one; nil:
+	// none. Its hold is counted in holds.
+	carry *redeleteEntry
 }
 
 // holdCount is how many pending entries hold the acknowledgement at lsn.
@@ -102,26 +115,42 @@ func (r *redeleter) applied(now time.Time) {
 	r.report()
 }
 
-// push schedules cmd's re-delete at due, or moves a pending one of the
-// same command to due when that is later.
+// push schedules cmd's re-delete at due, for the transaction whose commit
+// record is at hold. A pending one of the same command moves to due when
+// that is later, up to its last; past that, the new one is carried.
 func (r *redeleter) push(cmd pginvalidator.Command, hold pglogrepl.LSN, due time.Time) {
+	after := cmd.Redelete
 	cmd.Redelete = 0
-	if e := r.byCmd[cmd]; e != nil {
-		if due.After(e.due) {
-			e.due = due
-			heap.Fix(&r.queue, e.index)
-		}
-		if hold < e.hold { // not after a replay: positions only grow within a session
-			r.release(e.hold)
-			e.hold = hold
-			r.holdAt(hold)
+	e := r.byCmd[cmd]
+	if e == nil {
+		e = &redeleteEntry{cmd: cmd, due: due, last: due.Add(after), after: after, hold: hold}
+		r.byCmd[cmd] = e
+		heap.Push(&r.queue, e)
+		r.holdAt(hold)
+		return
+	}
+	switch {
+	case !due.After(e.due): // its re-delete comes late enough already
+	case !due.After(e.last):
+		e.due = due
+		heap.Fix(&r.queue, e.index)
+	case e.carry == nil:
+		e.carry = &redeleteEntry{cmd: cmd, due: due, last: due.Add(after), after: after, hold: hold}
+		r.carried++
+		r.holdAt(hold)
+		return
+	default:
+		if due.After(e.carry.due) {
+			e.carry.due = due
+			e.carry.last = due.Add(e.carry.after)
 		}
 		return
 	}
-	e := &redeleteEntry{cmd: cmd, due: due, hold: hold}
-	r.byCmd[cmd] = e
-	heap.Push(&r.queue, e)
-	r.holdAt(hold)
+	if hold < e.hold { // not within a session: positions only grow
+		r.release(e.hold)
+		e.hold = hold
+		r.holdAt(hold)
+	}
 }
 
 // holdAt counts one more entry holding the acknowledgement at lsn.
@@ -178,24 +207,26 @@ func (r *redeleter) next() (at time.Time, ok bool) {
 	return r.queue[0].due, true
 }
 
-// pending returns how many re-deletes wait.
-func (r *redeleter) pending() int { return len(r.queue) }
+// pending returns how many re-deletes wait, carried ones included.
+func (r *redeleter) pending() int { return len(r.queue) + r.carried }
 
 // full reports whether the pipeline should stop reading the stream until
 // some re-deletes are sent.
-func (r *redeleter) full() bool { return len(r.queue) >= r.limit }
+func (r *redeleter) full() bool { return r.pending() >= r.limit }
 
 // send applies the re-deletes due at now, at most max of them, to every
-// target, and then lets go of the acknowledgement they held. On an error
-// the re-deletes it took are lost with the session, and their transactions
-// are replayed by the next one, since they were never acknowledged.
+// target, and then lets go of the acknowledgement they held and queues
+// their carries. On an error the re-deletes it took are lost with the
+// session, and their transactions are replayed by the next one, since they
+// were never acknowledged.
 func (r *redeleter) send(ctx context.Context, now time.Time) error {
+	clear(r.sent)
 	r.sent = r.sent[:0]
 	for len(r.queue) > 0 && !r.queue[0].due.After(now) && len(r.sent) < r.max {
 		e := heap.Pop(&r.queue).(*redeleteEntry)
 		delete(r.byCmd, e.cmd)
 		r.batch.Add(e.cmd)
-		r.sent = append(r.sent, e.hold)
+		r.sent = append(r.sent, e)
 	}
 	if len(r.sent) == 0 {
 		return nil
@@ -203,8 +234,13 @@ func (r *redeleter) send(ctx context.Context, now time.Time) error {
 	if err := r.targets.Apply(ctx, r.batch); err != nil {
 		return fmt.Errorf("apply re-deletes: %w", err)
 	}
-	for _, h := range r.sent {
-		r.release(h)
+	for _, e := range r.sent {
+		r.release(e.hold)
+		if c := e.carry; c != nil { // its hold is counted already
+			r.carried--
+			r.byCmd[c.cmd] = c
+			heap.Push(&r.queue, c)
+		}
 	}
 	r.report()
 	return nil
@@ -217,16 +253,19 @@ func (r *redeleter) reset() {
 	clear(r.queue)
 	r.queue = r.queue[:0]
 	clear(r.byCmd)
+	r.carried = 0
 	r.holds = r.holds[:0]
 	clear(r.fresh)
 	r.fresh = r.fresh[:0]
+	clear(r.sent)
+	r.sent = r.sent[:0]
 	r.batch.Reset()
 	r.report()
 }
 
 func (r *redeleter) report() {
 	if r.onPending != nil {
-		r.onPending(len(r.queue))
+		r.onPending(r.pending())
 	}
 }
 

@@ -39,11 +39,11 @@ func TestRedeleterQueue(t *testing.T) {
 		t.Fatalf("hold = %s before the batch was applied, want none", got)
 	}
 	r.applied(t0)
-	// Transaction at 200 deletes a again, 2s later: one re-delete of a, at
-	// the later time, still holding at 100.
+	// Transaction at 200 deletes a again, 0.5s later: one re-delete of a,
+	// at the later time, still holding at 100.
 	r.add(del("a", time.Second), 200)
 	r.add(pginvalidator.Command{Action: pginvalidator.DelPattern, Key: "p:*", Redelete: 1500 * time.Millisecond}, 200)
-	r.applied(t0.Add(2 * time.Second))
+	r.applied(t0.Add(500 * time.Millisecond))
 
 	if got, want := r.pending(), 3; got != want || reported != want {
 		t.Fatalf("pending = %d (reported %d), want %d", got, reported, want)
@@ -51,8 +51,8 @@ func TestRedeleterQueue(t *testing.T) {
 	if !r.full() {
 		t.Error("full() = false at the limit")
 	}
-	if at, _ := r.next(); !at.Equal(t0.Add(3 * time.Second)) {
-		t.Errorf("next = %v, want t0+3s (a, moved from 1s to 3s)", at.Sub(t0))
+	if at, _ := r.next(); !at.Equal(t0.Add(1500 * time.Millisecond)) {
+		t.Errorf("next = %v, want t0+1.5s (a, moved from 1s to 1.5s)", at.Sub(t0))
 	}
 	if got, _ := r.hold(); got != 100 {
 		t.Errorf("hold = %d, want 100", got)
@@ -62,8 +62,40 @@ func TestRedeleterQueue(t *testing.T) {
 		e := heap.Pop(&r.queue).(*redeleteEntry)
 		order = append(order, e.cmd.Key+"@"+e.due.Sub(t0).String())
 	}
-	if got, want := strings.Join(order, " "), "a@3s p:*@3.5s b@4s"; got != want {
+	if got, want := strings.Join(order, " "), "a@1.5s p:*@2s b@4s"; got != want {
 		t.Errorf("order: %s, want %s", got, want)
+	}
+}
+
+// TestRedeleterHotKey deletes one key every 200 ms, with a delay of
+// 500 ms: its re-delete cannot be postponed for ever, so the
+// acknowledgement is never held more than about three delays back, and
+// the key is re-deleted about once per delay.
+func TestRedeleterHotKey(t *testing.T) {
+	r := newRedeleter(nil, 0, 100)
+	t0 := time.Unix(1000, 0)
+	key := pginvalidator.Command{Action: pginvalidator.Del, Key: "hot", Redelete: 500 * time.Millisecond}
+	holdAt := map[pglogrepl.LSN]time.Time{} // when each transaction was applied
+	sends := 0
+	for i := range 50 {
+		now := t0.Add(time.Duration(i) * 200 * time.Millisecond)
+		if err := r.send(context.Background(), now); err != nil {
+			t.Fatal(err)
+		}
+		sends += len(r.sent) // what this send took
+		lsn := pglogrepl.LSN(100 * (i + 1))
+		holdAt[lsn] = now
+		r.add(key, lsn)
+		r.applied(now)
+		if held, ok := r.hold(); ok && now.Sub(holdAt[held]) > 1500*time.Millisecond {
+			t.Fatalf("at %v the acknowledgement is held at the transaction applied at %v", now.Sub(t0), holdAt[held].Sub(t0))
+		}
+	}
+	if r.pending() > 2 {
+		t.Errorf("pending = %d for one key, want at most 2 (one queued, one carried)", r.pending())
+	}
+	if sends < 8 || sends > 20 {
+		t.Errorf("%d sends of one key in 10 s with a delay of 500 ms, want about one per delay", sends)
 	}
 }
 

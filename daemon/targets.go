@@ -33,6 +33,7 @@ type targetConn struct {
 	inv      *invalidator.Invalidator
 	answered atomic.Int64 // when it last answered, an Apply or a ping (Unix ns); 0: never
 	up       atomic.Bool  // its last Apply or ping succeeded; false: none has yet
+	applied  atomic.Int64 // when its last Apply succeeded (Unix ns); 0: never
 }
 
 // record notes how the target's last Apply or ping went.
@@ -91,6 +92,7 @@ func (f fanout) Apply(ctx context.Context, b *invalidator.Batch) error {
 		if err := f[0].inv.Apply(ctx, b); err != nil {
 			return wrapTarget(f[0].name, 1, err)
 		}
+		f[0].applied.Store(time.Now().UnixNano())
 		f[0].record(true)
 		b.Clear()
 		return nil
@@ -103,6 +105,7 @@ func (f fanout) Apply(ctx context.Context, b *invalidator.Batch) error {
 				errs[i] = fmt.Errorf("redis target %s: %w", t.name, err)
 				return
 			}
+			t.applied.Store(time.Now().UnixNano())
 			t.record(true)
 		})
 	}
@@ -112,6 +115,22 @@ func (f fanout) Apply(ctx context.Context, b *invalidator.Batch) error {
 	}
 	b.Clear()
 	return nil
+}
+
+// appliedAt returns when each target's last Apply succeeded: after an
+// Apply that returned nil, when each one finished it.
+func (f fanout) appliedAt() []targetTime {
+	ts := make([]targetTime, len(f))
+	for i, t := range f {
+		ts[i] = targetTime{name: t.name, at: time.Unix(0, t.applied.Load())}
+	}
+	return ts
+}
+
+// targetTime is a moment of one target.
+type targetTime struct {
+	name string
+	at   time.Time
 }
 
 // Ping checks once that every target answers, each at the same time, and

@@ -66,10 +66,11 @@ func waitEvents(t *testing.T, events <-chan string, timeout time.Duration, want 
 	return got
 }
 
-// canarySeconds returns pg_invalidator_canary_seconds, and whether it is there.
+// canarySeconds returns pg_invalidator_canary_seconds of the default
+// target, and whether it is there.
 func canarySeconds(t *testing.T, addr string) (float64, bool) {
 	t.Helper()
-	v, ok := scrape(t, addr)["pg_invalidator_canary_seconds"]
+	v, ok := scrape(t, addr)[`pg_invalidator_canary_seconds{target="default"}`]
 	return v, ok
 }
 
@@ -118,7 +119,10 @@ func TestCanaryRoundTrip(t *testing.T) {
 		return fmt.Sprintf("pg_invalidator_canary_seconds took %v, want 5 round trips", samples)
 	})
 	sort.Float64s(samples)
-	t.Logf("canary round trips (s), sorted: %v", samples)
+	t.Logf("canary round trips (s) of the default target, sorted: %v", samples)
+	if v, ok := scrape(t, cfg.MetricsAddr)[`pg_invalidator_canary_seconds{target="b"}`]; !ok || v <= 0 {
+		t.Errorf(`pg_invalidator_canary_seconds{target="b"} = %v (present: %v), want a round trip`, v, ok)
+	}
 	if s := scrape(t, cfg.MetricsAddr); s["pg_invalidator_canary_pending_seconds"] > 10 {
 		t.Errorf("pg_invalidator_canary_pending_seconds = %v, want a canary in flight for moments only", s["pg_invalidator_canary_pending_seconds"])
 	}

@@ -29,12 +29,14 @@ type watched struct {
 	log  *syncBuffer
 }
 
-// startWatched runs the daemon on cfg with a fast catalog poll and the
-// metrics endpoints, and keeps its log.
+// startWatched runs the daemon on cfg with the metrics endpoints and a fast
+// catalog poll, unless cfg sets one, and keeps its log.
 func (f *fixture) startWatched(cfg daemon.Config) *watched {
 	f.t.Helper()
 	w := &watched{f: f, addr: metricsAddr(f.t), log: &syncBuffer{}}
-	cfg.CatalogPollInterval = catalogPoll
+	if cfg.CatalogPollInterval == 0 {
+		cfg.CatalogPollInterval = catalogPoll
+	}
 	cfg.MetricsAddr = w.addr
 	cfg.Logger = slog.New(slog.NewTextHandler(teeWriter{testWriter{f.t}, w.log}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	f.startConfig(cfg)
@@ -328,7 +330,8 @@ func TestCatalogReplicaIdentityWeakened(t *testing.T) {
 
 // TestCatalogPartitionsTruncatedDetachedDropped: under
 // publish_via_partition_root = true, a TRUNCATE of a leaf is not published,
-// and DETACH PARTITION and DROP TABLE of a partition produce no row events.
+// and DETACH PARTITION and DROP TABLE of a partition produce no row events,
+// nor does ATTACH PARTITION of a table with rows.
 // Each runs on a daemon of its own, so that each fails on its own without
 // the watch.
 func TestCatalogPartitionsTruncatedDetachedDropped(t *testing.T) {
@@ -341,6 +344,9 @@ func TestCatalogPartitionsTruncatedDetachedDropped(t *testing.T) {
 		{"truncated", "TRUNCATE events_eu", []string{"event:eu:1", "events:all"}, "public.events_eu truncated or rewritten"},
 		{"detached", "ALTER TABLE events DETACH PARTITION events_us", []string{"event:us:2", "events:all"}, "public.events_us detached or dropped"},
 		{"dropped", "DROP TABLE events_ap", []string{"event:ap:3", "events:all"}, "public.events_ap detached or dropped"},
+		// Rows that appear under the partitioned table: a list key that
+		// was cached without them is stale.
+		{"attached", "ALTER TABLE events ATTACH PARTITION events_sa FOR VALUES IN ('sa')", []string{"events:all"}, "public.events_sa attached with rows"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -349,7 +355,9 @@ func TestCatalogPartitionsTruncatedDetachedDropped(t *testing.T) {
 				CREATE TABLE events_eu PARTITION OF events FOR VALUES IN ('eu');
 				CREATE TABLE events_us PARTITION OF events FOR VALUES IN ('us');
 				CREATE TABLE events_ap PARTITION OF events FOR VALUES IN ('ap');
-				INSERT INTO events VALUES (1, 'eu'), (2, 'us'), (3, 'ap');`, markerSchema)
+				INSERT INTO events VALUES (1, 'eu'), (2, 'us'), (3, 'ap');
+				CREATE TABLE events_sa (LIKE events INCLUDING ALL);
+				INSERT INTO events_sa VALUES (5, 'sa');`, markerSchema)
 			w := f.startWatched(f.config(f.rules(`
 [[rule]]
 table = "events"
@@ -399,4 +407,23 @@ func TestCatalogSwappedWhileStopped(t *testing.T) {
 	f.cache("product:3")
 	f.exec("INSERT INTO products (id, category_id) VALUES (3, 9)")
 	f.waitGone("product:3")
+}
+
+// TestCatalogRenameSeenInTheStream: a Relation message that names a rule
+// table's relation otherwise wakes the catalog watch at once. The poll
+// interval is an hour, so only the stream can tell.
+func TestCatalogRenameSeenInTheStream(t *testing.T) {
+	f := newFixture(t, productsSchema, markerSchema)
+	cfg := f.config(f.rules(productsRules))
+	cfg.CatalogPollInterval = time.Hour
+	w := f.startWatched(cfg)
+
+	f.cache("product:1")
+	f.exec("ALTER TABLE products RENAME TO goods")
+	start := time.Now()
+	f.exec("INSERT INTO goods (id, category_id) VALUES (1, 3)")
+	w.waitReadyz(http.StatusServiceUnavailable, "rule table public.products does not exist")
+	t.Logf("first write under the new name to /readyz 503: %s (poll every %s)", time.Since(start).Round(time.Millisecond), cfg.CatalogPollInterval)
+	w.waitLog("ERROR", "table=public.products", "change=missing")
+	f.waitGone("product:1")
 }

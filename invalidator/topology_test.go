@@ -264,6 +264,11 @@ func TestFrozenReplica(t *testing.T) {
 		WaitReplicas: 1, WaitTimeout: 200 * time.Millisecond, MinBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	master := nodeClient(t, sg.Master.Addr())
+	// The replica may still be in its first sync when the sentinels answer;
+	// the test starts from a master whose replica is online.
+	waitFor(t, 30*time.Second, func() bool {
+		return strings.Contains(master.Info(ctx, "replication").Val(), "state=online")
+	}, "the master's replica not online 30s after start")
 	apply := func(key string) time.Duration {
 		t.Helper()
 		set(t, master, key, "cached")

@@ -14,8 +14,8 @@ import (
 // BoundTable is what a rule table's name resolves to at one moment: which
 // relation, whether the publication streams it, and its leaf partitions.
 // The daemon compares one reading with the next to notice a table swapped,
-// renamed or dropped, and a partition truncated, detached or dropped, none
-// of which the stream reports.
+// renamed or dropped, and a partition truncated, detached, dropped or
+// attached, none of which the stream reports.
 type BoundTable struct {
 	// OID is the relation the name resolves to; zero: none (dropped, or
 	// renamed away).
@@ -26,13 +26,20 @@ type BoundTable struct {
 	Published bool
 	// Partitioned is true for a partitioned parent.
 	Partitioned bool
-	// Leaves maps each leaf partition of a partitioned parent to its
-	// relfilenode, the file that holds its rows. TRUNCATE, VACUUM FULL,
-	// CLUSTER and a rewriting ALTER TABLE give a leaf a new one. Nil for a
-	// plain table.
-	Leaves map[uint32]uint32
-	// LeafNames names each leaf partition as "schema.table", for messages.
-	LeafNames map[uint32]string
+	// Leaves are the leaf partitions of a partitioned parent, by OID. Nil
+	// for a plain table.
+	Leaves map[uint32]Leaf
+}
+
+// Leaf is one leaf partition.
+type Leaf struct {
+	Name string // "schema.table"
+	// Filenode is its relfilenode, the file that holds its rows. TRUNCATE,
+	// VACUUM FULL, CLUSTER and a rewriting ALTER TABLE give a leaf a new one.
+	Filenode uint32
+	// HasData is true when that file is not empty: the leaf holds rows, or
+	// held some since its last VACUUM.
+	HasData bool
 }
 
 // ResolveRuleTables reads, for each "schema.table" name (a name without a
@@ -80,13 +87,13 @@ WHERE c.relkind IN ('r', 'p')`, publication, schemas, relnames)
 	}
 
 	type leaf struct {
-		oid, filenode uint32
-		name          string
+		oid uint32
+		Leaf
 	}
 	leaves := make(map[uint32][]leaf)
 	if len(parents) > 0 {
 		rows, err = conn.Query(ctx, `
-SELECT p.oid, c.oid, c.relfilenode, n.nspname || '.' || c.relname
+SELECT p.oid, c.oid, c.relfilenode, n.nspname || '.' || c.relname, pg_relation_size(c.oid) > 0
 FROM unnest($1::oid[]) AS p(oid)
 CROSS JOIN LATERAL pg_partition_tree(p.oid) AS t
 JOIN pg_class c ON c.oid = t.relid
@@ -97,7 +104,7 @@ WHERE t.isleaf AND c.relkind = 'r'`, parents)
 		}
 		var parent uint32
 		var l leaf
-		_, err = pgx.ForEachRow(rows, []any{&parent, &l.oid, &l.filenode, &l.name}, func() error {
+		_, err = pgx.ForEachRow(rows, []any{&parent, &l.oid, &l.Filenode, &l.Name, &l.HasData}, func() error {
 			leaves[parent] = append(leaves[parent], l)
 			return nil
 		})
@@ -111,11 +118,9 @@ WHERE t.isleaf AND c.relkind = 'r'`, parents)
 		s, t := pginvalidator.SplitTableName(name)
 		b := found[qualified{s, t}]
 		if b.Partitioned {
-			b.Leaves = make(map[uint32]uint32)
-			b.LeafNames = make(map[uint32]string)
+			b.Leaves = make(map[uint32]Leaf)
 			for _, l := range leaves[b.OID] {
-				b.Leaves[l.oid] = l.filenode
-				b.LeafNames[l.oid] = l.name
+				b.Leaves[l.oid] = l.Leaf
 			}
 		}
 		out[name] = b

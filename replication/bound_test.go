@@ -61,13 +61,18 @@ func TestResolveRuleTables(t *testing.T) {
 	}
 	events := got["events"]
 	eu, low := oid("events_eu"), oid("events_us_low")
-	if len(events.Leaves) != 2 || events.Leaves[eu] == 0 || events.Leaves[low] == 0 ||
-		events.LeafNames[eu] != "public.events_eu" || events.LeafNames[low] != "public.events_us_low" {
-		t.Fatalf("events leaves = %v %v, want events_eu and events_us_low with their relfilenodes", events.Leaves, events.LeafNames)
+	if len(events.Leaves) != 2 || events.Leaves[eu].Filenode == 0 || events.Leaves[low].Filenode == 0 ||
+		events.Leaves[eu].Name != "public.events_eu" || events.Leaves[low].Name != "public.events_us_low" ||
+		events.Leaves[eu].HasData {
+		t.Fatalf("events leaves = %v, want events_eu and events_us_low with their relfilenodes, empty", events.Leaves)
 	}
 
-	// A TRUNCATE gives a leaf a new relfilenode; a DETACH takes its leaves
-	// out of the tree.
+	// Rows make a leaf's file non-empty; a TRUNCATE gives it a new one; a
+	// DETACH takes its leaves out of the tree.
+	testenv.Exec(t, db, `INSERT INTO events VALUES (1, 'eu')`)
+	if got, err = ResolveRuleTables(ctx, conn, "p", names); err != nil || !got["events"].Leaves[eu].HasData {
+		t.Fatalf("after an INSERT, events_eu = %+v (err %v), want HasData", got["events"].Leaves[eu], err)
+	}
 	testenv.Exec(t, db, `TRUNCATE events_eu`, `ALTER TABLE events DETACH PARTITION events_us`)
 	got, err = ResolveRuleTables(ctx, conn, "p", names)
 	if err != nil {
@@ -77,8 +82,8 @@ func TestResolveRuleTables(t *testing.T) {
 	if _, ok := after.Leaves[low]; ok || len(after.Leaves) != 1 {
 		t.Errorf("after DETACH, events leaves = %v, want events_eu alone", after.Leaves)
 	}
-	if after.Leaves[eu] == events.Leaves[eu] {
-		t.Errorf("after TRUNCATE, events_eu kept relfilenode %d", after.Leaves[eu])
+	if after.Leaves[eu].Filenode == events.Leaves[eu].Filenode || after.Leaves[eu].HasData {
+		t.Errorf("after TRUNCATE, events_eu = %+v, want a new relfilenode, empty", after.Leaves[eu])
 	}
 
 	// FOR ALL TABLES streams every table.

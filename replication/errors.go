@@ -60,3 +60,13 @@ func Permanent(err error) bool {
 	}
 	return code == codeNotInPrerequisites
 }
+
+// NotWritten reports whether err, from EmitHeartbeat or EmitCanary, says
+// that the message was certainly not written: the statement was never sent
+// (pgconn.SafeToRetry), or the server answered it with an error, which
+// rolled it back. Otherwise, after a timeout or a connection lost while the
+// statement was out, it may have been written, and may still be decoded.
+func NotWritten(err error) bool {
+	var pgErr *pgconn.PgError
+	return pgconn.SafeToRetry(err) || errors.As(err, &pgErr)
+}

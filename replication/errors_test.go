@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -59,5 +60,22 @@ func TestInvalidatedErrorUnwraps(t *testing.T) {
 		"drop it with SELECT pg_drop_replication_slot('s'), flush the affected keys, and restart"
 	if err.Error() != want {
 		t.Errorf("got\n%s\nwant\n%s", err, want)
+	}
+}
+
+func TestNotWritten(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"the server refused it", fmt.Errorf("emit canary: %w", &pgconn.PgError{Code: "57014", Message: "canceling statement due to statement timeout"}), true},
+		{"a timeout while it was out", fmt.Errorf("emit canary: %w", context.DeadlineExceeded), false},
+		{"a connection lost while it was out", fmt.Errorf("emit canary: %w", io.ErrUnexpectedEOF), false},
+	}
+	for _, tt := range tests {
+		if got := NotWritten(tt.err); got != tt.want {
+			t.Errorf("%s: NotWritten(%v) = %v, want %v", tt.name, tt.err, got, tt.want)
+		}
 	}
 }

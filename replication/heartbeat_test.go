@@ -102,3 +102,16 @@ func TestCanaryToken(t *testing.T) {
 		}
 	}
 }
+
+// TestEmitCanaryOnAClosedConnection: a canary that could not even be sent
+// is known not to be written.
+func TestEmitCanaryOnAClosedConnection(t *testing.T) {
+	t.Parallel()
+	db := testenv.NewDatabase(t, env.PostgresURL)
+	conn := connect(t, db)
+	conn.Close(context.Background())
+	err := EmitCanary(context.Background(), conn, "s1", "t1")
+	if err == nil || !NotWritten(err) {
+		t.Errorf("EmitCanary on a closed connection = %v, NotWritten %v; want an error that was not written", err, NotWritten(err))
+	}
+}

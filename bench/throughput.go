@@ -63,6 +63,27 @@ type Throughput struct {
 	RecvlogicalLagSecsP50  float64 `json:"recvlogical_sent_lag_seconds_p50"`
 	RecvlogicalLagSecsMax  float64 `json:"recvlogical_sent_lag_seconds_max"`
 	RecvlogicalDrainSecond float64 `json:"recvlogical_drain_seconds"`
+	// WalsenderWaits counts the daemon's walsender's wait_event
+	// (pg_stat_activity), sampled every 100 ms; "CPU" when it waited on nothing.
+	WalsenderWaits map[string]int `json:"walsender_waits,omitempty"`
+	// Alt is the same load followed by another build (-alt-daemon); nil without.
+	Alt *AltThroughput `json:"alt_daemon,omitempty"`
+}
+
+// AltThroughput is what another build of the daemon did under the same load.
+type AltThroughput struct {
+	AchievedTPS   float64 `json:"achieved_tps"`
+	LagBytesP50   float64 `json:"lag_bytes_p50"`
+	LagBytesMax   float64 `json:"lag_bytes_max"`
+	LagBytesFirst float64 `json:"lag_bytes_first_quarter"`
+	LagBytesLast  float64 `json:"lag_bytes_last_quarter"`
+	DrainSeconds  float64 `json:"drain_seconds"`
+	// WalsenderWaits counts the walsender's wait events, sampled every 100 ms.
+	WalsenderWaits map[string]int `json:"walsender_waits,omitempty"`
+	DaemonCPU      float64        `json:"daemon_cpu_cores"`
+	WalsenderCPU   float64        `json:"walsender_cpu_cores"`
+	StaleP50       float64        `json:"stale_p50_ms"`
+	StaleP99       float64        `json:"stale_p99_ms"`
 }
 
 // throughputRates are the pgbench rates of the scenario; 0 is unthrottled.
@@ -119,9 +140,36 @@ func (e *env) throughput(ctx context.Context) ([]Throughput, error) {
 		sent := d.sentLagSorted()
 		tp.DaemonSentLagP50, tp.DaemonSentLagMax = percentile(sent, 50), percentile(sent, 100)
 		tp.Stale = summarise(cDaemon, d.stale)
+		tp.WalsenderWaits = d.waits
 		e.step("throughput %s: %.0f tx/s, lag p50 %.1f MB max %.1f MB (first quarter %.1f, last %.1f), p50 %.3f s max %.3f s, drain %.2f s, daemon %.2f cores, walsender %.2f cores, stale p99 %.1f ms",
 			name, tp.AchievedTPS, tp.LagBytesP50/1e6, tp.LagBytesMax/1e6, tp.LagBytesFirst/1e6, tp.LagBytesLast/1e6,
 			tp.LagSecondsP50, tp.LagSecondsMax, tp.DrainSeconds, tp.DaemonCPU, tp.WalsenderCPU, tp.Stale.P99)
+		e.step("throughput %s: the walsender's wait events, every 100 ms: %v", name, d.waits)
+
+		// Another build of the daemon (-alt-daemon), under the same load.
+		if e.o.altDaemon != "" {
+			aslot := fmt.Sprintf("bench_tp_alt_%d", rate)
+			if _, err := e.createSlot(ctx, aslot); err != nil {
+				return nil, err
+			}
+			aargs, err := e.daemonArgs(e.o.altDaemon, e.pg.URL(), aslot, e.redis.URL())
+			if err != nil {
+				return nil, err
+			}
+			e.step("throughput %s: the other build (-alt-daemon) follows pgbench for %s (load %.2f)", name, e.o.tpSeconds, loadAvg())
+			a, err := e.follow(ctx, aslot, aargs, pgbench, script, rate, half)
+			e.dropSlot(context.Background(), aslot)
+			if err != nil {
+				return nil, fmt.Errorf("throughput %s, alt daemon: %w", name, err)
+			}
+			ast := summarise(cAlt, a.stale)
+			fl, ll := a.quarters()
+			tp.Alt = &AltThroughput{WalsenderWaits: a.waits, AchievedTPS: a.tps, LagBytesP50: percentile(a.lagBytesSorted(), 50), LagBytesMax: percentile(a.lagBytesSorted(), 100),
+				LagBytesFirst: fl, LagBytesLast: ll, DaemonCPU: a.clientCPU, WalsenderCPU: a.walsenderCPU, StaleP50: ast.P50, StaleP99: ast.P99, DrainSeconds: a.drain}
+			e.step("throughput %s: other build: %.0f tx/s, lag p50 %.1f MB max %.1f MB (first quarter %.1f, last %.1f), drain %.2f s, daemon %.2f cores, walsender %.2f cores, stale p50 %.1f p99 %.1f ms",
+				name, a.tps, tp.Alt.LagBytesP50/1e6, tp.Alt.LagBytesMax/1e6, fl/1e6, ll/1e6, a.drain, a.clientCPU, a.walsenderCPU, ast.P50, ast.P99)
+			e.step("throughput %s: other build: the walsender's wait events: %v", name, a.waits)
+		}
 
 		// pg_recvlogical, the reference, on another new slot.
 		if !e.skipped(cRecvlogical) {
@@ -165,7 +213,10 @@ type followed struct {
 	samples      []lagPoint
 	stale        []float64 // ms; negative: a timeout
 	drain        float64   // seconds from pgbench's end until confirmed reached the WAL position of then
-	sentDrain    float64   // the same for the walsender's sent position
+	// waits counts the walsender's wait_event in pg_stat_activity, one
+	// sample per tick ("CPU" when it waited on nothing).
+	waits     map[string]int
+	sentDrain float64 // the same for the walsender's sent position
 }
 
 // lagPoint is one sample of the server's WAL position and the slot's.
@@ -363,6 +414,17 @@ loop:
 			p, _, err := sample()
 			if err == nil {
 				f.samples = append(f.samples, p)
+			}
+			var ev *string
+			if err := conn.QueryRow(ctx, `SELECT wait_event FROM pg_stat_activity WHERE pid = $1`, wal).Scan(&ev); err == nil {
+				w := "CPU"
+				if ev != nil {
+					w = *ev
+				}
+				if f.waits == nil {
+					f.waits = map[string]int{}
+				}
+				f.waits[w]++
 			}
 		}
 	}

@@ -73,6 +73,12 @@ url = %q
 	waitFor(t, 20*time.Second, func() bool { return !existsB("item:1") },
 		func() string { return "item:1 still cached in target b" })
 	f.sync()
+	// The start's canary must be back from b before b stops, or its batch
+	// would wait on b and hold the next write back from A.
+	waitFor(t, 30*time.Second, func() bool {
+		_, ok := scrape(t, addr)[`pg_invalidator_canary_seconds{target="b"}`]
+		return ok
+	}, func() string { return "the first canary never came back from target b" })
 
 	// b goes down: A applies the next write, the acknowledgement waits for b.
 	cacheBoth("item:2")

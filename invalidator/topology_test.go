@@ -535,6 +535,9 @@ func TestSentinelACL(t *testing.T) {
 		}
 	}
 	apply(1)
+	// Without wait_replicas the INCR may not have reached the replica when
+	// the master dies; this test is about the users' rights, not that window.
+	waitFor(t, 30*time.Second, func() bool { return nodes[1].Get(ctx, "sa:n").Val() == "1" }, "sa:n never reached the replica")
 	sg.Master.Kill()
 	waitFor(t, 30*time.Second, func() bool { return isMaster(t, sg.Replica) }, "no failover")
 	apply(2)

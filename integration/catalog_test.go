@@ -96,22 +96,7 @@ func (w *watched) counter(series string) float64 {
 // change is noticed at the next poll, on a loaded machine.
 func (f *fixture) waitGoneLong(keys ...string) {
 	f.t.Helper()
-	waitFor(f.t, 60*time.Second, func() bool {
-		for _, k := range keys {
-			if f.exists(k) {
-				return false
-			}
-		}
-		return true
-	}, func() string {
-		var left []string
-		for _, k := range keys {
-			if f.exists(k) {
-				left = append(left, k)
-			}
-		}
-		return fmt.Sprintf("keys still cached: %v", left)
-	})
+	f.waitGoneWithin(60*time.Second, keys...)
 }
 
 type teeWriter struct {

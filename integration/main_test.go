@@ -215,7 +215,13 @@ func (f *fixture) get(k string) string {
 // waitGone waits until none of keys exists.
 func (f *fixture) waitGone(keys ...string) {
 	f.t.Helper()
-	waitFor(f.t, 20*time.Second, func() bool {
+	f.waitGoneWithin(20*time.Second, keys...)
+}
+
+// waitGoneWithin waits up to within until none of keys exists.
+func (f *fixture) waitGoneWithin(within time.Duration, keys ...string) {
+	f.t.Helper()
+	waitFor(f.t, within, func() bool {
 		for _, k := range keys {
 			if f.exists(k) {
 				return false

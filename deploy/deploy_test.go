@@ -12,7 +12,6 @@
 package deploy_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -33,6 +32,8 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/pg-invalidator/pg-invalidator/internal/testenv"
 )
 
 func TestMain(m *testing.M) {
@@ -524,7 +525,7 @@ func TestCommandLinesStartTheBinary(t *testing.T) {
 			// Nothing listens on port 1 of loopback.
 			cmd.Env = append(os.Environ(), "DATABASE_URL=postgres://postgres@127.0.0.1:1/postgres?sslmode=disable&connect_timeout=1",
 				"REDIS_URL=redis://127.0.0.1:1/0")
-			var out syncBuffer
+			var out testenv.SyncBuffer
 			cmd.Stdout, cmd.Stderr = &out, &out
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
@@ -641,23 +642,4 @@ func buildBinary(t *testing.T) string {
 		t.Fatal(buildErr)
 	}
 	return binPath
-}
-
-// syncBuffer is a bytes.Buffer that the process's output and the test can
-// use at once.
-type syncBuffer struct {
-	mu sync.Mutex // protects b
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pg-invalidator/pg-invalidator/daemon"
+	"github.com/pg-invalidator/pg-invalidator/internal/testenv"
 	"github.com/pg-invalidator/pg-invalidator/mapping"
 )
 
@@ -26,14 +27,14 @@ const catalogPoll = 200 * time.Millisecond
 type watched struct {
 	f    *fixture
 	addr string
-	log  *syncBuffer
+	log  *testenv.SyncBuffer
 }
 
 // startWatched runs the daemon on cfg with the metrics endpoints and a fast
 // catalog poll, unless cfg sets one, and keeps its log.
 func (f *fixture) startWatched(cfg daemon.Config) *watched {
 	f.t.Helper()
-	w := &watched{f: f, addr: metricsAddr(f.t), log: &syncBuffer{}}
+	w := &watched{f: f, addr: metricsAddr(f.t), log: &testenv.SyncBuffer{}}
 	if cfg.CatalogPollInterval == 0 {
 		cfg.CatalogPollInterval = catalogPoll
 	}
@@ -101,7 +102,7 @@ func (f *fixture) waitGoneLong(keys ...string) {
 
 type teeWriter struct {
 	a testWriter
-	b *syncBuffer
+	b *testenv.SyncBuffer
 }
 
 func (w teeWriter) Write(p []byte) (int, error) {

@@ -101,7 +101,7 @@ func (s *demoServer) assertUntouched(what string) {
 // demoProcess is the real binary running "demo".
 type demoProcess struct {
 	cmd  *exec.Cmd
-	out  *syncBuffer // stdout and stderr
+	out  *testenv.SyncBuffer // stdout and stderr
 	done chan struct{}
 }
 
@@ -117,7 +117,7 @@ func startDemo(t *testing.T, environ []string, args ...string) *demoProcess {
 		}
 	}
 	cmd.Env = append(cmd.Env, environ...)
-	p := &demoProcess{cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
+	p := &demoProcess{cmd: cmd, out: &testenv.SyncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os/exec"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/pg-invalidator/pg-invalidator/daemon"
 	"github.com/pg-invalidator/pg-invalidator/internal/localsvc"
+	"github.com/pg-invalidator/pg-invalidator/internal/testenv"
 )
 
 const itemsSchema = `
@@ -32,7 +32,7 @@ del = ["{p}item:<id>", "{p}items:cat:<cat>"]
 // process is the daemon binary running as a child process.
 type process struct {
 	cmd    *exec.Cmd
-	stderr *syncBuffer
+	stderr *testenv.SyncBuffer
 	done   chan struct{}
 }
 
@@ -47,7 +47,7 @@ func (f *fixture) startProcessURL(pgURL, rulesPath string, args ...string) *proc
 	f.t.Helper()
 	all := append([]string{"run", "--config", rulesPath, "--postgres", pgURL, "--redis", f.redisURL}, args...)
 	cmd := exec.Command(daemonBinary(f.t), all...)
-	p := &process{cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
+	p := &process{cmd: cmd, stderr: &testenv.SyncBuffer{}, done: make(chan struct{})}
 	cmd.Stderr = p.stderr
 	if err := cmd.Start(); err != nil {
 		f.t.Fatal(err)
@@ -61,23 +61,6 @@ func (f *fixture) startProcessURL(pgURL, rulesPath string, args ...string) *proc
 		}
 	})
 	return p
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // cacheItems caches item:1..n and items:cat:0..9.
@@ -381,7 +364,7 @@ func TestPasswordsNeverPrinted(t *testing.T) {
 	// run retries: give it a moment to log, then stop it.
 	cmd := exec.Command(daemonBinary(t), "run", "--config", rules, "--postgres", f.dbURL,
 		"--redis", "redis://user:"+secret+"@127.0.0.1:1/0")
-	var out syncBuffer
+	var out testenv.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

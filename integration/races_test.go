@@ -156,7 +156,7 @@ func TestRedeleteQueueLimit(t *testing.T) {
 func TestRedeleteDryRun(t *testing.T) {
 	f := newFixture(t, raceload.Schema(10), markerSchema)
 	cfg := f.config(f.rules(raceRules(`redelete_after = "200ms"`)))
-	out := &syncBuffer{}
+	out := &testenv.SyncBuffer{}
 	cfg.DryRun, cfg.DryRunOut = true, out
 	f.exec(replication.CreatePublicationSQL("pg_invalidator", cfg.Rules.Tables()))
 	ctx, cancel := context.WithCancel(context.Background())

@@ -205,7 +205,7 @@ wait_replicas = 1
 
 	cmd := exec.Command(daemonBinary(t), "run", "--config", rules, "--postgres", f.dbURL, "--log-level", "debug")
 	cmd.Env = append(os.Environ(), "PGINV_TEST_DATA_PASSWORD="+dataPW)
-	var out syncBuffer
+	var out testenv.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pg-invalidator/pg-invalidator/internal/testenv"
 	"github.com/pg-invalidator/pg-invalidator/mapping"
 )
 
@@ -27,7 +28,7 @@ func TestReloadSwapsRules(t *testing.T) {
 	f := newFixture(t, twoTablesSchema, markerSchema)
 	path := f.rules(itemsRules)
 	cfg := f.config(path)
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	cfg.Logger = teeLogger(t, logs)
 	reload := make(chan struct{}, 1)
 	cfg.Reload = reload

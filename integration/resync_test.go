@@ -17,6 +17,7 @@ import (
 
 	pginvalidator "github.com/pg-invalidator/pg-invalidator"
 	"github.com/pg-invalidator/pg-invalidator/daemon"
+	"github.com/pg-invalidator/pg-invalidator/internal/testenv"
 	"github.com/pg-invalidator/pg-invalidator/replication"
 )
 
@@ -145,7 +146,7 @@ type dryRunCommand struct {
 }
 
 // dryRunLines parses the complete lines written so far.
-func dryRunLines(t *testing.T, out *syncBuffer) []dryRunOutput {
+func dryRunLines(t *testing.T, out *testenv.SyncBuffer) []dryRunOutput {
 	t.Helper()
 	var lines []dryRunOutput
 	sc := bufio.NewScanner(strings.NewReader(out.String()))
@@ -164,7 +165,7 @@ func TestDryRunPrintsCommandsAndTouchesNothing(t *testing.T) {
 	f := newFixture(t, itemsSchema, markerSchema)
 	cfg := f.config(f.rules(itemsRules))
 	cfg.Targets[0].Redis.URL = "redis://127.0.0.1:1/0" // nothing listens: a dry run must not need Redis
-	out := &syncBuffer{}
+	out := &testenv.SyncBuffer{}
 	cfg.DryRun, cfg.DryRunOut = true, out
 
 	// Without the publication it refuses, says why, and creates nothing.
@@ -280,7 +281,7 @@ func TestDryRunThroughTheBinary(t *testing.T) {
 	f.exec(replication.CreatePublicationSQL("pg_invalidator", []string{"public.items", "public.marker"}))
 	cmd := exec.Command(daemonBinary(t), "run", "--dry-run", "--config", rules, "--postgres", f.dbURL)
 	cmd.Env = append(os.Environ(), "REDIS_URL=") // no Redis URL anywhere
-	stdout, stderr := &syncBuffer{}, &syncBuffer{}
+	stdout, stderr := &testenv.SyncBuffer{}, &testenv.SyncBuffer{}
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

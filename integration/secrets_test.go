@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/pg-invalidator/pg-invalidator/internal/localsvc"
+	"github.com/pg-invalidator/pg-invalidator/internal/testenv"
 )
 
 // TestSecretsNeverPrinted runs check, setup and run through the binary with
@@ -79,7 +80,7 @@ func runDown(t *testing.T, args []string, env string) string {
 	if env != "" {
 		cmd.Env = append(cmd.Env, "DATABASE_URL="+env)
 	}
-	var out syncBuffer
+	var out testenv.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

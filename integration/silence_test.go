@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pg-invalidator/pg-invalidator/internal/tcpproxy"
+	"github.com/pg-invalidator/pg-invalidator/internal/testenv"
 )
 
 // proxied starts a tcpproxy in front of the server of dbURL and returns it
@@ -30,7 +31,7 @@ func proxied(t *testing.T, dbURL string) (*tcpproxy.Proxy, string) {
 }
 
 // teeLogger sends the daemon's logs to the test log and to buf.
-func teeLogger(t *testing.T, buf *syncBuffer) *slog.Logger {
+func teeLogger(t *testing.T, buf *testenv.SyncBuffer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.MultiWriter(testWriter{t}, buf), &slog.HandlerOptions{Level: slog.LevelInfo}))
 }
 
@@ -42,7 +43,7 @@ func teeLogger(t *testing.T, buf *syncBuffer) *slog.Logger {
 func TestSilentPostgresPeer(t *testing.T) {
 	f := newFixture(t, itemsSchema, markerSchema)
 	proxy, viaProxy := proxied(t, f.dbURL)
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	cfg := f.config(f.rules(itemsRules))
 	cfg.PostgresURL = viaProxy
 	cfg.Timeout = 2 * time.Second

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/pg-invalidator/pg-invalidator/daemon"
+	"github.com/pg-invalidator/pg-invalidator/internal/testenv"
 )
 
 // dropSlot drops slot, ending whichever walsender streams from it first,
@@ -32,14 +33,14 @@ func (f *fixture) slotExists(slot string) bool {
 // runDaemon runs the daemon in-process with its own log, without asking
 // it to succeed; stop ends it and returns what Run returned.
 type runDaemon struct {
-	logs *syncBuffer
+	logs *testenv.SyncBuffer
 	done chan error
 	stop func() error
 }
 
 func (f *fixture) runDaemon(cfg daemon.Config) *runDaemon {
 	f.t.Helper()
-	r := &runDaemon{logs: &syncBuffer{}, done: make(chan error, 1)}
+	r := &runDaemon{logs: &testenv.SyncBuffer{}, done: make(chan error, 1)}
 	cfg.Logger = teeLogger(f.t, r.logs)
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { r.done <- daemon.Run(ctx, cfg) }()

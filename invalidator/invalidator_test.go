@@ -1,7 +1,6 @@
 package invalidator
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -247,7 +246,7 @@ func TestIncrPattern(t *testing.T) {
 func TestPatternScanAcrossRestart(t *testing.T) {
 	ctx := context.Background()
 	srv := startRedis(t)
-	var logs syncBuffer
+	var logs testenv.SyncBuffer
 	inv, rdb := newInvalidator(t, srv.URL(), Options{Logger: slog.New(slog.NewTextHandler(&logs, nil)),
 		MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond})
 	SetLogger(slog.New(slog.DiscardHandler)) // a line per failed dial while Redis is down
@@ -377,7 +376,7 @@ func TestKeyWindow(t *testing.T) {
 func TestApplyWaitsForRedis(t *testing.T) {
 	ctx := context.Background()
 	srv := startRedis(t)
-	var logs syncBuffer
+	var logs testenv.SyncBuffer
 	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	SetLogger(log) // go-redis's line per failed dial must not show at Info
 	t.Cleanup(func() { SetLogger(slog.Default()) })
@@ -484,7 +483,7 @@ func TestApplyResendsOnlyFailed(t *testing.T) {
 // is logged once, counted and skipped, and that the others are applied once.
 func TestApplySkipsPermanentErrors(t *testing.T) {
 	ctx := context.Background()
-	var logs syncBuffer
+	var logs testenv.SyncBuffer
 	inv, rdb := newInvalidator(t, env.RedisURL, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	p := testenv.UniqueName() + ":"
 	set(t, rdb, p+"text", "not a number", p+"max", strconv.Itoa(math.MaxInt64-1), p+"v:text", "abc", p+"v:1", "1", p+"gone", "1")
@@ -528,7 +527,7 @@ func TestPasswordRedacted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
+	var logs testenv.SyncBuffer
 	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	SetLogger(log)
 	t.Cleanup(func() { SetLogger(slog.Default()) })
@@ -676,22 +675,4 @@ func commandStats(t *testing.T, rdb *redis.Client) map[string]string {
 		stats[name] = "calls=" + calls + " rejected=" + rejected
 	}
 	return stats
-}
-
-// syncBuffer is a bytes.Buffer that a logger and a test can share.
-type syncBuffer struct {
-	mu  sync.Mutex // protects buf
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

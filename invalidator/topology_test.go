@@ -150,7 +150,7 @@ func TestClusterPatternNeedsEverySlot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
+	var logs testenv.SyncBuffer
 	inv := newTopologyInvalidator(t, Options{Mode: ModeCluster, Addrs: []string{lone.Addr()},
 		MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 
@@ -199,7 +199,7 @@ func TestClusterFailoverWaitReplicas(t *testing.T) {
 	ctx := context.Background()
 	cl := startCluster(t)
 	rdb := clusterClient(t, cl)
-	var logs syncBuffer
+	var logs testenv.SyncBuffer
 	inv := newTopologyInvalidator(t, Options{Mode: ModeCluster, Addrs: cl.Addrs(), WaitReplicas: 1,
 		WaitTimeout: 200 * time.Millisecond, MinBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
@@ -224,7 +224,7 @@ func TestSentinelFailoverWaitReplicas(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { sg.Close() })
-	var logs syncBuffer
+	var logs testenv.SyncBuffer
 	inv := newTopologyInvalidator(t, Options{Mode: ModeSentinel, Addrs: sg.SentinelAddrs(), MasterName: localsvc.SentinelMaster,
 		WaitReplicas: 1, WaitTimeout: 200 * time.Millisecond, MinBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
@@ -259,7 +259,7 @@ func TestFrozenReplica(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { sg.Close() })
-	var logs syncBuffer
+	var logs testenv.SyncBuffer
 	inv := newTopologyInvalidator(t, Options{Mode: ModeSentinel, Addrs: sg.SentinelAddrs(), MasterName: localsvc.SentinelMaster,
 		WaitReplicas: 1, WaitTimeout: 200 * time.Millisecond, MinBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
@@ -397,7 +397,7 @@ func failoverUnderLoad(t *testing.T, prefix string, set func(kv ...string), inv 
 
 // checkDegraded checks that inv reports master, which has no replica, as
 // degraded, and logged it once.
-func checkDegraded(t *testing.T, inv *Invalidator, logs *syncBuffer, master string) {
+func checkDegraded(t *testing.T, inv *Invalidator, logs *testenv.SyncBuffer, master string) {
 	t.Helper()
 	if got := inv.Degraded(); len(got) != 1 || got[0].Addr != master || got[0].Replicas != 0 {
 		t.Errorf("Degraded() = %+v, want %s with 0 replicas", got, master)
@@ -425,7 +425,7 @@ func TestSentinelAuth(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { sg.Close() })
-			var logs syncBuffer
+			var logs testenv.SyncBuffer
 			SetLogger(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 			t.Cleanup(func() { SetLogger(slog.Default()) })
 			base := Options{Mode: ModeSentinel, Addrs: sg.SentinelAddrs(), MasterName: localsvc.SentinelMaster,

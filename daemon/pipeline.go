@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -160,19 +161,7 @@ func (p *pipeline) session(ctx context.Context) error {
 		p.log.Info("streaming", "slot", p.cfg.Slot, "publication", p.cfg.Publication)
 	}
 
-	// The reader runs on its own goroutine and keeps answering the server
-	// while this one waits on the sink. session waits for it before it
-	// returns.
-	sctx, stop := context.WithCancel(ctx)
-	defer stop()
-	events := make(chan []replication.Event, 4)
-	streamErr := make(chan error, 1)
-	readerDone := make(chan struct{})
-	go func() { streamErr <- stream.Run(sctx, events); close(readerDone) }()
-
-	err = p.consume(ctx, stream, events, streamErr)
-	stop()
-	<-readerDone // the deferred Close may write to the connection only after the reader left it
+	err = p.consume(ctx, stream) // the deferred Close may write to the connection: consume returns only once the reader left it
 	var silent *replication.SilenceError
 	if errors.As(err, &silent) {
 		p.silentPID = stream.PID()
@@ -200,12 +189,19 @@ func (p *pipeline) ensureSlot(ctx context.Context, stream *replication.Stream) e
 	return nil
 }
 
-// consume maps events and hands their commands to the sink until the stream
-// fails or ctx ends. It acknowledges a transaction only once the sink has
-// delivered it, and its re-deletes are sent. It sends them when they are
-// due, between chunks of events, and stops reading events while too many
-// are pending.
-func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, events <-chan []replication.Event, streamErr <-chan error) error {
+// consume runs the stream's reader and maps the events it reads, and hands
+// their commands to the sink, until the stream fails or ctx ends. It
+// acknowledges a transaction only once the sink has delivered it, and its
+// re-deletes are sent. It sends them when they are due, between chunks of
+// events, and stops reading events while too many are pending.
+//
+// The reader runs on its own goroutine. While the stream is behind, it
+// hands chunks of events to this one through a channel, and keeps reading
+// the socket while this one waits on Redis. While the stream is live, it
+// handles each chunk itself (see replication.Stream.HandleLive): a live
+// transaction then goes from the socket to Redis on one goroutine, as in a
+// hand-written loop. mu makes the two take turns.
+func (p *pipeline) consume(ctx context.Context, stream *replication.Stream) error {
 	// applyCtx outlives ctx by ShutdownGrace, so that a batch in flight at
 	// SIGTERM can still finish and be acknowledged. The goroutine that ends
 	// it is waited for before consume returns.
@@ -229,6 +225,12 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 	defer func() { cancelApply(); <-graceDone }()
 
 	var (
+		// mu guards the state below, and the pipeline's, while a
+		// goroutine handles a chunk: this one, or the reader with a live
+		// chunk. closed, once set, tells the reader to hand over no more.
+		mu     sync.Mutex
+		closed bool
+
 		inTx     bool
 		xid      uint32
 		ackable  pglogrepl.LSN // end LSN of the last transaction the sink holds complete
@@ -315,48 +317,10 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 	defer linger.Stop()
 	lingering := false
 
-	for {
-		if at, ok := p.redel.next(); ok {
-			redelTimer.Reset(time.Until(at))
-		} else {
-			redelTimer.Stop()
-		}
-		// Past the limit of pending re-deletes, wait for some to be sent
-		// before reading on: the reader goroutine keeps answering the
-		// server meanwhile.
-		in := events
-		if p.redel.full() {
-			in = nil
-			if !paused {
-				p.m.redeletePauses.Inc()
-				p.log.Warn("too many re-deletes pending; reading from the stream paused until some are sent", "redeletes", p.redel.pending())
-			}
-		} else if paused {
-			p.log.Info("reading from the stream resumed", "redeletes", p.redel.pending())
-		}
-		paused = in == nil
-		var chunk []replication.Event
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case err := <-streamErr:
-			return err
-		case r := <-p.reloaded:
-			pendingRules = &r
-		case <-redelTimer.C:
-			if err := p.redel.send(applyCtx, time.Now()); err != nil {
-				return err
-			}
-			acknowledge()
-			continue
-		case chunk = <-in:
-		case <-linger.C:
-			lingering = false
-			if err := flush(); err != nil {
-				return err
-			}
-			continue
-		}
+	// handle maps a chunk of events into the sink, and flushes the sink
+	// when the stream has run dry; more says that another chunk is already
+	// waiting. Called with mu held.
+	handle := func(chunk []replication.Event, more bool) error {
 		if pendingRules != nil && !inTx {
 			p.swapRules(*pendingRules)
 			pendingRules = nil
@@ -422,20 +386,122 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream, even
 		// now and then, so that they are acknowledged.
 		switch {
 		case p.sink.pending() >= p.cfg.MaxBatch || batchTxs >= p.cfg.MaxBatch:
-		case len(events) > 0:
-			continue
+		case more:
+			return nil
 		case stream.Behind() && catchUpLinger > 0:
 			if !lingering {
 				lingering = true
 				linger.Reset(catchUpLinger)
 			}
-			continue
+			return nil
 		}
 		if lingering {
 			lingering = false
 			linger.Stop()
 		}
-		if err := flush(); err != nil {
+		return flush()
+	}
+
+	// The reader's share: a live chunk, handled where it was read. It
+	// declines while reading is paused on a full re-delete queue, and once
+	// this goroutine has stopped. A re-delete it queued wakes this
+	// goroutine, which times re-deletes.
+	kick := make(chan struct{}, 1)
+	stream.HandleLive(func(chunk []replication.Event) (bool, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if closed || p.redel.full() {
+			return false, nil
+		}
+		err := handle(chunk, false)
+		if p.redel.pending() > 0 {
+			select {
+			case kick <- struct{}{}:
+			default:
+			}
+		}
+		return true, err
+	})
+	sctx, stopReader := context.WithCancel(ctx)
+	events := make(chan []replication.Event, 4)
+	streamErr := make(chan error, 1)
+	readerDone := make(chan struct{})
+	go func() { streamErr <- stream.Run(sctx, events); close(readerDone) }()
+	defer func() { stopReader(); <-readerDone }()
+
+	// step runs f with mu held; once f fails, the reader hands over no
+	// more live chunks.
+	step := func(f func() error) error {
+		mu.Lock()
+		defer mu.Unlock()
+		err := f()
+		if err != nil {
+			closed = true
+		}
+		return err
+	}
+	// stop waits for a live chunk the reader may be handling (a batch in
+	// flight at SIGTERM still has ShutdownGrace to finish), and tells the
+	// reader to hand over no more.
+	stop := func(err error) error {
+		mu.Lock()
+		defer mu.Unlock()
+		closed = true
+		return err
+	}
+
+	for {
+		mu.Lock()
+		if at, ok := p.redel.next(); ok {
+			redelTimer.Reset(time.Until(at))
+		} else {
+			redelTimer.Stop()
+		}
+		// Past the limit of pending re-deletes, wait for some to be sent
+		// before reading on: the reader goroutine keeps answering the
+		// server meanwhile.
+		in := events
+		if p.redel.full() {
+			in = nil
+			if !paused {
+				p.m.redeletePauses.Inc()
+				p.log.Warn("too many re-deletes pending; reading from the stream paused until some are sent", "redeletes", p.redel.pending())
+			}
+		} else if paused {
+			p.log.Info("reading from the stream resumed", "redeletes", p.redel.pending())
+		}
+		paused = in == nil
+		mu.Unlock()
+		var err error
+		select {
+		case <-ctx.Done():
+			return stop(ctx.Err())
+		case err := <-streamErr:
+			return stop(err)
+		case r := <-p.reloaded:
+			err = step(func() error {
+				pendingRules = &r
+				return handle(nil, len(events) > 0)
+			})
+		case <-kick:
+		case <-redelTimer.C:
+			err = step(func() error {
+				if err := p.redel.send(applyCtx, time.Now()); err != nil {
+					return err
+				}
+				acknowledge()
+				return nil
+			})
+		case chunk := <-in:
+			err = step(func() error { return handle(chunk, len(events) > 0) })
+			stream.Handled(chunk)
+		case <-linger.C:
+			err = step(func() error {
+				lingering = false
+				return flush()
+			})
+		}
+		if err != nil {
 			return err
 		}
 	}

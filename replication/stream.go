@@ -21,7 +21,10 @@
 //     without closing the connection is never waited for forever;
 //   - events reach the consumer in WAL order, in chunks that end where no more
 //     data was immediately waiting on the socket, so the consumer can flush
-//     exactly when the stream runs dry.
+//     exactly when the stream runs dry;
+//   - while the stream is live, a chunk may go to the consumer's LiveHandler
+//     on the reader's goroutine instead of through the channel, which saves a
+//     hand-over between goroutines on the path from COMMIT to Redis.
 //
 // It knows nothing of rules or Redis.
 package replication
@@ -118,6 +121,52 @@ type Stream struct {
 	poke     chan struct{} // asks the status sender to send now
 	started  bool
 	messages bool // Start asked pgoutput for logical decoding messages
+
+	live   LiveHandler  // takes live chunks on the reader's goroutine; nil: every chunk goes through the channel
+	queued atomic.Int64 // chunks sent through the channel that the consumer has not yet reported Handled
+	free   chan []Event // chunks the consumer is done with, for the reader to fill again
+}
+
+// LiveHandler handles a chunk of events on the reader's goroutine, as the
+// consumer would have handled it from Run's channel. It returns false when
+// it declines the chunk, which then goes through the channel. An error ends
+// Run with that error.
+type LiveHandler func(chunk []Event) (handled bool, err error)
+
+// HandleLive makes Run give h the chunks it hands over while the stream is
+// live (see Behind) and every chunk sent through the channel has been
+// reported Handled, so that events stay in WAL order. Call it before Run.
+// A consumer that sets h calls Handled once it has handled each chunk it
+// received from the channel.
+//
+// On a live stream a transaction arrives in a few small reads: handling
+// them where they were read spares the wake-up of the consumer's
+// goroutine, which is most of what a pipelined daemon would add to the
+// time from COMMIT to the key's deletion. While behind, the channel keeps
+// reading the socket apart from applying to Redis.
+func (s *Stream) HandleLive(h LiveHandler) { s.live = h }
+
+// Handled reports that the consumer has handled chunk, which it received
+// from Run's channel, and keeps none of its events: the reader fills it
+// again. Only a consumer that called HandleLive calls it.
+func (s *Stream) Handled(chunk []Event) {
+	s.queued.Add(-1)
+	clear(chunk) // the rows it points to may go
+	select {
+	case s.free <- chunk[:0]:
+	default:
+	}
+}
+
+// newChunk returns an empty chunk: one the consumer is done with, or a new
+// one. A backlog read in small pieces hands over many small chunks.
+func (s *Stream) newChunk() []Event {
+	select {
+	case c := <-s.free:
+		return c
+	default:
+		return make([]Event, 0, s.cfg.ChunkSize)
+	}
 }
 
 // Connect opens a replication connection with the text settings pinned.
@@ -153,6 +202,7 @@ func Connect(ctx context.Context, cfg Config) (*Stream, error) {
 		log:       cfg.Logger,
 		relations: make(map[uint32]*pginvalidator.Relation),
 		poke:      make(chan struct{}, 1),
+		free:      make(chan []Event, 8),
 	}
 	pcfg.BuildFrontend = func(r io.Reader, w io.Writer) *pgproto3.Frontend {
 		s.sock = newSocketReader(r, w, &s.behind)
@@ -355,18 +405,33 @@ func (s *Stream) receiveLoop(ctx context.Context, out chan<- []Event) error {
 			nc.SetReadDeadline(time.Time{})
 		}
 	}()
-	chunk := make([]Event, 0, s.cfg.ChunkSize)
+	chunk := s.newChunk()
 	flush := func() error {
 		if len(chunk) == 0 {
 			return nil
+		}
+		if s.live != nil && !s.behind.Load() && s.queued.Load() == 0 {
+			handled, err := s.live(chunk)
+			if err != nil {
+				return err
+			}
+			if handled {
+				// The handler keeps no event, so the chunk's slice
+				// is reused; the arena only ever appends, so the
+				// rows' bytes it handed out stay as they were.
+				chunk = chunk[:0]
+				return nil
+			}
+		}
+		if s.live != nil {
+			s.queued.Add(1)
 		}
 		select {
 		case out <- chunk:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		chunk = make([]Event, 0, s.cfg.ChunkSize)
-		s.arena = arena{} // the old slabs now belong to the chunk handed over
+		chunk = s.newChunk()
 		return nil
 	}
 	for {

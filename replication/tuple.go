@@ -23,9 +23,11 @@ import (
 
 var errShort = errors.New("message ends early")
 
-// arena holds the bytes and values of the rows of one chunk of events, so
-// that a chunk costs a few allocations, not several per row. Rows taken from
-// it stay valid for as long as the chunk is referenced.
+// arena holds the bytes and values of the rows the stream decodes, so that
+// rows cost an allocation per slab, not several each. It only ever appends
+// to a slab, and starts a new one when the last is full: a row taken from
+// it never changes, and stays valid for as long as it is referenced, by a
+// chunk handed to the consumer or by a key rendered from it.
 type arena struct {
 	bytes  []byte
 	values []pginvalidator.Value

@@ -1,0 +1,144 @@
+package replication
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+
+	"github.com/pg-invalidator/pg-invalidator/internal/testenv"
+)
+
+// TestHandleLive checks the two ways chunks reach a consumer that set a
+// LiveHandler: a backlog (commits older than behindAfter) through the
+// channel, and live transactions through the handler on the reader's
+// goroutine, with every commit once and in WAL order across both, and no
+// live chunk handled before the channel's chunks were reported Handled.
+func TestHandleLive(t *testing.T) {
+	t.Parallel()
+	db := testenv.NewDatabase(t, env.PostgresURL)
+	testenv.Exec(t, db, `CREATE TABLE a (id int PRIMARY KEY, v int)`, `CREATE PUBLICATION p FOR TABLE a`)
+	conn := connect(t, db)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	slot := testenv.UniqueName()
+	s, err := Connect(ctx, Config{URL: db, Slot: slot, Publication: "p"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	if _, err := s.EnsureSlot(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The backlog: 300 transactions, old by the time the stream starts.
+	const backlog, live = 300, 20
+	if _, err := conn.Exec(ctx, `INSERT INTO a SELECT g, 0 FROM generate_series(1, 2) g`); err != nil {
+		t.Fatal(err)
+	}
+	for range backlog - 1 {
+		if _, err := conn.Exec(ctx, `UPDATE a SET v = v + 1 WHERE id = 1`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(2 * behindAfter)
+	if err := s.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	var (
+		mu       sync.Mutex
+		commits  []pglogrepl.LSN // every commit, in the order the consumer saw it
+		inline   int             // commits handled by the handler
+		early    int             // live chunks handled while a channel chunk was not yet Handled
+		queued   int             // channel chunks received and not yet Handled
+		received = make(chan struct{}, 1)
+	)
+	record := func(chunk []Event, byHandler bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if byHandler && queued > 0 {
+			early++
+		}
+		for _, ev := range chunk {
+			if ev.Kind == Commit {
+				commits = append(commits, ev.LSN)
+				if byHandler {
+					inline++
+				}
+			}
+		}
+		select {
+		case received <- struct{}{}:
+		default:
+		}
+	}
+	s.HandleLive(func(chunk []Event) (bool, error) {
+		record(chunk, true)
+		return true, nil
+	})
+	events := make(chan []Event, 4)
+	sctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- s.Run(sctx, events) }()
+	defer func() { stop(); <-done }()
+
+	count := func() (all, byHandler int) {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(commits), inline
+	}
+	wrote := 0
+	for {
+		select {
+		case chunk := <-events:
+			mu.Lock()
+			queued++
+			mu.Unlock()
+			time.Sleep(time.Millisecond) // a consumer slower than the reader: live chunks must wait
+			record(chunk, false)
+			mu.Lock()
+			queued--
+			mu.Unlock()
+			s.Handled(chunk)
+		case <-received:
+		case err := <-done:
+			t.Fatalf("stream ended: %v", err)
+		case <-ctx.Done():
+			all, byHandler := count()
+			t.Fatalf("after 60s: %d commits of %d, %d by the handler", all, backlog+live, byHandler)
+		}
+		all, _ := count()
+		if all < backlog {
+			continue
+		}
+		if all == backlog+live {
+			break
+		}
+		// Caught up: one live transaction at a time, each after the last
+		// was seen, so that each arrives live.
+		if wrote < live && all == backlog+wrote {
+			if _, err := conn.Exec(ctx, `UPDATE a SET v = v + 1 WHERE id = 2`); err != nil {
+				t.Fatal(err)
+			}
+			wrote++
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for i := 1; i < len(commits); i++ {
+		if commits[i] <= commits[i-1] {
+			t.Fatalf("commit %d at %s after commit %d at %s: out of WAL order", i, commits[i], i-1, commits[i-1])
+		}
+	}
+	if inline < live/2 {
+		t.Errorf("%d of %d live transactions went to the handler, want most", inline, live)
+	}
+	if inline > live+5 {
+		t.Errorf("%d commits went to the handler, want the backlog's %d through the channel", inline, backlog)
+	}
+	if early > 0 {
+		t.Errorf("%d live chunks handled before the channel's chunks were handled", early)
+	}
+}

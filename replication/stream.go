@@ -122,9 +122,14 @@ type Stream struct {
 	started  bool
 	messages bool // Start asked pgoutput for logical decoding messages
 
-	live   LiveHandler  // takes live chunks on the reader's goroutine; nil: every chunk goes through the channel
-	queued atomic.Int64 // chunks sent through the channel that the consumer has not yet reported Handled
-	free   chan []Event // chunks the consumer is done with, for the reader to fill again
+	live LiveHandler // takes live chunks on the reader's goroutine; nil: every chunk goes through the channel
+	// inLive is true while the reader runs the LiveHandler: an Ack then
+	// sets ackedInLive, and the reader sends the status update itself once
+	// the handler returns, as a hand-written loop would, instead of waking
+	// the status sender's goroutine.
+	inLive, ackedInLive atomic.Bool
+	queued              atomic.Int64 // chunks sent through the channel that the consumer has not yet reported Handled
+	free                chan []Event // chunks the consumer is done with, for the reader to fill again
 }
 
 // LiveHandler handles a chunk of events on the reader's goroutine, as the
@@ -260,7 +265,9 @@ func serverMajor(v string) int {
 }
 
 // Ack records that everything up to lsn has been applied. The position goes
-// to the server with the next status update, which Ack asks for at once.
+// to the server with the next status update, which Ack asks for at once: the
+// status sender's goroutine sends it, or, when Ack is called while the
+// reader runs the LiveHandler, the reader once the handler has returned.
 func (s *Stream) Ack(lsn pglogrepl.LSN) {
 	for {
 		cur := s.acked.Load()
@@ -270,6 +277,10 @@ func (s *Stream) Ack(lsn pglogrepl.LSN) {
 		if s.acked.CompareAndSwap(cur, uint64(lsn)) {
 			break
 		}
+	}
+	if s.inLive.Load() {
+		s.ackedInLive.Store(true)
+		return
 	}
 	select {
 	case s.poke <- struct{}{}:
@@ -411,7 +422,14 @@ func (s *Stream) receiveLoop(ctx context.Context, out chan<- []Event) error {
 			return nil
 		}
 		if s.live != nil && !s.behind.Load() && s.queued.Load() == 0 {
+			s.inLive.Store(true)
 			handled, err := s.live(chunk)
+			s.inLive.Store(false)
+			if s.ackedInLive.Swap(false) {
+				if serr := s.sendStatus(false); serr != nil && err == nil {
+					err = serr
+				}
+			}
 			if err != nil {
 				return err
 			}

@@ -19,14 +19,7 @@ func TestStreamCanary(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	slot := testenv.UniqueName()
-	s, err := Connect(ctx, Config{URL: db, Slot: slot, Publication: "p"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close(context.Background())
-	if _, err := s.EnsureSlot(ctx); err != nil {
-		t.Fatal(err)
-	}
+	s := openStream(ctx, t, Config{URL: db, Slot: slot, Publication: "p"})
 	if err := s.Start(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -25,15 +25,7 @@ func TestHandleLive(t *testing.T) {
 	conn := connect(t, db)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	slot := testenv.UniqueName()
-	s, err := Connect(ctx, Config{URL: db, Slot: slot, Publication: "p"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close(context.Background())
-	if _, err := s.EnsureSlot(ctx); err != nil {
-		t.Fatal(err)
-	}
+	s := openStream(ctx, t, Config{URL: db, Publication: "p"})
 	// The backlog: 300 transactions, old by the time the stream starts.
 	const backlog, live = 300, 20
 	if _, err := conn.Exec(ctx, `INSERT INTO a SELECT g, 0 FROM generate_series(1, 2) g`); err != nil {

@@ -30,6 +30,25 @@ func connect(t *testing.T, dbURL string) *pgx.Conn {
 	return conn
 }
 
+// openStream connects a Stream with cfg on a new slot (cfg.Slot, or a
+// unique name), creates the slot, and closes the stream when the test ends,
+// after its deferred calls have stopped Run. Start is the test's.
+func openStream(ctx context.Context, t *testing.T, cfg Config) *Stream {
+	t.Helper()
+	if cfg.Slot == "" {
+		cfg.Slot = testenv.UniqueName()
+	}
+	s, err := Connect(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close(context.Background()) })
+	if _, err := s.EnsureSlot(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 // connectReplication opens a replication=database connection that closes
 // when the test ends.
 func connectReplication(t *testing.T, dbURL string) *pgconn.PgConn {

@@ -18,15 +18,7 @@ func TestQuietServerIsNotSilent(t *testing.T) {
 	db := testenv.NewDatabase(t, env.PostgresURL)
 	testenv.Exec(t, db, `CREATE TABLE a (id int PRIMARY KEY)`, `CREATE PUBLICATION p FOR TABLE a`)
 	ctx := context.Background()
-	s, err := Connect(ctx, Config{URL: db, Slot: testenv.UniqueName(), Publication: "p",
-		StatusInterval: time.Minute, Timeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close(ctx)
-	if _, err := s.EnsureSlot(ctx); err != nil {
-		t.Fatal(err)
-	}
+	s := openStream(ctx, t, Config{URL: db, Publication: "p", StatusInterval: time.Minute, Timeout: time.Second})
 	if err := s.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -37,7 +29,7 @@ func TestQuietServerIsNotSilent(t *testing.T) {
 		for range events { // drain
 		}
 	}()
-	err = s.Run(rctx, events)
+	err := s.Run(rctx, events)
 	close(events)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Run on a quiet server with a 1s timeout = %v, want it to run until its context ended", err)

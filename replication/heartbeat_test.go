@@ -26,11 +26,7 @@ func TestStreamCanary(t *testing.T) {
 	if !s.Messages() {
 		t.Fatalf("Messages() = false on %s, want true (PostgreSQL 14 and later)", conn.PgConn().ParameterStatus("server_version"))
 	}
-	events := make(chan []Event, 16)
-	sctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- s.Run(sctx, events) }()
-	defer func() { stop(); <-done }()
+	events, done := runStream(ctx, t, s)
 
 	for _, emit := range []func() error{
 		func() error { return EmitHeartbeat(ctx, conn) },

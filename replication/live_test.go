@@ -3,6 +3,7 @@ package replication
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -72,11 +73,7 @@ func TestHandleLive(t *testing.T) {
 		record(chunk, true)
 		return true, nil
 	})
-	events := make(chan []Event, 4)
-	sctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- s.Run(sctx, events) }()
-	defer func() { stop(); <-done }()
+	events, done := runStream(ctx, t, s)
 
 	count := func() (all, byHandler int) {
 		mu.Lock()
@@ -137,5 +134,81 @@ func TestHandleLive(t *testing.T) {
 	}
 	if early > 0 {
 		t.Errorf("%d live chunks handled before the channel's chunks were handled", early)
+	}
+}
+
+// TestStatusGap checks that a consumer acknowledging every live transaction
+// sends the server far fewer status updates than transactions, at most one
+// per minStatusGap and a few more, and that the last acknowledgement still
+// reaches the slot's confirmed_flush_lsn soon after.
+func TestStatusGap(t *testing.T) {
+	t.Parallel()
+	db := testenv.NewDatabase(t, env.PostgresURL)
+	testenv.Exec(t, db, `CREATE TABLE a (id int PRIMARY KEY, v int)`, `CREATE PUBLICATION p FOR TABLE a`,
+		`INSERT INTO a VALUES (1, 0)`)
+	conn := connect(t, db)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	s := openStream(ctx, t, Config{URL: db, Publication: "p", StatusInterval: time.Hour})
+	if err := s.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		last    atomic.Uint64 // the last commit acknowledged
+		commits atomic.Int64
+	)
+	handle := func(chunk []Event) {
+		for _, ev := range chunk {
+			if ev.Kind == Commit {
+				s.Ack(ev.LSN)
+				last.Store(uint64(ev.LSN))
+				commits.Add(1)
+			}
+		}
+	}
+	s.HandleLive(func(chunk []Event) (bool, error) {
+		handle(chunk)
+		return true, nil
+	})
+	events, done := runStream(ctx, t, s)
+
+	const txs = 300
+	start := time.Now()
+	for range txs {
+		if _, err := conn.Exec(ctx, `UPDATE a SET v = v + 1 WHERE id = 1`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for commits.Load() < txs {
+		select {
+		case chunk := <-events: // not live: handled the same way
+			handle(chunk)
+			s.Handled(chunk)
+		case <-done:
+			t.Fatal("stream ended")
+		case <-ctx.Done():
+			t.Fatalf("%d commits after 60s, want %d", commits.Load(), txs)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	// The last acknowledgement reaches the slot within a gap.
+	var confirmed pglogrepl.LSN
+	for {
+		err := conn.QueryRow(ctx, `SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = $1`, s.cfg.Slot).Scan(&confirmed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if confirmed == pglogrepl.LSN(last.Load()) {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("confirmed_flush_lsn %s, want the last acknowledgement %s", confirmed, pglogrepl.LSN(last.Load()))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	elapsed := time.Since(start)
+	max := int64(elapsed/minStatusGap) + 5
+	if n := s.statuses.Load(); n > max || n > txs/4 {
+		t.Errorf("%d status updates for %d transactions in %s, want at most %d (one per %s), and a quarter of the transactions", n, txs, elapsed, max, minStatusGap)
 	}
 }

@@ -49,6 +49,18 @@ func openStream(ctx context.Context, t *testing.T, cfg Config) *Stream {
 	return s
 }
 
+// runStream runs s until the test ends, and returns the channel its chunks
+// come on and the one Run's error comes on.
+func runStream(ctx context.Context, t *testing.T, s *Stream) (<-chan []Event, <-chan error) {
+	events := make(chan []Event, 16)
+	sctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	finished := make(chan struct{})
+	go func() { done <- s.Run(sctx, events); close(finished) }()
+	t.Cleanup(func() { stop(); <-finished })
+	return events, done
+}
+
 // connectReplication opens a replication=database connection that closes
 // when the test ends.
 func connectReplication(t *testing.T, dbURL string) *pgconn.PgConn {

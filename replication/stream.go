@@ -128,8 +128,14 @@ type Stream struct {
 	// the handler returns, as a hand-written loop would, instead of waking
 	// the status sender's goroutine.
 	inLive, ackedInLive atomic.Bool
-	queued              atomic.Int64 // chunks sent through the channel that the consumer has not yet reported Handled
-	free                chan []Event // chunks the consumer is done with, for the reader to fill again
+	// lastStatus is when the last status update went out (see epoch);
+	// deferred is true while one waits for minStatusGap to pass, and
+	// replyNow while the server has asked for a reply.
+	lastStatus         atomic.Int64
+	deferred, replyNow atomic.Bool
+	statuses           atomic.Int64 // status updates sent, for tests
+	queued             atomic.Int64 // chunks sent through the channel that the consumer has not yet reported Handled
+	free               chan []Event // chunks the consumer is done with, for the reader to fill again
 }
 
 // LiveHandler handles a chunk of events on the reader's goroutine, as the
@@ -265,9 +271,11 @@ func serverMajor(v string) int {
 }
 
 // Ack records that everything up to lsn has been applied. The position goes
-// to the server with the next status update, which Ack asks for at once: the
-// status sender's goroutine sends it, or, when Ack is called while the
-// reader runs the LiveHandler, the reader once the handler has returned.
+// to the server with the next status update, which Ack asks for: at once,
+// unless one went out less than minStatusGap ago, and then once that much
+// time has passed. The status sender's goroutine sends it, or, when Ack is
+// called while the reader runs the LiveHandler, the reader once the handler
+// has returned.
 func (s *Stream) Ack(lsn pglogrepl.LSN) {
 	for {
 		cur := s.acked.Load()
@@ -281,6 +289,23 @@ func (s *Stream) Ack(lsn pglogrepl.LSN) {
 	if s.inLive.Load() {
 		s.ackedInLive.Store(true)
 		return
+	}
+	s.statusWanted()
+}
+
+// minStatusGap is the shortest time between two status updates sent for
+// acknowledgements. Following live traffic, the consumer acknowledges every
+// transaction; at thousands a second, a status update each would cost the
+// walsender a read and a slot update each, on the core it needs to decode.
+// An acknowledgement then waits at most this long to reach the server.
+const minStatusGap = 10 * time.Millisecond
+
+// statusWanted asks the status sender for an update: now, or, when one went
+// out less than minStatusGap ago, once the gap has passed. Only the first
+// of the acknowledgements within a gap wakes it.
+func (s *Stream) statusWanted() {
+	if time.Duration(int64(time.Since(epoch))-s.lastStatus.Load()) < minStatusGap && !s.deferred.CompareAndSwap(false, true) {
+		return // the sender already waits for the gap to pass
 	}
 	select {
 	case s.poke <- struct{}{}:
@@ -345,13 +370,25 @@ func (s *Stream) sendStatusLoop(ctx context.Context) error {
 	watch := time.NewTimer(half)
 	defer watch.Stop()
 	var asked int64 // the silence a reply was last asked for in, by the start of its read
+	gap := time.NewTimer(time.Hour)
+	gap.Stop()
+	defer gap.Stop()
 	for {
 		ask := false
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+		case <-gap.C:
+			if !s.deferred.Load() {
+				continue // an update went out meanwhile, with every acknowledgement so far
+			}
 		case <-s.poke:
+			wait := minStatusGap - time.Duration(int64(time.Since(epoch))-s.lastStatus.Load())
+			if wait > 0 && !s.replyNow.Load() {
+				gap.Reset(wait)
+				continue
+			}
 		case <-watch.C:
 			since, quiet := s.sock.silence()
 			switch {
@@ -394,6 +431,10 @@ func (s *Stream) sendStatus(replyRequested bool) error {
 	if err != nil {
 		return fmt.Errorf("send standby status update at %s: %w", lsn, err)
 	}
+	s.lastStatus.Store(int64(time.Since(epoch)))
+	s.statuses.Add(1)
+	s.deferred.Store(false)
+	s.replyNow.Store(false)
 	return nil
 }
 
@@ -426,8 +467,12 @@ func (s *Stream) receiveLoop(ctx context.Context, out chan<- []Event) error {
 			handled, err := s.live(chunk)
 			s.inLive.Store(false)
 			if s.ackedInLive.Swap(false) {
-				if serr := s.sendStatus(false); serr != nil && err == nil {
-					err = serr
+				if time.Duration(int64(time.Since(epoch))-s.lastStatus.Load()) >= minStatusGap {
+					if serr := s.sendStatus(false); serr != nil && err == nil {
+						err = serr
+					}
+				} else {
+					s.statusWanted()
 				}
 			}
 			if err != nil {
@@ -496,8 +541,9 @@ func (s *Stream) handleCopyData(chunk []Event, data []byte) ([]Event, error) {
 		if err != nil {
 			return chunk, fmt.Errorf("parse keepalive: %w", err)
 		}
-		s.behind.Store(false) // the server had time to send a keepalive
-		if ka.ReplyRequested {
+		s.behind.Store(false)  // the server had time to send a keepalive
+		if ka.ReplyRequested { // answered at once, whatever minStatusGap says
+			s.replyNow.Store(true)
 			select {
 			case s.poke <- struct{}{}:
 			default:

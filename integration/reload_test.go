@@ -93,7 +93,9 @@ table = "tags"
 del = ["{p}tag:<id>"]
 `, "{p}", f.prefix)), 0o644)
 	p.cmd.Process.Signal(syscall.SIGHUP)
-	waitFor(t, 20*time.Second, func() bool { return strings.Contains(p.stderr.String(), "reloaded rules in force") },
+	// The rules go in force first, then tags joins the publication: a write
+	// made between the two is not published, so wait for the second.
+	waitFor(t, 20*time.Second, func() bool { return strings.Contains(p.stderr.String(), "tables added to publication") },
 		func() string { return "no reload logged:\n" + p.stderr.String() })
 	f.cache("tag:5")
 	f.exec("INSERT INTO tags VALUES (5, 'x')")

@@ -20,6 +20,7 @@ package localsvc
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -47,13 +48,43 @@ func installHint(goos string) string {
 }
 
 // FreePort returns a TCP port on 127.0.0.1 that nothing listens on right now.
+// It picks one below the kernel's ephemeral range: a port from that range,
+// which is what the kernel hands out for port 0, can be taken by any
+// outgoing connection between this check and the server's own bind (a test
+// once failed so, with "Address already in use").
 func FreePort() (int, error) {
+	const lowest = 10000
+	top := ephemeralLow()
+	for range 100 {
+		port := lowest + rand.IntN(top-lowest)
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+		if err != nil {
+			continue // taken
+		}
+		l.Close()
+		return port, nil
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, fmt.Errorf("find a free port: %w", err)
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// ephemeralLow returns the first port of the range the kernel hands out to
+// outgoing connections: Linux's ip_local_port_range, else 32768 (Linux's
+// default; macOS and Windows start higher still).
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil && n > 11000 {
+				return n
+			}
+		}
+	}
+	return 32768
 }
 
 // PostgresBinDir finds the newest PostgreSQL server bin directory that holds

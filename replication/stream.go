@@ -300,11 +300,16 @@ func (s *Stream) Ack(lsn pglogrepl.LSN) {
 // An acknowledgement then waits at most this long to reach the server.
 const minStatusGap = 10 * time.Millisecond
 
+// sinceStatus returns how long ago the last status update went out.
+func (s *Stream) sinceStatus() time.Duration {
+	return time.Since(epoch) - time.Duration(s.lastStatus.Load())
+}
+
 // statusWanted asks the status sender for an update: now, or, when one went
 // out less than minStatusGap ago, once the gap has passed. Only the first
 // of the acknowledgements within a gap wakes it.
 func (s *Stream) statusWanted() {
-	if time.Duration(int64(time.Since(epoch))-s.lastStatus.Load()) < minStatusGap && !s.deferred.CompareAndSwap(false, true) {
+	if s.sinceStatus() < minStatusGap && !s.deferred.CompareAndSwap(false, true) {
 		return // the sender already waits for the gap to pass
 	}
 	select {
@@ -384,7 +389,7 @@ func (s *Stream) sendStatusLoop(ctx context.Context) error {
 				continue // an update went out meanwhile, with every acknowledgement so far
 			}
 		case <-s.poke:
-			wait := minStatusGap - time.Duration(int64(time.Since(epoch))-s.lastStatus.Load())
+			wait := minStatusGap - s.sinceStatus()
 			if wait > 0 && !s.replyNow.Load() {
 				gap.Reset(wait)
 				continue
@@ -467,7 +472,7 @@ func (s *Stream) receiveLoop(ctx context.Context, out chan<- []Event) error {
 			handled, err := s.live(chunk)
 			s.inLive.Store(false)
 			if s.ackedInLive.Swap(false) {
-				if time.Duration(int64(time.Since(epoch))-s.lastStatus.Load()) >= minStatusGap {
+				if s.sinceStatus() >= minStatusGap {
 					if serr := s.sendStatus(false); serr != nil && err == nil {
 						err = serr
 					}

@@ -76,9 +76,15 @@ ci_drop_other_tags() {
 }
 
 # ci_free_port: a TCP port on 127.0.0.1 that nothing answers on right now.
+# It picks below the kernel's ephemeral range: a port in that range can be
+# taken as the local end of an outgoing connection (a client's, or the
+# daemon's own to PostgreSQL) between this check and the server's bind, which
+# once failed smoke-image with "bind: address already in use".
 ci_free_port() {
-	local p
-	for p in $(shuf -i 20000-60999 -n 100); do
+	local p low=32768
+	read -r low _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
+	[ "$low" -gt 11000 ] || ci_die "the ephemeral port range starts at $low; ci_free_port wants room below it"
+	for p in $(shuf -i "10000-$((low - 1))" -n 100); do
 		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
 			echo "$p"
 			return 0

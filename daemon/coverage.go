@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -53,6 +54,14 @@ import (
 // Each change is logged once, when it happens, and counted in
 // pg_invalidator_catalog_changes_total; a table that is not covered makes
 // /readyz answer 503 and say why, until it is covered again.
+//
+// Changes made while no daemon runs produce no row event either, and the
+// slot replays only row events. So every reading is saved in each Redis
+// target (CatalogMarker), beside the slot's marker, and a daemon's first
+// reading is compared with the one its predecessor saved, as with any
+// other: a partition detached, or a table swapped, while the daemon was
+// stopped is flushed when it starts. A Redis that was emptied holds no
+// reading, and no stale key either.
 
 // coverage is what the catalog watch knows about the rule tables, for
 // /readyz and /metrics. The watch writes it; the pipeline shows it each row
@@ -169,6 +178,74 @@ type seenTable struct {
 	identity string // why its replica identity does not serve its rules, as logged; "": it does
 }
 
+// CatalogMarker is the key under which the catalog watch saves its last
+// reading of the rule tables of slot in database db, as JSON: the slot's
+// marker (SlotMarker) and ":catalog".
+func CatalogMarker(db, slot string) string { return SlotMarker(db, slot) + ":catalog" }
+
+// savedReading is a reading as CatalogMarker holds it.
+type savedReading struct {
+	Tables map[string]savedTable `json:"tables"` // by rule table
+}
+
+// savedTable is one seenTable as saved. A leaf's HasData matters only for
+// a leaf new to the next reading, so it is left out: a reading changes, and
+// is saved again, only when the relations change.
+type savedTable struct {
+	OID         uint32               `json:"oid"`
+	Published   bool                 `json:"published,omitempty"`
+	Partitioned bool                 `json:"partitioned,omitempty"`
+	Leaves      map[uint32]savedLeaf `json:"leaves,omitempty"`
+	Problem     string               `json:"problem,omitempty"`
+	Identity    string               `json:"identity,omitempty"`
+}
+
+type savedLeaf struct {
+	Name     string `json:"name"`
+	Filenode uint32 `json:"filenode"`
+}
+
+// encodeReading returns seen as CatalogMarker holds it.
+func encodeReading(seen map[string]seenTable) string {
+	r := savedReading{Tables: make(map[string]savedTable, len(seen))}
+	for name, t := range seen {
+		st := savedTable{OID: t.OID, Published: t.Published, Partitioned: t.Partitioned, Problem: t.problem, Identity: t.identity}
+		if t.Leaves != nil {
+			st.Leaves = make(map[uint32]savedLeaf, len(t.Leaves))
+			for oid, l := range t.Leaves {
+				st.Leaves[oid] = savedLeaf{Name: l.Name, Filenode: l.Filenode}
+			}
+		}
+		r.Tables[name] = st
+	}
+	b, err := json.Marshal(r) // maps marshal sorted: the same reading, the same text
+	if err != nil {
+		panic(err) // maps of strings and numbers always marshal
+	}
+	return string(b)
+}
+
+// decodeReading is encodeReading's inverse.
+func decodeReading(s string) (map[string]seenTable, error) {
+	var r savedReading
+	if err := json.Unmarshal([]byte(s), &r); err != nil {
+		return nil, err
+	}
+	seen := make(map[string]seenTable, len(r.Tables))
+	for name, st := range r.Tables {
+		t := seenTable{BoundTable: replication.BoundTable{OID: st.OID, Published: st.Published, Partitioned: st.Partitioned},
+			problem: st.Problem, identity: st.Identity}
+		if st.Leaves != nil {
+			t.Leaves = make(map[uint32]replication.Leaf, len(st.Leaves))
+			for oid, l := range st.Leaves {
+				t.Leaves[oid] = replication.Leaf{Name: l.Name, Filenode: l.Filenode}
+			}
+		}
+		seen[name] = t
+	}
+	return seen, nil
+}
+
 // catalogWatch polls the catalog for Run. Its fields belong to the goroutine
 // running watchCatalog.
 type catalogWatch struct {
@@ -176,8 +253,13 @@ type catalogWatch struct {
 	cov   *coverage
 	redis fanout
 	conn  *pgx.Conn            // an ordinary connection, kept open; nil: reconnect at the next poll
-	seen  map[string]seenTable // by rule table, as the last poll saw it; empty: no poll has succeeded
+	seen  map[string]seenTable // by rule table, as the last poll saw it, or as the last daemon saved it; empty: neither
 	added []string             // rule tables added to the publication at start, flushed by the first poll that succeeds; nil after it
+
+	key    string // CatalogMarker; "" until the first poll that connects
+	loaded bool   // the reading the last daemon saved was looked for
+	saved  string // the reading last saved or loaded, encoded
+	polled bool   // a poll succeeded: problems seen before were logged by this process
 
 	failing bool // the last poll failed, and that was logged
 }
@@ -249,6 +331,11 @@ func (w *catalogWatch) read(ctx context.Context) error {
 	names := rules.Tables()
 	qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	if !w.loaded {
+		if err := w.load(qctx); err != nil {
+			return err
+		}
+	}
 	now, err := replication.ResolveRuleTables(qctx, w.conn, w.cfg.Publication, names)
 	if err != nil {
 		return err
@@ -300,12 +387,17 @@ func (w *catalogWatch) read(ctx context.Context) error {
 	for _, t := range names {
 		cur := seenTable{BoundTable: now[t]}
 		prev, known := w.seen[t]
+		// A problem still there is logged again by a new process, though
+		// the last daemon saw it too.
+		logAgain := !known || !w.polled
 		switch {
 		case cur.OID == 0:
 			cur.problem = fmt.Sprintf("rule table %s does not exist (dropped, or renamed): its rules match nothing; "+
 				"rename it back, or remove its rules and reload", t)
 			if !known || prev.OID != 0 {
 				flush = append(flush, t)
+			}
+			if logAgain || prev.OID != 0 {
 				logs = append(logs, w.change(t, changeMissing, true,
 					"rule table does not exist any more (dropped, or renamed): its rules match nothing, and its keys were flushed once; rename it back, or remove its rules and reload"))
 			}
@@ -316,7 +408,7 @@ func (w *catalogWatch) read(ctx context.Context) error {
 			}
 			cur.problem = fmt.Sprintf("rule table %s is not covered: publication %s does not stream it (a new relation: swapped or recreated?), and this role may not add it; a DBA must run: %s",
 				t, w.cfg.Publication, fix)
-			if !known || prev.OID != cur.OID || prev.Published || prev.problem == "" {
+			if logAgain || prev.OID != cur.OID || prev.Published || prev.problem == "" {
 				args := []any{"publication", w.cfg.Publication, "sql", fix}
 				if refused != nil && refused.Err != nil {
 					args = append(args, "err", refused.Err)
@@ -352,7 +444,7 @@ func (w *catalogWatch) read(ctx context.Context) error {
 			fix := mapping.IdentityFix(infos[t])
 			cur.identity = fmt.Sprintf("rule table %s: its replica identity no longer sends the old values its rules need: %s; fix: %s",
 				t, need.Reason, fix)
-			if cur.identity != prev.identity {
+			if logAgain || cur.identity != prev.identity {
 				logs = append(logs, w.change(t, changeIdentity, true,
 					"the replica identity of a rule table no longer sends the old values its rules need: keys rendered from old rows are skipped",
 					"reason", need.Reason, "fix", fix))
@@ -376,10 +468,19 @@ func (w *catalogWatch) read(ctx context.Context) error {
 			return err
 		}
 	}
+	// Saved after the flush: a daemon stopped in between finds the reading
+	// before it, and flushes again.
+	if enc := encodeReading(next); enc != w.saved {
+		if err := w.redis.SetMarker(ctx, w.key, enc); err != nil {
+			return fmt.Errorf("save the catalog reading: %w", err)
+		}
+		w.saved = enc
+	}
 	for _, log := range logs {
 		log()
 	}
 	w.seen = next
+	w.polled = true
 	w.added = nil
 	w.cov.setProblems(problems)
 	bound := make(map[uint32]string, len(next))
@@ -389,6 +490,37 @@ func (w *catalogWatch) read(ctx context.Context) error {
 		}
 	}
 	w.cov.bound.Store(&bound)
+	return nil
+}
+
+// load takes the reading the last daemon saved as the last reading, before
+// the first poll. A Redis user that may not read it (an ACL set up for an
+// older daemon, without +get) is logged once, and the first poll goes on
+// without it, as if there were none.
+func (w *catalogWatch) load(ctx context.Context) error {
+	if w.key == "" {
+		db, err := replication.CurrentDatabase(ctx, w.conn)
+		if err != nil {
+			return err
+		}
+		w.key = CatalogMarker(db, w.cfg.Slot)
+	}
+	target, value, err := w.redis.Marker(ctx, w.key)
+	switch {
+	case errors.Is(err, invalidator.ErrNoPermission):
+		w.cfg.Logger.Error("cannot read the catalog reading the last daemon saved: rule tables swapped, and partitions detached, dropped or truncated, while no daemon ran go unnoticed; give the Redis user +get on "+SlotMarkerPrefix+"*, as setup --redis-acl prints",
+			"key", w.key, "err", err)
+	case err != nil:
+		return fmt.Errorf("read the catalog reading the last daemon saved: %w", err)
+	case target != "":
+		seen, err := decodeReading(value)
+		if err != nil {
+			w.cfg.Logger.Warn("ignored the catalog reading the last daemon saved: it cannot be decoded", "key", w.key, "target", target, "err", err)
+			break
+		}
+		w.seen, w.saved = seen, value
+	}
+	w.loaded = true
 	return nil
 }
 

@@ -35,3 +35,36 @@ func TestLeavesChanged(t *testing.T) {
 		}
 	}
 }
+
+// TestReadingRoundTrip: what a daemon saves is what the next one compares
+// with, and the same reading saves as the same text, so that an unchanged
+// catalog is not saved again. HasData is not saved.
+func TestReadingRoundTrip(t *testing.T) {
+	seen := map[string]seenTable{
+		"public.events": {BoundTable: replication.BoundTable{OID: 10, Published: true, Partitioned: true,
+			Leaves: map[uint32]replication.Leaf{11: {Name: "public.events_eu", Filenode: 111}, 12: {Name: "public.events_us", Filenode: 112}}}},
+		"public.products": {BoundTable: replication.BoundTable{OID: 20}, problem: "not covered", identity: "weak"},
+		"public.gone":     {},
+	}
+	enc := encodeReading(seen)
+	got, err := decodeReading(enc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, seen) {
+		t.Errorf("decodeReading(encodeReading(seen)) = %+v, want %+v", got, seen)
+	}
+	for range 5 {
+		if again := encodeReading(got); again != enc {
+			t.Fatalf("the same reading encodes as %s, then as %s", enc, again)
+		}
+	}
+	withData := map[string]seenTable{"public.events": seen["public.events"]}
+	withData["public.events"].Leaves[11] = replication.Leaf{Name: "public.events_eu", Filenode: 111, HasData: true}
+	if encodeReading(withData) != encodeReading(map[string]seenTable{"public.events": got["public.events"]}) {
+		t.Error("HasData changes the saved reading")
+	}
+	if _, err := decodeReading("{not json"); err == nil {
+		t.Error("decodeReading of a broken text: no error")
+	}
+}

@@ -219,6 +219,21 @@ func (f fanout) MarkerIn(ctx context.Context, key string) (string, error) {
 	return "", nil
 }
 
+// Marker returns the value of key in the first target that holds it, and
+// that target's name; "", "" when none does.
+func (f fanout) Marker(ctx context.Context, key string) (target, value string, err error) {
+	for _, t := range f {
+		v, ok, err := t.inv.Marker(ctx, key)
+		if err != nil {
+			return "", "", wrapTarget(t.name, len(f), err)
+		}
+		if ok {
+			return t.name, v, nil
+		}
+	}
+	return "", "", nil
+}
+
 // Close closes every target's connections.
 func (f fanout) Close() {
 	for _, t := range f {

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 	"github.com/pg-invalidator/pg-invalidator/daemon"
 	"github.com/pg-invalidator/pg-invalidator/internal/testenv"
 	"github.com/pg-invalidator/pg-invalidator/mapping"
+	"github.com/pg-invalidator/pg-invalidator/replication"
 )
 
 // The catalog watch: a rule table swapped, renamed or dropped, a replica
@@ -26,6 +28,7 @@ const catalogPoll = 200 * time.Millisecond
 // log the test can read.
 type watched struct {
 	f    *fixture
+	run  *running
 	addr string
 	log  *testenv.SyncBuffer
 }
@@ -40,7 +43,7 @@ func (f *fixture) startWatched(cfg daemon.Config) *watched {
 	}
 	cfg.MetricsAddr = w.addr
 	cfg.Logger = slog.New(slog.NewTextHandler(teeWriter{testWriter{f.t}, w.log}, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	f.startConfig(cfg)
+	w.run = f.startConfig(cfg)
 	waitStatus(f.t, w.addr, "/readyz", http.StatusOK, 30*time.Second)
 	return w
 }
@@ -314,41 +317,51 @@ func TestCatalogReplicaIdentityWeakened(t *testing.T) {
 	}
 }
 
-// TestCatalogPartitionsTruncatedDetachedDropped: under
-// publish_via_partition_root = true, a TRUNCATE of a leaf is not published,
-// and DETACH PARTITION and DROP TABLE of a partition produce no row events,
-// nor does ATTACH PARTITION of a table with rows.
-// Each runs on a daemon of its own, so that each fails on its own without
-// the watch.
-func TestCatalogPartitionsTruncatedDetachedDropped(t *testing.T) {
-	tests := []struct {
-		name string
-		sql  string
-		keys []string
-		log  string
-	}{
-		{"truncated", "TRUNCATE events_eu", []string{"event:eu:1", "events:all"}, "public.events_eu truncated or rewritten"},
-		{"detached", "ALTER TABLE events DETACH PARTITION events_us", []string{"event:us:2", "events:all"}, "public.events_us detached or dropped"},
-		{"dropped", "DROP TABLE events_ap", []string{"event:ap:3", "events:all"}, "public.events_ap detached or dropped"},
-		// Rows that appear under the partitioned table: a list key that
-		// was cached without them is stale.
-		{"attached", "ALTER TABLE events ATTACH PARTITION events_sa FOR VALUES IN ('sa')", []string{"events:all"}, "public.events_sa attached with rows"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			f := newFixture(t, `
-				CREATE TABLE events (id bigint, region text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
-				CREATE TABLE events_eu PARTITION OF events FOR VALUES IN ('eu');
-				CREATE TABLE events_us PARTITION OF events FOR VALUES IN ('us');
-				CREATE TABLE events_ap PARTITION OF events FOR VALUES IN ('ap');
-				INSERT INTO events VALUES (1, 'eu'), (2, 'us'), (3, 'ap');
-				CREATE TABLE events_sa (LIKE events INCLUDING ALL);
-				INSERT INTO events_sa VALUES (5, 'sa');`, markerSchema)
-			w := f.startWatched(f.config(f.rules(`
+// partitionChanges are the partition changes that produce no row event
+// under publish_via_partition_root = true: a TRUNCATE of a leaf is not
+// published, and DETACH PARTITION and DROP TABLE of a partition produce no
+// row events, nor does ATTACH PARTITION of a table with rows. keys are
+// cached before the change and must be gone after it; log is the phrase
+// the daemon's warning gives for it.
+var partitionChanges = []struct {
+	name string
+	sql  string
+	keys []string
+	log  string
+}{
+	{"truncated", "TRUNCATE events_eu", []string{"event:eu:1", "events:all"}, "public.events_eu truncated or rewritten"},
+	{"detached", "ALTER TABLE events DETACH PARTITION events_us", []string{"event:us:2", "events:all"}, "public.events_us detached or dropped"},
+	{"dropped", "DROP TABLE events_ap", []string{"event:ap:3", "events:all"}, "public.events_ap detached or dropped"},
+	// Rows that appear under the partitioned table: a list key that
+	// was cached without them is stale.
+	{"attached", "ALTER TABLE events ATTACH PARTITION events_sa FOR VALUES IN ('sa')", []string{"events:all"}, "public.events_sa attached with rows"},
+}
+
+// eventsSchema is a table partitioned by region, with a row in each of its
+// three partitions, and a table with a row ready to be attached.
+const eventsSchema = `
+	CREATE TABLE events (id bigint, region text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+	CREATE TABLE events_eu PARTITION OF events FOR VALUES IN ('eu');
+	CREATE TABLE events_us PARTITION OF events FOR VALUES IN ('us');
+	CREATE TABLE events_ap PARTITION OF events FOR VALUES IN ('ap');
+	INSERT INTO events VALUES (1, 'eu'), (2, 'us'), (3, 'ap');
+	CREATE TABLE events_sa (LIKE events INCLUDING ALL);
+	INSERT INTO events_sa VALUES (5, 'sa');`
+
+const eventsRules = `
 [[rule]]
 table = "events"
 del = ["{p}event:<region>:<id>", "{p}events:all"]
-` + markerRule)))
+` + markerRule
+
+// TestCatalogPartitionsTruncatedDetachedDropped: each partition change
+// runs on a daemon of its own, so that each fails on its own without the
+// watch.
+func TestCatalogPartitionsTruncatedDetachedDropped(t *testing.T) {
+	for _, tt := range partitionChanges {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t, eventsSchema, markerSchema)
+			w := f.startWatched(f.config(f.rules(eventsRules)))
 
 			f.cache(tt.keys...)
 			start := time.Now()
@@ -368,6 +381,31 @@ del = ["{p}event:<region>:<id>", "{p}events:all"]
 			if code, body := httpGet(t, w.addr, "/readyz"); code != http.StatusOK {
 				t.Errorf("/readyz = %d %q, want 200: a flushed partition leaves the table covered", code, body)
 			}
+		})
+	}
+}
+
+// TestCatalogPartitionsChangedWhileStopped: the same changes made while no
+// daemon runs. The slot replays the row changes made meanwhile, but not
+// these: the daemon that starts next compares the catalog with the reading
+// its predecessor left in Redis, and flushes.
+func TestCatalogPartitionsChangedWhileStopped(t *testing.T) {
+	for _, tt := range partitionChanges {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t, eventsSchema, markerSchema)
+			cfg := f.config(f.rules(eventsRules))
+			first := f.startWatched(cfg)
+			f.sync()
+
+			if err := first.run.stop(); err != nil {
+				t.Fatal(err)
+			}
+
+			f.cache(tt.keys...)
+			f.exec(tt.sql)
+			w := f.startWatched(cfg)
+			f.waitGoneLong(tt.keys...)
+			w.waitLog("WARN", "table=public.events", "change=partition", tt.log)
 		})
 	}
 }
@@ -393,6 +431,65 @@ func TestCatalogSwappedWhileStopped(t *testing.T) {
 	f.cache("product:3")
 	f.exec("INSERT INTO products (id, category_id) VALUES (3, 9)")
 	f.waitGone("product:3")
+}
+
+// TestCatalogSwappedWhileStoppedAndPublished: a table swapped while no
+// daemon runs, and the new relation added to the publication by a DBA
+// before the daemon starts. Start adds nothing to the publication, so only
+// the reading the last daemon left shows the swap.
+func TestCatalogSwappedWhileStoppedAndPublished(t *testing.T) {
+	f := newFixture(t, productsSchema, markerSchema)
+	f.exec("INSERT INTO products (id, category_id, name) VALUES (1, 3, 'lamp')")
+	cfg := f.config(f.rules(productsRules))
+	first := f.startWatched(cfg)
+	f.sync()
+	if err := first.run.stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	f.cache("product:1", "list:cat:3", "product:2", "list:cat:7")
+	f.exec(swapSQL)
+	f.exec("ALTER PUBLICATION " + replication.DefaultPublication + " ADD TABLE products")
+	w := f.startWatched(cfg)
+	f.waitGoneLong("product:1", "list:cat:3", "product:2", "list:cat:7")
+	w.waitLog("WARN", "table=public.products", "change=swapped", "which the publication streams already")
+	if n := w.logCount("tables added to publication"); n != 0 {
+		t.Errorf("the daemon added tables to the publication at start; the test means the DBA to have:\n%s", w.log)
+	}
+}
+
+// TestCatalogReadingWithoutGet: a Redis user set up for an earlier version
+// of the daemon may not GET the reading the last daemon saved. The daemon
+// says so once, and runs on: it still saves its readings, and streams.
+func TestCatalogReadingWithoutGet(t *testing.T) {
+	f := newFixture(t, productsSchema, markerSchema)
+	ctx := context.Background()
+	user, pw := "noget-"+testenv.UniqueName(), "noget-pw"
+	if err := f.rdb.Do(ctx, "ACL", "SETUSER", user, "on", ">"+pw, "~*", "&*", "+@all", "-get").Err(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.rdb.Do(context.Background(), "ACL", "DELUSER", user) })
+	cfg := f.config(f.rules(productsRules))
+	cfg.Targets[0].Redis.Username, cfg.Targets[0].Redis.Password = user, pw
+	w := f.startWatched(cfg)
+	w.waitLog("ERROR", "cannot read the catalog reading the last daemon saved", "NOPERM", "+get on pg-invalidator:slot:*")
+
+	f.cache("product:1")
+	f.exec("INSERT INTO products (id, category_id) VALUES (1, 3)")
+	f.waitGone("product:1")
+	var db string
+	if err := f.db.QueryRow(ctx, "SELECT current_database()").Scan(&db); err != nil {
+		t.Fatal(err)
+	}
+	if n := f.rdb.Exists(ctx, daemon.CatalogMarker(db, replication.DefaultSlot)).Val(); n != 1 {
+		t.Errorf("the daemon saved no catalog reading (%s)", daemon.CatalogMarker(db, replication.DefaultSlot))
+	}
+	if n := w.logCount("cannot read the catalog reading"); n != 1 {
+		t.Errorf("%d errors about the catalog reading, want 1:\n%s", n, w.log)
+	}
+	if pw := w.log.String(); strings.Contains(pw, "noget-pw") {
+		t.Errorf("the log holds the password:\n%s", pw)
+	}
 }
 
 // TestCatalogRenameSeenInTheStream: a Relation message that names a rule

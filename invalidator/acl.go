@@ -30,7 +30,8 @@ type ACLNeeds struct {
 	// when it holds no glob character.
 	CanaryPattern string
 	// MarkerPattern, when not empty, is the glob of the daemon's markers
-	// (SetMarker, MarkerExists), which it sets and looks for (SET, EXISTS).
+	// (SetMarker, MarkerExists, Marker), which it sets, looks for and reads
+	// (SET, EXISTS, GET).
 	MarkerPattern string
 }
 
@@ -94,7 +95,7 @@ func ACLRules(opts Options, needs ACLNeeds) (string, error) {
 	if needs.IncrPattern || needs.MarkerPattern != "" {
 		rules = append(rules, "+exists")
 	}
-	if needs.Version || needs.VersionPattern {
+	if needs.Version || needs.VersionPattern || needs.MarkerPattern != "" {
 		rules = append(rules, "+get")
 	}
 	if needs.Version || needs.VersionPattern || needs.CanaryPattern != "" || needs.MarkerPattern != "" {

@@ -22,7 +22,7 @@ func TestACLRules(t *testing.T) {
 		{"version and canary, cluster", Options{Mode: ModeCluster, WaitReplicas: 1}, ACLNeeds{KeyPatterns: keys, Version: true, VersionPattern: true, CanaryPattern: "pg-invalidator:canary:pg_invalidator"},
 			"resetkeys ~item:* ~count ~pg-invalidator:canary:pg_invalidator resetchannels -@all +ping +info +unlink +scan +evalsha +eval +get +set +wait +cluster|slots +cluster|nodes +asking"},
 		{"del and marker", Options{}, ACLNeeds{KeyPatterns: keys, Del: true, MarkerPattern: "pg-invalidator:slot:*"},
-			"resetkeys ~item:* ~count ~pg-invalidator:slot:* resetchannels -@all +ping +info +unlink +exists +set"},
+			"resetkeys ~item:* ~count ~pg-invalidator:slot:* resetchannels -@all +ping +info +unlink +exists +get +set"},
 		{"sentinel", Options{Mode: ModeSentinel}, ACLNeeds{KeyPatterns: keys, Del: true, DelPattern: true},
 			"resetkeys ~item:* ~count resetchannels -@all +ping +info +unlink +scan"},
 	}

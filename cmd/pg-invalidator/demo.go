@@ -269,10 +269,10 @@ func (d *demo) prepare(ctx context.Context) error {
 		if err != nil {
 			return d.interrupted(ctx, err)
 		}
-		// The daemon's memory that the demo's slot existed goes too, and
-		// its canary's key, which exists while a canary is out: one may be
-		// when the demo stops.
-		keys := append(demoKeys(), daemon.SlotMarker(db, demoName), daemon.CanaryKey("", demoName))
+		// The daemon's memory that the demo's slot existed goes too, with
+		// its last reading of the catalog, and its canary's key, which
+		// exists while a canary is out: one may be when the demo stops.
+		keys := append(demoKeys(), daemon.SlotMarker(db, demoName), daemon.CatalogMarker(db, demoName), daemon.CanaryKey("", demoName))
 		n, err := d.rdb.Exists(ctx, keys...).Result()
 		if err != nil {
 			return d.interrupted(ctx, fmt.Errorf("look for the demo's keys in redis: %w", err))

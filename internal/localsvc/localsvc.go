@@ -29,6 +29,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // InstallHint says how to get the binaries this package needs on this system.
@@ -51,12 +52,18 @@ func installHint(goos string) string {
 // It picks one below the kernel's ephemeral range: a port from that range,
 // which is what the kernel hands out for port 0, can be taken by any
 // outgoing connection between this check and the server's own bind (a test
-// once failed so, with "Address already in use").
+// once failed so, with "Address already in use"). It never returns a port
+// twice, nor one that a FreePort in another process on this machine
+// returned, while that process runs (see claimPort): a cluster picks twelve
+// ports before its first node binds, and test packages run side by side.
 func FreePort() (int, error) {
 	const lowest = 10000
 	top := ephemeralLow()
 	for range 100 {
 		port := lowest + rand.IntN(top-lowest)
+		if !claimPort(port) {
+			continue // handed out already
+		}
 		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
 		if err != nil {
 			continue // taken
@@ -70,6 +77,40 @@ func FreePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+var (
+	portsMu sync.Mutex
+	// portsClaimed are the ports FreePort picked in this process.
+	portsClaimed = make(map[int]bool)
+	// portsFile holds, as a lock on the byte at each port's offset, the
+	// claims of every process on this machine; nil until the first claim,
+	// and kept open, since closing it would drop this process's locks.
+	portsFile *os.File
+)
+
+// claimPort claims port for this process, unless this process or another
+// claimed it before. Another process's claims end with it: they are POSIX
+// record locks on one file in the temporary directory, which the kernel
+// drops when the process exits, however it exits. Where the file cannot be
+// opened or locked, claims hold within this process only.
+func claimPort(port int) bool {
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	if portsClaimed[port] {
+		return false
+	}
+	if portsFile == nil {
+		f, err := os.OpenFile(filepath.Join(os.TempDir(), "pg-invalidator-test-ports.lock"), os.O_CREATE|os.O_RDWR, 0o666)
+		if err == nil {
+			portsFile = f
+		}
+	}
+	if portsFile != nil && !lockByte(portsFile, int64(port)) {
+		return false
+	}
+	portsClaimed[port] = true
+	return true
 }
 
 // ephemeralLow returns the first port of the range the kernel hands out to

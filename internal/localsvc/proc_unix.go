@@ -35,3 +35,10 @@ func pause(p *os.Process) error { return p.Signal(syscall.SIGSTOP) }
 
 // resume continues p after pause.
 func resume(p *os.Process) error { return p.Signal(syscall.SIGCONT) }
+
+// lockByte takes a write lock on the byte at off in f for this process,
+// without waiting; false when another process holds it.
+func lockByte(f *os.File, off int64) bool {
+	lk := syscall.Flock_t{Type: syscall.F_WRLCK, Whence: 0, Start: off, Len: 1}
+	return syscall.FcntlFlock(f.Fd(), syscall.F_SETLK, &lk) == nil
+}

@@ -468,14 +468,6 @@ func (w *catalogWatch) read(ctx context.Context) error {
 			return err
 		}
 	}
-	// Saved after the flush: a daemon stopped in between finds the reading
-	// before it, and flushes again.
-	if enc := encodeReading(next); enc != w.saved {
-		if err := w.redis.SetMarker(ctx, w.key, enc); err != nil {
-			return fmt.Errorf("save the catalog reading: %w", err)
-		}
-		w.saved = enc
-	}
 	for _, log := range logs {
 		log()
 	}
@@ -490,6 +482,16 @@ func (w *catalogWatch) read(ctx context.Context) error {
 		}
 	}
 	w.cov.bound.Store(&bound)
+
+	// Saved after the flush: a daemon stopped in between finds the reading
+	// before it, and flushes again. A save that fails is tried again by
+	// the next poll, which does not flush again.
+	if enc := encodeReading(next); enc != w.saved {
+		if err := w.redis.SetMarker(ctx, w.key, enc); err != nil {
+			return fmt.Errorf("save the catalog reading: %w", err)
+		}
+		w.saved = enc
+	}
 	return nil
 }
 

@@ -497,7 +497,7 @@ func (w *catalogWatch) read(ctx context.Context) error {
 
 // load takes the reading the last daemon saved as the last reading, before
 // the first poll. A Redis user that may not read it (an ACL set up for an
-// older daemon, without +get) is logged once, and the first poll goes on
+// older daemon, without GET on the markers) is logged once, and the first poll goes on
 // without it, as if there were none.
 func (w *catalogWatch) load(ctx context.Context) error {
 	if w.key == "" {
@@ -510,7 +510,7 @@ func (w *catalogWatch) load(ctx context.Context) error {
 	target, value, err := w.redis.Marker(ctx, w.key)
 	switch {
 	case errors.Is(err, invalidator.ErrNoPermission):
-		w.cfg.Logger.Error("cannot read the catalog reading the last daemon saved: rule tables swapped, and partitions detached, dropped or truncated, while no daemon ran go unnoticed; give the Redis user +get on "+SlotMarkerPrefix+"*, as setup --redis-acl prints",
+		w.cfg.Logger.Error("cannot read the catalog reading the last daemon saved: rule tables swapped, and partitions detached, dropped or truncated, while no daemon ran go unnoticed; let the Redis user GET them: ACL SETUSER <user> (~"+SlotMarkerPrefix+"* +get), as setup --redis-acl prints",
 			"key", w.key, "err", err)
 	case err != nil:
 		return fmt.Errorf("read the catalog reading the last daemon saved: %w", err)

@@ -31,7 +31,7 @@ type ACLNeeds struct {
 	CanaryPattern string
 	// MarkerPattern, when not empty, is the glob of the daemon's markers
 	// (SetMarker, MarkerExists, Marker), which it sets, looks for and reads
-	// (SET, EXISTS, GET).
+	// (SET, EXISTS, and GET through a selector of its own).
 	MarkerPattern string
 }
 
@@ -95,7 +95,7 @@ func ACLRules(opts Options, needs ACLNeeds) (string, error) {
 	if needs.IncrPattern || needs.MarkerPattern != "" {
 		rules = append(rules, "+exists")
 	}
-	if needs.Version || needs.VersionPattern || needs.MarkerPattern != "" {
+	if needs.Version || needs.VersionPattern {
 		rules = append(rules, "+get")
 	}
 	if needs.Version || needs.VersionPattern || needs.CanaryPattern != "" || needs.MarkerPattern != "" {
@@ -120,6 +120,12 @@ func ACLRules(opts Options, needs ACLNeeds) (string, error) {
 		}
 	case ModeCluster:
 		rules = append(rules, aclCluster...)
+	}
+	// Reading the markers (GET) must not let the user read the cached
+	// values too, unless version rules need it anyway: a selector gives it
+	// on the markers alone (Redis 7.0 and later).
+	if needs.MarkerPattern != "" && !needs.Version && !needs.VersionPattern {
+		rules = append(rules, "(~"+needs.MarkerPattern+" +get)")
 	}
 	return strings.Join(rules, " "), nil
 }

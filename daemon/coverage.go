@@ -256,10 +256,11 @@ type catalogWatch struct {
 	seen  map[string]seenTable // by rule table, as the last poll saw it, or as the last daemon saved it; empty: neither
 	added []string             // rule tables added to the publication at start, flushed by the first poll that succeeds; nil after it
 
-	key    string // CatalogMarker; "" until the first poll that connects
-	loaded bool   // the reading the last daemon saved was looked for
-	saved  string // the reading last saved or loaded, encoded
-	polled bool   // a poll succeeded: problems seen before were logged by this process
+	key     string // CatalogMarker; "" until the first poll that connects
+	loaded  bool   // the reading the last daemon saved was looked for
+	saved   string // the reading last saved or loaded, encoded
+	unsaved int    // polls since the reading was last saved
+	polled  bool   // a poll succeeded: problems seen before were logged by this process
 
 	failing bool // the last poll failed, and that was logged
 }
@@ -485,15 +486,21 @@ func (w *catalogWatch) read(ctx context.Context) error {
 
 	// Saved after the flush: a daemon stopped in between finds the reading
 	// before it, and flushes again. A save that fails is tried again by
-	// the next poll, which does not flush again.
-	if enc := encodeReading(next); enc != w.saved {
+	// the next poll, which does not flush again. An unchanged reading is
+	// saved again every resaveEvery polls, for a Redis emptied meanwhile.
+	w.unsaved++
+	if enc := encodeReading(next); enc != w.saved || w.unsaved >= resaveEvery {
 		if err := w.redis.SetMarker(ctx, w.key, enc); err != nil {
 			return fmt.Errorf("save the catalog reading: %w", err)
 		}
-		w.saved = enc
+		w.saved, w.unsaved = enc, 0
 	}
 	return nil
 }
+
+// resaveEvery is how many polls an unchanged reading goes without being
+// saved again: a minute at the default interval of 10s.
+const resaveEvery = 6
 
 // load takes the reading the last daemon saved as the last reading, before
 // the first poll. A Redis user that may not read it (an ACL set up for an

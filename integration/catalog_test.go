@@ -488,6 +488,29 @@ func TestCatalogReadingWithoutGet(t *testing.T) {
 	}
 }
 
+// TestCatalogReadingSavedAgain: a Redis emptied while the daemon runs gets
+// the catalog reading back within a few polls, though the catalog did not
+// change: else a partition detached after the daemon stops would go
+// unnoticed at its next start.
+func TestCatalogReadingSavedAgain(t *testing.T) {
+	f := newFixture(t, eventsSchema, markerSchema)
+	f.startWatched(f.config(f.rules(eventsRules)))
+	ctx := context.Background()
+	var db string
+	if err := f.db.QueryRow(ctx, "SELECT current_database()").Scan(&db); err != nil {
+		t.Fatal(err)
+	}
+	key := daemon.CatalogMarker(db, replication.DefaultSlot)
+	saved := func() bool { return f.rdb.Exists(ctx, key).Val() == 1 }
+	waitFor(t, 10*time.Second, saved, func() string { return "no catalog reading saved at " + key })
+	if err := f.rdb.Del(ctx, key).Err(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	waitFor(t, 30*catalogPoll, saved, func() string { return "the catalog reading was not saved again at " + key })
+	t.Logf("saved again %s after it was deleted (poll every %s)", time.Since(start).Round(time.Millisecond), catalogPoll)
+}
+
 // TestCatalogRenameSeenInTheStream: a Relation message that names a rule
 // table's relation otherwise wakes the catalog watch at once. The poll
 // interval is an hour, so only the stream can tell.

@@ -504,8 +504,8 @@ const resaveEvery = 6
 
 // load takes the reading the last daemon saved as the last reading, before
 // the first poll. A Redis user that may not read it (an ACL set up for an
-// older daemon, without GET on the markers) is logged once, and the first poll goes on
-// without it, as if there were none.
+// older daemon, without GET on the markers) is logged once, and the first
+// poll goes on without it, as if there were none.
 func (w *catalogWatch) load(ctx context.Context) error {
 	if w.key == "" {
 		db, err := replication.CurrentDatabase(ctx, w.conn)
@@ -517,7 +517,7 @@ func (w *catalogWatch) load(ctx context.Context) error {
 	target, value, err := w.redis.Marker(ctx, w.key)
 	switch {
 	case errors.Is(err, invalidator.ErrNoPermission):
-		w.cfg.Logger.Error("cannot read the catalog reading the last daemon saved: rule tables swapped, and partitions detached, dropped or truncated, while no daemon ran go unnoticed; let the Redis user GET them: ACL SETUSER <user> (~"+SlotMarkerPrefix+"* +get), as setup --redis-acl prints",
+		w.cfg.Logger.Error("cannot read the catalog reading the last daemon saved: rule tables swapped, and partitions detached, dropped or truncated, while no daemon ran go unnoticed; let the Redis user read the markers: ACL SETUSER <user> (~"+SlotMarkerPrefix+"* +get), as setup --redis-acl prints",
 			"key", w.key, "err", err)
 	case err != nil:
 		return fmt.Errorf("read the catalog reading the last daemon saved: %w", err)

@@ -483,8 +483,8 @@ func TestCatalogReadingWithoutGet(t *testing.T) {
 	if n := w.logCount("cannot read the catalog reading"); n != 1 {
 		t.Errorf("%d errors about the catalog reading, want 1:\n%s", n, w.log)
 	}
-	if pw := w.log.String(); strings.Contains(pw, "noget-pw") {
-		t.Errorf("the log holds the password:\n%s", pw)
+	if logs := w.log.String(); strings.Contains(logs, pw) {
+		t.Errorf("the log holds the password:\n%s", logs)
 	}
 }
 

@@ -76,7 +76,7 @@ type coverage struct {
 	// reads it.
 	bound   atomic.Pointer[map[uint32]string]
 	wake    chan struct{}           // asks the watch to read the catalog now; buffered, one request pending at most
-	lastRel *pginvalidator.Relation // the relation see looked at last; pipeline goroutine only
+	lastRel *pginvalidator.Relation // the relation see looked at last; under the consumer's lock (see consumer)
 
 	mu       sync.Mutex        // protects problems
 	problems map[string]string // why a rule table is not covered, by table; empty: all are

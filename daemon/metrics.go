@@ -40,9 +40,9 @@ type metrics struct {
 	replicaLagging  *prometheus.GaugeVec
 	gate            *standbyGate // its notes go on /readyz; nil: no standbys named
 
-	rels    map[uint32]*relCounters // by Relation.ID; pipeline goroutine only
-	lastRel *relCounters            // the previous change's; pipeline goroutine only
-	commits []time.Time             // commit times of the transactions received and not yet applied; pipeline goroutine only
+	rels    map[uint32]*relCounters // by Relation.ID; under the consumer's lock (see consumer)
+	lastRel *relCounters            // the previous change's; under the consumer's lock
+	commits []time.Time             // commit times of the transactions received and not yet applied; under the consumer's lock, or between sessions
 
 	seen         atomic.Uint64 // highest server WAL position the stream has reported
 	acked        atomic.Uint64 // highest position acknowledged, across sessions

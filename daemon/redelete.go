@@ -19,8 +19,8 @@ const DefaultRedeleteLimit = 1_000_000
 
 // redeleter holds the re-deletes of rules with redelete_after: each Del key
 // (or truncate's DelPattern) is sent a second time, that long after Redis
-// applied it the first time. It lives on the pipeline's goroutine, which
-// asks it when the next one is due and sends them (send); nothing in it is
+// applied it the first time. The consumer (see consumer.go) asks it when the
+// next one is due and sends them (send), under its lock; nothing in it is
 // safe for concurrent use.
 //
 // Pending re-deletes are kept in time order and coalesced: a key already

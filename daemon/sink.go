@@ -13,7 +13,7 @@ import (
 
 // sink is where the pipeline delivers the commands the rules render from
 // each transaction. Run's sink applies them to every Redis target; a dry
-// run's prints them. Both are fed by the same loop (pipeline.consume), so
+// run's prints them. Both are fed by the same consumer (consumer.go), so
 // a dry run sees the same transactions, row changes and commands as a run,
 // in WAL order, by construction.
 type sink interface {

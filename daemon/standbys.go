@@ -42,8 +42,8 @@ const replicaQueryTimeout = 5 * time.Second
 // replayed a batch it was not waited for. Invalidation never stops for a
 // standby.
 //
-// wait runs on the pipeline's goroutine; lagging is read by /readyz and
-// /metrics.
+// wait runs in a turn of the consumer, under its lock (see consumer.go);
+// lagging is read by /readyz and /metrics.
 type standbyGate struct {
 	names   []string
 	timeout time.Duration

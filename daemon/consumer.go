@@ -1,0 +1,392 @@
+package daemon
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+
+	pginvalidator "github.com/pg-invalidator/pg-invalidator"
+	"github.com/pg-invalidator/pg-invalidator/replication"
+)
+
+// consumer is the heart of one session: it maps the events the stream
+// reads into the sink, flushes the sink to Redis when the stream runs dry,
+// sends re-deletes when they are due, and acknowledges what Redis applied.
+// Its fields are the transaction state that lives across events.
+//
+// Two goroutines take turns on it. The loop (run) handles every chunk that
+// went through the stream's channel, the timers and the reloads; the
+// stream's reader handles a live chunk itself (handleLive; see
+// replication.Stream.HandleLive). Each takes mu for the whole of its turn:
+// every method but run and handleLive is called with mu held, and so is
+// everything they touch of the pipeline (its sink, redeleter, gate, mapper,
+// canaries and metrics' per-change counters). Nothing else touches them
+// while the session runs.
+//
+// A position travels: a Commit event makes it ackable; flush, once the sink
+// has delivered it, makes it applied; acknowledge hands the highest applied
+// position to the stream (Stream.Ack), unless a re-delete pending holds it
+// lower; the stream sends it to the server.
+type consumer struct {
+	p        *pipeline
+	stream   *replication.Stream
+	applyCtx context.Context // ends ShutdownGrace after the session's ctx: a batch in flight at SIGTERM may finish
+
+	mu     sync.Mutex // held for a whole turn; guards every field below
+	closed bool       // the loop has stopped: the reader hands over no more live chunks
+
+	inTx     bool          // between a Begin and its Commit
+	xid      uint32        // the last transaction begun
+	final    pglogrepl.LSN // the open transaction's commit position (its Begin's final LSN)
+	ackable  pglogrepl.LSN // end LSN of the last transaction the sink holds complete; 0: none since the last flush
+	applied  pglogrepl.LSN // highest position the sink has delivered; the acknowledgement may wait below it for re-deletes
+	replayTo pglogrepl.LSN // where the standbys must have replayed before the sink's commands go
+	batchTxs int           // transactions committed since the last flush
+	commitAt time.Time     // commit time of the last transaction committed, for the log
+	// pendingRules are reloaded rules waiting for the end of the
+	// transaction in progress: a transaction is mapped by one rule set.
+	// Nil: none.
+	pendingRules *reload
+
+	// While the stream is behind, a batch is not flushed each time the
+	// stream runs dry, which on a backlog read in small pieces happens after
+	// every few transactions: it lingers up to catchUpLinger for more, so
+	// that one round trip to Redis carries many transactions.
+	linger    *time.Timer
+	lingering bool
+
+	redelTimer *time.Timer   // fires when the next re-delete is due; stopped while none is pending
+	paused     bool          // reading stopped on a full re-delete queue
+	kick       chan struct{} // the reader queued a re-delete: the loop re-arms redelTimer
+}
+
+// catchUpLinger is how long the consumer waits for more of a backlog
+// before it flushes a batch to Redis, while the stream is behind.
+const catchUpLinger = 5 * time.Millisecond
+
+func newConsumer(p *pipeline, stream *replication.Stream, applyCtx context.Context) *consumer {
+	c := &consumer{p: p, stream: stream, applyCtx: applyCtx,
+		linger: time.NewTimer(time.Hour), redelTimer: time.NewTimer(time.Hour), kick: make(chan struct{}, 1)}
+	c.linger.Stop()
+	c.redelTimer.Stop()
+	return c
+}
+
+// consume runs the stream's reader and a consumer on it until the stream
+// fails or ctx ends. It acknowledges a transaction only once the sink has
+// delivered it, and its re-deletes are sent. It returns only once the
+// reader has left the connection.
+func (p *pipeline) consume(ctx context.Context, stream *replication.Stream) error {
+	applyCtx, endGrace := graceContext(ctx, p.cfg.ShutdownGrace)
+	defer endGrace()
+	c := newConsumer(p, stream, applyCtx)
+	defer c.finish()
+	return c.run(ctx)
+}
+
+// graceContext returns a context that ends grace after ctx ends, and a
+// function that ends it at once and returns when its timer goroutine has.
+func graceContext(ctx context.Context, grace time.Duration) (context.Context, func()) {
+	gctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		select {
+		case <-ctx.Done():
+		case <-gctx.Done():
+			return
+		}
+		t := time.NewTimer(grace)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			cancel()
+		case <-gctx.Done():
+		}
+	}()
+	return gctx, func() { cancel(); <-done }
+}
+
+// run starts the stream's reader, and takes every turn that is not a live
+// chunk's until the stream fails or ctx ends.
+func (c *consumer) run(ctx context.Context) error {
+	defer c.linger.Stop()
+	defer c.redelTimer.Stop()
+	c.stream.HandleLive(c.handleLive)
+	sctx, stopReader := context.WithCancel(ctx)
+	events := make(chan []replication.Event, 4)
+	streamErr := make(chan error, 1)
+	readerDone := make(chan struct{})
+	go func() { streamErr <- c.stream.Run(sctx, events); close(readerDone) }()
+	defer func() { stopReader(); <-readerDone }()
+
+	for {
+		in := c.arm(events)
+		var err error
+		select {
+		case <-ctx.Done():
+			return c.stop(ctx.Err())
+		case err := <-streamErr:
+			return c.stop(err)
+		case r := <-c.p.reloaded:
+			err = c.step(func() error {
+				c.pendingRules = &r
+				return c.handle(nil, len(events) > 0)
+			})
+		case <-c.kick:
+		case <-c.redelTimer.C:
+			err = c.step(c.sendRedeletes)
+		case chunk := <-in:
+			err = c.step(func() error { return c.handle(chunk, len(events) > 0) })
+			c.stream.Handled(chunk)
+		case <-c.linger.C:
+			err = c.step(func() error {
+				c.lingering = false
+				return c.flush()
+			})
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// arm sets the re-delete timer for the next re-delete due, and returns the
+// channel to read chunks from: events, or nil while too many re-deletes are
+// pending, until some are sent. The reader keeps answering the server
+// meanwhile.
+func (c *consumer) arm(events chan []replication.Event) chan []replication.Event {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.p
+	if at, ok := p.redel.next(); ok {
+		c.redelTimer.Reset(time.Until(at))
+	} else {
+		c.redelTimer.Stop()
+	}
+	in := events
+	if p.redel.full() {
+		in = nil
+		if !c.paused {
+			p.m.redeletePauses.Inc()
+			p.log.Warn("too many re-deletes pending; reading from the stream paused until some are sent", "redeletes", p.redel.pending())
+		}
+	} else if c.paused {
+		p.log.Info("reading from the stream resumed", "redeletes", p.redel.pending())
+	}
+	c.paused = in == nil
+	return in
+}
+
+// handleLive is the reader's turn: a live chunk, handled where it was
+// read. It declines while reading is paused on a full re-delete queue, and
+// once the loop has stopped. A re-delete it queued wakes the loop, which
+// times re-deletes.
+func (c *consumer) handleLive(chunk []replication.Event) (bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || c.p.redel.full() {
+		return false, nil
+	}
+	err := c.handle(chunk, false)
+	if c.p.redel.pending() > 0 {
+		select {
+		case c.kick <- struct{}{}:
+		default:
+		}
+	}
+	return true, err
+}
+
+// step runs f as the loop's turn; once f fails, the reader hands over no
+// more live chunks.
+func (c *consumer) step(f func() error) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	err := f()
+	if err != nil {
+		c.closed = true
+	}
+	return err
+}
+
+// stop waits for a live chunk the reader may be handling (a batch in
+// flight at SIGTERM still has ShutdownGrace to finish), tells the reader to
+// hand over no more, and returns err.
+func (c *consumer) stop(err error) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
+	return err
+}
+
+// finish puts reloaded rules in force that waited for the transaction in
+// progress: the next session replays that transaction whole.
+func (c *consumer) finish() {
+	if c.pendingRules != nil {
+		c.p.swapRules(*c.pendingRules)
+		c.pendingRules = nil
+	}
+}
+
+// handle maps a chunk of events into the sink, and flushes the sink when
+// the stream has run dry; more says that another chunk is already waiting.
+func (c *consumer) handle(chunk []replication.Event, more bool) error {
+	if c.pendingRules != nil && !c.inTx {
+		c.finish()
+	}
+	for i := range chunk {
+		if err := c.event(&chunk[i]); err != nil {
+			return err
+		}
+	}
+	// Flush when the stream has run dry: no fixed delay, and a batch as
+	// large as the backlog allows. A long run of transactions with nothing
+	// to send is still flushed now and then, so that they are acknowledged.
+	switch {
+	case c.p.sink.pending() >= c.p.cfg.MaxBatch || c.batchTxs >= c.p.cfg.MaxBatch:
+	case more:
+		return nil
+	case c.stream.Behind() && catchUpLinger > 0:
+		if !c.lingering {
+			c.lingering = true
+			c.linger.Reset(catchUpLinger)
+		}
+		return nil
+	}
+	if c.lingering {
+		c.lingering = false
+		c.linger.Stop()
+	}
+	return c.flush()
+}
+
+// event handles one event of a chunk.
+func (c *consumer) event(ev *replication.Event) error {
+	p := c.p
+	switch ev.Kind {
+	case replication.Begin:
+		c.inTx, c.xid, c.final = true, ev.XID, ev.LSN
+		p.sink.begin(ev.XID, ev.LSN)
+		p.m.see(ev.LSN)
+	case replication.RowChange:
+		return c.rowChange(&ev.Change)
+	case replication.Commit:
+		c.inTx = false
+		if err := p.sink.commit(ev.LSN, ev.CommitTime); err != nil {
+			return err
+		}
+		c.ackable, c.commitAt, c.replayTo = ev.LSN, ev.CommitTime, ev.LSN
+		c.batchTxs++
+		p.m.committed(ev.LSN, ev.CommitTime)
+		c.finish()
+	case replication.Canary:
+		// The canary's key is deleted in the batch of its transaction, like
+		// a row change's keys, and the canary counts as back once that
+		// batch is applied.
+		if p.canary == nil {
+			break
+		}
+		if err := p.sink.add(nil, []pginvalidator.Command{{Action: pginvalidator.Del, Key: p.canary.key}}); err != nil {
+			return err
+		}
+		p.canaries = append(p.canaries, ev.Token)
+	case replication.Keepalive:
+		// Everything the server sent before this keepalive is in the sink
+		// or delivered, so once the sink has delivered it the slot may move
+		// to the server's position, even when the published tables were
+		// quiet and the WAL was busy.
+		if !c.inTx {
+			c.ackable = max(c.ackable, ev.LSN)
+		}
+		p.m.keepalive(ev.LSN)
+	}
+	return nil
+}
+
+// rowChange maps one row change into the sink. A large transaction is
+// delivered in bounded chunks as it arrives; only its commit can be
+// acknowledged.
+func (c *consumer) rowChange(ch *pginvalidator.Change) error {
+	p := c.p
+	p.m.rowChange(ch)
+	p.m.cover.see(ch.Rel) // a rule table renamed wakes the catalog watch
+	p.cmds = p.mapper.Commands(p.cmds[:0], ch)
+	if err := p.sink.add(ch, p.cmds); err != nil {
+		return err
+	}
+	if p.sink.pending() >= p.cfg.MaxBatch {
+		return c.flush()
+	}
+	return nil
+}
+
+// flush waits for the standbys to replay what the sink holds, delivers it,
+// and acknowledges the transactions it completed.
+func (c *consumer) flush() error {
+	p := c.p
+	if p.sink.pending() > 0 {
+		// The open transaction's commands may be in the batch: it is
+		// replayed once a standby is past the start of its commit record.
+		if c.inTx {
+			c.replayTo = max(c.replayTo, c.final+1)
+		}
+		if err := p.gate.wait(c.applyCtx, c.replayTo); err != nil {
+			return err
+		}
+	}
+	if err := p.sink.flush(c.applyCtx); err != nil {
+		return err
+	}
+	now := time.Now()
+	p.m.applied(now)
+	if len(p.canaries) > 0 {
+		p.canary.back(p.canaries, p.redis.appliedAt())
+		p.canaries = p.canaries[:0]
+	}
+	if c.ackable != 0 {
+		c.applied = max(c.applied, c.ackable)
+		c.acknowledge()
+		c.ackable, c.batchTxs = 0, 0
+	}
+	return nil
+}
+
+// sendRedeletes sends the re-deletes due, and acknowledges what they held
+// back.
+func (c *consumer) sendRedeletes() error {
+	if err := c.p.redel.send(c.applyCtx, time.Now()); err != nil {
+		return err
+	}
+	c.acknowledge()
+	return nil
+}
+
+// acknowledge tells the server the highest position delivered, unless a
+// re-delete pending holds it lower.
+func (c *consumer) acknowledge() {
+	p := c.p
+	lsn := c.applied
+	if held, ok := p.redel.hold(); ok && held < lsn {
+		lsn = held
+	}
+	if lsn <= c.stream.Acked() {
+		return
+	}
+	c.stream.Ack(lsn)
+	p.m.ack(c.stream.Acked())
+	if p.log.Enabled(c.applyCtx, slog.LevelDebug) {
+		switch {
+		case lsn < c.applied:
+			p.log.Debug("acknowledged", "lsn", lsn.String(), "held_below", c.applied.String(), "redeletes", p.redel.pending())
+		case c.batchTxs > 0:
+			p.log.Debug("acknowledged", "lsn", lsn.String(), "xid", c.xid, "txs", c.batchTxs,
+				"lag", time.Since(c.commitAt).String())
+		default: // a keepalive's position: no transaction, no lag
+			p.log.Debug("acknowledged", "lsn", lsn.String(), "txs", 0)
+		}
+	}
+}

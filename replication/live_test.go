@@ -208,7 +208,7 @@ func TestStatusGap(t *testing.T) {
 	}
 	elapsed := time.Since(start)
 	max := int64(elapsed/minStatusGap) + 5
-	if n := s.statuses.Load(); n > max || n > txs/4 {
+	if n := s.status.count.Load(); n > max || n > txs/4 {
 		t.Errorf("%d status updates for %d transactions in %s, want at most %d (one per %s), and a quarter of the transactions", n, txs, elapsed, max, minStatusGap)
 	}
 }

@@ -35,7 +35,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -115,27 +114,14 @@ type Stream struct {
 	sock      *socketReader                      // the connection's reads; reader only
 	behind    atomic.Bool                        // the last commit decoded was old: read in bulk
 
-	acked    atomic.Uint64 // highest LSN the consumer applied
-	silent   atomic.Int64  // how long the server had been silent when the stream gave up on it; 0 while it has not
-	sentMu   sync.Mutex    // serialises writes of status updates to conn
-	poke     chan struct{} // asks the status sender to send now
+	status   *statusReporter // carries Ack's position to the server: see status.go
+	silent   atomic.Int64    // how long the server had been silent when the stream gave up on it; 0 while it has not
 	started  bool
 	messages bool // Start asked pgoutput for logical decoding messages
 
-	live LiveHandler // takes live chunks on the reader's goroutine; nil: every chunk goes through the channel
-	// inLive is true while the reader runs the LiveHandler: an Ack then
-	// sets ackedInLive, and the reader sends the status update itself once
-	// the handler returns, as a hand-written loop would, instead of waking
-	// the status sender's goroutine.
-	inLive, ackedInLive atomic.Bool
-	// lastStatus is when the last status update went out (see epoch);
-	// deferred is true while one waits for minStatusGap to pass, and
-	// replyNow while the server has asked for a reply.
-	lastStatus         atomic.Int64
-	deferred, replyNow atomic.Bool
-	statuses           atomic.Int64 // status updates sent, for tests
-	queued             atomic.Int64 // chunks sent through the channel that the consumer has not yet reported Handled
-	free               chan []Event // chunks the consumer is done with, for the reader to fill again
+	live   LiveHandler  // takes live chunks on the reader's goroutine; nil: every chunk goes through the channel
+	queued atomic.Int64 // chunks sent through the channel that the consumer has not yet reported Handled
+	free   chan []Event // chunks the consumer is done with, for the reader to fill again
 }
 
 // LiveHandler handles a chunk of events on the reader's goroutine, as the
@@ -212,7 +198,7 @@ func Connect(ctx context.Context, cfg Config) (*Stream, error) {
 		cfg:       cfg,
 		log:       cfg.Logger,
 		relations: make(map[uint32]*pginvalidator.Relation),
-		poke:      make(chan struct{}, 1),
+		status:    newStatusReporter(cfg.Timeout),
 		free:      make(chan []Event, 8),
 	}
 	pcfg.BuildFrontend = func(r io.Reader, w io.Writer) *pgproto3.Frontend {
@@ -223,6 +209,7 @@ func Connect(ctx context.Context, cfg Config) (*Stream, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect for replication: %w", redact.Error(err, cfg.URL))
 	}
+	s.status.conn = s.conn
 	return s, nil
 }
 
@@ -273,57 +260,15 @@ func serverMajor(v string) int {
 // Ack records that everything up to lsn has been applied. The position goes
 // to the server with the next status update, which Ack asks for: at once,
 // unless one went out less than minStatusGap ago, and then once that much
-// time has passed. The status sender's goroutine sends it, or, when Ack is
-// called while the reader runs the LiveHandler, the reader once the handler
-// has returned.
-func (s *Stream) Ack(lsn pglogrepl.LSN) {
-	for {
-		cur := s.acked.Load()
-		if uint64(lsn) <= cur {
-			return
-		}
-		if s.acked.CompareAndSwap(cur, uint64(lsn)) {
-			break
-		}
-	}
-	if s.inLive.Load() {
-		s.ackedInLive.Store(true)
-		return
-	}
-	s.statusWanted()
-}
-
-// minStatusGap is the shortest time between two status updates sent for
-// acknowledgements. Following live traffic, the consumer acknowledges every
-// transaction; at thousands a second, a status update each would cost the
-// walsender a read and a slot update each, on the core it needs to decode.
-// An acknowledgement then waits at most this long to reach the server.
-const minStatusGap = 10 * time.Millisecond
-
-// sinceStatus returns how long ago the last status update went out.
-func (s *Stream) sinceStatus() time.Duration {
-	return time.Since(epoch) - time.Duration(s.lastStatus.Load())
-}
-
-// statusWanted asks the status sender for an update: now, or, when one went
-// out less than minStatusGap ago, once the gap has passed. Only the first
-// of the acknowledgements within a gap wakes it.
-func (s *Stream) statusWanted() {
-	if s.sinceStatus() < minStatusGap && !s.deferred.CompareAndSwap(false, true) {
-		return // the sender already waits for the gap to pass
-	}
-	select {
-	case s.poke <- struct{}{}:
-	default:
-	}
-}
+// time has passed. status.go says how.
+func (s *Stream) Ack(lsn pglogrepl.LSN) { s.status.ack(lsn) }
 
 // Behind reports whether the last commit decoded was old: the stream is
 // catching up on a backlog rather than following live traffic.
 func (s *Stream) Behind() bool { return s.behind.Load() }
 
 // Acked returns the highest acknowledged position.
-func (s *Stream) Acked() pglogrepl.LSN { return pglogrepl.LSN(s.acked.Load()) }
+func (s *Stream) Acked() pglogrepl.LSN { return s.status.acknowledged() }
 
 // PID returns the process ID of the walsender serving the stream.
 func (s *Stream) PID() uint32 { return s.conn.PID() }
@@ -362,8 +307,9 @@ func (s *Stream) Run(ctx context.Context, out chan<- []Event) error {
 	return err
 }
 
-// sendStatusLoop sends a status update every StatusInterval and whenever Ack
-// or a keepalive asks for one. It also watches for a silent server: once the
+// sendStatusLoop is the status sender of status.go: it sends a status
+// update every StatusInterval and whenever Ack or a keepalive asks for one,
+// minStatusGap apart at least unless the server asked. It also watches for a silent server: once the
 // reader has waited on the socket for Timeout/2, a status update asks for a
 // reply; once it has waited for Timeout, the connection's deadline is set in
 // the past, which ends the reader's wait (and any write blocked on a full
@@ -385,12 +331,11 @@ func (s *Stream) sendStatusLoop(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		case <-gap.C:
-			if !s.deferred.Load() {
+			if !s.status.gapEnded() {
 				continue // an update went out meanwhile, with every acknowledgement so far
 			}
-		case <-s.poke:
-			wait := minStatusGap - s.sinceStatus()
-			if wait > 0 && !s.replyNow.Load() {
+		case <-s.status.poke:
+			if wait := s.status.gapLeft(); wait > 0 {
 				gap.Reset(wait)
 				continue
 			}
@@ -411,36 +356,10 @@ func (s *Stream) sendStatusLoop(ctx context.Context) error {
 				continue
 			}
 		}
-		if err := s.sendStatus(ask); err != nil {
+		if err := s.status.send(ask); err != nil {
 			return err
 		}
 	}
-}
-
-// sendStatus sends the acknowledged position, asking the server for a reply
-// when replyRequested. A write that cannot finish within Timeout (the socket
-// full, the server not reading) fails.
-func (s *Stream) sendStatus(replyRequested bool) error {
-	s.sentMu.Lock()
-	defer s.sentMu.Unlock()
-	lsn := pglogrepl.LSN(s.acked.Load())
-	nc := s.conn.Conn()
-	nc.SetWriteDeadline(time.Now().Add(s.cfg.Timeout))
-	err := pglogrepl.SendStandbyStatusUpdate(context.Background(), s.conn, pglogrepl.StandbyStatusUpdate{
-		WALWritePosition: lsn,
-		WALFlushPosition: lsn,
-		WALApplyPosition: lsn,
-		ReplyRequested:   replyRequested,
-	})
-	nc.SetWriteDeadline(time.Time{})
-	if err != nil {
-		return fmt.Errorf("send standby status update at %s: %w", lsn, err)
-	}
-	s.lastStatus.Store(int64(time.Since(epoch)))
-	s.statuses.Add(1)
-	s.deferred.Store(false)
-	s.replyNow.Store(false)
-	return nil
 }
 
 // receiveLoop reads messages and forwards decoded events.
@@ -468,18 +387,11 @@ func (s *Stream) receiveLoop(ctx context.Context, out chan<- []Event) error {
 			return nil
 		}
 		if s.live != nil && !s.behind.Load() && s.queued.Load() == 0 {
-			s.inLive.Store(true)
-			handled, err := s.live(chunk)
-			s.inLive.Store(false)
-			if s.ackedInLive.Swap(false) {
-				if s.sinceStatus() >= minStatusGap {
-					if serr := s.sendStatus(false); serr != nil && err == nil {
-						err = serr
-					}
-				} else {
-					s.statusWanted()
-				}
-			}
+			var handled bool
+			err := s.status.live(func() (err error) {
+				handled, err = s.live(chunk)
+				return err
+			})
 			if err != nil {
 				return err
 			}
@@ -548,11 +460,7 @@ func (s *Stream) handleCopyData(chunk []Event, data []byte) ([]Event, error) {
 		}
 		s.behind.Store(false)  // the server had time to send a keepalive
 		if ka.ReplyRequested { // answered at once, whatever minStatusGap says
-			s.replyNow.Store(true)
-			select {
-			case s.poke <- struct{}{}:
-			default:
-			}
+			s.status.replyAsked()
 		}
 		return append(chunk, Event{Kind: Keepalive, LSN: ka.ServerWALEnd}), nil
 	case pglogrepl.XLogDataByteID:
@@ -660,7 +568,7 @@ func relationOf(m *pglogrepl.RelationMessage) *pginvalidator.Relation {
 func (s *Stream) Close(ctx context.Context) error {
 	var err error
 	if s.started && !s.conn.IsClosed() && s.silent.Load() == 0 {
-		err = s.sendStatus(false)
+		err = s.status.send(false)
 	}
 	if cerr := s.conn.Close(ctx); err == nil {
 		err = cerr

@@ -23,9 +23,16 @@ import (
 //     sender already waits for the gap to end.
 //  3. The sender (Stream.sendStatusLoop) sends at once, unless an update
 //     went out less than minStatusGap ago and the server has not asked for
-//     a reply: then it waits for the gap to end, and sends then.
+//     a reply: then it waits for the gap to end (armed), and sends then if
+//     acked is still above the position last sent.
 //  4. send writes the update, acked as the write, flush and apply position,
-//     and notes when.
+//     and notes what it sent, and when.
+//
+// No acknowledgement is left waiting for the next timed update: the sender
+// clears armed before it reads acked, and Ack writes acked before it reads
+// armed, so an Ack racing the end of a gap either is sent then or wakes the
+// sender again. An Ack racing a send wakes the sender too, which sends again
+// once the gap has passed.
 //
 // The sender also sends every StatusInterval whatever happened, which keeps
 // the server's wal_sender_timeout from firing while the consumer waits on
@@ -35,11 +42,12 @@ type statusReporter struct {
 	timeout time.Duration // how long one write may take
 
 	acked atomic.Uint64 // highest position the consumer applied (step 1)
-	// last is when the last update went out (see epoch); deferred is true
-	// while the sender waits for minStatusGap to pass, and replyNow while
-	// the server has asked for a reply.
-	last               atomic.Int64
-	deferred, replyNow atomic.Bool
+	sent  atomic.Uint64 // the position in the last update written
+	last  atomic.Int64  // when the last update went out (see epoch)
+	// armed is true while the sender waits for minStatusGap to pass, and
+	// will then send what is acknowledged; replyNow while the server has
+	// asked for a reply.
+	armed, replyNow atomic.Bool
 	// inLive is true while the reader runs the LiveHandler; an Ack then
 	// sets ackedInLive instead of waking the sender.
 	inLive, ackedInLive atomic.Bool
@@ -90,12 +98,11 @@ func (r *statusReporter) since() time.Duration {
 	return time.Since(epoch) - time.Duration(r.last.Load())
 }
 
-// want wakes the sender for an update: now, or, when one went out less
-// than minStatusGap ago, once the gap has passed. Only the first of the
-// acknowledgements within a gap wakes it.
+// want wakes the sender for an update, unless it is armed: then it sends
+// acked once the gap has passed.
 func (r *statusReporter) want() {
-	if r.since() < minStatusGap && !r.deferred.CompareAndSwap(false, true) {
-		return // the sender already waits for the gap to pass
+	if r.armed.Load() {
+		return
 	}
 	r.wake()
 }
@@ -134,18 +141,25 @@ func (r *statusReporter) live(handle func() error) error {
 	return err
 }
 
-// gapLeft returns how long the sender must still wait before it sends an
-// update it was woken for; 0: send now.
-func (r *statusReporter) gapLeft() time.Duration {
+// woken returns how long the sender, woken, must wait before it sends;
+// 0: send now. When it must wait, the sender is armed from now on.
+func (r *statusReporter) woken() time.Duration {
 	if r.replyNow.Load() {
 		return 0
 	}
-	return max(0, minStatusGap-r.since())
+	wait := minStatusGap - r.since()
+	if wait > 0 {
+		r.armed.Store(true)
+	}
+	return max(0, wait)
 }
 
-// gapEnded reports, when the gap the sender waited for has passed, whether
-// the update is still to send: none went out meanwhile.
-func (r *statusReporter) gapEnded() bool { return r.deferred.Load() }
+// gapEnded disarms the sender once the gap has passed, and reports whether
+// an update is still to send: acked is above what was last sent.
+func (r *statusReporter) gapEnded() bool {
+	r.armed.Store(false) // before acked is read: see the type's comment
+	return r.acked.Load() > r.sent.Load()
+}
 
 // send writes the acknowledged position in an update, asking the server
 // for a reply when replyRequested (step 4). A write that cannot finish
@@ -169,9 +183,9 @@ func (r *statusReporter) send(replyRequested bool) error {
 	if err != nil {
 		return fmt.Errorf("send standby status update at %s: %w", lsn, err)
 	}
+	r.sent.Store(uint64(lsn))
 	r.last.Store(int64(time.Since(epoch)))
 	r.count.Add(1)
-	r.deferred.Store(false)
 	r.replyNow.Store(false)
 	return nil
 }

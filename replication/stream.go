@@ -335,7 +335,7 @@ func (s *Stream) sendStatusLoop(ctx context.Context) error {
 				continue // an update went out meanwhile, with every acknowledgement so far
 			}
 		case <-s.status.poke:
-			if wait := s.status.gapLeft(); wait > 0 {
+			if wait := s.status.woken(); wait > 0 {
 				gap.Reset(wait)
 				continue
 			}

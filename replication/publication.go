@@ -29,6 +29,8 @@ type PublicationError struct {
 	Err error
 }
 
+// Error says what the publication lacks, why this role could not fix it
+// when it tried, and the SQL a DBA must run.
 func (e *PublicationError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "publication %s", e.Publication)
@@ -47,6 +49,7 @@ func (e *PublicationError) Error() string {
 	return b.String()
 }
 
+// Unwrap returns the server's refusal, or nil when the role did not try.
 func (e *PublicationError) Unwrap() error { return e.Err }
 
 // EnsurePublication makes sure publication name exists, contains every table
@@ -74,20 +77,57 @@ func EnsurePublication(ctx context.Context, conn *pgx.Conn, name string, names [
 	if len(tables) == 0 {
 		return false, nil, fmt.Errorf("ensure publication %s: no tables", name)
 	}
-	pubSQL := pgx.Identifier{name}.Sanitize()
-	tableList := make([]string, len(tables))
-	tableNames := make([]string, len(tables))
-	for i, q := range tables {
-		tableList[i] = q.sql()
-		tableNames[i] = q.String()
+	pub, created, err := readOrCreatePublication(ctx, conn, name, tables)
+	if err != nil {
+		return false, nil, err
 	}
+	if created {
+		return true, tableNames(tables), nil
+	}
+	st, err := pub.readTables(ctx, conn, tables)
+	if err != nil {
+		return false, nil, err
+	}
+	perr, addSQL := pub.shortfalls(st)
+	if len(perr.Problems) > 0 {
+		return false, nil, perr
+	}
+	if len(st.missing) == 0 {
+		return false, nil, nil
+	}
+	if err := pub.addTables(ctx, conn, addSQL, perr); err != nil {
+		return false, nil, err
+	}
+	return false, perr.Missing, nil
+}
 
-	var pub struct {
-		oid                                uint32
-		all, ins, upd, del, trunc, viaRoot bool
-		owner                              string
-		canAlter                           bool
-	}
+// existingPublication is what pg_publication says about a publication that
+// exists, as EnsurePublication reads it.
+type existingPublication struct {
+	name string
+	oid  uint32
+	// all is puballtables; ins, upd, del and trunc say which changes it
+	// publishes, and viaRoot is publish_via_partition_root.
+	all, ins, upd, del, trunc, viaRoot bool
+	owner                              string // the owning role's name
+	canAlter                           bool   // this role has the owner's rights (pg_has_role USAGE) or is a superuser
+}
+
+// publicationTables is where the rule tables stand in an existing
+// publication.
+type publicationTables struct {
+	missing     []qualified // the tables it lacks, in the order given
+	filtered    []qualified // the tables it publishes with a row filter or column list
+	partitioned bool        // some rule table is partitioned
+}
+
+// readOrCreatePublication reads publication name from pg_publication, and
+// creates it for tables, with createPublicationSQL, when there is none. It
+// returns created=true and a zero pub when it created it. When someone else
+// creates the publication between the read and the CREATE, it reads theirs
+// instead, once.
+func readOrCreatePublication(ctx context.Context, conn *pgx.Conn, name string, tables []qualified) (pub existingPublication, created bool, err error) {
+	pub.name = name
 	for attempt := 0; ; attempt++ {
 		err = conn.QueryRow(ctx, `
 SELECT p.oid, p.puballtables, p.pubinsert, p.pubupdate, p.pubdelete, p.pubtruncate, p.pubviaroot,
@@ -96,28 +136,28 @@ SELECT p.oid, p.puballtables, p.pubinsert, p.pubupdate, p.pubdelete, p.pubtrunca
 FROM pg_publication p
 WHERE p.pubname = $1`, name).Scan(&pub.oid, &pub.all, &pub.ins, &pub.upd, &pub.del, &pub.trunc, &pub.viaRoot, &pub.owner, &pub.canAlter)
 		if err == nil {
-			break
+			return pub, false, nil
 		}
 		if !errors.Is(err, pgx.ErrNoRows) {
-			return false, nil, fmt.Errorf("read publication %s: %w", name, err)
+			return existingPublication{}, false, fmt.Errorf("read publication %s: %w", name, err)
 		}
-		sql := "CREATE PUBLICATION " + pubSQL + " FOR TABLE " + strings.Join(tableList, ", ") +
-			" WITH (publish = '" + publishOps + "', publish_via_partition_root = true)"
-		_, err = conn.Exec(ctx, sql)
+		_, err = conn.Exec(ctx, createPublicationSQL(name, tables))
 		if err == nil {
-			return true, tableNames, nil
+			return existingPublication{}, true, nil
 		}
 		if attempt == 0 && sqlState(err) == codeDuplicateObject {
 			continue // created meanwhile by someone else: check theirs
 		}
-		return false, nil, fmt.Errorf("create publication %s: %w", name, err)
+		return existingPublication{}, false, fmt.Errorf("create publication %s: %w", name, err)
 	}
+}
 
-	schemas := make([]string, len(tables))
-	relnames := make([]string, len(tables))
-	for i, q := range tables {
-		schemas[i], relnames[i] = q.schema, q.table
-	}
+// readTables reads where each of tables stands in pub: whether pub lacks
+// it, whether pub publishes it with a row filter or column list, and
+// whether any of them is partitioned. Under FOR ALL TABLES no table is
+// missing.
+func (pub *existingPublication) readTables(ctx context.Context, conn *pgx.Conn, tables []qualified) (publicationTables, error) {
+	schemas, relnames := schemasAndRelnames(tables)
 	// A table is in the publication when pg_publication_tables lists it
 	// (which covers FOR ALL TABLES, FOR TABLES IN SCHEMA, and a partitioned
 	// parent under publish_via_partition_root), or when it or a partitioned
@@ -137,95 +177,115 @@ SELECT w.schema, w.name,
 FROM unnest($3::text[], $4::text[]) WITH ORDINALITY AS w(schema, name, i)
 LEFT JOIN pg_namespace n ON n.nspname = w.schema
 LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = w.name
-ORDER BY w.i`, name, pub.oid, schemas, relnames)
+ORDER BY w.i`, pub.name, pub.oid, schemas, relnames)
 	if err != nil {
-		return false, nil, fmt.Errorf("read publication %s tables: %w", name, err)
+		return publicationTables{}, fmt.Errorf("read publication %s tables: %w", pub.name, err)
 	}
-	var missing, filtered []qualified
-	partitioned := false
+	var st publicationTables
 	var q qualified
 	var member, isPartitioned, isFiltered bool
 	_, err = pgx.ForEachRow(rows, []any{&q.schema, &q.table, &member, &isPartitioned, &isFiltered}, func() error {
 		if !member && !pub.all {
-			missing = append(missing, q)
+			st.missing = append(st.missing, q)
 		}
 		if isFiltered {
-			filtered = append(filtered, q)
+			st.filtered = append(st.filtered, q)
 		}
-		partitioned = partitioned || isPartitioned
+		st.partitioned = st.partitioned || isPartitioned
 		return nil
 	})
 	if err != nil {
-		return false, nil, fmt.Errorf("read publication %s tables: %w", name, err)
+		return publicationTables{}, fmt.Errorf("read publication %s tables: %w", pub.name, err)
 	}
+	return st, nil
+}
 
-	perr := &PublicationError{Publication: name}
-	for _, q := range missing {
-		perr.Missing = append(perr.Missing, q.String())
-	}
-	if !(pub.ins && pub.upd && pub.del && pub.trunc) || (partitioned && !pub.viaRoot) {
+// shortfalls returns the PublicationError that lists what pub lacks for
+// the rule tables as st describes them, with the SQL that fixes each
+// shortfall, in order: ALTER PUBLICATION ... SET for the publish options,
+// DROP TABLE then ADD TABLE for the filtered tables, and addSQL, the ADD
+// TABLE of the missing tables ("" when none is missing). Its Problems are
+// the shortfalls that adding the missing tables does not fix.
+func (pub *existingPublication) shortfalls(st publicationTables) (perr *PublicationError, addSQL string) {
+	pubSQL := pgx.Identifier{pub.name}.Sanitize()
+	perr = &PublicationError{Publication: pub.name, Missing: tableNames(st.missing)}
+	allOps := pub.ins && pub.upd && pub.del && pub.trunc
+	if !allOps || (st.partitioned && !pub.viaRoot) {
 		var set []string
-		if !(pub.ins && pub.upd && pub.del && pub.trunc) {
+		if !allOps {
 			perr.Problems = append(perr.Problems, "does not publish all of "+publishOps)
 			set = append(set, "publish = '"+publishOps+"'")
 		}
-		if partitioned && !pub.viaRoot {
+		if st.partitioned && !pub.viaRoot {
 			perr.Problems = append(perr.Problems, "has publish_via_partition_root off, which a partitioned rule table needs")
 			set = append(set, "publish_via_partition_root = true")
 		}
 		perr.Fix = append(perr.Fix, "ALTER PUBLICATION "+pubSQL+" SET ("+strings.Join(set, ", ")+")")
 	}
-	if len(filtered) > 0 {
-		var list, sql []string
-		for _, q := range filtered {
-			list = append(list, q.String())
-			sql = append(sql, q.sql())
-		}
-		perr.Problems = append(perr.Problems, "publishes "+strings.Join(list, ", ")+" with a row filter or column list, which hides changes")
+	if len(st.filtered) > 0 {
+		list := sqlList(st.filtered)
+		perr.Problems = append(perr.Problems, "publishes "+strings.Join(tableNames(st.filtered), ", ")+" with a row filter or column list, which hides changes")
 		perr.Fix = append(perr.Fix,
-			"ALTER PUBLICATION "+pubSQL+" DROP TABLE "+strings.Join(sql, ", "),
-			"ALTER PUBLICATION "+pubSQL+" ADD TABLE "+strings.Join(sql, ", "))
+			"ALTER PUBLICATION "+pubSQL+" DROP TABLE "+list,
+			"ALTER PUBLICATION "+pubSQL+" ADD TABLE "+list)
 	}
-	var addSQL string
-	if len(missing) > 0 {
-		var list []string
-		for _, q := range missing {
-			list = append(list, q.sql())
-		}
-		addSQL = "ALTER PUBLICATION " + pubSQL + " ADD TABLE " + strings.Join(list, ", ")
+	if len(st.missing) > 0 {
+		addSQL = "ALTER PUBLICATION " + pubSQL + " ADD TABLE " + sqlList(st.missing)
 		perr.Fix = append(perr.Fix, addSQL)
 	}
-	if len(perr.Problems) > 0 {
-		return false, nil, perr
-	}
-	if len(missing) == 0 {
-		return false, nil, nil
-	}
+	return perr, addSQL
+}
+
+// addTables runs addSQL, which adds the missing tables to pub. When this
+// role may not, because it is not a member of pub's owner or because the
+// server answers 42501, it returns perr with Err saying why; any other
+// failure is returned wrapped.
+func (pub *existingPublication) addTables(ctx context.Context, conn *pgx.Conn, addSQL string, perr *PublicationError) error {
 	if !pub.canAlter {
-		perr.Err = fmt.Errorf("publication %s is owned by role %s", name, pub.owner)
-		return false, nil, perr
+		perr.Err = fmt.Errorf("publication %s is owned by role %s", pub.name, pub.owner)
+		return perr
 	}
 	if _, err := conn.Exec(ctx, addSQL); err != nil {
 		if sqlState(err) == codeInsufficientPriv {
 			perr.Err = err
-			return false, nil, perr
+			return perr
 		}
-		return false, nil, fmt.Errorf("add tables to publication %s: %w", name, err)
+		return fmt.Errorf("add tables to publication %s: %w", pub.name, err)
 	}
-	return false, perr.Missing, nil
+	return nil
+}
+
+// tableNames returns tables as "schema.table" names, or nil when there are
+// none.
+func tableNames(tables []qualified) []string {
+	var out []string
+	for _, q := range tables {
+		out = append(out, q.String())
+	}
+	return out
+}
+
+// sqlList returns tables as quoted names for SQL text, separated by ", ".
+func sqlList(tables []qualified) string {
+	list := make([]string, len(tables))
+	for i, q := range tables {
+		list[i] = q.sql()
+	}
+	return strings.Join(list, ", ")
+}
+
+// createPublicationSQL returns the statement that creates publication name
+// for tables, publishing every kind of change through the partition root.
+func createPublicationSQL(name string, tables []qualified) string {
+	return "CREATE PUBLICATION " + pgx.Identifier{name}.Sanitize() + " FOR TABLE " + sqlList(tables) +
+		" WITH (publish = '" + publishOps + "', publish_via_partition_root = true)"
 }
 
 // CreatePublicationSQL returns the statement that EnsurePublication runs to
 // create publication name for the "schema.table" names (a name without a dot
 // is in public).
 func CreatePublicationSQL(name string, names []string) string {
-	tables := splitNames(names)
-	list := make([]string, len(tables))
-	for i, q := range tables {
-		list[i] = q.sql()
-	}
-	return "CREATE PUBLICATION " + pgx.Identifier{name}.Sanitize() + " FOR TABLE " + strings.Join(list, ", ") +
-		" WITH (publish = '" + publishOps + "', publish_via_partition_root = true)"
+	return createPublicationSQL(name, splitNames(names))
 }
 
 // PublicationSQL returns the statements that make publication name serve

@@ -11,22 +11,78 @@ import (
 	"strings"
 
 	pginvalidator "github.com/pg-invalidator/pg-invalidator"
+	"github.com/pg-invalidator/pg-invalidator/config"
 	"github.com/pg-invalidator/pg-invalidator/mapping"
 )
 
+// explainCommand prints the Redis commands that one row change, given by
+// flags, would produce under the rules, and why each template that renders
+// no key renders none, without connecting to anything.
 func explainCommand(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("explain", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var (
-		configPath, table, opName, oldRow, newRow string
-		asJSON                                    bool
-	)
-	fs.StringVar(&configPath, "config", "rules.toml", "rules file")
-	fs.StringVar(&table, "table", "", `the changed table, "schema.table" or "table" in public (required)`)
-	fs.StringVar(&opName, "op", "", "the operation: insert, update, delete or truncate (required)")
-	fs.StringVar(&oldRow, "old", "", "the old row, for update and delete: col=value,col=value")
-	fs.StringVar(&newRow, "new", "", "the new row, for insert and update: col=value,col=value")
-	fs.BoolVar(&asJSON, "json", false, `print JSON lines: {"action":"del","key":"..."} per command, {"line":...,"skipped":"..."} per note`)
+	var e explainFlags
+	e.register(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := e.validate(fs); err != nil {
+		return err
+	}
+
+	f, err := loadFile(e.configPath)
+	if err != nil {
+		return err
+	}
+	schema, name := pginvalidator.SplitTableName(e.table)
+	rules, err := tableRules(f, schema+"."+name)
+	if err != nil {
+		return err
+	}
+	oldFields, err := parseRow(e.oldRow)
+	if err != nil {
+		return fmt.Errorf("--old: %w", err)
+	}
+	newFields, err := parseRow(e.newRow)
+	if err != nil {
+		return fmt.Errorf("--new: %w", err)
+	}
+
+	rel := explainRelation(schema, name, rules, slices.Concat(newFields, oldFields))
+	ch := &pginvalidator.Change{Rel: rel, Op: e.op}
+	if e.hasOld {
+		ch.Old = buildRow(rel, oldFields)
+	}
+	if e.hasNew {
+		ch.New = buildRow(rel, newFields)
+	}
+	cmds := mapping.NewMapper(f.Rules).Commands(nil, ch)
+	notes := explainSkips(f.Path, rules, ch, oldFields, newFields)
+	if e.asJSON {
+		return printExplainJSON(stdout, cmds, notes)
+	}
+	printExplain(stdout, cmds, notes)
+	return nil
+}
+
+// explainFlags are the explain subcommand's flags. register binds the
+// first group; validate fills in the second from them.
+type explainFlags struct {
+	configPath, table, opName, oldRow, newRow string
+	asJSON                                    bool
+
+	op             pginvalidator.Op // parsed from opName
+	hasOld, hasNew bool             // --old or --new was given, even as ""
+}
+
+// register binds e's flags in fs and sets fs's usage text.
+func (e *explainFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&e.configPath, "config", "rules.toml", "rules file")
+	fs.StringVar(&e.table, "table", "", `the changed table, "schema.table" or "table" in public (required)`)
+	fs.StringVar(&e.opName, "op", "", "the operation: insert, update, delete or truncate (required)")
+	fs.StringVar(&e.oldRow, "old", "", "the old row, for update and delete: col=value,col=value")
+	fs.StringVar(&e.newRow, "new", "", "the new row, for insert and update: col=value,col=value")
+	fs.BoolVar(&e.asJSON, "json", false, `print JSON lines: {"action":"del","key":"..."} per command, {"line":...,"skipped":"..."} per note`)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: pg-invalidator explain --table T --op OP [--old ROW] [--new ROW] [flags]
 
@@ -58,42 +114,46 @@ Flags:
 `)
 		fs.PrintDefaults()
 	}
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if table == "" || opName == "" {
+}
+
+// validate reads the flags fs has parsed: it sets e.op, e.hasOld and
+// e.hasNew, and returns an error when --table or --op is missing (after
+// printing the usage: errUsage), when --op names no operation, or when
+// --old and --new do not fit the operation.
+func (e *explainFlags) validate(fs *flag.FlagSet) error {
+	if e.table == "" || e.opName == "" {
 		fmt.Fprintln(fs.Output(), "explain needs --table and --op")
 		fs.Usage()
 		return errUsage
 	}
-	op, ok := parseOp(opName)
+	op, ok := parseOp(e.opName)
 	if !ok {
-		return fmt.Errorf("--op %q: want insert, update, delete or truncate", opName)
+		return fmt.Errorf("--op %q: want insert, update, delete or truncate", e.opName)
 	}
-	given := func(name string) bool {
-		found := false
-		fs.Visit(func(f *flag.Flag) { found = found || f.Name == name })
-		return found
-	}
+	e.op = op
+	fs.Visit(func(f *flag.Flag) {
+		e.hasOld = e.hasOld || f.Name == "old"
+		e.hasNew = e.hasNew || f.Name == "new"
+	})
 	switch {
-	case op == pginvalidator.OpInsert && given("old"):
+	case op == pginvalidator.OpInsert && e.hasOld:
 		return errors.New("--old: an insert has no old row; give --new")
-	case op == pginvalidator.OpDelete && given("new"):
+	case op == pginvalidator.OpDelete && e.hasNew:
 		return errors.New("--new: a delete has no new row; give --old")
-	case op == pginvalidator.OpTruncate && (given("old") || given("new")):
+	case op == pginvalidator.OpTruncate && (e.hasOld || e.hasNew):
 		return errors.New("a truncate has no rows; leave out --old and --new")
-	case op == pginvalidator.OpInsert && !given("new"), op == pginvalidator.OpUpdate && !given("new"):
+	case op == pginvalidator.OpInsert && !e.hasNew, op == pginvalidator.OpUpdate && !e.hasNew:
 		return fmt.Errorf("an %s needs --new", op)
-	case op == pginvalidator.OpDelete && !given("old"):
+	case op == pginvalidator.OpDelete && !e.hasOld:
 		return errors.New("a delete needs --old")
 	}
+	return nil
+}
 
-	f, err := loadFile(configPath)
-	if err != nil {
-		return err
-	}
-	schema, name := pginvalidator.SplitTableName(table)
-	qualified := schema + "." + name
+// tableRules returns the rules of f for the table qualified
+// ("schema.table"), in file order, or an error that lists f's rule tables
+// when it has none.
+func tableRules(f *config.File, qualified string) ([]*mapping.Rule, error) {
 	var rules []*mapping.Rule
 	for _, r := range f.Rules.List {
 		if r.QualifiedName() == qualified {
@@ -101,27 +161,23 @@ Flags:
 		}
 	}
 	if len(rules) == 0 {
-		return fmt.Errorf("%s has no rule for table %s; its rule tables are: %s", f.Path, qualified, strings.Join(f.Rules.Tables(), ", "))
+		return nil, fmt.Errorf("%s has no rule for table %s; its rule tables are: %s", f.Path, qualified, strings.Join(f.Rules.Tables(), ", "))
 	}
+	return rules, nil
+}
 
-	oldFields, err := parseRow(oldRow)
-	if err != nil {
-		return fmt.Errorf("--old: %w", err)
-	}
-	newFields, err := parseRow(newRow)
-	if err != nil {
-		return fmt.Errorf("--new: %w", err)
-	}
-
-	// The relation holds every column given and every column the rules use;
-	// a column a row does not give is NULL in it.
+// explainRelation returns the relation an explained change is on: table
+// schema.name under REPLICA IDENTITY FULL, with a column for each of
+// fields and then for each column the rules' templates use, each once, in
+// that order. A column a row does not give is NULL in it.
+func explainRelation(schema, name string, rules []*mapping.Rule, fields []field) *pginvalidator.Relation {
 	rel := &pginvalidator.Relation{ID: 1, Schema: schema, Name: name, ReplicaIdentity: pginvalidator.IdentityFull}
 	addColumn := func(c string) {
 		if !slices.ContainsFunc(rel.Columns, func(col pginvalidator.Column) bool { return col.Name == c }) {
 			rel.Columns = append(rel.Columns, pginvalidator.Column{Name: c})
 		}
 	}
-	for _, f := range slices.Concat(newFields, oldFields) {
+	for _, f := range fields {
 		addColumn(f.col)
 	}
 	for _, r := range rules {
@@ -131,52 +187,53 @@ Flags:
 			}
 		}
 	}
-	ch := &pginvalidator.Change{Rel: rel, Op: op}
-	if given("old") {
-		ch.Old = buildRow(rel, oldFields)
-	}
-	if given("new") {
-		ch.New = buildRow(rel, newFields)
-	}
+	return rel
+}
 
-	cmds := mapping.NewMapper(f.Rules).Commands(nil, ch)
-	notes := explainSkips(f.Path, rules, ch, oldFields, newFields)
-	if asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetEscapeHTML(false)
-		for _, c := range cmds {
-			var redelete string
-			if c.Redelete > 0 {
-				redelete = c.Redelete.String()
-			}
-			if err := enc.Encode(struct {
-				Action        string `json:"action"`
-				Key           string `json:"key"`
-				RedeleteAfter string `json:"redelete_after,omitempty"`
-			}{c.Action.String(), c.Key, redelete}); err != nil {
-				return err
-			}
-		}
-		for _, n := range notes {
-			if err := enc.Encode(n); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
+// printExplainJSON writes cmds to w as JSON lines, one object per command
+// (action, key and, for a second delete, redelete_after), then notes, one
+// object each. It returns the first write error.
+func printExplainJSON(w io.Writer, cmds []pginvalidator.Command, notes []explainNote) error {
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
 	for _, c := range cmds {
+		var redelete string
 		if c.Redelete > 0 {
-			fmt.Fprintf(stdout, "%s, again after %s\n", commandText(c), c.Redelete)
-			continue
+			redelete = c.Redelete.String()
 		}
-		fmt.Fprintln(stdout, commandText(c))
+		if err := enc.Encode(struct {
+			Action        string `json:"action"`
+			Key           string `json:"key"`
+			RedeleteAfter string `json:"redelete_after,omitempty"`
+		}{c.Action.String(), c.Key, redelete}); err != nil {
+			return err
+		}
 	}
 	for _, n := range notes {
-		fmt.Fprintln(stdout, n.text())
+		if err := enc.Encode(n); err != nil {
+			return err
+		}
 	}
 	return nil
 }
 
+// printExplain writes cmds to w as text, one command a line (with the delay
+// of a second delete, if any), then notes as "#" lines.
+func printExplain(w io.Writer, cmds []pginvalidator.Command, notes []explainNote) {
+	for _, c := range cmds {
+		if c.Redelete > 0 {
+			fmt.Fprintf(w, "%s, again after %s\n", commandText(c), c.Redelete)
+			continue
+		}
+		fmt.Fprintln(w, commandText(c))
+	}
+	for _, n := range notes {
+		fmt.Fprintln(w, n.text())
+	}
+}
+
+// parseOp returns the operation named s ("insert", "update", "delete" or
+// "truncate"), and false when s names none.
 func parseOp(s string) (pginvalidator.Op, bool) {
 	for op := pginvalidator.OpInsert; op <= pginvalidator.OpTruncate; op++ {
 		if op.String() == s {
@@ -262,6 +319,8 @@ func buildRow(rel *pginvalidator.Relation, fields []field) pginvalidator.Row {
 	return row
 }
 
+// commandText returns c as explain prints it: "UNLINK key", "SCAN+INCR glob"
+// and so on, as its usage lists them.
 func commandText(c pginvalidator.Command) string {
 	switch c.Action {
 	case pginvalidator.Del:
@@ -289,6 +348,8 @@ type explainNote struct {
 	Reason   string `json:"skipped"`
 }
 
+// text returns n as explain prints it: a "#" comment that names the file
+// and line, and the template and row when there are some.
 func (n explainNote) text() string {
 	if n.Template == "" {
 		return fmt.Sprintf("# %s:%d: %s", n.File, n.Line, n.Reason)

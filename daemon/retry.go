@@ -23,6 +23,11 @@ func fatal(err error) error { return &fatalError{err: err} }
 // authentication problems, a server or role that lacks a prerequisite
 // (wal_level, a free slot or WAL sender, REPLICATION, the version), and a
 // lost or unusable slot, are not.
+//
+// A timeout is retried too: a connect_timeout, a dial that a vanished host
+// never answers, a query cut short by its own deadline all end in
+// context.DeadlineExceeded. Only the daemon's own context ending stops it,
+// and retry checks that context itself.
 func retryable(err error) bool {
 	var cfgErr *ConfigError
 	var fe *fatalError
@@ -30,8 +35,7 @@ func retryable(err error) bool {
 	var pubErr *replication.PublicationError
 	var preErr *replication.PrerequisiteError
 	switch {
-	case errors.As(err, &cfgErr), errors.As(err, &fe), errors.As(err, &slotErr), errors.As(err, &pubErr), errors.As(err, &preErr),
-		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+	case errors.As(err, &cfgErr), errors.As(err, &fe), errors.As(err, &slotErr), errors.As(err, &pubErr), errors.As(err, &preErr):
 		return false
 	case replication.SlotActive(err): // a standby waits for the active daemon's slot
 		return true

@@ -36,7 +36,8 @@ func TestRetryable(t *testing.T) {
 		{"publication", &replication.PublicationError{Publication: "p", Fix: []string{"..."}}, false},
 		{"lost slot", slotLost("s", "disappeared"), false},
 		{"silent server", &replication.SilenceError{Waited: time.Minute, Timeout: time.Minute}, true},
-		{"canceled", fmt.Errorf("apply batch: %w", context.Canceled), false},
+		{"canceled", fmt.Errorf("apply batch: %w", context.Canceled), true},
+		{"connect timeout", fmt.Errorf("connect to postgres: failed to receive message: timeout: %w", context.DeadlineExceeded), true},
 	}
 	for _, tt := range tests {
 		if got := retryable(tt.err); got != tt.want {

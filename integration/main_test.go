@@ -130,6 +130,19 @@ func (r *running) stop() error {
 
 func (f *fixture) startConfig(cfg daemon.Config) *running {
 	f.t.Helper()
+	r := f.startUnready(cfg)
+	slot := cfg.Slot
+	if slot == "" {
+		slot = replication.DefaultSlot
+	}
+	f.waitSlotActive(slot, r.done)
+	return r
+}
+
+// startUnready runs the daemon in-process with cfg until the test ends,
+// without waiting for it to stream.
+func (f *fixture) startUnready(cfg daemon.Config) *running {
+	f.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- daemon.Run(ctx, cfg) }()
@@ -138,11 +151,6 @@ func (f *fixture) startConfig(cfg daemon.Config) *running {
 			f.t.Errorf("daemon.Run: %v", err)
 		}
 	})
-	slot := cfg.Slot
-	if slot == "" {
-		slot = replication.DefaultSlot
-	}
-	f.waitSlotActive(slot, r.done)
 	return r
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/pg-invalidator/pg-invalidator/internal/tcpproxy"
 	"github.com/pg-invalidator/pg-invalidator/internal/testenv"
+	"github.com/pg-invalidator/pg-invalidator/replication"
 )
 
 // proxied starts a tcpproxy in front of the server of dbURL and returns it
@@ -91,4 +92,96 @@ func TestSilentPostgresPeer(t *testing.T) {
 	f.cache("item:200")
 	f.exec("UPDATE items SET v = v + 1 WHERE id = 200")
 	f.waitGone("item:200")
+}
+
+// TestConnectTimeoutAtStart starts the daemon against a PostgreSQL whose
+// new connections are accepted and never answered, as those to a host that
+// vanished (its virtual IP not moved yet) look: every connect times out,
+// after connect_timeout here. The daemon must wait it out, not stop, and
+// stream once connections are answered again.
+func TestConnectTimeoutAtStart(t *testing.T) {
+	f := newFixture(t, itemsSchema, markerSchema)
+	proxy, viaProxy := proxied(t, f.dbURL)
+	proxy.SwallowNew(true)
+	logs := &testenv.SyncBuffer{}
+	cfg := f.config(f.rules(itemsRules))
+	cfg.PostgresURL = withParam(t, viaProxy, "connect_timeout", "1")
+	cfg.MaxBackoff = 500 * time.Millisecond
+	cfg.Logger = teeLogger(t, logs)
+	r := f.startUnready(cfg)
+
+	// Several connects time out meanwhile.
+	select {
+	case err := <-r.done:
+		r.done <- err
+		t.Fatalf("the daemon stopped on connect timeouts: %v", err)
+	case <-time.After(4 * time.Second):
+	}
+	if !strings.Contains(logs.String(), "timeout") {
+		t.Fatalf("the log says nothing of a timeout:\n%s", logs)
+	}
+
+	proxy.SwallowNew(false)
+	healed := time.Now()
+	f.waitSlotActive(replication.DefaultSlot, r.done)
+	f.cache("item:1")
+	f.exec("UPDATE items SET v = v + 1 WHERE id = 1")
+	f.waitGone("item:1")
+	t.Logf("connect_timeout=1: streaming %s after connections were answered again", time.Since(healed).Round(time.Millisecond))
+}
+
+// TestSilentPeerThenConnectTimeouts silences the daemon's connections to
+// PostgreSQL mid-stream, as a host that lost power does, and swallows the
+// new ones for a while, so that every reconnection times out: the daemon
+// must keep trying, and invalidate the writes made meanwhile once the host
+// answers again.
+func TestSilentPeerThenConnectTimeouts(t *testing.T) {
+	f := newFixture(t, itemsSchema, markerSchema)
+	proxy, viaProxy := proxied(t, f.dbURL)
+	logs := &testenv.SyncBuffer{}
+	cfg := f.config(f.rules(itemsRules))
+	cfg.PostgresURL = viaProxy
+	cfg.Timeout = 2 * time.Second
+	cfg.MaxBackoff = 500 * time.Millisecond
+	cfg.Logger = teeLogger(t, logs)
+	r := f.startConfig(cfg)
+	f.cache("item:1")
+	f.exec("UPDATE items SET v = v + 1 WHERE id = 1")
+	f.waitGone("item:1")
+
+	proxy.SwallowNew(true)
+	proxy.Silence()
+	f.cache("item:2")
+	f.exec("UPDATE items SET v = v + 1 WHERE id = 2") // on a direct connection
+	// The silence is noticed after 2s; reconnections time out after 2s each.
+	waitFor(t, 30*time.Second, func() bool {
+		return strings.Contains(logs.String(), "replication connection silent")
+	}, func() string { return "the silence was not noticed:\n" + logs.String() })
+	select {
+	case err := <-r.done:
+		r.done <- err
+		t.Fatalf("the daemon stopped while reconnections timed out: %v", err)
+	case <-time.After(5 * time.Second):
+	}
+
+	proxy.SwallowNew(false)
+	healed := time.Now()
+	f.waitGoneWithin(30*time.Second, "item:2")
+	t.Logf("item:2 invalidated %s after connections were answered again", time.Since(healed).Round(time.Millisecond))
+	f.cache("item:3")
+	f.exec("UPDATE items SET v = v + 1 WHERE id = 3")
+	f.waitGone("item:3")
+}
+
+// withParam returns rawURL with the query parameter key set to value.
+func withParam(t *testing.T, rawURL, key, value string) string {
+	t.Helper()
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := u.Query()
+	q.Set(key, value)
+	u.RawQuery = q.Encode()
+	return u.String()
 }

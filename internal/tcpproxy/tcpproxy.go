@@ -7,7 +7,9 @@
 // and dropped, and no FIN or RST ever reaches either end. That is what a
 // client sees when the server's host loses power, a NAT entry is dropped, or
 // a virtual IP moves to another host. Connections accepted afterwards are
-// forwarded as usual.
+// forwarded as usual, unless SwallowNew is on: then they are silent from
+// the start, as connections to a host that is still gone, whose every
+// connect times out.
 package tcpproxy
 
 import (
@@ -24,10 +26,11 @@ type Proxy struct {
 	ln     net.Listener
 	wg     sync.WaitGroup // the accept loop and every connection's copiers
 
-	mu     sync.Mutex    // protects conns and closed
-	conns  []*conn       // every connection accepted
-	closed bool          // Close was called: accept no more
-	done   chan struct{} // closed by Close: silent copiers stop waiting
+	mu      sync.Mutex    // protects conns and closed
+	conns   []*conn       // every connection accepted
+	closed  bool          // Close was called: accept no more
+	done    chan struct{} // closed by Close: silent copiers stop waiting
+	swallow atomic.Bool   // connections accepted now are silent from the start
 }
 
 type conn struct {
@@ -64,6 +67,9 @@ func (p *Proxy) accept() {
 			continue
 		}
 		c := &conn{client: client, server: server, silent: make(chan struct{})}
+		if p.swallow.Load() {
+			close(c.silent)
+		}
 		p.mu.Lock()
 		if p.closed {
 			p.mu.Unlock()
@@ -142,6 +148,11 @@ func (p *Proxy) Silence() int {
 	}
 	return n
 }
+
+// SwallowNew makes the connections accepted from now on silent from the
+// start (on), or forwarded as usual again (off). Connections accepted
+// before keep their state.
+func (p *Proxy) SwallowNew(on bool) { p.swallow.Store(on) }
 
 // Close stops accepting, closes every connection, and waits for its
 // goroutines to end.

@@ -88,3 +88,32 @@ func TestSilence(t *testing.T) {
 		t.Fatalf("new connection after silence: %v", err)
 	}
 }
+
+func TestSwallowNew(t *testing.T) {
+	p, err := Start(echoServer(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+
+	before, beforeR := dial(t, p.Addr())
+	p.SwallowNew(true)
+	// A connection accepted now connects, and nothing comes back.
+	swallowed, swallowedR := dial(t, p.Addr())
+	if err := echo(swallowed, swallowedR, 300*time.Millisecond); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("connection accepted while swallowing: %v, want a timeout", err)
+	}
+	// One accepted before works on.
+	if err := echo(before, beforeR, 5*time.Second); err != nil {
+		t.Fatalf("connection accepted before: %v", err)
+	}
+
+	p.SwallowNew(false)
+	c, r := dial(t, p.Addr())
+	if err := echo(c, r, 5*time.Second); err != nil {
+		t.Fatalf("new connection after swallowing: %v", err)
+	}
+	if err := echo(swallowed, swallowedR, 300*time.Millisecond); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("connection swallowed before: %v, want a timeout still", err)
+	}
+}

@@ -329,7 +329,6 @@ func (w *catalogWatch) read(ctx context.Context) error {
 		w.conn = c
 	}
 	rules := w.cov.rules.Load()
-	names := rules.Tables()
 	qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if !w.loaded {
@@ -337,157 +336,231 @@ func (w *catalogWatch) read(ctx context.Context) error {
 			return err
 		}
 	}
-	now, err := replication.ResolveRuleTables(qctx, w.conn, w.cfg.Publication, names)
+	r, err := w.take(qctx, rules)
 	if err != nil {
 		return err
 	}
-
-	// A relation the publication does not stream is added to it, when this
-	// role may.
-	var unpublished []string // and added to the publication just now, unless refused
-	for _, t := range names {
-		if b := now[t]; b.OID != 0 && (!b.Published || slices.Contains(w.added, t)) {
-			unpublished = append(unpublished, t)
-		}
+	for _, t := range r.names {
+		w.judge(r, t)
 	}
-	var refused *replication.PublicationError
-	if slices.ContainsFunc(unpublished, func(t string) bool { return !now[t].Published }) {
-		_, added, err := replication.EnsurePublication(qctx, w.conn, w.cfg.Publication, unpublished)
-		switch {
-		case errors.As(err, &refused):
-		case err != nil:
+	if len(r.flush) > 0 {
+		if err := w.flush(ctx, rules, r.flush); err != nil {
 			return err
-		default:
-			for _, t := range added {
-				b := now[t]
-				b.Published = true
-				now[t] = b
-			}
 		}
 	}
+	w.keep(r)
+	return w.save(ctx, r.next)
+}
 
-	existing := make([]string, 0, len(names))
-	for _, t := range names {
-		if now[t].OID != 0 {
+// reading is one poll's view of the rule tables, and what the watch makes
+// of it (judge): what to flush, what to log, and why a table is not
+// covered.
+type reading struct {
+	names []string                          // the rule tables
+	now   map[string]replication.BoundTable // what each name resolves to
+	// unpublished are the rule tables whose relation the publication did
+	// not stream (or that start added to it), added to it just now unless
+	// refused says this role may not.
+	unpublished []string
+	refused     *replication.PublicationError
+	infos       map[string]pginvalidator.TableInfo // the tables that exist, described
+	identity    map[string]mapping.IdentityNeed    // tables whose replica identity hides old values a rule needs
+
+	next     map[string]seenTable // the reading to keep, by rule table
+	problems map[string]string    // why a rule table is not covered, by table
+	flush    []string             // tables whose rules' keys to flush
+	logs     []func()             // what to log and count, once the flush is done
+}
+
+// take reads the catalog for rules: what each rule table's name resolves
+// to, with the relations the publication does not stream added to it when
+// this role may, and the tables described.
+func (w *catalogWatch) take(ctx context.Context, rules *mapping.Rules) (*reading, error) {
+	r := &reading{names: rules.Tables(), identity: make(map[string]mapping.IdentityNeed), problems: make(map[string]string)}
+	var err error
+	if r.now, err = replication.ResolveRuleTables(ctx, w.conn, w.cfg.Publication, r.names); err != nil {
+		return nil, err
+	}
+	if err := w.publish(ctx, r); err != nil {
+		return nil, err
+	}
+	existing := make([]string, 0, len(r.names))
+	for _, t := range r.names {
+		if r.now[t].OID != 0 {
 			existing = append(existing, t)
 		}
 	}
-	infos, err := replication.DescribeTables(qctx, w.conn, existing)
-	if err != nil {
-		return fmt.Errorf("describe rule tables: %w", err)
+	if r.infos, err = replication.DescribeTables(ctx, w.conn, existing); err != nil {
+		return nil, fmt.Errorf("describe rule tables: %w", err)
 	}
-	identity := make(map[string]mapping.IdentityNeed)
-	for _, need := range rules.FullIdentityNeeds(infos) {
-		identity[need.Table] = need
+	for _, need := range rules.FullIdentityNeeds(r.infos) {
+		r.identity[need.Table] = need
 	}
+	r.next = make(map[string]seenTable, len(r.names))
+	return r, nil
+}
 
-	var logs []func()
-	var flush []string // tables whose rules' keys to flush
-	next := make(map[string]seenTable, len(names))
-	problems := make(map[string]string)
-	for _, t := range names {
-		cur := seenTable{BoundTable: now[t]}
-		prev, known := w.seen[t]
-		// A problem still there is logged again by a new process, though
-		// the last daemon saw it too.
-		logAgain := !known || !w.polled
-		switch {
-		case cur.OID == 0:
-			cur.problem = fmt.Sprintf("rule table %s does not exist (dropped, or renamed): its rules match nothing; "+
-				"rename it back, or remove its rules and reload", t)
-			if !known || prev.OID != 0 {
-				flush = append(flush, t)
-			}
-			if logAgain || prev.OID != 0 {
-				logs = append(logs, w.change(t, changeMissing, true,
-					"rule table does not exist any more (dropped, or renamed): its rules match nothing, and its keys were flushed once; rename it back, or remove its rules and reload"))
-			}
-		case !cur.Published:
-			fix := replication.AddTablesSQL(w.cfg.Publication, []string{t})
-			if refused != nil {
-				fix = strings.Join(refused.Fix, "; ")
-			}
-			cur.problem = fmt.Sprintf("rule table %s is not covered: publication %s does not stream it (a new relation: swapped or recreated?), and this role may not add it; a DBA must run: %s",
-				t, w.cfg.Publication, fix)
-			if logAgain || prev.OID != cur.OID || prev.Published || prev.problem == "" {
-				args := []any{"publication", w.cfg.Publication, "sql", fix}
-				if refused != nil && refused.Err != nil {
-					args = append(args, "err", refused.Err)
-				}
-				logs = append(logs, w.change(t, changeUncovered, true,
-					"rule table is a new relation (swapped or recreated) that the publication does not stream, and this role may not add it: its changes are not invalidated until a DBA runs the SQL given", args...))
-			}
-		case !known && !slices.Contains(unpublished, t):
-			// The first reading: what prepare checked.
-		case !known || slices.Contains(unpublished, t) || prev.OID != cur.OID || prev.problem != "":
-			// A relation streamed now that was not before: changes made to
-			// it meanwhile were not streamed.
-			flush = append(flush, t)
-			var change, msg string
-			switch {
-			case slices.Contains(unpublished, t):
-				change, msg = changeSwapped, "rule table is a new relation (swapped or recreated), or was dropped from the publication: added it to the publication, and flushed its keys, since changes made to it before were not streamed"
-			case prev.OID != 0 && prev.OID != cur.OID:
-				change, msg = changeSwapped, "rule table is a new relation (swapped or recreated), which the publication streams already: flushed its keys, since changes made to it before the daemon noticed were not mapped"
-			default:
-				change, msg = changeRestored, "rule table is covered again: flushed its keys, since changes made to it meanwhile were not streamed or not mapped"
-			}
-			logs = append(logs, w.change(t, change, false, msg, "publication", w.cfg.Publication))
-		case cur.Partitioned && prev.OID == cur.OID:
-			if why := leavesChanged(prev.BoundTable, cur.BoundTable); len(why) > 0 {
-				flush = append(flush, t)
-				logs = append(logs, w.change(t, changePartition, false,
-					"partitions of a rule table were truncated, detached, dropped or attached, which the stream does not report: flushed its keys as a TRUNCATE would",
-					"partitions", why))
-			}
+// publish adds to the publication, when this role may, the relations of r
+// that it does not stream, and notes them in r.unpublished; r.refused says
+// why not when it may not.
+func (w *catalogWatch) publish(ctx context.Context, r *reading) error {
+	for _, t := range r.names {
+		if b := r.now[t]; b.OID != 0 && (!b.Published || slices.Contains(w.added, t)) {
+			r.unpublished = append(r.unpublished, t)
 		}
-		if need, ok := identity[t]; ok && cur.OID != 0 {
-			fix := mapping.IdentityFix(infos[t])
-			cur.identity = fmt.Sprintf("rule table %s: its replica identity no longer sends the old values its rules need: %s; fix: %s",
-				t, need.Reason, fix)
-			if logAgain || cur.identity != prev.identity {
-				logs = append(logs, w.change(t, changeIdentity, true,
-					"the replica identity of a rule table no longer sends the old values its rules need: keys rendered from old rows are skipped",
-					"reason", need.Reason, "fix", fix))
-			}
-		}
-		if cur.OID != 0 && cur.identity == "" && prev.identity != "" && !slices.Contains(flush, t) {
-			flush = append(flush, t)
-			logs = append(logs, w.change(t, changeRestored, false,
-				"the replica identity of a rule table serves its rules again: flushed its keys, since keys of old rows were skipped meanwhile"))
-		}
-		if cur.problem != "" {
-			problems[t] = cur.problem
-		} else if cur.identity != "" {
-			problems[t] = cur.identity
-		}
-		next[t] = cur
 	}
+	if !slices.ContainsFunc(r.unpublished, func(t string) bool { return !r.now[t].Published }) {
+		return nil
+	}
+	_, added, err := replication.EnsurePublication(ctx, w.conn, w.cfg.Publication, r.unpublished)
+	switch {
+	case errors.As(err, &r.refused):
+	case err != nil:
+		return err
+	default:
+		for _, t := range added {
+			b := r.now[t]
+			b.Published = true
+			r.now[t] = b
+		}
+	}
+	return nil
+}
 
-	if len(flush) > 0 {
-		if err := w.flush(ctx, rules, flush); err != nil {
-			return err
+// judge compares rule table t in r with the last reading, and notes in r
+// what the watch does about it: flush its keys, log and count a change,
+// hold it not covered.
+func (w *catalogWatch) judge(r *reading, t string) {
+	cur := seenTable{BoundTable: r.now[t]}
+	prev, known := w.seen[t]
+	// A problem still there is logged again by a new process, though the
+	// last daemon saw it too.
+	logAgain := !known || !w.polled
+	switch {
+	case cur.OID == 0:
+		w.judgeMissing(r, t, &cur, prev, known, logAgain)
+	case !cur.Published:
+		w.judgeUncovered(r, t, &cur, prev, logAgain)
+	case !known && !slices.Contains(r.unpublished, t):
+		// The first reading: what prepare checked.
+	case !known || slices.Contains(r.unpublished, t) || prev.OID != cur.OID || prev.problem != "":
+		w.judgeStreamedNow(r, t, prev)
+	case cur.Partitioned && prev.OID == cur.OID:
+		if why := leavesChanged(prev.BoundTable, cur.BoundTable); len(why) > 0 {
+			r.flush = append(r.flush, t)
+			r.logs = append(r.logs, w.change(t, changePartition, false,
+				"partitions of a rule table were truncated, detached, dropped or attached, which the stream does not report: flushed its keys as a TRUNCATE would",
+				"partitions", why))
 		}
 	}
-	for _, log := range logs {
+	w.judgeIdentity(r, t, &cur, prev, logAgain)
+	if cur.problem != "" {
+		r.problems[t] = cur.problem
+	} else if cur.identity != "" {
+		r.problems[t] = cur.identity
+	}
+	r.next[t] = cur
+}
+
+// judgeMissing handles a rule table whose name resolves to no table: its
+// keys are flushed once, since its rows are gone or live on under a name
+// no rule knows.
+func (w *catalogWatch) judgeMissing(r *reading, t string, cur *seenTable, prev seenTable, known, logAgain bool) {
+	cur.problem = fmt.Sprintf("rule table %s does not exist (dropped, or renamed): its rules match nothing; "+
+		"rename it back, or remove its rules and reload", t)
+	if !known || prev.OID != 0 {
+		r.flush = append(r.flush, t)
+	}
+	if logAgain || prev.OID != 0 {
+		r.logs = append(r.logs, w.change(t, changeMissing, true,
+			"rule table does not exist any more (dropped, or renamed): its rules match nothing, and its keys were flushed once; rename it back, or remove its rules and reload"))
+	}
+}
+
+// judgeUncovered handles a rule table whose relation the publication does
+// not stream, and this role may not add: a DBA must.
+func (w *catalogWatch) judgeUncovered(r *reading, t string, cur *seenTable, prev seenTable, logAgain bool) {
+	fix := replication.AddTablesSQL(w.cfg.Publication, []string{t})
+	if r.refused != nil {
+		fix = strings.Join(r.refused.Fix, "; ")
+	}
+	cur.problem = fmt.Sprintf("rule table %s is not covered: publication %s does not stream it (a new relation: swapped or recreated?), and this role may not add it; a DBA must run: %s",
+		t, w.cfg.Publication, fix)
+	if logAgain || prev.OID != cur.OID || prev.Published || prev.problem == "" {
+		args := []any{"publication", w.cfg.Publication, "sql", fix}
+		if r.refused != nil && r.refused.Err != nil {
+			args = append(args, "err", r.refused.Err)
+		}
+		r.logs = append(r.logs, w.change(t, changeUncovered, true,
+			"rule table is a new relation (swapped or recreated) that the publication does not stream, and this role may not add it: its changes are not invalidated until a DBA runs the SQL given", args...))
+	}
+}
+
+// judgeStreamedNow handles a rule table whose relation is streamed now and
+// was not before: changes made to it meanwhile were not streamed, so its
+// keys are flushed.
+func (w *catalogWatch) judgeStreamedNow(r *reading, t string, prev seenTable) {
+	r.flush = append(r.flush, t)
+	var change, msg string
+	switch {
+	case slices.Contains(r.unpublished, t):
+		change, msg = changeSwapped, "rule table is a new relation (swapped or recreated), or was dropped from the publication: added it to the publication, and flushed its keys, since changes made to it before were not streamed"
+	case prev.OID != 0 && prev.OID != r.now[t].OID:
+		change, msg = changeSwapped, "rule table is a new relation (swapped or recreated), which the publication streams already: flushed its keys, since changes made to it before the daemon noticed were not mapped"
+	default:
+		change, msg = changeRestored, "rule table is covered again: flushed its keys, since changes made to it meanwhile were not streamed or not mapped"
+	}
+	r.logs = append(r.logs, w.change(t, change, false, msg, "publication", w.cfg.Publication))
+}
+
+// judgeIdentity handles the replica identity of rule table t: one that no
+// longer sends the old values its rules need makes it not covered; one
+// that serves them again has its keys flushed, since keys of old rows were
+// skipped meanwhile.
+func (w *catalogWatch) judgeIdentity(r *reading, t string, cur *seenTable, prev seenTable, logAgain bool) {
+	if need, ok := r.identity[t]; ok && cur.OID != 0 {
+		fix := mapping.IdentityFix(r.infos[t])
+		cur.identity = fmt.Sprintf("rule table %s: its replica identity no longer sends the old values its rules need: %s; fix: %s",
+			t, need.Reason, fix)
+		if logAgain || cur.identity != prev.identity {
+			r.logs = append(r.logs, w.change(t, changeIdentity, true,
+				"the replica identity of a rule table no longer sends the old values its rules need: keys rendered from old rows are skipped",
+				"reason", need.Reason, "fix", fix))
+		}
+	}
+	if cur.OID != 0 && cur.identity == "" && prev.identity != "" && !slices.Contains(r.flush, t) {
+		r.flush = append(r.flush, t)
+		r.logs = append(r.logs, w.change(t, changeRestored, false,
+			"the replica identity of a rule table serves its rules again: flushed its keys, since keys of old rows were skipped meanwhile"))
+	}
+}
+
+// keep takes r as the last reading, once its flush is done: it logs its
+// changes, and shows its problems and bound names to /readyz and the
+// pipeline.
+func (w *catalogWatch) keep(r *reading) {
+	for _, log := range r.logs {
 		log()
 	}
-	w.seen = next
+	w.seen = r.next
 	w.polled = true
 	w.added = nil
-	w.cov.setProblems(problems)
-	bound := make(map[uint32]string, len(next))
-	for t, s := range next {
+	w.cov.setProblems(r.problems)
+	bound := make(map[uint32]string, len(r.next))
+	for t, s := range r.next {
 		if s.OID != 0 {
 			bound[s.OID] = t
 		}
 	}
 	w.cov.bound.Store(&bound)
+}
 
-	// Saved after the flush: a daemon stopped in between finds the reading
-	// before it, and flushes again. A save that fails is tried again by
-	// the next poll, which does not flush again. An unchanged reading is
-	// saved again every resaveEvery polls, for a Redis emptied meanwhile.
+// save saves the reading next in every target, after its flush: a daemon
+// stopped in between finds the reading before it, and flushes again. A
+// save that fails is tried again by the next poll, which does not flush
+// again. An unchanged reading is saved again every resaveEvery polls, for
+// a Redis emptied meanwhile.
+func (w *catalogWatch) save(ctx context.Context, next map[string]seenTable) error {
 	w.unsaved++
 	if enc := encodeReading(next); enc != w.saved || w.unsaved >= resaveEvery {
 		if err := w.redis.SetMarker(ctx, w.key, enc); err != nil {

@@ -446,7 +446,7 @@ func (e *env) writeRules(slot string, seeds []string) (string, error) {
 	rules := fmt.Sprintf(`[postgres]
 slot = %q
 publication = %q
-
+%s
 [[rule]]
 table = "public.items"
 del   = ["item:<id>", "items:cat:<cat>"]
@@ -454,7 +454,7 @@ del   = ["item:<id>", "items:cat:<cat>"]
 [[rule]]
 table = "public.other"
 del   = ["other:<id>"]
-`, slot, publication)
+`, slot, publication, visibilityLine(e.o.visibility))
 	if len(seeds) > 0 {
 		q := make([]string, len(seeds))
 		for i, a := range seeds {
@@ -463,4 +463,13 @@ del   = ["other:<id>"]
 		rules += fmt.Sprintf("\n[redis]\nmode  = \"cluster\"\naddrs = [%s]\n", strings.Join(q, ", "))
 	}
 	return path, os.WriteFile(path, []byte(rules), 0o644)
+}
+
+// visibilityLine is the [postgres] line that sets visibility to v; empty
+// for the daemon's default.
+func visibilityLine(v string) string {
+	if v == "" {
+		return ""
+	}
+	return fmt.Sprintf("visibility = %q\n", v)
 }

@@ -73,6 +73,7 @@ type options struct {
 	small      bool          // quick sizes for every scenario
 	transports string        // the transports the catch-up contenders use to read the WAL: tcp, unix
 	altDaemon  string        // another pg-invalidator binary, run interleaved with this one; empty: none
+	visibility string        // the daemon's [postgres] visibility; empty: its default
 	publish    bool          // replace the published results even when the run is not a full one
 	verbose    bool
 
@@ -136,6 +137,7 @@ func parseOptions(args []string, output io.Writer) (options, error) {
 	fs.IntVar(&o.runs, "runs", 3, "runs of each catch-up contender (the baseline runs once); the table shows the median run")
 	fs.StringVar(&o.skip, "skip", "", "catch-up contenders to leave out, comma-separated: pg_recvlogical, baseline, daemon (decode always runs: it is the yardstick)")
 	fs.StringVar(&o.transports, "transports", "tcp,unix", "how the catch-up contenders read the WAL, comma-separated: tcp (127.0.0.1), unix (the server's Unix socket)")
+	fs.StringVar(&o.visibility, "visibility", "", "the daemon's [postgres] visibility (on, auto, off); empty: its default")
 	fs.StringVar(&o.altDaemon, "alt-daemon", "", "another pg-invalidator binary to run interleaved with this one, as \"daemon (alt)\" (to compare two builds)")
 	fs.StringVar(&o.perfDir, "perf", "", "record a machine-wide perf profile (perf record -a -g) of each catch-up contender into this directory")
 	fs.BoolVar(&o.publish, "publish", false, "replace bench/results/latest.json and docs/benchmarks.svg even though flags make this run differ from the full run")

@@ -83,6 +83,13 @@ type Postgres struct {
 	// ReplicaTimeout is how long a standby may hold them back. Zero: the
 	// caller picks its default.
 	ReplicaTimeout time.Duration
+	// Visibility says when commands wait for their transactions to be
+	// visible on the primary: daemon.VisibilityOn, VisibilityAuto or
+	// VisibilityOff. Empty: the caller picks its default.
+	Visibility string
+	// VisibilityTimeout is how long a transaction not visible may hold its
+	// commands back. Zero: the caller picks its default.
+	VisibilityTimeout time.Duration
 	// CanaryKey is the Redis key of the end-to-end canary, "<slot>" in it
 	// standing for Slot (see daemon.CanaryKey). Parse sets
 	// daemon.DefaultCanaryKey when the file leaves it out; empty
@@ -174,7 +181,7 @@ type parser struct{ *tomldoc.Checker }
 
 // Keys each table allows, in the order messages list them.
 var (
-	postgresKeys = []string{"url", "slot", "publication", "heartbeat", "timeout", "replicas", "replica_timeout", "canary_key"}
+	postgresKeys = []string{"url", "slot", "publication", "heartbeat", "timeout", "replicas", "replica_timeout", "visibility", "visibility_timeout", "canary_key"}
 	redisKeys    = []string{"url", "mode", "addrs", "master", "username", "password_env", "password_file",
 		"sentinel_username", "sentinel_password_env", "sentinel_password_file",
 		"tls", "tls_ca", "tls_cert", "tls_key", "tls_server_name", "wait_replicas"}
@@ -218,6 +225,13 @@ func (p *parser) postgres(c *Postgres, v any) {
 			c.Replicas = p.replicas(path, m[k])
 		case "replica_timeout":
 			p.duration(path, m[k], &c.ReplicaTimeout)
+		case "visibility":
+			if p.Str(path, m[k], &c.Visibility) && c.Visibility != daemon.VisibilityOn && c.Visibility != daemon.VisibilityAuto && c.Visibility != daemon.VisibilityOff {
+				p.Addf(path, "visibility %q is not a choice; use %q (wait until each transaction is visible on the primary), %q (only while synchronous_standby_names is set) or %q",
+					c.Visibility, daemon.VisibilityOn, daemon.VisibilityAuto, daemon.VisibilityOff)
+			}
+		case "visibility_timeout":
+			p.duration(path, m[k], &c.VisibilityTimeout)
 		case "canary_key":
 			if p.Str(path, m[k], &c.CanaryKey) {
 				if problem := canaryKeyProblem(c.CanaryKey); problem != "" {

@@ -38,9 +38,13 @@ type consumer struct {
 	mu     sync.Mutex // held for a whole turn; guards every field below
 	closed bool       // the loop has stopped: the reader hands over no more live chunks
 
-	inTx     bool          // between a Begin and its Commit
-	xid      uint32        // the last transaction begun
-	final    pglogrepl.LSN // the open transaction's commit position (its Begin's final LSN)
+	inTx    bool          // between a Begin and its Commit
+	xid     uint32        // the last transaction begun
+	final   pglogrepl.LSN // the open transaction's commit position (its Begin's final LSN)
+	lastEnd pglogrepl.LSN // end LSN of the last transaction committed; 0: none this session
+	// visible is true once the open transaction's first command reached
+	// the sink, and the visibility gate was told of it.
+	visible  bool
 	ackable  pglogrepl.LSN // end LSN of the last transaction the sink holds complete; 0: none since the last flush
 	applied  pglogrepl.LSN // highest position the sink has delivered; the acknowledgement may wait below it for re-deletes
 	replayTo pglogrepl.LSN // where the standbys must have replayed before the sink's commands go
@@ -60,7 +64,11 @@ type consumer struct {
 
 	redelTimer *time.Timer   // fires when the next re-delete is due; stopped while none is pending
 	paused     bool          // reading stopped on a full re-delete queue
-	kick       chan struct{} // the reader queued a re-delete: the loop re-arms redelTimer
+	kick       chan struct{} // the reader queued a re-delete, or the gate kept a late batch: the loop re-arms its timers
+	// lateTimer fires every lateRecheck while the visibility gate holds a
+	// late batch, to apply it again once visible; stopped otherwise.
+	lateTimer *time.Timer
+	lateArmed bool
 }
 
 // catchUpLinger is how long the consumer waits for more of a backlog
@@ -69,9 +77,11 @@ const catchUpLinger = 5 * time.Millisecond
 
 func newConsumer(p *pipeline, stream *replication.Stream, applyCtx context.Context) *consumer {
 	c := &consumer{p: p, stream: stream, applyCtx: applyCtx,
-		linger: time.NewTimer(time.Hour), redelTimer: time.NewTimer(time.Hour), kick: make(chan struct{}, 1)}
+		linger: time.NewTimer(time.Hour), redelTimer: time.NewTimer(time.Hour), lateTimer: time.NewTimer(time.Hour),
+		kick: make(chan struct{}, 1)}
 	c.linger.Stop()
 	c.redelTimer.Stop()
+	c.lateTimer.Stop()
 	return c
 }
 
@@ -115,6 +125,7 @@ func graceContext(ctx context.Context, grace time.Duration) (context.Context, fu
 func (c *consumer) run(ctx context.Context) error {
 	defer c.linger.Stop()
 	defer c.redelTimer.Stop()
+	defer c.lateTimer.Stop()
 	c.stream.HandleLive(c.handleLive)
 	sctx, stopReader := context.WithCancel(ctx)
 	events := make(chan []replication.Event, 4)
@@ -147,6 +158,8 @@ func (c *consumer) run(ctx context.Context) error {
 				c.lingering = false
 				return c.flush()
 			})
+		case <-c.lateTimer.C:
+			err = c.step(c.recheckLate)
 		}
 		if err != nil {
 			return err
@@ -166,6 +179,10 @@ func (c *consumer) arm(events chan []replication.Event) chan []replication.Event
 		c.redelTimer.Reset(time.Until(at))
 	} else {
 		c.redelTimer.Stop()
+	}
+	if p.vis.pendingLate() && !c.lateArmed {
+		c.lateArmed = true
+		c.lateTimer.Reset(lateRecheck)
 	}
 	in := events
 	if p.redel.full() {
@@ -192,7 +209,7 @@ func (c *consumer) handleLive(chunk []replication.Event) (bool, error) {
 		return false, nil
 	}
 	err := c.handle(chunk, false)
-	if c.p.redel.pending() > 0 {
+	if c.p.redel.pending() > 0 || (c.p.vis.pendingLate() && !c.lateArmed) {
 		select {
 		case c.kick <- struct{}{}:
 		default:
@@ -269,7 +286,7 @@ func (c *consumer) event(ev *replication.Event) error {
 	p := c.p
 	switch ev.Kind {
 	case replication.Begin:
-		c.inTx, c.xid, c.final = true, ev.XID, ev.LSN
+		c.inTx, c.xid, c.final, c.visible = true, ev.XID, ev.LSN, false
 		p.sink.begin(ev.XID, ev.LSN)
 		p.m.see(ev.LSN)
 	case replication.RowChange:
@@ -279,7 +296,7 @@ func (c *consumer) event(ev *replication.Event) error {
 		if err := p.sink.commit(ev.LSN, ev.CommitTime); err != nil {
 			return err
 		}
-		c.ackable, c.commitAt, c.replayTo = ev.LSN, ev.CommitTime, ev.LSN
+		c.ackable, c.commitAt, c.replayTo, c.lastEnd = ev.LSN, ev.CommitTime, ev.LSN, ev.LSN
 		c.batchTxs++
 		p.m.committed(ev.LSN, ev.CommitTime)
 		c.finish()
@@ -293,6 +310,7 @@ func (c *consumer) event(ev *replication.Event) error {
 		if err := p.sink.add(nil, []pginvalidator.Command{{Action: pginvalidator.Del, Key: p.canary.key}}); err != nil {
 			return err
 		}
+		c.tellVisibility()
 		p.canaries = append(p.canaries, ev.Token)
 	case replication.Keepalive:
 		// Everything the server sent before this keepalive is in the sink
@@ -318,17 +336,38 @@ func (c *consumer) rowChange(ch *pginvalidator.Change) error {
 	if err := p.sink.add(ch, p.cmds); err != nil {
 		return err
 	}
+	if len(p.cmds) > 0 {
+		c.tellVisibility()
+	}
 	if p.sink.pending() >= p.cfg.MaxBatch {
 		return c.flush()
 	}
 	return nil
 }
 
-// flush waits for the standbys to replay what the sink holds, delivers it,
-// and acknowledges the transactions it completed.
+// tellVisibility tells the visibility gate, once per transaction, that
+// the sink holds commands of the open transaction.
+func (c *consumer) tellVisibility() {
+	if !c.visible {
+		c.visible = true
+		c.p.vis.add(c.xid, c.final, time.Now())
+	}
+}
+
+// flush waits for the transactions whose commands the sink holds to be
+// visible on the primary and replayed by the standbys, delivers the
+// commands, applies again the batches of transactions that turned visible
+// after visibility_timeout, and acknowledges what that completed.
 func (c *consumer) flush() error {
 	p := c.p
 	if p.sink.pending() > 0 {
+		late, err := p.vis.wait(c.applyCtx)
+		if err != nil {
+			return err
+		}
+		if len(late) > 0 {
+			p.vis.keep(late, p.sink.held())
+		}
 		// The open transaction's commands may be in the batch: it is
 		// replayed once a standby is past the start of its commit record.
 		if c.inTx {
@@ -347,12 +386,48 @@ func (c *consumer) flush() error {
 		p.canary.back(p.canaries, p.redis.appliedAt())
 		p.canaries = p.canaries[:0]
 	}
+	late := p.vis.pendingLate()
+	if late {
+		if err := p.vis.again(c.applyCtx, c.past()); err != nil {
+			return err
+		}
+	}
 	if c.ackable != 0 {
 		c.applied = max(c.applied, c.ackable)
 		c.acknowledge()
 		c.ackable, c.batchTxs = 0, 0
+	} else if late {
+		c.acknowledge() // a late batch applied again lets the acknowledgement move
 	}
 	return nil
+}
+
+// recheckLate applies again the late batches whose transactions turned
+// visible. Commands the sink holds go first, through flush: the version
+// keys that a batch applied again moves on must not pass those of a
+// transaction not applied yet.
+func (c *consumer) recheckLate() error {
+	c.lateArmed = false
+	if c.p.sink.pending() > 0 {
+		return c.flush()
+	}
+	if err := c.p.vis.again(c.applyCtx, c.past()); err != nil {
+		return err
+	}
+	c.acknowledge()
+	return nil
+}
+
+// past returns a position above every one a version key of a transaction
+// handled so far was set to, and below the end of every transaction still
+// to come: just past the last one committed, or past the spill position
+// of the open one (see invalidator.Batch.BeginTx).
+func (c *consumer) past() pglogrepl.LSN {
+	past := c.lastEnd + 1
+	if c.inTx {
+		past = max(past, c.final+2)
+	}
+	return past
 }
 
 // sendRedeletes sends the re-deletes due, and acknowledges what they held
@@ -366,11 +441,14 @@ func (c *consumer) sendRedeletes() error {
 }
 
 // acknowledge tells the server the highest position delivered, unless a
-// re-delete pending holds it lower.
+// re-delete pending, or a late batch to apply again, holds it lower.
 func (c *consumer) acknowledge() {
 	p := c.p
 	lsn := c.applied
 	if held, ok := p.redel.hold(); ok && held < lsn {
+		lsn = held
+	}
+	if held, ok := p.vis.hold(); ok && held < lsn {
 		lsn = held
 	}
 	if lsn <= c.stream.Acked() {
@@ -381,7 +459,8 @@ func (c *consumer) acknowledge() {
 	if p.log.Enabled(c.applyCtx, slog.LevelDebug) {
 		switch {
 		case lsn < c.applied:
-			p.log.Debug("acknowledged", "lsn", lsn.String(), "held_below", c.applied.String(), "redeletes", p.redel.pending())
+			p.log.Debug("acknowledged", "lsn", lsn.String(), "held_below", c.applied.String(), "redeletes", p.redel.pending(),
+				"late", p.vis.pendingLate())
 		case c.batchTxs > 0:
 			p.log.Debug("acknowledged", "lsn", lsn.String(), "xid", c.xid, "txs", c.batchTxs,
 				"lag", time.Since(c.commitAt).String())

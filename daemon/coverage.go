@@ -263,6 +263,10 @@ type catalogWatch struct {
 	polled  bool   // a poll succeeded: problems seen before were logged by this process
 
 	failing bool // the last poll failed, and that was logged
+
+	// onSyncStandbys is told the server's synchronous_standby_names at
+	// every poll; nil: nobody is.
+	onSyncStandbys func(names string)
 }
 
 // newCatalogWatch returns the catalog watch of Run. added are the rule
@@ -395,6 +399,13 @@ func (w *catalogWatch) take(ctx context.Context, rules *mapping.Rules) (*reading
 	}
 	for _, need := range rules.FullIdentityNeeds(r.infos) {
 		r.identity[need.Table] = need
+	}
+	if w.onSyncStandbys != nil {
+		names, err := replication.SynchronousStandbyNames(ctx, w.conn)
+		if err != nil {
+			return nil, err
+		}
+		w.onSyncStandbys(names)
 	}
 	r.next = make(map[string]seenTable, len(r.names))
 	return r, nil

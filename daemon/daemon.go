@@ -56,6 +56,17 @@ type Config struct {
 	// it is given up on until it catches up. Zero means
 	// DefaultReplicaTimeout.
 	ReplicaTimeout time.Duration
+	// Visibility says when a batch of commands waits, before it goes to
+	// Redis, until the transactions that caused it are visible on the
+	// primary (see visibility.go): VisibilityOn, VisibilityAuto (while the
+	// server has synchronous_standby_names set) or VisibilityOff. Zero
+	// means VisibilityOn.
+	Visibility string
+	// VisibilityTimeout is how long a transaction that is not visible may
+	// hold its batch back; past it the batch is applied, and applied again
+	// once the transaction is visible. Zero means
+	// DefaultVisibilityTimeout.
+	VisibilityTimeout time.Duration
 	// RedeleteLimit is how many re-deletes (rules with redelete_after) may
 	// wait before the daemon stops reading the stream until some are sent.
 	// Zero means DefaultRedeleteLimit.
@@ -163,6 +174,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.ReplicaTimeout == 0 {
 		c.ReplicaTimeout = DefaultReplicaTimeout
+	}
+	if c.Visibility == "" {
+		c.Visibility = VisibilityOn
+	}
+	if c.VisibilityTimeout == 0 {
+		c.VisibilityTimeout = DefaultVisibilityTimeout
 	}
 	if c.CatalogPollInterval == 0 {
 		c.CatalogPollInterval = 10 * time.Second
@@ -339,19 +356,22 @@ func Run(ctx context.Context, cfg Config) error {
 	warnEvictions(ectx, log, cfg.Rules, redis) // incr keys that Redis may evict
 	cancelEvictions()
 
-	wg.Go(func() { heartbeat(ctx, cfg, c, redis) })
-	// The catalog watch's first reading is taken before streaming starts,
-	// so that every change after it is noticed; tables added to an existing
-	// publication at start get their keys flushed by it.
-	watch := newCatalogWatch(cfg, m.cover, redis, added)
-	watch.poll(ctx)
-	wg.Go(func() { watch.run(ctx) })
-	wg.Go(func() { m.reportLag(ctx, cfg) })
-
 	redel := newRedeleter(redis, cfg.RedeleteLimit, cfg.MaxBatch)
 	p := newPipeline(cfg, mapper, m, newRedisSink(redis, redel), redel, redis)
 	defer p.gate.close()
+	defer p.vis.close()
 	p.canary = c
+
+	wg.Go(func() { heartbeat(ctx, cfg, c, redis) })
+	// The catalog watch's first reading is taken before streaming starts,
+	// so that every change after it is noticed; tables added to an existing
+	// publication at start get their keys flushed by it. It also tells the
+	// visibility gate whether synchronous standbys are named.
+	watch := newCatalogWatch(cfg, m.cover, redis, added)
+	watch.onSyncStandbys = p.vis.syncStandbys
+	watch.poll(ctx)
+	wg.Go(func() { watch.run(ctx) })
+	wg.Go(func() { m.reportLag(ctx, cfg) })
 	if cfg.Reload != nil && cfg.LoadRules != nil {
 		wg.Go(func() { p.watchReloads(ctx, cfg.Rules) })
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pglogrepl"
 
 	pginvalidator "github.com/pg-invalidator/pg-invalidator"
+	"github.com/pg-invalidator/pg-invalidator/invalidator"
 	"github.com/pg-invalidator/pg-invalidator/mapping"
 	"github.com/pg-invalidator/pg-invalidator/replication"
 )
@@ -195,5 +196,6 @@ func (s *printSink) emit() error {
 }
 
 func (s *printSink) pending() int                { return 0 }
+func (s *printSink) held() *invalidator.Batch    { return nil }
 func (s *printSink) flush(context.Context) error { return nil }
 func (s *printSink) reset()                      {}

@@ -71,6 +71,11 @@ func (m *metrics) handler(within time.Duration) http.Handler {
 				fmt.Fprintln(w, note)
 			}
 		}
+		if m.vis != nil {
+			for _, note := range m.vis.notes(time.Now()) {
+				fmt.Fprintln(w, note)
+			}
+		}
 	})
 	return mux
 }

@@ -38,7 +38,8 @@ type metrics struct {
 	replicaWait     prometheus.Histogram
 	replicaTimeouts *prometheus.CounterVec
 	replicaLagging  *prometheus.GaugeVec
-	gate            *standbyGate // its notes go on /readyz; nil: no standbys named
+	gate            *standbyGate    // its notes go on /readyz; nil: no standbys named
+	vis             *visibilityGate // its notes go on /readyz; nil before the pipeline is built
 
 	rels    map[uint32]*relCounters // by Relation.ID; under the consumer's lock (see consumer)
 	lastRel *relCounters            // the previous change's; under the consumer's lock

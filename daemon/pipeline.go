@@ -20,10 +20,11 @@ import (
 type pipeline struct {
 	cfg    Config
 	log    *slog.Logger
-	sink   sink         // where each transaction's commands go: every Redis target, or a dry run's output
-	redel  *redeleter   // re-deletes waiting for their time; they hold the acknowledgement back
-	gate   *standbyGate // holds each batch until the standbys named in cfg.Replicas replayed it
-	redis  fanout       // every Redis deployment, which resync flushes; nil in a dry run
+	sink   sink            // where each transaction's commands go: every Redis target, or a dry run's output
+	redel  *redeleter      // re-deletes waiting for their time; they hold the acknowledgement back
+	gate   *standbyGate    // holds each batch until the standbys named in cfg.Replicas replayed it
+	vis    *visibilityGate // holds each batch until its transactions are visible on the primary
+	redis  fanout          // every Redis deployment, which resync flushes; nil in a dry run
 	mapper *mapping.Mapper
 	cmds   []pginvalidator.Command // scratch for one change's commands
 	m      *metrics
@@ -65,6 +66,11 @@ func newPipeline(cfg Config, mapper *mapping.Mapper, m *metrics, s sink, redel *
 		reloaded: make(chan reload, 1)}
 	redel.onPending = func(n int) { m.redeletesPending.Set(float64(n)) }
 	p.gate = newStandbyGate(cfg, m)
+	if redis == nil { // a dry run prints each transaction at once
+		cfg.Visibility = VisibilityOff
+	}
+	p.vis = newVisibilityGate(cfg, redis, m.reg)
+	m.vis = p.vis
 	if len(cfg.Replicas) > 0 {
 		m.gate = p.gate
 		for _, name := range cfg.Replicas {
@@ -168,6 +174,7 @@ func (p *pipeline) session(ctx context.Context) error {
 	}
 	p.sink.reset() // unacknowledged work is replayed by the next session
 	p.redel.reset()
+	p.vis.reset()
 	p.m.discard()
 	p.canaries = p.canaries[:0]
 	return err

@@ -29,6 +29,9 @@ type sink interface {
 	commit(end pglogrepl.LSN, at time.Time) error
 	// pending returns how many commands wait for flush.
 	pending() int
+	// held returns a copy of the commands flush would deliver now, to
+	// deliver again later; nil when the sink keeps none (a dry run's).
+	held() *invalidator.Batch
 	// flush delivers every command held. Once it returns nil, every
 	// transaction committed before it may be acknowledged.
 	flush(ctx context.Context) error
@@ -74,6 +77,8 @@ func (s *redisSink) commit(end pglogrepl.LSN, _ time.Time) error {
 }
 
 func (s *redisSink) pending() int { return s.batch.Len() }
+
+func (s *redisSink) held() *invalidator.Batch { return s.batch.Copy() }
 
 // flush applies the batch to every target; it returns only once all have
 // applied it, or ctx ends. The re-deletes of its commands are due from

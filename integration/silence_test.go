@@ -105,7 +105,7 @@ func TestConnectTimeoutAtStart(t *testing.T) {
 	proxy.SwallowNew(true)
 	logs := &testenv.SyncBuffer{}
 	cfg := f.config(f.rules(itemsRules))
-	cfg.PostgresURL = withParam(t, viaProxy, "connect_timeout", "1")
+	cfg.PostgresURL = withParams(t, viaProxy, "connect_timeout", "1")
 	cfg.MaxBackoff = 500 * time.Millisecond
 	cfg.Logger = teeLogger(t, logs)
 	r := f.startUnready(cfg)
@@ -171,17 +171,4 @@ func TestSilentPeerThenConnectTimeouts(t *testing.T) {
 	f.cache("item:3")
 	f.exec("UPDATE items SET v = v + 1 WHERE id = 3")
 	f.waitGone("item:3")
-}
-
-// withParam returns rawURL with the query parameter key set to value.
-func withParam(t *testing.T, rawURL, key, value string) string {
-	t.Helper()
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := u.Query()
-	q.Set(key, value)
-	u.RawQuery = q.Encode()
-	return u.String()
 }

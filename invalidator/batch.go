@@ -188,3 +188,68 @@ func (b *Batch) Clear() {
 	clear(b.versionPatterns)
 	b.force = false
 }
+
+// Copy returns a new Batch that holds what Apply would send of b now: not
+// the open transaction's Incr and Version keys, which wait for its EndTx.
+func (b *Batch) Copy() *Batch {
+	c := NewBatch()
+	c.Redelete, c.force = b.Redelete, b.force
+	for k := range b.dels {
+		c.dels[k] = struct{}{}
+	}
+	for k, n := range b.incrs {
+		c.incrs[k] = n
+	}
+	for k := range b.delPatterns {
+		c.delPatterns[k] = struct{}{}
+	}
+	for k := range b.incrPatterns {
+		c.incrPatterns[k] = struct{}{}
+	}
+	for k, lsn := range b.versions {
+		c.versions[k] = lsn
+	}
+	for k, lsn := range b.versionPatterns {
+		c.versionPatterns[k] = lsn
+	}
+	return c
+}
+
+// Merge adds what Apply would send of o to b, as if its transactions had
+// been b's.
+func (b *Batch) Merge(o *Batch) {
+	for k := range o.dels {
+		b.dels[k] = struct{}{}
+	}
+	for k, n := range o.incrs {
+		b.incrs[k] += n
+	}
+	for k := range o.delPatterns {
+		b.delPatterns[k] = struct{}{}
+	}
+	for k := range o.incrPatterns {
+		b.incrPatterns[k] = struct{}{}
+	}
+	for k, lsn := range o.versions {
+		b.versions[k] = max(b.versions[k], lsn)
+	}
+	for k, lsn := range o.versionPatterns {
+		b.versionPatterns[k] = max(b.versionPatterns[k], lsn)
+	}
+}
+
+// HasVersions reports whether b sets a Version key or VersionPattern.
+func (b *Batch) HasVersions() bool { return len(b.versions)+len(b.versionPatterns) > 0 }
+
+// RaiseVersions moves every Version key and VersionPattern of b that would
+// be set below at up to at: a batch applied again later must move its
+// version keys past what its first application set them to, or a value
+// cached under that version in between would stay reachable.
+func (b *Batch) RaiseVersions(at pginvalidator.LSN) {
+	for k, lsn := range b.versions {
+		b.versions[k] = max(lsn, at)
+	}
+	for k, lsn := range b.versionPatterns {
+		b.versionPatterns[k] = max(lsn, at)
+	}
+}

@@ -44,18 +44,20 @@ func (c *commonFlags) daemonConfig(logger *slog.Logger, needRedis bool) (daemon.
 		return daemon.Config{}, err
 	}
 	cfg := daemon.Config{
-		Rules:          f.Rules,
-		PostgresURL:    firstOf(c.postgres, os.Getenv("DATABASE_URL"), f.Postgres.URL),
-		Slot:           f.Postgres.Slot,
-		Publication:    f.Postgres.Publication,
-		Heartbeat:      f.Postgres.Heartbeat,
-		Timeout:        f.Postgres.Timeout,
-		Replicas:       f.Postgres.Replicas,
-		ReplicaTimeout: f.Postgres.ReplicaTimeout,
-		CanaryKey:      f.Postgres.CanaryKey,
-		NoCanary:       f.Postgres.CanaryKey == "",
-		Resync:         f.Recovery.OnSlotLost == config.OnSlotLostResync,
-		Logger:         logger,
+		Rules:             f.Rules,
+		PostgresURL:       firstOf(c.postgres, os.Getenv("DATABASE_URL"), f.Postgres.URL),
+		Slot:              f.Postgres.Slot,
+		Publication:       f.Postgres.Publication,
+		Heartbeat:         f.Postgres.Heartbeat,
+		Timeout:           f.Postgres.Timeout,
+		Replicas:          f.Postgres.Replicas,
+		ReplicaTimeout:    f.Postgres.ReplicaTimeout,
+		Visibility:        f.Postgres.Visibility,
+		VisibilityTimeout: f.Postgres.VisibilityTimeout,
+		CanaryKey:         f.Postgres.CanaryKey,
+		NoCanary:          f.Postgres.CanaryKey == "",
+		Resync:            f.Recovery.OnSlotLost == config.OnSlotLostResync,
+		Logger:            logger,
 	}
 	if cfg.PostgresURL == "" {
 		return cfg, fmt.Errorf("no PostgreSQL URL: pass --postgres, set DATABASE_URL, or set url in the [postgres] table of %s", c.config)

@@ -78,13 +78,15 @@ type coverage struct {
 	wake    chan struct{}           // asks the watch to read the catalog now; buffered, one request pending at most
 	lastRel *pginvalidator.Relation // the relation see looked at last; under the consumer's lock (see consumer)
 
-	mu       sync.Mutex        // protects problems
+	mu       sync.Mutex        // protects problems and added
 	problems map[string]string // why a rule table is not covered, by table; empty: all are
+	added    []string          // rule tables a reload added to the publication, for the watch to flush; nil: none
 }
 
 // Change labels of pg_invalidator_catalog_changes_total.
 const (
 	changeSwapped   = "swapped"   // a new relation under the name, streamed now (added to the publication, or in it already); keys flushed
+	changeAdded     = "added"     // a table new in the rules, added to the publication (at start or by a reload); keys flushed
 	changeUncovered = "uncovered" // a new relation under the name that the publication does not stream, and this role may not add
 	changeMissing   = "missing"   // the name resolves to no table: dropped, or renamed away; keys flushed
 	changeRestored  = "restored"  // a table not covered before is streamed again, or its replica identity serves its rules again; keys flushed
@@ -96,7 +98,7 @@ func newCoverage(rules *mapping.Rules, reg prometheus.Registerer) *coverage {
 	c := &coverage{
 		changes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pg_invalidator_catalog_changes_total",
-			Help: "Catalog changes to rule tables that produce no row event, by table and change: swapped, uncovered, missing, restored, identity, partition.",
+			Help: "Catalog changes to rule tables that produce no row event, by table and change: swapped, added, uncovered, missing, restored, identity, partition.",
 		}, []string{"table", "change"}),
 		problems: make(map[string]string),
 		wake:     make(chan struct{}, 1),
@@ -104,7 +106,7 @@ func newCoverage(rules *mapping.Rules, reg prometheus.Registerer) *coverage {
 	c.rules.Store(rules)
 	// Every rule table shows up from the start, at zero.
 	for _, t := range rules.Tables() {
-		for _, change := range []string{changeSwapped, changeUncovered, changeMissing, changeRestored, changeIdentity, changePartition} {
+		for _, change := range []string{changeSwapped, changeAdded, changeUncovered, changeMissing, changeRestored, changeIdentity, changePartition} {
 			c.changes.WithLabelValues(t, change)
 		}
 	}
@@ -149,6 +151,33 @@ func (c *coverage) setRules(rules *mapping.Rules) {
 	}
 }
 
+// addedByReload hands the watch the rule tables a reload added to the
+// publication, and wakes it: it flushes their keys as it flushes those of
+// the tables start adds, since changes made to them before were not
+// streamed.
+func (c *coverage) addedByReload(tables []string) {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	c.added = append(c.added, tables...)
+	c.mu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// takeAdded returns the tables addedByReload handed over since the last
+// call.
+func (c *coverage) takeAdded() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	added := c.added
+	c.added = nil
+	return added
+}
+
 // see is called by the pipeline with the relation of each row change. A
 // relation whose OID a rule table's name was bound to, under another name
 // now (a Relation message after ALTER TABLE ... RENAME), wakes the watch at
@@ -177,11 +206,6 @@ type seenTable struct {
 	problem  string // why it is not covered, as logged; "": covered
 	identity string // why its replica identity does not serve its rules, as logged; "": it does
 }
-
-// CatalogMarker is the key under which the catalog watch saves its last
-// reading of the rule tables of slot in database db, as JSON: the slot's
-// marker (SlotMarker) and ":catalog".
-func CatalogMarker(db, slot string) string { return SlotMarker(db, slot) + ":catalog" }
 
 // savedReading is a reading as CatalogMarker holds it.
 type savedReading struct {
@@ -254,19 +278,23 @@ type catalogWatch struct {
 	redis fanout
 	conn  *pgx.Conn            // an ordinary connection, kept open; nil: reconnect at the next poll
 	seen  map[string]seenTable // by rule table, as the last poll saw it, or as the last daemon saved it; empty: neither
-	added []string             // rule tables added to the publication at start, flushed by the first poll that succeeds; nil after it
+	added []string             // rule tables added to the publication, at start or by a reload, flushed by the next poll that succeeds; nil after it
 
-	key     string // CatalogMarker; "" until the first poll that connects
-	loaded  bool   // the reading the last daemon saved was looked for
-	saved   string // the reading last saved or loaded, encoded
-	unsaved int    // polls since the reading was last saved
-	polled  bool   // a poll succeeded: problems seen before were logged by this process
+	keys    markerKeys // the slot's notes in Redis; zero until the first poll that connects
+	loaded  bool       // the reading the last daemon saved was looked for
+	saved   string     // the reading last saved or loaded, encoded
+	unsaved int        // polls since the reading was last saved
+	polled  bool       // a poll succeeded: problems seen before were logged by this process
 
 	failing bool // the last poll failed, and that was logged
 
 	// onSyncStandbys is told the server's synchronous_standby_names at
 	// every poll; nil: nobody is.
 	onSyncStandbys func(names string)
+	// streaming reports whether a session streams, and so the slot
+	// exists: the watch then sets the slot's marker again whenever it
+	// saves its reading. Nil: it never does.
+	streaming func() bool
 }
 
 // newCatalogWatch returns the catalog watch of Run. added are the rule
@@ -332,6 +360,7 @@ func (w *catalogWatch) read(ctx context.Context) error {
 		}
 		w.conn = c
 	}
+	w.added = append(w.added, w.cov.takeAdded()...)
 	rules := w.cov.rules.Load()
 	qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
@@ -455,7 +484,7 @@ func (w *catalogWatch) judge(r *reading, t string) {
 	case !known && !slices.Contains(r.unpublished, t):
 		// The first reading: what prepare checked.
 	case !known || slices.Contains(r.unpublished, t) || prev.OID != cur.OID || prev.problem != "":
-		w.judgeStreamedNow(r, t, prev)
+		w.judgeStreamedNow(r, t, prev, known)
 	case cur.Partitioned && prev.OID == cur.OID:
 		if why := leavesChanged(prev.BoundTable, cur.BoundTable); len(why) > 0 {
 			r.flush = append(r.flush, t)
@@ -510,10 +539,12 @@ func (w *catalogWatch) judgeUncovered(r *reading, t string, cur *seenTable, prev
 // judgeStreamedNow handles a rule table whose relation is streamed now and
 // was not before: changes made to it meanwhile were not streamed, so its
 // keys are flushed.
-func (w *catalogWatch) judgeStreamedNow(r *reading, t string, prev seenTable) {
+func (w *catalogWatch) judgeStreamedNow(r *reading, t string, prev seenTable, known bool) {
 	r.flush = append(r.flush, t)
 	var change, msg string
 	switch {
+	case slices.Contains(w.added, t) && !known:
+		change, msg = changeAdded, "rule table joined the publication (new in the rules): flushed its keys, since changes made to it before were not streamed"
 	case slices.Contains(r.unpublished, t):
 		change, msg = changeSwapped, "rule table is a new relation (swapped or recreated), or was dropped from the publication: added it to the publication, and flushed its keys, since changes made to it before were not streamed"
 	case prev.OID != 0 && prev.OID != r.now[t].OID:
@@ -574,8 +605,15 @@ func (w *catalogWatch) keep(r *reading) {
 func (w *catalogWatch) save(ctx context.Context, next map[string]seenTable) error {
 	w.unsaved++
 	if enc := encodeReading(next); enc != w.saved || w.unsaved >= resaveEvery {
-		if err := w.redis.SetMarker(ctx, w.key, enc); err != nil {
+		if err := w.redis.SetMarker(ctx, w.keys.catalog, enc); err != nil {
 			return fmt.Errorf("save the catalog reading: %w", err)
+		}
+		// The slot's marker too, while a session streams (the slot
+		// exists): an eviction or a FLUSHALL removes it as well.
+		if w.streaming != nil && w.streaming() {
+			if err := w.redis.SetMarker(ctx, w.keys.slot, slotMarkerValue(w.cfg.Slot, time.Now())); err != nil {
+				return fmt.Errorf("set the replication slot's marker again: %w", err)
+			}
 		}
 		w.saved, w.unsaved = enc, 0
 	}
@@ -591,24 +629,29 @@ const resaveEvery = 6
 // older daemon, without GET on the markers) is logged once, and the first
 // poll goes on without it, as if there were none.
 func (w *catalogWatch) load(ctx context.Context) error {
-	if w.key == "" {
-		db, err := replication.CurrentDatabase(ctx, w.conn)
+	if w.keys.catalog == "" {
+		id, err := replication.ReadIdentity(ctx, w.conn)
 		if err != nil {
 			return err
 		}
-		w.key = CatalogMarker(db, w.cfg.Slot)
+		w.keys = newMarkerKeys(id, w.cfg.Slot)
 	}
-	target, value, err := w.redis.Marker(ctx, w.key)
+	key := w.keys.catalog
+	target, value, err := w.redis.Marker(ctx, key)
+	if err == nil && target == "" { // saved by a daemon of before the system identifier
+		key = w.keys.legacyCatalog
+		target, value, err = w.redis.Marker(ctx, key)
+	}
 	switch {
 	case errors.Is(err, invalidator.ErrNoPermission):
 		w.cfg.Logger.Error("cannot read the catalog reading the last daemon saved: rule tables swapped, and partitions detached, dropped or truncated, while no daemon ran go unnoticed; let the Redis user read the markers: ACL SETUSER <user> (~"+SlotMarkerPrefix+"* +get), as setup --redis-acl prints",
-			"key", w.key, "err", err)
+			"key", key, "err", err)
 	case err != nil:
 		return fmt.Errorf("read the catalog reading the last daemon saved: %w", err)
 	case target != "":
 		seen, err := decodeReading(value)
 		if err != nil {
-			w.cfg.Logger.Warn("ignored the catalog reading the last daemon saved: it cannot be decoded", "key", w.key, "target", target, "err", err)
+			w.cfg.Logger.Warn("ignored the catalog reading the last daemon saved: it cannot be decoded", "key", key, "target", target, "err", err)
 			break
 		}
 		w.seen, w.saved = seen, value

@@ -369,6 +369,7 @@ func Run(ctx context.Context, cfg Config) error {
 	// visibility gate whether synchronous standbys are named.
 	watch := newCatalogWatch(cfg, m.cover, redis, added)
 	watch.onSyncStandbys = p.vis.syncStandbys
+	watch.streaming = m.streaming.Load
 	watch.poll(ctx)
 	wg.Go(func() { watch.run(ctx) })
 	wg.Go(func() { m.reportLag(ctx, cfg) })

@@ -40,9 +40,12 @@ type pipeline struct {
 	// from it, found it existing, or found it busy, as a standby does. A
 	// missing slot then means it was lost, never a first start.
 	seen bool
-	// marker is the key of the slot's marker in Redis (see SlotMarker);
-	// empty until the first session has read the database's name.
-	marker string
+	// markers are the keys of the slot's notes in Redis (see markers.go);
+	// zero until the first session has read the server's identity.
+	markers markerKeys
+	// resyncUnread is true once the Redis user was found unable to read
+	// the resync marker, and that was logged.
+	resyncUnread bool
 	// remembered is true once the marker was set in every target, by this
 	// process and since the last session that streamed: each reconnection
 	// sets it again, in case Redis was emptied meanwhile.
@@ -208,19 +211,17 @@ func (p *pipeline) requireSlot(ctx context.Context) error {
 		return err
 	}
 	defer conn.Close(context.Background())
-	if p.marker == "" {
-		db, err := replication.CurrentDatabase(ctx, conn)
-		if err != nil {
-			return err
-		}
-		p.marker = SlotMarker(db, p.cfg.Slot)
+	if err := p.loadMarkers(ctx, conn); err != nil {
+		return err
 	}
 	slot, err := replication.SlotState(ctx, conn, p.cfg.Slot)
 	if err != nil {
 		return err
 	}
 	if slot.Exists {
-		return nil
+		// A resync that created the slot and stopped before its flush
+		// was done is finished now, whatever stopped it.
+		return p.finishResync(ctx)
 	}
 	var why string
 	switch {
@@ -229,12 +230,12 @@ func (p *pipeline) requireSlot(ctx context.Context) error {
 	case p.seen:
 		why = "disappeared while the daemon stood by for it"
 	default:
-		target, err := p.redis.MarkerIn(ctx, p.marker)
+		key, target, err := p.redis.slotRemembered(ctx, p.markers)
 		if err != nil {
 			return fmt.Errorf("look for the replication slot's marker: %w", err)
 		}
 		if target != "" {
-			why = fmt.Sprintf("is missing, but Redis remembers that it existed (key %s", p.marker)
+			why = fmt.Sprintf("is missing, but Redis remembers that it existed (key %s", key)
 			if len(p.redis) > 1 || target != DefaultTarget {
 				why += " in target " + target
 			}
@@ -250,29 +251,6 @@ func (p *pipeline) requireSlot(ctx context.Context) error {
 	if why != "" {
 		return slotLost(p.cfg.Slot, why)
 	}
-	return nil
-}
-
-// SlotMarkerPrefix begins the key of the marker that records, in every
-// Redis target, that the daemon's slot existed: SlotMarkerPrefix, then the
-// database and the slot, "pg-invalidator:slot:app:pg_invalidator".
-const SlotMarkerPrefix = "pg-invalidator:slot:"
-
-// SlotMarker is the key of the marker of slot in database db.
-func SlotMarker(db, slot string) string { return SlotMarkerPrefix + db + ":" + slot }
-
-// rememberSlot sets the slot's marker in every target, once the slot is
-// known to exist (once per process on a standby, before every session that
-// streams on the active daemon): a process started later that finds the
-// marker but not the slot knows the slot was lost. It lives in Redis, with the entries that
-// would be stale: an emptied Redis forgets the slot and holds nothing stale
-// either. See docs/high-availability.md for why not in PostgreSQL.
-func (p *pipeline) rememberSlot(ctx context.Context) error {
-	value := fmt.Sprintf("replication slot %s existed at %s", p.cfg.Slot, time.Now().UTC().Format(time.RFC3339))
-	if err := p.redis.SetMarker(ctx, p.marker, value); err != nil {
-		return fmt.Errorf("set the replication slot's marker: %w", err)
-	}
-	p.remembered = true
 	return nil
 }
 

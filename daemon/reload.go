@@ -43,15 +43,17 @@ func (p *pipeline) watchReloads(ctx context.Context, current *mapping.Rules) {
 	}
 }
 
-// reload loads and validates the new rules, then puts them in force before
-// their new tables join the publication: it adds the tables in a
-// transaction, hands the rules to the pipeline, which swaps them in between
-// transactions, and commits only once they are in force. A change to a new
-// table can reach the stream only after that commit, so the new rules map
-// it; the old ones, which know nothing of the table, never see it. Until
-// the commit, the transaction holds a SHARE UPDATE EXCLUSIVE lock on the
-// tables it adds, which blocks DDL and VACUUM on them, not writes; the swap
-// takes a moment, or until the transaction in progress ends.
+// reload loads and validates the new rules, puts them in force, and only
+// then adds their new tables to the publication, in a statement of its
+// own: a change to a new table can reach the stream only after that, so
+// the new rules map it; the old ones, which know nothing of the table,
+// never see it. No transaction stays open while the pipeline swaps the
+// rules (which waits for the transaction in progress, or for Redis): slot
+// creation would wait for it, and vacuum too.
+//
+// The changes made to a new table before it joined the publication were
+// never streamed, so the catalog watch flushes its keys, as it flushes
+// those of a table that start adds.
 //
 // Last, it drops the tables the old rules named and the new ones do not,
 // when this role owns the publication. It returns the rules in force when
@@ -69,16 +71,6 @@ func (p *pipeline) reload(ctx context.Context, old *mapping.Rules) (*mapping.Rul
 	if err := checkSchema(ctx, conn, rules); err != nil {
 		return nil, err
 	}
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("begin adding the rule tables to the publication: %w", err)
-	}
-	defer tx.Rollback(context.Background()) // a no-op once committed
-	_, added, err := replication.EnsurePublication(ctx, conn, p.cfg.Publication, rules.Tables())
-	if err != nil {
-		return nil, err
-	}
-
 	if p.redis != nil && IncrKeys(old) == "" && IncrKeys(rules) != "" {
 		ectx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		warnEvictions(ectx, p.log, rules, p.redis) // the first incr rules: Redis may evict their keys
@@ -91,13 +83,14 @@ func (p *pipeline) reload(ctx context.Context, old *mapping.Rules) (*mapping.Rul
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	err = tx.Commit(ctx)
+	_, added, err := replication.EnsurePublication(ctx, conn, p.cfg.Publication, rules.Tables())
 	p.m.cover.setRules(rules) // the catalog watch checks the new tables once they are in
 	if err != nil {
-		return rules, fmt.Errorf("add tables %v to publication %s: %w", added, p.cfg.Publication, err)
+		return rules, fmt.Errorf("add the rule tables to publication %s: %w", p.cfg.Publication, err)
 	}
 	if len(added) > 0 {
 		p.log.Info("tables added to publication", "publication", p.cfg.Publication, "tables", added)
+		p.m.cover.addedByReload(added)
 	}
 
 	var gone []string

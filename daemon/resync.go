@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	pginvalidator "github.com/pg-invalidator/pg-invalidator"
 	"github.com/pg-invalidator/pg-invalidator/invalidator"
@@ -55,16 +58,27 @@ func (p *pipeline) slotCreated(ctx context.Context, stream *replication.Stream) 
 	return slotLost(p.cfg.Slot, why)
 }
 
-// resync recovers from a lost slot: it drops the slot if it still exists,
-// creates a new one, and only then flushes every key the rules can render,
-// each template the way a TRUNCATE of its table would. The order matters:
-// the new slot already holds every change committed after the flush began,
-// so none goes unseen. force drops the slot even when pg_replication_slots
+// resync recovers from a lost slot: it notes in Redis that a resync
+// begins, drops the slot if it still exists, creates a new one, and only
+// then flushes every key the rules can render, each template the way a
+// TRUNCATE of its table would, and notes that the flush is done. The order
+// matters: the new slot already holds every change committed after the
+// flush began, so none goes unseen; and a resync stopped anywhere after the
+// note, kill -9 included, is finished by the next session (finishResync)
+// before it streams. force drops the slot even when pg_replication_slots
 // does not say wal_status lost (START_REPLICATION said it was invalidated).
 func (p *pipeline) resync(ctx context.Context, why string, force bool) error {
 	slot := p.cfg.Slot
 	conn, err := connect(ctx, p.cfg)
 	if err != nil {
+		return err
+	}
+	if err := p.loadMarkers(ctx, conn); err != nil {
+		conn.Close(context.Background())
+		return err
+	}
+	if err := p.redis.resyncBegins(ctx, p.markers, slot, why, time.Now()); err != nil {
+		conn.Close(context.Background())
 		return err
 	}
 	var dropped bool
@@ -97,17 +111,60 @@ func (p *pipeline) resync(ctx context.Context, why string, force bool) error {
 	}
 	if !created {
 		// Another daemon on the same slot (an HA peer) found it lost too,
-		// and recreated it first: it flushes, once.
+		// and recreated it first: it flushes, once, and notes when it is
+		// done. Should it stop first, the next session here finishes.
 		p.log.Info("another process recreated the lost replication slot first, and flushes the keys", "slot", slot, "reason", why)
 		return nil
 	}
 	return p.flushAll(ctx, why, dropped)
 }
 
+// loadMarkers reads the server's identity on conn, for the keys of the
+// slot's notes in Redis, unless they are known.
+func (p *pipeline) loadMarkers(ctx context.Context, conn *pgx.Conn) error {
+	if p.markers.slot != "" {
+		return nil
+	}
+	id, err := replication.ReadIdentity(ctx, conn)
+	if err != nil {
+		return err
+	}
+	p.markers = newMarkerKeys(id, p.cfg.Slot)
+	return nil
+}
+
+// finishResync, before a session streams from a slot that exists, finishes
+// the flush of a resync that created the slot and stopped before its flush
+// was done (a blip, SIGTERM, kill -9, in this process or another). The
+// resync marker says so.
+//
+// A Redis user that may not read the note (an ACL of an older version) is
+// logged once, and the session streams on as before this check existed.
+func (p *pipeline) finishResync(ctx context.Context) error {
+	note, err := p.redis.resyncUnfinished(ctx, p.markers)
+	switch {
+	case errors.Is(err, invalidator.ErrNoPermission):
+		if !p.resyncUnread {
+			p.resyncUnread = true
+			p.log.Error("cannot read whether a resync was left unfinished: a resync stopped before its flush would go unnoticed; let the Redis user read the markers: ACL SETUSER <user> (~"+SlotMarkerPrefix+"* +get), as setup --redis-acl prints",
+				"key", p.markers.resync, "err", err)
+		}
+		return nil
+	case err != nil:
+		return fmt.Errorf("look for a resync left unfinished: %w", err)
+	}
+	if note == "" {
+		return nil
+	}
+	p.log.Warn("a resync created the replication slot and stopped before its flush was done: flushing now, before streaming",
+		"slot", p.cfg.Slot, "note", strings.TrimPrefix(note, resyncPending))
+	return p.flushAll(ctx, "finishing a resync that stopped before its flush was done", false)
+}
+
 // flushAll runs every rule's FlushCommands on every Redis target once the
-// new slot exists, logs the resync and counts it. When the flush does not
-// finish, the new slot is dropped again so that a start with Resync finds
-// it missing and resyncs anew.
+// new slot exists, notes in Redis that the flush is done, logs the resync
+// and counts it. When it does not finish, the resync marker still says the
+// flush is to do, and the next session does it (finishResync).
 //
 // Version keys are set to the position the new slot streams from, whatever
 // they hold (see invalidator.Batch.EndResync): every transaction it sends
@@ -132,18 +189,12 @@ func (p *pipeline) flushAll(ctx context.Context, why string, dropped bool) error
 	b.EndResync(from)
 	before := p.redis.Stats()
 	if err := p.redis.Apply(ctx, b); err != nil {
-		// Apply gives up only when ctx ends. A start would stream from the
-		// new slot without flushing, so drop it again: a start with Resync
-		// then finds it missing and resyncs anew.
-		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if derr := dropNewSlot(dctx, p.cfg, slot); derr != nil {
-			p.log.Error("resync interrupted before the flush finished, and the new replication slot could not be dropped again: caches may be stale; "+
-				"flush the rules' keys by hand, or drop the slot and start with --resync", "slot", slot, "err", derr)
-		} else {
-			p.log.Warn("resync interrupted before the flush finished; dropped the new replication slot so that the next start with --resync starts over", "slot", slot)
-		}
-		return fmt.Errorf("flush after recreating replication slot %s: %w", slot, err)
+		// Apply gives up only when ctx ends; the next session, or the next
+		// start, finishes the flush.
+		return fmt.Errorf("flush after recreating replication slot %s (the next start finishes it): %w", slot, err)
+	}
+	if err := p.redis.resyncFinished(ctx, p.markers, slot, time.Now()); err != nil {
+		return err
 	}
 	after := p.redis.Stats()
 	p.m.resyncs.Inc()
@@ -172,17 +223,6 @@ func (p *pipeline) slotStart(ctx context.Context) (pginvalidator.LSN, error) {
 		return 0, fmt.Errorf("read the start of replication slot %s: it has no confirmed_flush_lsn", p.cfg.Slot)
 	}
 	return pginvalidator.LSN(info.ConfirmedFlushLSN), nil
-}
-
-// dropNewSlot drops the slot a resync created when its flush did not finish.
-func dropNewSlot(ctx context.Context, cfg Config, slot string) error {
-	conn, err := connect(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.Background())
-	_, err = replication.DropSlot(ctx, conn, slot)
-	return err
 }
 
 // ensureSlotFailed handles an error from replication.EnsureSlot. When the

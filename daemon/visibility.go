@@ -90,6 +90,7 @@ type visibilityGate struct {
 	showing bool
 
 	waitHist prometheus.Histogram
+	waits    prometheus.Counter // batches that found a transaction not visible at the first read
 	timeouts prometheus.Counter
 
 	mu    sync.Mutex    // protects shown
@@ -119,12 +120,16 @@ func newVisibilityGate(cfg Config, targets fanout, reg prometheus.Registerer) *v
 			Help:    "Time each batch of commands waited for its transactions to be visible on the primary (with visibility on, or auto and synchronous standbys).",
 			Buckets: latencyBuckets,
 		}),
+		waits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pg_invalidator_visibility_waits_total",
+			Help: "Batches of commands that found a transaction of theirs streamed but not yet visible on the primary, and waited for it.",
+		}),
 		timeouts: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pg_invalidator_visibility_timeouts_total",
 			Help: "Transactions still not visible on the primary after visibility_timeout: their commands were applied then, and again once they were visible.",
 		}),
 	}
-	reg.MustRegister(g.waitHist, g.timeouts, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+	reg.MustRegister(g.waitHist, g.waits, g.timeouts, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "pg_invalidator_invisible_seconds",
 		Help: "How long the oldest transaction streamed but not yet visible on the primary has waited (its commands held back, or applied past visibility_timeout and to apply again); 0: none.",
 	}, func() float64 { return g.oldest(time.Now()).Seconds() }))
@@ -198,6 +203,9 @@ func (g *visibilityGate) wait(ctx context.Context) ([]invisibleTx, error) {
 				g.show()
 				return late, nil
 			}
+		}
+		if pause == visibilityPollMin {
+			g.waits.Inc()
 		}
 		g.show()
 		select {

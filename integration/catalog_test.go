@@ -473,12 +473,8 @@ func TestCatalogReadingWithoutGet(t *testing.T) {
 	f.cache("product:1")
 	f.exec("INSERT INTO products (id, category_id) VALUES (1, 3)")
 	f.waitGone("product:1")
-	var db string
-	if err := f.db.QueryRow(ctx, "SELECT current_database()").Scan(&db); err != nil {
-		t.Fatal(err)
-	}
-	if n := f.rdb.Exists(ctx, daemon.CatalogMarker(db, replication.DefaultSlot)).Val(); n != 1 {
-		t.Errorf("the daemon saved no catalog reading (%s)", daemon.CatalogMarker(db, replication.DefaultSlot))
+	if key := f.markers().catalog; f.rdb.Exists(ctx, key).Val() != 1 {
+		t.Errorf("the daemon saved no catalog reading (%s)", key)
 	}
 	if n := w.logCount("cannot read the catalog reading"); n != 1 {
 		t.Errorf("%d errors about the catalog reading, want 1:\n%s", n, w.log)
@@ -496,11 +492,7 @@ func TestCatalogReadingSavedAgain(t *testing.T) {
 	f := newFixture(t, eventsSchema, markerSchema)
 	f.startWatched(f.config(f.rules(eventsRules)))
 	ctx := context.Background()
-	var db string
-	if err := f.db.QueryRow(ctx, "SELECT current_database()").Scan(&db); err != nil {
-		t.Fatal(err)
-	}
-	key := daemon.CatalogMarker(db, replication.DefaultSlot)
+	key := f.markers().catalog
 	saved := func() bool { return f.rdb.Exists(ctx, key).Val() == 1 }
 	waitFor(t, 10*time.Second, saved, func() string { return "no catalog reading saved at " + key })
 	if err := f.rdb.Del(ctx, key).Err(); err != nil {

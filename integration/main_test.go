@@ -10,6 +10,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -52,7 +53,13 @@ func newFixture(t *testing.T, schema ...string) *fixture {
 
 func newFixtureOn(t *testing.T, pgURL, redisURL string, schema ...string) *fixture {
 	t.Helper()
-	f := &fixture{t: t, dbURL: testenv.NewDatabase(t, pgURL), redisURL: redisURL, prefix: testenv.UniqueName() + ":"}
+	return newFixtureAt(t, testenv.NewDatabase(t, pgURL), redisURL, schema...)
+}
+
+// newFixtureAt is newFixtureOn in the database of dbURL, which exists.
+func newFixtureAt(t *testing.T, dbURL, redisURL string, schema ...string) *fixture {
+	t.Helper()
+	f := &fixture{t: t, dbURL: dbURL, redisURL: redisURL, prefix: testenv.UniqueName() + ":"}
 	testenv.Exec(t, f.dbURL, schema...)
 	ctx := context.Background()
 	db, err := pgx.Connect(ctx, f.dbURL)
@@ -319,4 +326,33 @@ func daemonBinary(t *testing.T) string {
 		t.Fatal(buildErr)
 	}
 	return binPath
+}
+
+// markerKeys are the keys of the notes the daemon keeps in Redis about the
+// fixture's default slot.
+type markerKeys struct{ slot, catalog, resync string }
+
+// markers returns the keys of the notes about the fixture's default slot.
+func (f *fixture) markers() markerKeys {
+	f.t.Helper()
+	id, err := replication.ReadIdentity(context.Background(), f.db)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return markerKeys{
+		slot:    daemon.SlotMarker(id.SystemID, id.Database, replication.DefaultSlot),
+		catalog: daemon.CatalogMarker(id.SystemID, id.Database, replication.DefaultSlot),
+		resync:  daemon.ResyncMarker(id.SystemID, id.Database, replication.DefaultSlot),
+	}
+}
+
+// withDatabase returns serverURL with its database set to name.
+func withDatabase(t *testing.T, serverURL, name string) string {
+	t.Helper()
+	u, err := url.Parse(serverURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Path = "/" + name
+	return u.String()
 }

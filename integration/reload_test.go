@@ -1,11 +1,14 @@
 package integration
 
 import (
+	"context"
 	"os"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/pg-invalidator/pg-invalidator/internal/testenv"
 	"github.com/pg-invalidator/pg-invalidator/mapping"
@@ -116,4 +119,86 @@ func TestHeartbeatMovesAnIdleSlot(t *testing.T) {
 		func() string {
 			return "slot at " + lsnText(f.slotLSN("pg_invalidator")) + ", WAL at " + lsnText(f.walLSN()) + ", started at " + lsnText(start)
 		})
+}
+
+// TestReloadFlushesTheTablesItAdds: a table that joins the publication by a
+// reload had its changes until then never streamed, so an entry cached
+// from it may be stale: its keys are flushed, as start flushes a table it
+// adds.
+func TestReloadFlushesTheTablesItAdds(t *testing.T) {
+	f := newFixture(t, twoTablesSchema, markerSchema)
+	f.exec("INSERT INTO tags VALUES (1, 'old')")
+	path := f.rules(itemsRules)
+	p := f.startProcess(path)
+	f.waitSlotActive("pg_invalidator", nil)
+
+	// An application caches tag:1, and the row changes while no rule names
+	// tags.
+	f.cache("tag:1")
+	f.exec("UPDATE tags SET name = 'new' WHERE id = 1")
+	f.sync()
+	os.WriteFile(path, []byte(strings.ReplaceAll(itemsRules+`
+[[rule]]
+table = "tags"
+del = ["{p}tag:<id>"]
+`, "{p}", f.prefix)), 0o644)
+	reloaded := time.Now()
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	f.waitGone("tag:1")
+	t.Logf("tag:1 flushed %s after the reload", time.Since(reloaded).Round(time.Millisecond))
+	if !strings.Contains(p.stderr.String(), "change=added") {
+		t.Errorf("the flush was not logged as a table added:\n%s", p.stderr)
+	}
+}
+
+// TestReloadWhileTheSlotIsCreated reloads rules that add a table while the
+// daemon creates its slot, which waits for every transaction in progress
+// to end. A reload that held its own transaction open until the pipeline
+// took the rules hung the daemon for good: the slot waited for the
+// reload's transaction, the reload for the pipeline, the pipeline for the
+// slot.
+func TestReloadWhileTheSlotIsCreated(t *testing.T) {
+	f := newFixture(t, twoTablesSchema, markerSchema)
+	ctx := context.Background()
+	// A transaction of the application's, open while the slot is created.
+	app, err := pgx.Connect(ctx, f.dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close(ctx)
+	tx, err := app.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "INSERT INTO tags VALUES (100, 'open')"); err != nil {
+		t.Fatal(err)
+	}
+
+	path := f.rules(itemsRules)
+	cfg := f.config(path)
+	logs := &testenv.SyncBuffer{}
+	cfg.Logger = teeLogger(t, logs)
+	reload := make(chan struct{}, 1)
+	cfg.Reload = reload
+	cfg.LoadRules = func() (*mapping.Rules, error) { return loadRules(path) }
+	r := f.startUnready(cfg)
+	waitFor(t, 20*time.Second, func() bool { return f.slotExists("pg_invalidator") },
+		func() string { return "the daemon never began to create its slot:\n" + logs.String() })
+
+	os.WriteFile(path, []byte(strings.ReplaceAll(itemsRules+`
+[[rule]]
+table = "tags"
+del = ["{p}tag:<id>"]
+`, "{p}", f.prefix)), 0o644)
+	reload <- struct{}{}
+	time.Sleep(time.Second) // the reload reaches its wait for the pipeline
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.waitSlotActive("pg_invalidator", r.done)
+	waitFor(t, 20*time.Second, func() bool { return strings.Contains(logs.String(), "tables added to publication") },
+		func() string { return "tags never joined the publication; the daemon logged:\n" + logs.String() })
+	f.cache("tag:5")
+	f.exec("INSERT INTO tags VALUES (5, 'x')")
+	f.waitGone("tag:5")
 }

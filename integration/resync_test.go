@@ -130,6 +130,64 @@ func TestResyncRecreatesASlotDroppedWhileRunning(t *testing.T) {
 	}
 }
 
+// TestResyncInterruptedIsFinished stops a resync after it created the new
+// slot and before its flush was done, by SIGTERM or by kill -9: the Redis
+// user may not UNLINK, so the flush retries meanwhile. The next start,
+// without --resync, must flush before it streams: the slot exists, but the
+// changes made while it was lost were never invalidated.
+func TestResyncInterruptedIsFinished(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
+		t.Run(sig.String(), func(t *testing.T) {
+			f, _ := lostSlotFixture(t, resyncRules, func(f *fixture) {
+				f.exec("UPDATE items SET v = v + 1 WHERE id = 1")
+			})
+			f.cacheForResync()
+			ctx := context.Background()
+			user, pw := "nounlink-"+testenv.UniqueName(), "nounlink-pw"
+			if err := f.rdb.Do(ctx, "ACL", "SETUSER", user, "on", ">"+pw, "~*", "&*", "+@all", "-unlink").Err(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { f.rdb.Do(context.Background(), "ACL", "DELUSER", user) })
+			admin := f.redisURL
+			f.redisURL = strings.Replace(admin, "redis://", "redis://"+user+":"+pw+"@", 1)
+			rules := f.rules(resyncRules)
+
+			p := f.startProcess(rules, "--resync")
+			keys := f.markers()
+			waitFor(t, 30*time.Second, func() bool {
+				return strings.HasPrefix(f.rdb.Get(ctx, keys.resync).Val(), "pending: ") && f.slotExists("pg_invalidator") &&
+					strings.Contains(p.stderr.String(), "NOPERM")
+			}, func() string { return "the resync did not reach its flush; the daemon logged:\n" + p.stderr.String() })
+			p.cmd.Process.Signal(sig)
+			select {
+			case <-p.done:
+			case <-time.After(20 * time.Second):
+				t.Fatalf("the daemon did not stop on %s", sig)
+			}
+			if !f.exists("item:1") {
+				t.Fatal("item:1 is gone before the flush could run: the test proves nothing")
+			}
+
+			// The user may UNLINK again; the next start has no --resync.
+			if err := f.rdb.Do(ctx, "ACL", "SETUSER", user, "+unlink").Err(); err != nil {
+				t.Fatal(err)
+			}
+			started := time.Now()
+			p = f.startProcess(rules)
+			f.waitGone("item:1", "item:2000", "items:cat:3")
+			t.Logf("after %s, the next start flushed %s after it started", sig, time.Since(started).Round(time.Millisecond))
+			waitFor(t, 10*time.Second, func() bool { return strings.HasPrefix(f.rdb.Get(ctx, keys.resync).Val(), "done: ") },
+				func() string { return "the resync marker is " + f.rdb.Get(ctx, keys.resync).Val() })
+			if !strings.Contains(p.stderr.String(), "stopped before its flush was done") {
+				t.Errorf("the restarted daemon did not say it finished a resync:\n%s", p.stderr)
+			}
+			f.cache("item:9")
+			f.exec("UPDATE items SET v = v + 1 WHERE id = 9")
+			f.waitGone("item:9")
+		})
+	}
+}
+
 // dryRunOutput is one line of run --dry-run.
 type dryRunOutput struct {
 	XID        uint32          `json:"xid"`

@@ -175,9 +175,7 @@ func TestRestartedProcessFindsTheSlotLost(t *testing.T) {
 	if err := first.stop(); err != nil {
 		t.Fatal(err)
 	}
-	var db string
-	f.db.QueryRow(context.Background(), "SELECT current_database()").Scan(&db)
-	marker := daemon.SlotMarker(db, "pg_invalidator")
+	marker := f.markers().slot
 	if n := f.rdb.Exists(context.Background(), marker).Val(); n != 1 {
 		t.Fatalf("no marker %s in Redis after the daemon streamed", marker)
 	}

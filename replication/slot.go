@@ -340,3 +340,23 @@ func CurrentDatabase(ctx context.Context, conn *pgx.Conn) (string, error) {
 	}
 	return name, nil
 }
+
+// Identity names the database a slot lives in: the server's system
+// identifier, which every physical copy of it keeps (a standby promoted in
+// a failover, a base backup restored) and no other server has, and the
+// database's name.
+type Identity struct {
+	SystemID string // pg_control_system().system_identifier, in decimal
+	Database string
+}
+
+// ReadIdentity returns the identity of the database conn is connected to.
+// Any role may read it.
+func ReadIdentity(ctx context.Context, conn *pgx.Conn) (Identity, error) {
+	var id Identity
+	err := conn.QueryRow(ctx, `SELECT system_identifier::text, current_database() FROM pg_control_system()`).Scan(&id.SystemID, &id.Database)
+	if err != nil {
+		return Identity{}, fmt.Errorf("read the server's system identifier: %w", err)
+	}
+	return id, nil
+}

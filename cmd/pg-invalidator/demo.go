@@ -265,14 +265,16 @@ func (d *demo) connect(ctx context.Context) error {
 // change nothing on the user's servers that it does not then remove.
 func (d *demo) prepare(ctx context.Context) error {
 	if !d.redisOwned {
-		db, err := replication.CurrentDatabase(ctx, d.pg)
+		id, err := replication.ReadIdentity(ctx, d.pg)
 		if err != nil {
 			return d.interrupted(ctx, err)
 		}
 		// The daemon's memory that the demo's slot existed goes too, with
-		// its last reading of the catalog, and its canary's key, which
-		// exists while a canary is out: one may be when the demo stops.
-		keys := append(demoKeys(), daemon.SlotMarker(db, demoName), daemon.CatalogMarker(db, demoName), daemon.CanaryKey("", demoName))
+		// its last reading of the catalog, its note of a resync, and its
+		// canary's key, which exists while a canary is out: one may be
+		// when the demo stops.
+		keys := append(demoKeys(), daemon.SlotMarker(id.SystemID, id.Database, demoName), daemon.CatalogMarker(id.SystemID, id.Database, demoName),
+			daemon.ResyncMarker(id.SystemID, id.Database, demoName), daemon.CanaryKey("", demoName))
 		n, err := d.rdb.Exists(ctx, keys...).Result()
 		if err != nil {
 			return d.interrupted(ctx, fmt.Errorf("look for the demo's keys in redis: %w", err))

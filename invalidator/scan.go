@@ -15,7 +15,8 @@ import (
 
 // scan runs proto (a DelPattern, IncrPattern or VersionPattern op without
 // its key) on every key matching pattern, on every master, one SCAN page at
-// a time.
+// a time. It returns nil only once every master was scanned to the end;
+// when ctx ends first, an error that wraps ctx's.
 //
 // A SCAN cursor means something only to the server process that issued it:
 // a restarted Redis, or another master after a failover (even at the same
@@ -55,14 +56,21 @@ func (inv *Invalidator) scan(ctx context.Context, pattern string, proto op) erro
 			if p.done {
 				continue
 			}
-			err = inv.scanNode(ctx, m, pattern, proto, p, prog)
-			if ctx.Err() != nil { // run gave up: ctx is done
-				return err
+			if ctx.Err() != nil { // it may end just as a master's last page was applied
+				err = fmt.Errorf("redis %s: %w, before the scan of %s", inv.addr, ctx.Err(), inv.masterAddr(m))
+				break
 			}
+			err = inv.scanNode(ctx, m, pattern, proto, p, prog)
 		}
-		if err == nil {
+		if err == nil { // every master scanned to the end
 			prog.done()
 			return nil
+		}
+		if ctx.Err() != nil {
+			if !errors.Is(err, ctx.Err()) { // a SCAN page that failed as ctx ended
+				err = fmt.Errorf("redis %s: %w (last error: %v)", inv.addr, ctx.Err(), inv.redactErr(err))
+			}
+			return err
 		}
 		inv.stats.errors.Add(1)
 		if inv.cluster != nil {

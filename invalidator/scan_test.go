@@ -1,8 +1,17 @@
 package invalidator
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"math"
+	"strconv"
 	"testing"
+
+	"github.com/redis/go-redis/v9"
+
+	pginvalidator "github.com/pg-invalidator/pg-invalidator"
+	"github.com/pg-invalidator/pg-invalidator/internal/testenv"
 )
 
 func TestOwnSlots(t *testing.T) {
@@ -36,5 +45,53 @@ func TestInfoField(t *testing.T) {
 	}
 	if got := infoField(info, "run"); got != "" {
 		t.Errorf("infoField(run) = %q, want empty", got)
+	}
+}
+
+// TestScanContextEndsBetweenMasters ends Apply's context just as the scan
+// of a pattern ends on one master of a cluster, before the next master's:
+// the keys of the masters not scanned remain, so Apply must return ctx's
+// error, not nil, on which the daemon would acknowledge the batch. The
+// moment comes from a wrapper of the real SCAN page (the seam scanPage)
+// that gives each master's scan one more page, empty, after its last, and
+// ends ctx there: a page with keys would fail on the ended ctx anyway.
+func TestScanContextEndsBetweenMasters(t *testing.T) {
+	cl := startCluster(t)
+	rdb := clusterClient(t, cl)
+	var kv []string
+	for i := range 300 {
+		kv = append(kv, "cut:"+strconv.Itoa(i), "x")
+	}
+	clusterSet(t, rdb, 0, kv...)
+	inv := newTopologyInvalidator(t, Options{Mode: ModeCluster, Addrs: cl.Addrs(), ScanCount: 50})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const endPage = math.MaxUint64 // a cursor no SCAN of a few hundred keys returns
+	var runID string               // of the master whose last page was just read
+	var ended []string             // the masters whose scan ended
+	inv.scanPage = func(ctx context.Context, m *redis.Client, cursor uint64, match string, count int64) ([]string, uint64, string, error) {
+		if cursor == endPage {
+			ended = append(ended, m.Options().Addr)
+			cancel()
+			return nil, 0, runID, nil
+		}
+		keys, next, id, err := scanPage(ctx, m, cursor, match, count)
+		if err == nil && next == 0 {
+			next, runID = endPage, id
+		}
+		return keys, next, id, err
+	}
+
+	b := NewBatch()
+	b.Add(pginvalidator.Command{Action: pginvalidator.DelPattern, Key: "cut:*"})
+	b.EndTx(0)
+	err := inv.Apply(ctx, b)
+	t.Logf("Apply: %v", err)
+	left := testenv.KeysPerMaster(t, rdb, "cut:*")
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("Apply = %v, with ctx ended after the scan of %v and keys left on %v; want context.Canceled", err, ended, left)
+	}
+	if len(left) == 0 {
+		t.Errorf("no key left after the scan of %v: ctx ended too late to show anything", ended)
 	}
 }

@@ -26,9 +26,13 @@
 // names (mode sentinel), or to Redis Cluster (mode cluster). In a cluster,
 // each pipeline goes to the master that owns its keys' slots; a command
 // answered MOVED or ASK is resent, alone, where Redis said, and patterns are
-// scanned on every master, which must own every slot between them. A scan
-// cut short by a restart or a failover starts over on the new server
-// process: a SCAN cursor means nothing to another. With
+// scanned on every master, which must own every slot between them. The
+// slot map is read again after the scans: a master that gained or imported
+// a slot meanwhile is scanned again, and a slot migration in progress is
+// waited for, until a reading finds the slots as the one before, so a key
+// that moved with its slot during the scan is not missed. A scan cut short
+// by a restart or a failover starts over on the new server process: a SCAN
+// cursor means nothing to another. With
 // Options.WaitReplicas, every pipeline ends with WAIT on the connection
 // that carried its writes, and its commands count as applied only once the
 // replicas the master has (up to WaitReplicas) acknowledged them; otherwise

@@ -4,13 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
 	pginvalidator "github.com/pg-invalidator/pg-invalidator"
+	"github.com/pg-invalidator/pg-invalidator/internal/localsvc"
 	"github.com/pg-invalidator/pg-invalidator/internal/testenv"
 )
 
@@ -22,17 +26,19 @@ func TestOwnSlots(t *testing.T) {
 	}{
 		{"ranges and a single slot", "07c37dfeb235213a872192d90877d0cd55635b91 127.0.0.1:30004@31004 slave e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 0 1426238317239 4 connected\n" +
 			"67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-5460 10923 16000-16383\n" + other,
-			"[[0 5460] [10923 10923] [16000 16383]]"},
-		{"migrating and importing slots do not count", "67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-100 [101->-e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca] [102-<-e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca]\n",
-			"[[0 100]]"},
-		{"a node that has not joined", "67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1 :30001@31001 myself,master - 0 0 0 connected\n", "[]"},
-		{"no myself line", other, "[]"},
-		{"a replica", "07c37dfeb235213a872192d90877d0cd55635b91 127.0.0.1:30004@31004 myself,slave e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 0 1426238317239 4 connected\n" + other, "[]"},
+			"{owned:[[0 5460] [10923 10923] [16000 16383]] epoch:1 importing:[] migrating:[]}"},
+		{"migrating and importing slots are not owned", "67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1 127.0.0.1:30001@31001 myself,master - 0 0 7 connected 0-101 [101->-e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca] [102-<-e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca] [16383-<-e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca]\n",
+			"{owned:[[0 101]] epoch:7 importing:[102 16383] migrating:[101]}"},
+		{"a node that has not joined", "67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1 :30001@31001 myself,master - 0 0 0 connected\n",
+			"{owned:[] epoch:0 importing:[] migrating:[]}"},
+		{"no myself line", other, "{owned:[] epoch:0 importing:[] migrating:[]}"},
+		{"a replica", "07c37dfeb235213a872192d90877d0cd55635b91 127.0.0.1:30004@31004 myself,slave e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 0 1426238317239 4 connected\n" + other,
+			"{owned:[] epoch:4 importing:[] migrating:[]}"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := fmt.Sprint(ownSlots(tt.nodes)); got != tt.want {
-				t.Errorf("ownSlots = %s, want %s", got, tt.want)
+			if got := fmt.Sprintf("%+v", myself(tt.nodes)); got != tt.want {
+				t.Errorf("myself = %s, want %s", got, tt.want)
 			}
 		})
 	}
@@ -58,11 +64,7 @@ func TestInfoField(t *testing.T) {
 func TestScanContextEndsBetweenMasters(t *testing.T) {
 	cl := startCluster(t)
 	rdb := clusterClient(t, cl)
-	var kv []string
-	for i := range 300 {
-		kv = append(kv, "cut:"+strconv.Itoa(i), "x")
-	}
-	clusterSet(t, rdb, 0, kv...)
+	clusterSet(t, rdb, 0, numbered("cut:", 300)...)
 	inv := newTopologyInvalidator(t, Options{Mode: ModeCluster, Addrs: cl.Addrs(), ScanCount: 50})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -94,4 +96,179 @@ func TestScanContextEndsBetweenMasters(t *testing.T) {
 	if len(left) == 0 {
 		t.Errorf("no key left after the scan of %v: ctx ended too late to show anything", ended)
 	}
+}
+
+// TestScanSlotMigratedToScannedMaster moves a slot that holds keys
+// matching the pattern, in the middle of the scan, from a master not yet
+// scanned to the master scanned first, as a resharding does (CLUSTER
+// SETSLOT IMPORTING and MIGRATING, MIGRATE, then CLUSTER SETSLOT NODE on
+// every master): neither master's scan finds the keys that moved, unless
+// the scan reads the slot map again. In "in progress" the migration is
+// under way when the scans end (the keys moved, no SETSLOT NODE yet):
+// Apply must wait for it to end, then scan again. The moment comes from a
+// wrapper of the real SCAN page (the seam scanPage): the last page of the
+// first master scanned.
+func TestScanSlotMigratedToScannedMaster(t *testing.T) {
+	ctx := context.Background()
+	cl := startCluster(t)
+	masters := masterClients(t, cl)
+	for _, tt := range []struct {
+		name   string
+		finish bool // the migration ends at once; otherwise once Apply says it waits for it
+	}{
+		{"finished", true},
+		{"in progress", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			prefix := "mig:" + strings.ReplaceAll(tt.name, " ", "-") + ":"
+			clusterSet(t, clusterClient(t, cl), 0, numbered(prefix, 300)...)
+			var logs testenv.SyncBuffer
+			inv := newTopologyInvalidator(t, Options{Mode: ModeCluster, Addrs: cl.Addrs(), ScanCount: 50,
+				MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, ProgressInterval: 50 * time.Millisecond,
+				Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+
+			var mv *slotMove             // set by the wrapper, on the Apply goroutine
+			moved := make(chan struct{}) // closed once mv is set
+			inv.scanPage = func(ctx context.Context, m *redis.Client, cursor uint64, match string, count int64) ([]string, uint64, string, error) {
+				keys, next, id, err := scanPage(ctx, m, cursor, match, count)
+				if err == nil && next == 0 && mv == nil {
+					mv = startSlotMove(t, masters, prefix, m.Options().Addr)
+					if tt.finish {
+						mv.finish(t)
+					}
+					close(moved)
+				}
+				return keys, next, id, err
+			}
+
+			returned := make(chan struct{}) // closed when Apply returns
+			var finishedAt time.Time        // when the migration ended, in "in progress"
+			finished := make(chan error, 1)
+			if !tt.finish {
+				go func() { // ends the migration once Apply waits for it, or has returned
+					<-moved
+				wait:
+					for !strings.Contains(logs.String(), "waiting for a slot migration") {
+						select {
+						case <-returned:
+							break wait
+						case <-time.After(20 * time.Millisecond):
+						}
+					}
+					finishedAt = time.Now()
+					finished <- mv.end(ctx)
+				}()
+			}
+			b := NewBatch()
+			b.Add(pginvalidator.Command{Action: pginvalidator.DelPattern, Key: prefix + "*"})
+			b.EndTx(0)
+			actx, cancel := context.WithTimeout(ctx, 60*time.Second)
+			defer cancel()
+			err := inv.Apply(actx, b)
+			returnedAt := time.Now()
+			close(returned)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tt.finish {
+				if err := <-finished; err != nil {
+					t.Fatal(err)
+				}
+				if returnedAt.Before(finishedAt) {
+					t.Errorf("Apply returned %s before the migration ended", finishedAt.Sub(returnedAt))
+				}
+			}
+			t.Logf("slot %d moved from %s to %s, with %v; logs:\n%s", mv.slot, mv.from.Options().Addr, mv.to.Options().Addr, mv.keys, logs.String())
+			if want := `scanning a master again" addr=` + mv.to.Options().Addr; !strings.Contains(logs.String(), want) {
+				t.Errorf("no log line with %q", want)
+			}
+			if left := clusterKeys(t, clusterClient(t, cl), prefix+"*"); len(left) > 0 {
+				t.Errorf("%d keys left after the pattern: %v", len(left), left)
+			}
+		})
+	}
+}
+
+// slotMove is a slot being moved, with its keys, from one master to
+// another.
+type slotMove struct {
+	slot     int64
+	from, to *redis.Client
+	keys     []string // the keys moved
+	masters  []*redis.Client
+}
+
+// startSlotMove moves the slot of a key with prefix held by a master other
+// than the one at toAddr to that one, as far as MIGRATE: the slot is
+// IMPORTING on the new master and MIGRATING on the old, which holds none
+// of its keys any more.
+func startSlotMove(t *testing.T, masters []*redis.Client, prefix, toAddr string) *slotMove {
+	t.Helper()
+	ctx := context.Background()
+	mv := &slotMove{masters: masters}
+	for _, c := range masters {
+		if c.Options().Addr == toAddr {
+			mv.to = c
+		}
+	}
+	for i := 0; mv.from == nil; i++ {
+		key := prefix + strconv.Itoa(i)
+		for _, c := range masters {
+			if c != mv.to && c.Exists(ctx, key).Val() == 1 { // the others answer MOVED
+				mv.from = c
+				mv.slot = c.ClusterKeySlot(ctx, key).Val()
+			}
+		}
+	}
+	fromID, toID := mv.from.ClusterMyID(ctx).Val(), mv.to.ClusterMyID(ctx).Val()
+	mustDo(t, mv.to, "CLUSTER", "SETSLOT", mv.slot, "IMPORTING", fromID)
+	mustDo(t, mv.from, "CLUSTER", "SETSLOT", mv.slot, "MIGRATING", toID)
+	keys, err := mv.from.ClusterGetKeysInSlot(ctx, int(mv.slot), 1000).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, port, _ := strings.Cut(mv.to.Options().Addr, ":")
+	args := []any{"MIGRATE", host, port, "", 0, 5000, "KEYS"}
+	for _, k := range keys {
+		args = append(args, k)
+	}
+	mustDo(t, mv.from, args...)
+	mv.keys = keys
+	return mv
+}
+
+// finish ends the move: the slot belongs to the new master, on every
+// master.
+func (mv *slotMove) finish(t *testing.T) {
+	t.Helper()
+	if err := mv.end(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// end is finish for any goroutine.
+func (mv *slotMove) end(ctx context.Context) error {
+	toID, err := mv.to.ClusterMyID(ctx).Result()
+	if err != nil {
+		return err
+	}
+	for _, c := range mv.masters {
+		if err := c.Do(ctx, "CLUSTER", "SETSLOT", mv.slot, "NODE", toID).Err(); err != nil {
+			return fmt.Errorf("cluster setslot %d node on %s: %w", mv.slot, c.Options().Addr, err)
+		}
+	}
+	return nil
+}
+
+// masterClients returns a client of each node of cl that is a master now.
+func masterClients(t *testing.T, cl *localsvc.RedisCluster) []*redis.Client {
+	t.Helper()
+	var masters []*redis.Client
+	for _, n := range cl.Nodes {
+		c := nodeClient(t, n.Addr())
+		if info := c.Info(context.Background(), "replication").Val(); strings.Contains(info, "role:master") {
+			masters = append(masters, c)
+		}
+	}
+	return masters
 }

@@ -58,8 +58,9 @@ import (
 // missed; so may keys that a migration aborted between two readings
 // (CLUSTER SETSLOT ... STABLE) left on a master that does not own their
 // slot, where no client can read them.
-func (inv *Invalidator) scan(ctx context.Context, pattern string, proto op) error {
-	s := &patternScan{inv: inv, pattern: pattern, proto: proto, pos: make(map[string]*scanPos),
+func (c *call) scan(ctx context.Context, pattern string, proto op) error {
+	inv := c.inv
+	s := &patternScan{c: c, pattern: pattern, proto: proto, pos: make(map[string]*scanPos),
 		prog: inv.newScanProgress(pattern, proto.action)}
 	failures, waits := 0, 0 // failed steps in a row; steps in a row that scanned nothing
 	for {
@@ -86,7 +87,7 @@ func (inv *Invalidator) scan(ctx context.Context, pattern string, proto op) erro
 			if inv.cluster != nil {
 				inv.cluster.ReloadState(ctx)
 			}
-			if err := inv.backoff(ctx, failures, err); err != nil {
+			if err := c.backoff(ctx, failures, err); err != nil {
 				return err
 			}
 			inv.stats.retries.Add(1)
@@ -98,7 +99,7 @@ func (inv *Invalidator) scan(ctx context.Context, pattern string, proto op) erro
 // patternScan is the scan of one pattern, for scan: how far it got on each
 // master, and the slot map as it last read it. One goroutine uses it.
 type patternScan struct {
-	inv     *Invalidator
+	c       *call // the Apply's
 	pattern string
 	proto   op
 	pos     map[string]*scanPos // by master address ("" outside a cluster); a master without one was not scanned yet
@@ -114,7 +115,7 @@ type patternScan struct {
 // there is nothing to scan, nor will be (see scan); scanned that it scanned
 // some master to the end.
 func (s *patternScan) step(ctx context.Context) (settled, scanned bool, err error) {
-	r, err := s.inv.readSlots(ctx)
+	r, err := s.c.inv.readSlots(ctx)
 	if err != nil {
 		return false, false, err
 	}
@@ -136,9 +137,9 @@ func (s *patternScan) step(ctx context.Context) (settled, scanned bool, err erro
 	}
 	for _, m := range pending {
 		if ctx.Err() != nil { // it may end just as a master's last page was applied
-			return false, false, fmt.Errorf("redis %s: %w, before the scan of %s", s.inv.addr, ctx.Err(), s.inv.masterAddr(m))
+			return false, false, fmt.Errorf("redis %s: %w, before the scan of %s", s.c.inv.addr, ctx.Err(), s.c.inv.masterAddr(m))
 		}
-		if err := s.inv.scanNode(ctx, m, s.pattern, s.proto, s.posOf(m), s.prog); err != nil {
+		if err := s.c.scanNode(ctx, m, s.pattern, s.proto, s.posOf(m), s.prog); err != nil {
 			return false, false, err
 		}
 	}
@@ -149,7 +150,7 @@ func (s *patternScan) step(ctx context.Context) (settled, scanned bool, err erro
 // addr is the key of m's scanPos: its address in a cluster, "" otherwise
 // (the one master, whatever its address).
 func (s *patternScan) addr(m *redis.Client) string {
-	if s.inv.cluster == nil {
+	if s.c.inv.cluster == nil {
 		return ""
 	}
 	return m.Options().Addr
@@ -189,7 +190,7 @@ func (s *patternScan) compare(r *slotReading) (changed bool) {
 		gained := now.slots.gains(&then.slots) || now.epoch != then.epoch
 		if p := s.pos[addr]; p != nil && p.done && (gained || len(now.importing) > 0 || len(then.importing) > 0) {
 			p.done, p.cursor = false, 0
-			s.inv.log.Info("slots moved during a pattern scan; scanning a master again", "addr", addr, "pattern", s.pattern)
+			s.c.inv.log.Info("slots moved during a pattern scan; scanning a master again", "addr", addr, "pattern", s.pattern)
 		}
 	}
 	return changed
@@ -203,13 +204,13 @@ func (s *patternScan) wait(ctx context.Context, n int) error {
 	why := s.last.migration()
 	if why != "" {
 		s.prog.waiting(why)
-		s.inv.progress.fail(errors.New("a pattern scan waits for a slot migration to end: " + why))
+		s.c.inv.fail(s.c, errors.New("a pattern scan waits for a slot migration to end: "+why))
 	}
-	t := time.NewTimer(s.inv.delay(n))
+	t := time.NewTimer(s.c.inv.delay(n))
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
-		return fmt.Errorf("redis %s: %w, while a pattern scan waited for the slot map to settle (%s)", s.inv.addr, ctx.Err(),
+		return fmt.Errorf("redis %s: %w, while a pattern scan waited for the slot map to settle (%s)", s.c.inv.addr, ctx.Err(),
 			cmp.Or(why, "slots changed hands"))
 	case <-t.C:
 		return nil
@@ -232,13 +233,14 @@ type scanPos struct {
 
 // scanNode runs proto on the keys matching pattern on master m, from p's
 // cursor to the end, keeping p up to date.
-func (inv *Invalidator) scanNode(ctx context.Context, m *redis.Client, pattern string, proto op, p *scanPos, prog *scanProgress) error {
+func (c *call) scanNode(ctx context.Context, m *redis.Client, pattern string, proto op, p *scanPos, prog *scanProgress) error {
+	inv := c.inv
 	for {
 		keys, next, runID, err := inv.scanPage(ctx, m, p.cursor, pattern, inv.scanCount)
 		if err != nil {
 			return err
 		}
-		inv.progress.advance(time.Now())
+		inv.advance(c, time.Now())
 		if runID != p.runID {
 			if p.runID != "" {
 				inv.log.Info("redis server changed during a pattern scan; scanning it again from the start",
@@ -249,7 +251,7 @@ func (inv *Invalidator) scanNode(ctx context.Context, m *redis.Client, pattern s
 			}
 			p.runID = runID
 		}
-		ops := inv.ops[:0]
+		ops := c.ops[:0]
 		for _, k := range keys {
 			if p.seen.add(k) {
 				o := proto
@@ -257,8 +259,8 @@ func (inv *Invalidator) scanNode(ctx context.Context, m *redis.Client, pattern s
 				ops = append(ops, o)
 			}
 		}
-		inv.ops = ops
-		if err := inv.run(ctx, ops); err != nil {
+		c.ops = ops
+		if err := c.run(ctx, ops); err != nil {
 			return err
 		}
 		prog.page(len(keys))

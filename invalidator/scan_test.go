@@ -8,6 +8,8 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -84,10 +86,7 @@ func TestScanContextEndsBetweenMasters(t *testing.T) {
 		return keys, next, id, err
 	}
 
-	b := NewBatch()
-	b.Add(pginvalidator.Command{Action: pginvalidator.DelPattern, Key: "cut:*"})
-	b.EndTx(0)
-	err := inv.Apply(ctx, b)
+	err := inv.Apply(ctx, batchOf(pginvalidator.Command{Action: pginvalidator.DelPattern, Key: "cut:*"}))
 	t.Logf("Apply: %v", err)
 	left := testenv.KeysPerMaster(t, rdb, "cut:*")
 	if !errors.Is(err, context.Canceled) {
@@ -159,12 +158,9 @@ func TestScanSlotMigratedToScannedMaster(t *testing.T) {
 					finished <- mv.end(ctx)
 				}()
 			}
-			b := NewBatch()
-			b.Add(pginvalidator.Command{Action: pginvalidator.DelPattern, Key: prefix + "*"})
-			b.EndTx(0)
 			actx, cancel := context.WithTimeout(ctx, 60*time.Second)
 			defer cancel()
-			err := inv.Apply(actx, b)
+			err := inv.Apply(actx, batchOf(pginvalidator.Command{Action: pginvalidator.DelPattern, Key: prefix + "*"}))
 			returnedAt := time.Now()
 			close(returned)
 			if err != nil {
@@ -271,4 +267,127 @@ func masterClients(t *testing.T, cl *localsvc.RedisCluster) []*redis.Client {
 		}
 	}
 	return masters
+}
+
+// TestScanDoesNotBlockApply holds one Apply in a pattern scan, as a scan of
+// millions of keys holds it for minutes (a scanPage wrapper blocks after
+// the first page), while another goroutine applies a plain Del on the same
+// Invalidator, as the daemon's pipeline does while its catalog watch
+// flushes a table: the Del must be applied at once, not after the scan.
+// Meanwhile Waiting reports the Apply still in progress that has waited
+// longest: the scan's, blocked since before its first page.
+func TestScanDoesNotBlockApply(t *testing.T) {
+	ctx := context.Background()
+	inv, rdb := newInvalidator(t, env.RedisURL, Options{ScanCount: 10})
+	p := testenv.UniqueName() + ":"
+	set(t, rdb, numbered(p+"scan:", 100)...)
+	set(t, rdb, p+"live", "x")
+	paged, blocked := make(chan struct{}), make(chan struct{}) // the first page is read; the scan may go on
+	var pageOnce, releaseOnce sync.Once
+	release := func() { releaseOnce.Do(func() { close(blocked) }) }
+	defer release()
+	inv.scanPage = func(ctx context.Context, m *redis.Client, cursor uint64, match string, count int64) ([]string, uint64, string, error) {
+		keys, next, id, err := scanPage(ctx, m, cursor, match, count)
+		pageOnce.Do(func() {
+			close(paged)
+			<-blocked
+		})
+		return keys, next, id, err
+	}
+
+	scanDone := applyAsync(ctx, inv, batchOf(pginvalidator.Command{Action: pginvalidator.DelPattern, Key: p + "scan:*"}))
+	select {
+	case <-paged:
+	case err := <-scanDone:
+		t.Fatalf("the scan's Apply returned %v before its first page", err)
+	}
+	pagedAt := time.Now()
+
+	liveDone := applyAsync(ctx, inv, batchOf(pginvalidator.Command{Action: pginvalidator.Del, Key: p + "live"}))
+	select {
+	case err := <-liveDone:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		release()
+		t.Fatalf("the Del's Apply still blocked 10s into the scan's (%v once the scan went on)", <-liveDone)
+	}
+	t.Logf("the Del applied %s into the scan", time.Since(pagedAt).Round(time.Microsecond))
+	if n := rdb.Exists(ctx, p+"live").Val(); n != 0 {
+		t.Errorf("%slive still exists after its Apply", p)
+	}
+	if since, lastErr := inv.Waiting(); since.IsZero() || since.After(pagedAt) {
+		t.Errorf("Waiting() = %v, %v with the scan's Apply blocked since before %v; want its since", since, lastErr, pagedAt)
+	}
+
+	release()
+	if err := <-scanDone; err != nil {
+		t.Fatal(err)
+	}
+	if left := keys(t, rdb, p+"scan:*"); len(left) > 0 {
+		t.Errorf("%d keys left after the pattern: %v", len(left), left)
+	}
+	if since, lastErr := inv.Waiting(); !since.IsZero() || lastErr != nil {
+		t.Errorf("Waiting() = %v, %v with no Apply in progress; want zero, nil", since, lastErr)
+	}
+}
+
+// TestUnavailableLoggedOnceAcrossApplys keeps one Apply failing (a scanPage
+// wrapper answers LOADING) while another goroutine applies batches that
+// succeed: Redis is logged unavailable once, and available again once, when
+// the failing Apply succeeds at last, not after each batch of the other
+// goroutine, only for the failing one to log it unavailable again.
+func TestUnavailableLoggedOnceAcrossApplys(t *testing.T) {
+	ctx := context.Background()
+	var logs testenv.SyncBuffer
+	inv, rdb := newInvalidator(t, env.RedisURL, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+		MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond})
+	p := testenv.UniqueName() + ":"
+	var loading atomic.Bool
+	loading.Store(true)
+	inv.scanPage = func(ctx context.Context, m *redis.Client, cursor uint64, match string, count int64) ([]string, uint64, string, error) {
+		if loading.Load() {
+			return nil, 0, "", errors.New("LOADING Redis is loading the dataset in memory")
+		}
+		return scanPage(ctx, m, cursor, match, count)
+	}
+	scanDone := applyAsync(ctx, inv, batchOf(pginvalidator.Command{Action: pginvalidator.DelPattern, Key: p + "scan:*"}))
+	waitFor(t, 10*time.Second, func() bool { return strings.Contains(logs.String(), "redis unavailable") }, "the scan's Apply did not fail")
+
+	for i := range 5 {
+		k := p + "live:" + strconv.Itoa(i)
+		set(t, rdb, k, "x")
+		if err := inv.Apply(ctx, batchOf(pginvalidator.Command{Action: pginvalidator.Del, Key: k})); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond) // the scan's Apply retries meanwhile
+	}
+	loading.Store(false)
+	if err := <-scanDone; err != nil {
+		t.Fatal(err)
+	}
+	for _, msg := range []string{"redis unavailable, retrying", "redis available again"} {
+		if n := strings.Count(logs.String(), msg); n != 1 {
+			t.Errorf("%q logged %d times, want once; logs:\n%s", msg, n, logs.String())
+		}
+	}
+}
+
+// batchOf returns a batch of cmds, in one transaction.
+func batchOf(cmds ...pginvalidator.Command) *Batch {
+	b := NewBatch()
+	for _, c := range cmds {
+		b.Add(c)
+	}
+	b.EndTx(0)
+	return b
+}
+
+// applyAsync applies b on a goroutine of its own, and returns where Apply's
+// error comes.
+func applyAsync(ctx context.Context, inv *Invalidator, b *Batch) <-chan error {
+	done := make(chan error, 1)
+	go func() { done <- inv.Apply(ctx, b) }()
+	return done
 }

@@ -127,8 +127,10 @@ func (m *metrics) notReady(now time.Time, within time.Duration) []string {
 type targetState struct {
 	name     string
 	answered int64 // when its Redis last answered a ping or an Apply (Unix ns); 0: never
-	// waitingSince is when the batch in progress began on it, or last got
-	// commands applied; zero: no batch is waiting on it.
+	// waitingSince is when the batch in progress on it began, or last got
+	// commands applied; of two in progress (the pipeline's and the catalog
+	// watch's), the one that has waited longest. Zero: no batch is waiting
+	// on it.
 	waitingSince time.Time
 	lastErr      error // the last error that batch was retried after; nil: none
 }

@@ -34,16 +34,15 @@ import (
 // rather than block the stream forever. The cache that key version guards
 // may then serve stale data until the key is fixed.
 //
-// Concurrent calls to Apply on one Invalidator are serialized; Stats may be
-// called at any time.
+// Apply may be called from several goroutines at once on one Invalidator:
+// each call runs on its own, and a long pattern scan holds back no other
+// call's commands. Stats may be called at any time.
 func (inv *Invalidator) Apply(ctx context.Context, b *Batch) error {
-	inv.mu.Lock()
-	defer inv.mu.Unlock()
-	inv.progress.begin(time.Now())
-	defer inv.progress.end()
+	c := inv.begin(time.Now())
+	defer inv.end(c)
 	size := b.Len()
 
-	ops := inv.ops[:0]
+	ops := c.ops[:0]
 	for k := range b.dels {
 		ops = append(ops, op{action: pginvalidator.Del, key: k, redelete: b.Redelete})
 	}
@@ -53,35 +52,35 @@ func (inv *Invalidator) Apply(ctx context.Context, b *Batch) error {
 	for k, lsn := range b.versions {
 		ops = append(ops, op{action: pginvalidator.Version, key: k, lsn: lsn, force: b.force})
 	}
-	inv.ops = ops
-	if err := inv.run(ctx, ops); err != nil {
+	c.ops = ops
+	if err := c.run(ctx, ops); err != nil {
 		return err
 	}
 	for p := range b.delPatterns {
-		if err := inv.scan(ctx, p, op{action: pginvalidator.DelPattern, redelete: b.Redelete}); err != nil {
+		if err := c.scan(ctx, p, op{action: pginvalidator.DelPattern, redelete: b.Redelete}); err != nil {
 			return fmt.Errorf("delete keys matching %q: %w", p, err)
 		}
 	}
 	for p := range b.incrPatterns {
-		if err := inv.scan(ctx, p, op{action: pginvalidator.IncrPattern}); err != nil {
+		if err := c.scan(ctx, p, op{action: pginvalidator.IncrPattern}); err != nil {
 			return fmt.Errorf("increment keys matching %q: %w", p, err)
 		}
 	}
 	for p, lsn := range b.versionPatterns {
-		if err := inv.scan(ctx, p, op{action: pginvalidator.VersionPattern, lsn: lsn, force: b.force}); err != nil {
+		if err := c.scan(ctx, p, op{action: pginvalidator.VersionPattern, lsn: lsn, force: b.force}); err != nil {
 			return fmt.Errorf("set version keys matching %q: %w", p, err)
 		}
 	}
 	inv.stats.observeBatch(size)
-	inv.available()
+	inv.available(c)
 	return nil
 }
 
 // run sends ops in pipelines of at most pipeSize commands.
-func (inv *Invalidator) run(ctx context.Context, ops []op) error {
+func (c *call) run(ctx context.Context, ops []op) error {
 	for len(ops) > 0 {
-		n := min(len(ops), inv.pipeSize)
-		if err := inv.exec(ctx, ops[:n]); err != nil {
+		n := min(len(ops), c.inv.pipeSize)
+		if err := c.exec(ctx, ops[:n]); err != nil {
 			return err
 		}
 		ops = ops[n:]
@@ -92,16 +91,17 @@ func (inv *Invalidator) run(ctx context.Context, ops []op) error {
 // exec sends ops in pipelines, one to each master that serves some of
 // them, then resends the ones that failed, and only those, until each has
 // succeeded or been skipped, or ctx is done. It reorders ops.
-func (inv *Invalidator) exec(ctx context.Context, ops []op) error {
+func (c *call) exec(ctx context.Context, ops []op) error {
+	inv := c.inv
 	redirects := 0 // consecutive attempts where only MOVED or ASK failed
 	for attempt := 0; ; {
-		groups, failed, lastErr := inv.route(ctx, ops)
+		groups, failed, lastErr := c.route(ctx, ops)
 		if len(groups) == 1 {
-			inv.send(ctx, groups[0])
+			c.send(ctx, groups[0])
 		} else {
 			var wg sync.WaitGroup
 			for _, g := range groups {
-				wg.Go(func() { inv.send(ctx, g) })
+				wg.Go(func() { c.send(ctx, g) })
 			}
 			wg.Wait()
 		}
@@ -131,7 +131,7 @@ func (inv *Invalidator) exec(ctx context.Context, ops []op) error {
 		if inv.cluster != nil {
 			inv.cluster.ReloadState(ctx) // a master may have failed over
 		}
-		if err := inv.backoff(ctx, attempt, lastErr); err != nil {
+		if err := c.backoff(ctx, attempt, lastErr); err != nil {
 			return err
 		}
 		attempt++
@@ -141,26 +141,26 @@ func (inv *Invalidator) exec(ctx context.Context, ops []op) error {
 // route splits ops by the master that serves them. failed holds the ops
 // whose master is unknown (the cluster's slot map could not be loaded), and
 // err why. route writes failed over ops, which the groups no longer need.
-func (inv *Invalidator) route(ctx context.Context, ops []op) (groups []*group, failed []op, err error) {
-	if len(inv.groups) > 64 { // the topology changed many times
-		clear(inv.groups)
+func (c *call) route(ctx context.Context, ops []op) (groups []*group, failed []op, err error) {
+	if len(c.groups) > 64 { // the topology changed many times
+		clear(c.groups)
 	}
-	for _, g := range inv.groups {
+	for _, g := range c.groups {
 		g.ops = g.ops[:0]
 	}
 	failed = ops[:0]
 	for _, o := range ops {
-		c, cerr := inv.masterFor(ctx, o.key, o.ask)
-		if cerr != nil {
-			inv.stats.errors.Add(1)
+		m, merr := c.inv.masterFor(ctx, o.key, o.ask)
+		if merr != nil {
+			c.inv.stats.errors.Add(1)
 			o.ask = ""
-			failed, err = append(failed, o), cerr
+			failed, err = append(failed, o), merr
 			continue
 		}
-		g := inv.groups[c]
+		g := c.groups[m]
 		if g == nil {
-			g = &group{client: c}
-			inv.groups[c] = g
+			g = &group{client: m}
+			c.groups[m] = g
 		}
 		if len(g.ops) == 0 {
 			groups = append(groups, g)
@@ -172,7 +172,8 @@ func (inv *Invalidator) route(ctx context.Context, ops []op) (groups []*group, f
 
 // send runs g's ops in one pipeline, ending it with WAIT when replicas must
 // confirm, and sorts the outcome into g.failed and the stats.
-func (inv *Invalidator) send(ctx context.Context, g *group) {
+func (c *call) send(ctx context.Context, g *group) {
+	inv := c.inv
 	pipe := g.client.Pipeline()
 	g.cmds = g.cmds[:0]
 	for _, o := range g.ops {
@@ -192,10 +193,10 @@ func (inv *Invalidator) send(ctx context.Context, g *group) {
 	_, _ = pipe.Exec(ctx) // it returns only the first error: each reply is checked below
 
 	g.done, g.failed, g.err, g.redirect, g.noScripts = g.done[:0], g.failed[:0], nil, true, 0
-	for i, c := range g.cmds {
+	for i, cmd := range g.cmds {
 		o := g.ops[i]
 		o.ask = ""
-		err := c.Err()
+		err := cmd.Err()
 		switch {
 		case err == nil:
 			g.done = append(g.done, i)
@@ -247,7 +248,7 @@ func (inv *Invalidator) send(ctx context.Context, g *group) {
 		inv.stats.count(g.ops[i], g.cmds[i])
 	}
 	if len(g.failed) < len(g.ops) { // applied, or rejected for good
-		inv.progress.advance(time.Now())
+		inv.advance(c, time.Now())
 	}
 }
 

@@ -8,16 +8,24 @@ import (
 )
 
 // backoff logs that Redis is unavailable, the first time only, and waits
-// before retry attempt+1. It returns ctx's error if ctx ends first.
-func (inv *Invalidator) backoff(ctx context.Context, attempt int, lastErr error) error {
+// before retry attempt+1 of c's Apply. It returns ctx's error if ctx ends
+// first.
+func (c *call) backoff(ctx context.Context, attempt int, lastErr error) error {
+	inv := c.inv
 	lastErr = inv.redactErr(lastErr)
-	inv.progress.fail(lastErr)
+	inv.fail(c, lastErr)
 	if ctx.Err() != nil {
 		return fmt.Errorf("redis %s: %w (last error: %v)", inv.addr, ctx.Err(), lastErr)
 	}
 	d := inv.delay(attempt)
-	if !inv.down {
+	inv.mu.Lock()
+	c.failed = true
+	first := !inv.down
+	if first {
 		inv.down, inv.downSince = true, time.Now()
+	}
+	inv.mu.Unlock()
+	if first {
 		inv.log.Warn("redis unavailable, retrying", "addr", inv.addr, "err", lastErr, "delay", d)
 	} else {
 		inv.log.Debug("redis still unavailable", "addr", inv.addr, "err", lastErr, "delay", d)
@@ -44,12 +52,25 @@ func (inv *Invalidator) delay(attempt int) time.Duration {
 	return rand.N(ceiling)
 }
 
-// available logs that Redis answers again, after a failure. Apply calls it
-// when a whole batch is done, not on the first reply: right after Redis comes
-// back, go-redis's pool may still fail a few dials, and the state would flap.
-func (inv *Invalidator) available() {
-	if inv.down {
+// available logs that Redis answers again, after a failure, once no Apply
+// in progress is still retrying. Apply calls it when c's whole batch is
+// done, not on the first reply: right after Redis comes back, go-redis's
+// pool may still fail a few dials, and the state would flap; nor while
+// another Apply still fails, whose next retry would log Redis unavailable
+// again.
+func (inv *Invalidator) available(c *call) {
+	inv.mu.Lock()
+	c.failed = false
+	back := inv.down
+	for _, o := range inv.active {
+		back = back && !o.failed
+	}
+	if back {
 		inv.down = false
-		inv.log.Info("redis available again", "addr", inv.addr, "after", time.Since(inv.downSince).Round(time.Millisecond))
+	}
+	since := inv.downSince
+	inv.mu.Unlock()
+	if back {
+		inv.log.Info("redis available again", "addr", inv.addr, "after", time.Since(since).Round(time.Millisecond))
 	}
 }

@@ -26,9 +26,13 @@
 // names (mode sentinel), or to Redis Cluster (mode cluster). In a cluster,
 // each pipeline goes to the master that owns its keys' slots; a command
 // answered MOVED or ASK is resent, alone, where Redis said, and patterns are
-// scanned on every master, which must own every slot between them. A scan
-// cut short by a restart or a failover starts over on the new server
-// process: a SCAN cursor means nothing to another. With
+// scanned on every master, which must own every slot between them. The
+// slot map is read again after the scans: a master that gained or imported
+// a slot meanwhile is scanned again, and a slot migration in progress is
+// waited for, until a reading finds the slots as the one before, so a key
+// that moved with its slot during the scan is not missed. A scan cut short
+// by a restart or a failover starts over on the new server process: a SCAN
+// cursor means nothing to another. With
 // Options.WaitReplicas, every pipeline ends with WAIT on the connection
 // that carried its writes, and its commands count as applied only once the
 // replicas the master has (up to WaitReplicas) acknowledged them; otherwise
@@ -137,14 +141,17 @@ type Invalidator struct {
 	// scanPage, wrapped by tests only.
 	scanPage func(ctx context.Context, m *redis.Client, cursor uint64, match string, count int64) ([]string, uint64, string, error)
 
-	mu        sync.Mutex // serializes Apply; protects the fields below
-	down      bool       // the last attempt failed
-	downSince time.Time
-	ops       []op                     // scratch: the commands of one pipeline or SCAN page
-	groups    map[*redis.Client]*group // scratch: ops by the master that serves them
+	// mu protects the fields below, and the since and lastErr of every
+	// call. Each Apply takes a call from idle, or makes one, puts it in
+	// active while it runs, and back in idle when it returns: Waiting reads
+	// active.
+	mu        sync.Mutex
+	idle      []*call   // calls no Apply uses now, kept for the next: empty at first
+	active    []*call   // the calls of the Applys in progress, in no order; empty: none
+	down      bool      // an attempt failed, and Redis was not logged available again since
+	downSince time.Time // when down last became true
 
-	stats    counters
-	progress progress // how the Apply in progress fares, for Waiting
+	stats counters
 }
 
 // New checks opts and builds a client for its mode: it parses the URL,
@@ -162,7 +169,6 @@ func New(opts Options) (*Invalidator, error) {
 		scanCount:     int64(opts.ScanCount),
 		pipeSize:      opts.PipelineSize,
 		progressEvery: opts.ProgressInterval,
-		groups:        make(map[*redis.Client]*group),
 		scanPage:      scanPage,
 	}
 	if inv.waitReplicas < 0 {

@@ -1,9 +1,12 @@
 package invalidator
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"math/bits"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -15,7 +18,9 @@ import (
 
 // scan runs proto (a DelPattern, IncrPattern or VersionPattern op without
 // its key) on every key matching pattern, on every master, one SCAN page at
-// a time.
+// a time. It returns nil only once every master was scanned to the end, and
+// in a cluster the slot map read again as below; when ctx ends first, an
+// error that wraps ctx's.
 //
 // A SCAN cursor means something only to the server process that issued it:
 // a restarted Redis, or another master after a failover (even at the same
@@ -25,53 +30,190 @@ import (
 // away: that master is scanned again from cursor 0. After a failure the
 // scan goes on where it stopped on each master it knows by address, if the
 // process there is the same; a master scanned to the end is not scanned
-// again.
+// again, unless its slots changed.
 //
 // In a cluster, the masters scanned must own all 16,384 slots, as each says
-// itself: a slot map with fewer (a seed node that has not joined the
-// cluster, slots being reassigned) is an error, retried like any other.
-func (inv *Invalidator) scan(ctx context.Context, pattern string, proto op) error {
-	pos := make(map[string]*scanPos) // by master address ("" outside a cluster)
-	prog := inv.newScanProgress(pattern, proto.action)
-	for attempt := 0; ; attempt++ {
-		masters, err := inv.scanMasters(ctx)
-		for _, m := range masters {
-			if err != nil {
-				break
-			}
-			addr := "" // the one master, whatever its address
-			if inv.cluster != nil {
-				addr = m.Options().Addr
-			}
-			p := pos[addr]
-			if p == nil {
-				p = &scanPos{}
-				if proto.action == pginvalidator.IncrPattern { // the one that counts twice
-
-					p.seen = newKeyWindow(scanDedupe)
-				}
-				pos[addr] = p
-			}
-			if p.done {
-				continue
-			}
-			err = inv.scanNode(ctx, m, pattern, proto, p, prog)
-			if ctx.Err() != nil { // run gave up: ctx is done
+// itself (CLUSTER NODES, its "myself" line): a slot map with fewer (a seed
+// node that has not joined the cluster, slots being reassigned) is an
+// error, retried like any other. A key moves between masters with its slot
+// (resharding, rebalancing): MIGRATE copies it to the master that imports
+// the slot, and only then is the slot assigned to that master. A key that
+// moves from a master not yet scanned to one scanned already would be found
+// by neither scan. So the slot map is read before the scans and again after
+// them, and a master is scanned again, from the start, when between two
+// readings it gained a slot, or its config epoch changed (Redis raises it
+// when a master takes a slot it imported, so a slot that came back to it
+// between two readings shows there), or it imported a slot at either
+// reading. While a reading shows a slot importing or migrating, the
+// masters wait to be scanned again until a reading shows none: the scan
+// waits, with backoff, and logs its progress; only ctx ends the wait. It
+// ends once a reading after the scans shows every master's slots and
+// config epoch as the reading before them did, and no slot importing or
+// migrating.
+//
+// What that guarantees: when scan returns nil, every key that matched
+// pattern when it began and still exists was acted on (an IncrPattern key
+// at least once: see scanPos.seen), wherever its slot moved meanwhile, as
+// long as keys moved only that way. Keys created during the scan may be
+// missed; so may keys that a migration aborted between two readings
+// (CLUSTER SETSLOT ... STABLE) left on a master that does not own their
+// slot, where no client can read them.
+func (c *call) scan(ctx context.Context, pattern string, proto op) error {
+	inv := c.inv
+	s := &patternScan{c: c, pattern: pattern, proto: proto, pos: make(map[string]*scanPos),
+		prog: inv.newScanProgress(pattern, proto.action)}
+	failures, waits := 0, 0 // failed steps in a row; steps in a row that scanned nothing
+	for {
+		settled, scanned, err := s.step(ctx)
+		switch {
+		case err == nil && settled:
+			s.prog.done()
+			return nil
+		case err == nil && scanned:
+			failures, waits = 0, 0
+		case err == nil: // a migration is in progress, or slots changed hands
+			failures = 0
+			if err := s.wait(ctx, waits); err != nil {
 				return err
 			}
-		}
-		if err == nil {
-			prog.done()
-			return nil
-		}
-		inv.stats.errors.Add(1)
-		if inv.cluster != nil {
-			inv.cluster.ReloadState(ctx)
-		}
-		if err := inv.backoff(ctx, attempt, err); err != nil {
+			waits++
+		case ctx.Err() != nil:
+			if !errors.Is(err, ctx.Err()) { // a SCAN page that failed as ctx ended
+				err = fmt.Errorf("redis %s: %w (last error: %v)", inv.addr, ctx.Err(), inv.redactErr(err))
+			}
 			return err
+		default:
+			inv.stats.errors.Add(1)
+			if inv.cluster != nil {
+				inv.cluster.ReloadState(ctx)
+			}
+			if err := c.backoff(ctx, failures, err); err != nil {
+				return err
+			}
+			inv.stats.retries.Add(1)
+			failures++
 		}
-		inv.stats.retries.Add(1)
+	}
+}
+
+// patternScan is the scan of one pattern, for scan: how far it got on each
+// master, and the slot map as it last read it. One goroutine uses it.
+type patternScan struct {
+	c       *call // the Apply's
+	pattern string
+	proto   op
+	pos     map[string]*scanPos // by master address ("" outside a cluster); a master without one was not scanned yet
+	last    *slotReading        // the last reading of the slot map; nil before the first
+	passes  int                 // the times every master of a reading was scanned to the end
+	prog    *scanProgress
+}
+
+// step reads the slot map, marks for a new scan the masters it may have
+// moved keys to since the last reading, and scans every master not scanned
+// to the end, unless they were all scanned once and a slot is importing or
+// migrating: those wait until the migration ends. settled reports that
+// there is nothing to scan, nor will be (see scan); scanned that it scanned
+// some master to the end.
+func (s *patternScan) step(ctx context.Context) (settled, scanned bool, err error) {
+	r, err := s.c.inv.readSlots(ctx)
+	if err != nil {
+		return false, false, err
+	}
+	changed := s.compare(r)
+	first := s.last == nil
+	s.last = r
+	var pending []*redis.Client
+	for _, m := range r.masters {
+		if p := s.pos[s.addr(m)]; p == nil || !p.done {
+			pending = append(pending, m)
+		}
+	}
+	migrating := r.migration() != ""
+	switch {
+	case !first && !changed && !migrating && len(pending) == 0:
+		return true, false, nil
+	case len(pending) == 0, migrating && s.passes > 0:
+		return false, false, nil
+	}
+	for _, m := range pending {
+		if ctx.Err() != nil { // it may end just as a master's last page was applied
+			return false, false, fmt.Errorf("redis %s: %w, before the scan of %s", s.c.inv.addr, ctx.Err(), s.c.inv.masterAddr(m))
+		}
+		if err := s.c.scanNode(ctx, m, s.pattern, s.proto, s.posOf(m), s.prog); err != nil {
+			return false, false, err
+		}
+	}
+	s.passes++
+	return false, true, nil
+}
+
+// addr is the key of m's scanPos: its address in a cluster, "" otherwise
+// (the one master, whatever its address).
+func (s *patternScan) addr(m *redis.Client) string {
+	if s.c.inv.cluster == nil {
+		return ""
+	}
+	return m.Options().Addr
+}
+
+// posOf returns how far the scan of m got, made on first use.
+func (s *patternScan) posOf(m *redis.Client) *scanPos {
+	addr := s.addr(m)
+	p := s.pos[addr]
+	if p == nil {
+		p = &scanPos{}
+		if s.proto.action == pginvalidator.IncrPattern { // the one that counts twice
+			p.seen = newKeyWindow(scanDedupe)
+		}
+		s.pos[addr] = p
+	}
+	return p
+}
+
+// compare marks for a new scan, from cursor 0, each master scanned to the
+// end that may hold keys it did not hold when its scan began: one that,
+// since the last reading, gained a slot or a new config epoch, or that
+// imports a slot now or did then. It reports whether any master's slots or
+// epoch changed, or a master came or went. The first reading changes
+// nothing.
+func (s *patternScan) compare(r *slotReading) (changed bool) {
+	if s.last == nil {
+		return false
+	}
+	changed = len(r.nodes) != len(s.last.nodes)
+	for addr, now := range r.nodes {
+		then := s.last.nodes[addr]
+		if then == nil {
+			then = &masterSlots{}
+		}
+		changed = changed || now.slots != then.slots || now.epoch != then.epoch
+		gained := now.slots.gains(&then.slots) || now.epoch != then.epoch
+		if p := s.pos[addr]; p != nil && p.done && (gained || len(now.importing) > 0 || len(then.importing) > 0) {
+			p.done, p.cursor = false, 0
+			s.c.inv.log.Info("slots moved during a pattern scan; scanning a master again", "addr", addr, "pattern", s.pattern)
+		}
+	}
+	return changed
+}
+
+// wait waits before the slot map is read again, n+1 times in a row: the
+// n-th wait is as long as the n-th backoff. While a migration is in
+// progress, it logs so every Options.ProgressInterval, and Waiting reports
+// it as the last error.
+func (s *patternScan) wait(ctx context.Context, n int) error {
+	why := s.last.migration()
+	if why != "" {
+		s.prog.waiting(why)
+		s.c.inv.fail(s.c, errors.New("a pattern scan waits for a slot migration to end: "+why))
+	}
+	t := time.NewTimer(s.c.inv.delay(n))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return fmt.Errorf("redis %s: %w, while a pattern scan waited for the slot map to settle (%s)", s.c.inv.addr, ctx.Err(),
+			cmp.Or(why, "slots changed hands"))
+	case <-t.C:
+		return nil
 	}
 }
 
@@ -81,21 +223,24 @@ type scanPos struct {
 	cursor uint64 // the next page's; 0 at the start
 	done   bool   // scanned to the end
 	// seen holds the keys of an IncrPattern already incremented on runID's
-	// process, so that a key SCAN returns twice is incremented once; nil
-	// for a DelPattern or VersionPattern, whose UNLINK or SET to an LSN is
-	// harmless twice.
+	// process, so that a key SCAN returns twice is incremented once, also
+	// when the master is scanned again because slots moved to it: then
+	// only the keys that moved, incremented on their old master, and those
+	// the window forgot, are incremented twice. Nil for a DelPattern or
+	// VersionPattern, whose UNLINK or SET to an LSN is harmless twice.
 	seen *keyWindow
 }
 
 // scanNode runs proto on the keys matching pattern on master m, from p's
 // cursor to the end, keeping p up to date.
-func (inv *Invalidator) scanNode(ctx context.Context, m *redis.Client, pattern string, proto op, p *scanPos, prog *scanProgress) error {
+func (c *call) scanNode(ctx context.Context, m *redis.Client, pattern string, proto op, p *scanPos, prog *scanProgress) error {
+	inv := c.inv
 	for {
 		keys, next, runID, err := inv.scanPage(ctx, m, p.cursor, pattern, inv.scanCount)
 		if err != nil {
 			return err
 		}
-		inv.progress.advance(time.Now())
+		inv.advance(c, time.Now())
 		if runID != p.runID {
 			if p.runID != "" {
 				inv.log.Info("redis server changed during a pattern scan; scanning it again from the start",
@@ -106,7 +251,7 @@ func (inv *Invalidator) scanNode(ctx context.Context, m *redis.Client, pattern s
 			}
 			p.runID = runID
 		}
-		ops := inv.ops[:0]
+		ops := c.ops[:0]
 		for _, k := range keys {
 			if p.seen.add(k) {
 				o := proto
@@ -114,8 +259,8 @@ func (inv *Invalidator) scanNode(ctx context.Context, m *redis.Client, pattern s
 				ops = append(ops, o)
 			}
 		}
-		inv.ops = ops
-		if err := inv.run(ctx, ops); err != nil {
+		c.ops = ops
+		if err := c.run(ctx, ops); err != nil {
 			return err
 		}
 		prog.page(len(keys))
@@ -169,6 +314,15 @@ func (g *scanProgress) page(n int) {
 	}
 }
 
+// waiting logs, when it is time, that the scan waits for the slot
+// migration why describes to end.
+func (g *scanProgress) waiting(why string) {
+	if now := time.Now(); now.Sub(g.last) >= g.inv.progressEvery {
+		g.last, g.logged = now, true
+		g.log("pattern scan waiting for a slot migration to end", "migration", why)
+	}
+}
+
 // done logs the end of a scan that logged its progress before.
 func (g *scanProgress) done() {
 	if g.logged {
@@ -176,7 +330,8 @@ func (g *scanProgress) done() {
 	}
 }
 
-func (g *scanProgress) log(msg string) {
+// log logs msg with the scan's progress, and args after it.
+func (g *scanProgress) log(msg string, args ...any) {
 	changed := "keys_deleted"
 	switch g.action {
 	case pginvalidator.IncrPattern:
@@ -184,8 +339,8 @@ func (g *scanProgress) log(msg string) {
 	case pginvalidator.VersionPattern:
 		changed = "keys_set"
 	}
-	g.inv.log.Info(msg, "pattern", g.pattern, "keys_scanned", g.scanned, changed, g.changed()-g.before,
-		"elapsed", time.Since(g.start).Round(time.Millisecond).String())
+	g.inv.log.Info(msg, append([]any{"pattern", g.pattern, "keys_scanned", g.scanned, changed, g.changed() - g.before,
+		"elapsed", time.Since(g.start).Round(time.Millisecond).String()}, args...)...)
 }
 
 // scanPage runs SCAN cursor MATCH match COUNT count on m, and INFO server
@@ -225,55 +380,131 @@ func infoField(info, field string) string {
 // clusterSlots is the number of hash slots of Redis Cluster.
 const clusterSlots = 16384
 
-// scanMasters returns the masters a pattern is scanned on: the one master
-// outside a cluster; in a cluster, every master of the slot map, checked
-// to own every slot between them, each as it says itself (CLUSTER NODES,
-// its "myself" line).
-func (inv *Invalidator) scanMasters(ctx context.Context) ([]*redis.Client, error) {
+// slotReading is the slot map as the masters said it, at one moment.
+type slotReading struct {
+	masters []*redis.Client         // every master: the one outside a cluster
+	nodes   map[string]*masterSlots // what each master of a cluster says of itself, by address; nil outside a cluster
+}
+
+// masterSlots is what one master of a cluster says of itself.
+type masterSlots struct {
+	nodeSelf         // as read
+	slots    slotSet // nodeSelf.owned, as a set
+}
+
+// readSlots returns the masters a pattern is scanned on: the one master
+// outside a cluster; in a cluster, every master of the slot map, with
+// what each says of itself (CLUSTER NODES, its "myself" line), checked to
+// own every slot between them.
+func (inv *Invalidator) readSlots(ctx context.Context) (*slotReading, error) {
 	masters, err := inv.masters(ctx)
 	if err != nil || inv.cluster == nil {
-		return masters, err
+		return &slotReading{masters: masters}, err
 	}
-	var owned [clusterSlots]bool
+	r := &slotReading{masters: masters, nodes: make(map[string]*masterSlots, len(masters))}
+	var owned slotSet
 	for _, m := range masters {
 		nodes, err := m.ClusterNodes(ctx).Result()
 		if err != nil {
 			return nil, fmt.Errorf("cluster nodes on %s: %w", m.Options().Addr, err)
 		}
-		for _, r := range ownSlots(nodes) {
-			for s := r[0]; s <= r[1] && s < clusterSlots; s++ {
-				owned[s] = true
-			}
+		ms := &masterSlots{nodeSelf: myself(nodes)}
+		for _, rg := range ms.owned {
+			ms.slots.add(rg[0], rg[1])
 		}
+		owned.union(&ms.slots)
+		r.nodes[m.Options().Addr] = ms
 	}
-	n := 0
-	for _, o := range owned {
-		if o {
-			n++
-		}
-	}
-	if n < clusterSlots {
+	if n := owned.count(); n < clusterSlots {
 		return nil, fmt.Errorf("the cluster's masters own %d of %d slots (%d masters known): a seed node that has not joined, or slots without a master",
 			n, clusterSlots, len(masters))
 	}
-	return masters, nil
+	return r, nil
 }
 
-// ownSlots returns the slot ranges, first and last, that the node whose
-// CLUSTER NODES reply this is owns, from its "myself" line:
+// migration describes the slots importing or migrating at this reading,
+// a few of them, as "slot 5461 importing on host:port"; "" when none.
+func (r *slotReading) migration() string {
+	var out []string
+	for addr, ms := range r.nodes {
+		for _, s := range ms.importing {
+			out = append(out, fmt.Sprintf("slot %d importing on %s", s, addr))
+		}
+		for _, s := range ms.migrating {
+			out = append(out, fmt.Sprintf("slot %d migrating on %s", s, addr))
+		}
+	}
+	slices.Sort(out)
+	if len(out) > 4 {
+		out = append(out[:4], fmt.Sprintf("and %d more", len(out)-4))
+	}
+	return strings.Join(out, ", ")
+}
+
+// slotSet is a set of cluster slots, one bit each.
+type slotSet [clusterSlots / 64]uint64
+
+// add adds the slots first to last; those past the last slot are ignored.
+func (s *slotSet) add(first, last int) {
+	for i := max(first, 0); i <= last && i < clusterSlots; i++ {
+		s[i/64] |= 1 << (i % 64)
+	}
+}
+
+// union adds the slots of o.
+func (s *slotSet) union(o *slotSet) {
+	for i := range s {
+		s[i] |= o[i]
+	}
+}
+
+// gains reports whether s holds a slot that o does not.
+func (s *slotSet) gains(o *slotSet) bool {
+	for i := range s {
+		if s[i]&^o[i] != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// count returns the number of slots in s.
+func (s *slotSet) count() int {
+	n := 0
+	for _, w := range s {
+		n += bits.OnesCount64(w)
+	}
+	return n
+}
+
+// nodeSelf is what a cluster node says of itself, in the "myself" line of its
+// CLUSTER NODES reply:
 //
-//	<id> <ip:port@cport> myself,master - 0 0 1 connected 0-5460 5462 [5461->-<id>]
-//
-// Slots being imported or migrated ("[...]") do not count.
-func ownSlots(nodes string) [][2]int {
+//	<id> <ip:port@cport> myself,master - 0 0 <config-epoch> connected 0-5460 5462 [5461->-<id>] [5463-<-<id>]
+type nodeSelf struct {
+	owned     [][2]int // the slot ranges it owns, first and last; a slot it migrates ("[5461->-<id>]") is still its own
+	epoch     uint64   // its config epoch
+	importing []int    // slots it imports ("[5463-<-<id>]"): MIGRATE brings their keys before they are its own
+	migrating []int    // slots it migrates to another node
+}
+
+// myself reads the "myself" line of a CLUSTER NODES reply; the zero
+// nodeSelf when there is none. A replica owns no slot.
+func myself(nodes string) nodeSelf {
 	for line := range strings.Lines(nodes) {
 		f := strings.Fields(line)
 		if len(f) < 8 || !strings.Contains(","+f[2]+",", ",myself,") {
 			continue
 		}
-		var ranges [][2]int
+		var me nodeSelf
+		me.epoch, _ = strconv.ParseUint(f[6], 10, 64)
 		for _, s := range f[8:] {
-			if strings.HasPrefix(s, "[") {
+			if inner, ok := strings.CutPrefix(s, "["); ok {
+				if slot, _, ok := strings.Cut(inner, "-<-"); ok {
+					me.importing = appendSlot(me.importing, slot)
+				} else if slot, _, ok := strings.Cut(inner, "->-"); ok {
+					me.migrating = appendSlot(me.migrating, slot)
+				}
 				continue
 			}
 			first, last, isRange := strings.Cut(s, "-")
@@ -287,11 +518,19 @@ func ownSlots(nodes string) [][2]int {
 					continue
 				}
 			}
-			ranges = append(ranges, [2]int{a, b})
+			me.owned = append(me.owned, [2]int{a, b})
 		}
-		return ranges
+		return me
 	}
-	return nil
+	return nodeSelf{}
+}
+
+// appendSlot appends the slot number s to slots, unless it is not one.
+func appendSlot(slots []int, s string) []int {
+	if n, err := strconv.Atoi(s); err == nil {
+		return append(slots, n)
+	}
+	return slots
 }
 
 // scanDedupe is how many keys matched by an IncrPattern on one server

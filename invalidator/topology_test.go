@@ -141,11 +141,7 @@ func TestClusterPatternNeedsEverySlot(t *testing.T) {
 	ctx := context.Background()
 	cl := startCluster(t)
 	rdb := clusterClient(t, cl)
-	var kv []string
-	for i := range 1000 {
-		kv = append(kv, "lone:"+strconv.Itoa(i), "x")
-	}
-	clusterSet(t, rdb, 0, kv...)
+	clusterSet(t, rdb, 0, numbered("lone:", 1000)...)
 	lone, err := cl.StartLoneNode(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -712,6 +708,16 @@ func clusterSet(t *testing.T, rdb *redis.ClusterClient, replicas int, kv ...stri
 			t.Fatalf("WAIT %d on %s = %v", replicas, m.Options().Addr, wait.Val())
 		}
 	}
+}
+
+// numbered returns the key, value pairs of n keys, prefix and 0 to n-1,
+// each holding "x".
+func numbered(prefix string, n int) []string {
+	kv := make([]string, 0, 2*n)
+	for i := range n {
+		kv = append(kv, prefix+strconv.Itoa(i), "x")
+	}
+	return kv
 }
 
 // clusterKeys returns the keys matching pattern on every master.

@@ -395,16 +395,16 @@ func TestClusterVersions(t *testing.T) {
 	}
 }
 
-// benchmarkApply applies batches of 1000 distinct keys of one action, one
+// benchmarkApply applies batches of n distinct keys of one action, one
 // transaction each, against the shared Redis; it reports the time per key.
-func benchmarkApply(b *testing.B, action pginvalidator.Action) {
+func benchmarkApply(b *testing.B, action pginvalidator.Action, n int) {
 	inv, err := New(Options{URL: env.RedisURL})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer inv.Close()
 	p := testenv.UniqueName() + ":"
-	keys := make([]string, 1000)
+	keys := make([]string, n)
 	for i := range keys {
 		keys[i] = p + strconv.Itoa(i)
 	}
@@ -424,6 +424,10 @@ func benchmarkApply(b *testing.B, action pginvalidator.Action) {
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(keys)), "ns/key")
 }
 
-func BenchmarkApplyIncr(b *testing.B)    { benchmarkApply(b, pginvalidator.Incr) }
-func BenchmarkApplyVersion(b *testing.B) { benchmarkApply(b, pginvalidator.Version) }
-func BenchmarkApplyDel(b *testing.B)     { benchmarkApply(b, pginvalidator.Del) }
+func BenchmarkApplyIncr(b *testing.B)    { benchmarkApply(b, pginvalidator.Incr, 1000) }
+func BenchmarkApplyVersion(b *testing.B) { benchmarkApply(b, pginvalidator.Version, 1000) }
+func BenchmarkApplyDel(b *testing.B)     { benchmarkApply(b, pginvalidator.Del, 1000) }
+
+// BenchmarkApplySmallDel applies batches of one Del, as a stream of small
+// transactions does: what an Apply costs beyond its commands.
+func BenchmarkApplySmallDel(b *testing.B) { benchmarkApply(b, pginvalidator.Del, 1) }

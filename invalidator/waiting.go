@@ -3,64 +3,90 @@ package invalidator
 import (
 	"context"
 	"fmt"
-	"sync"
+	"slices"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
-// progress is how the Apply in progress fares, for Waiting. Apply, the
-// pipelines of a cluster's masters and the backoff update it; Waiting reads
-// it from any goroutine.
-type progress struct {
-	mu      sync.Mutex // protects the fields below
-	since   time.Time  // when the Apply began, or last got a reply that ends a command; zero: no Apply in progress
-	lastErr error      // the last error the Apply retried after, redacted; nil: none since since
+// call is one Apply in progress: its scratch, and how it fares, for
+// Waiting. The goroutine that runs the Apply uses it alone, but for the
+// pipelines sent to a cluster's masters at once, each of which writes its
+// own group; since and lastErr are read by Waiting under inv.mu. An Apply
+// that returned leaves it in inv.idle, scratch and all, so that the next
+// Apply allocates none.
+type call struct {
+	inv    *Invalidator
+	ops    []op                     // scratch: the commands of one pipeline or SCAN page
+	groups map[*redis.Client]*group // scratch: ops by the master that serves them
+
+	// inv.mu guards the fields below.
+	since   time.Time // when the Apply began, or last got a reply that ends a command
+	lastErr error     // the last error the Apply retried after, redacted; nil: none since since
+	failed  bool      // the Apply retried after an error; false: not yet
 }
 
-// begin notes that an Apply starts now.
-func (p *progress) begin(now time.Time) {
-	p.mu.Lock()
-	p.since, p.lastErr = now, nil
-	p.mu.Unlock()
-}
-
-// end notes that the Apply returned.
-func (p *progress) end() {
-	p.mu.Lock()
-	p.since, p.lastErr = time.Time{}, nil
-	p.mu.Unlock()
-}
-
-// advance notes that Redis applied (or rejected for good) some commands, or
-// returned a page of a pattern scan, just now.
-func (p *progress) advance(now time.Time) {
-	p.mu.Lock()
-	if !p.since.IsZero() {
-		p.since, p.lastErr = now, nil
+// begin returns the call of an Apply that starts now, listed in active.
+func (inv *Invalidator) begin(now time.Time) *call {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	var c *call
+	if n := len(inv.idle); n > 0 {
+		c, inv.idle = inv.idle[n-1], inv.idle[:n-1]
+	} else {
+		c = &call{inv: inv, groups: make(map[*redis.Client]*group)}
 	}
-	p.mu.Unlock()
+	c.since, c.lastErr, c.failed = now, nil, false
+	inv.active = append(inv.active, c)
+	return c
 }
 
-// fail notes the error an Apply is about to retry after.
-func (p *progress) fail(err error) {
-	p.mu.Lock()
-	if !p.since.IsZero() {
-		p.lastErr = err
+// end notes that c's Apply returned: c is idle again.
+func (inv *Invalidator) end(c *call) {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	if i := slices.Index(inv.active, c); i >= 0 {
+		last := len(inv.active) - 1
+		inv.active[i], inv.active[last] = inv.active[last], nil
+		inv.active = inv.active[:last]
 	}
-	p.mu.Unlock()
+	inv.idle = append(inv.idle, c)
 }
 
-// Waiting reports on the Apply in progress: since is when it began or last
-// got a command applied (or rejected for good) or a page of a pattern scan,
-// and lastErr the last error it retried after since then (nil: none, such
-// as while a command is still blocked in Redis). since is zero when no
-// Apply is in progress. A caller that sees since long past knows that Redis
-// has applied nothing for that long, even if it answers PING: paused
-// writes (CLIENT PAUSE ... WRITE), NOPERM, OOM, READONLY, a WAIT that comes
-// back short. It is safe to call at any time; lastErr holds no password.
+// advance notes that Redis applied (or rejected for good) some of c's
+// commands, or returned a page of its pattern scan, just now.
+func (inv *Invalidator) advance(c *call, now time.Time) {
+	inv.mu.Lock()
+	c.since, c.lastErr = now, nil
+	inv.mu.Unlock()
+}
+
+// fail notes the error c's Apply is about to retry after.
+func (inv *Invalidator) fail(c *call, err error) {
+	inv.mu.Lock()
+	c.lastErr = err
+	inv.mu.Unlock()
+}
+
+// Waiting reports on the Apply in progress that has waited longest: since
+// is when it began or last got a command applied (or rejected for good) or
+// a page of a pattern scan, and lastErr the last error it retried after
+// since then (nil: none, such as while a command is still blocked in
+// Redis). since is zero when no Apply is in progress. A caller that sees
+// since long past knows that Redis has applied nothing of some batch for
+// that long, even if it answers PING, and even if it applies another
+// caller's batches meanwhile: paused writes (CLIENT PAUSE ... WRITE),
+// NOPERM, OOM, READONLY, a WAIT that comes back short, a cluster master
+// that is down. It is safe to call at any time; lastErr holds no password.
 func (inv *Invalidator) Waiting() (since time.Time, lastErr error) {
-	inv.progress.mu.Lock()
-	defer inv.progress.mu.Unlock()
-	return inv.progress.since, inv.progress.lastErr
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	for _, c := range inv.active {
+		if since.IsZero() || c.since.Before(since) {
+			since, lastErr = c.since, c.lastErr
+		}
+	}
+	return since, lastErr
 }
 
 // SetCanary sets key to value, without expiry, once: no retry, and a

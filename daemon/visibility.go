@@ -139,8 +139,18 @@ func newVisibilityGate(cfg Config, targets fanout, reg prometheus.Registerer) *v
 // syncStandbys records the server's synchronous_standby_names, which the
 // catalog watch reads at every poll.
 func (g *visibilityGate) syncStandbys(names string) {
-	if g != nil {
-		g.sync.Store(names != "")
+	if g == nil {
+		return
+	}
+	on := names != ""
+	if was := g.sync.Swap(on); was == on || g.mode != VisibilityAuto {
+		return
+	}
+	if on {
+		g.log.Info("synchronous standbys are named: invalidations wait until each transaction is visible on the primary (visibility = \"auto\")",
+			"synchronous_standby_names", names)
+	} else {
+		g.log.Info("no synchronous standby is named: invalidations no longer wait for visibility (visibility = \"auto\")")
 	}
 }
 

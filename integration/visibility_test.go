@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/pg-invalidator/pg-invalidator/daemon"
 	"github.com/pg-invalidator/pg-invalidator/internal/localsvc"
 )
 
@@ -192,4 +193,64 @@ del = ["{p}product:<id>"]
 			}
 		})
 	}
+}
+
+// TestVisibilityAuto: with visibility = "auto", the daemon waits for
+// visibility only while the server names synchronous standbys, which the
+// catalog watch reads at every poll: set after the start, it is noticed,
+// and an UPDATE that waits for the standby has its key deleted only once
+// it is visible.
+func TestVisibilityAuto(t *testing.T) {
+	pg, err := localsvc.StartPostgres(context.Background(), localsvc.PostgresOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pg.Close() })
+	f := newFixtureOn(t, pg.URL(), env.RedisURL, pricesSchema, markerSchema)
+	cfg := f.config(f.rules(`
+[[rule]]
+table = "products"
+del = ["{p}product:<id>"]
+` + markerRule))
+	cfg.Visibility = daemon.VisibilityAuto
+	w := f.startWatched(cfg)
+	if n := w.logCount("synchronous standbys are named"); n != 0 {
+		t.Fatalf("auto waits for visibility without synchronous standbys:\n%s", w.log)
+	}
+
+	setSynchronousStandbys(t, f.dbURL, "nosuch")
+	t.Cleanup(func() { setSynchronousStandbys(t, f.dbURL, "") })
+	w.waitLog("INFO", "synchronous standbys are named", "synchronous_standby_names=nosuch")
+	ctx := context.Background()
+	f.rdb.Set(ctx, f.key("product:1"), "100", time.Hour)
+	writer, err := pgx.Connect(ctx, f.dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer writer.Close(ctx)
+	var pid uint32
+	if err := writer.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	written := make(chan error, 1)
+	go func() {
+		_, err := writer.Exec(ctx, "UPDATE products SET price = 200 WHERE id = 1")
+		written <- err
+	}()
+	// No reader runs: an entry deleted now would be the daemon's doing.
+	time.Sleep(time.Second)
+	if got := f.rdb.Get(ctx, f.key("product:1")).Val(); got != "100" {
+		t.Errorf("product:1 = %q while the UPDATE is not visible, want it left for readers, who still read 100", got)
+	}
+	if _, err := f.db.Exec(ctx, "SELECT pg_cancel_backend($1)", pid); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-written; err != nil {
+		t.Fatalf("UPDATE: %v", err)
+	}
+	var cached string
+	waitFor(t, 15*time.Second, func() bool {
+		cached, err = f.rdb.Get(ctx, f.key("product:1")).Result()
+		return errors.Is(err, redis.Nil) || cached == "200"
+	}, func() string { return fmt.Sprintf("product:1 is %q after the UPDATE to 200 turned visible", cached) })
 }

@@ -60,7 +60,7 @@ type Config struct {
 	// Redis, until the transactions that caused it are visible on the
 	// primary (see visibility.go): VisibilityOn, VisibilityAuto (while the
 	// server has synchronous_standby_names set) or VisibilityOff. Zero
-	// means VisibilityOn.
+	// means VisibilityAuto: docs/consistency.md says why.
 	Visibility string
 	// VisibilityTimeout is how long a transaction that is not visible may
 	// hold its batch back; past it the batch is applied, and applied again
@@ -176,7 +176,7 @@ func (c *Config) setDefaults() {
 		c.ReplicaTimeout = DefaultReplicaTimeout
 	}
 	if c.Visibility == "" {
-		c.Visibility = VisibilityOn
+		c.Visibility = VisibilityAuto
 	}
 	if c.VisibilityTimeout == 0 {
 		c.VisibilityTimeout = DefaultVisibilityTimeout

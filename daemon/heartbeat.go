@@ -61,6 +61,10 @@ func heartbeat(ctx context.Context, cfg Config, c *canary, ts fanout) {
 				if err != nil {
 					return err
 				}
+				if err := replication.PrepareHeartbeatConn(ctx, nc); err != nil {
+					nc.Close(context.Background())
+					return err
+				}
 				conn = nc
 			}
 			now := time.Now()

@@ -112,7 +112,15 @@ func TestVisibilityGap(t *testing.T) {
 		{"visible after the timeout", time.Second, 3 * time.Second, "its invalidations were applied at visibility_timeout and are applied again once it is visible"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f := newFixtureOn(t, pg.URL(), env.RedisURL, pricesSchema, markerSchema)
+			// The publication exists before the server waits for its
+			// standby: the daemon then writes nothing that would wait too.
+			f := newFixtureOn(t, pg.URL(), env.RedisURL, pricesSchema, markerSchema,
+				"CREATE PUBLICATION pg_invalidator FOR TABLE products, marker")
+			setSynchronousStandbys(t, f.dbURL, "nosuch")
+			t.Cleanup(func() { setSynchronousStandbys(t, f.dbURL, "") })
+
+			// The default visibility, "auto", waits: the server names a
+			// synchronous standby.
 			rules := f.rules(fmt.Sprintf(`
 [postgres]
 visibility_timeout = %q
@@ -130,9 +138,6 @@ del = ["{p}product:<id>"]
 			f.waitSlotActive("pg_invalidator", nil)
 			waitReady(t, addr)
 			f.rdb.Set(context.Background(), f.key("product:1"), "100", time.Hour)
-
-			setSynchronousStandbys(t, f.dbURL, "nosuch")
-			t.Cleanup(func() { setSynchronousStandbys(t, f.dbURL, "") })
 			ctx := context.Background()
 			writer, err := pgx.Connect(ctx, f.dbURL)
 			if err != nil {

@@ -16,6 +16,21 @@ const heartbeatPrefix = "pg_invalidator"
 // the slot and the token follow, separated by spaces.
 const canaryContent = "canary "
 
+// PrepareHeartbeatConn sets the session of conn, a connection of its own
+// that heartbeats go on, so that a canary's commit waits for no
+// synchronous standby (synchronous_commit = local): it is visible, and
+// streamed, as soon as it is flushed. A standby that does not answer then
+// holds up the application's commits, not the daemon's canary, whose batch
+// would otherwise wait for visibility (see Snapshot) with the batches of
+// every transaction after it. local also flushes the commit at once when
+// the server's default is off.
+func PrepareHeartbeatConn(ctx context.Context, conn *pgx.Conn) error {
+	if _, err := conn.Exec(ctx, "SET synchronous_commit = local"); err != nil {
+		return fmt.Errorf("prepare the heartbeat connection: %w", err)
+	}
+	return nil
+}
+
 // EmitHeartbeat writes a small non-transactional logical decoding message
 // (pg_logical_emit_message, prefix pg_invalidator) on an ordinary
 // connection. The walsender
@@ -37,8 +52,8 @@ func EmitHeartbeat(ctx context.Context, conn *pgx.Conn) error {
 // that passes logical decoding messages (see Stream.Messages) hands it to
 // its consumer as a Canary event holding token, between the transaction's
 // Begin and Commit, like a row change; streams on other slots leave it out.
-// Being a transaction, it is flushed at its commit (under the default
-// synchronous_commit), and the walsender sends it at once, where a
+// Being a transaction, it is flushed at its commit (synchronous_commit
+// local, on a connection PrepareHeartbeatConn set), and the walsender sends it at once, where a
 // non-transactional message waits for the WAL writer; and the consumer
 // acknowledges it as any transaction. slot is a valid slot name and token
 // holds no space.

@@ -66,13 +66,13 @@ func (m *metrics) handler(within time.Duration) http.Handler {
 		for _, note := range degradedNotes(m.targets) {
 			fmt.Fprintln(w, note)
 		}
-		if m.gate != nil {
-			for _, note := range m.gate.notes() {
+		if gate := m.gate.Load(); gate != nil {
+			for _, note := range gate.notes() {
 				fmt.Fprintln(w, note)
 			}
 		}
-		if m.vis != nil {
-			for _, note := range m.vis.notes(time.Now()) {
+		if vis := m.vis.Load(); vis != nil {
+			for _, note := range vis.notes(time.Now()) {
 				fmt.Fprintln(w, note)
 			}
 		}

@@ -35,11 +35,18 @@ type metrics struct {
 	redeletesPending prometheus.Gauge
 	redeletePauses   prometheus.Counter
 
+	visibilityWait     prometheus.Histogram
+	visibilityWaits    prometheus.Counter
+	visibilityTimeouts prometheus.Counter
+
 	replicaWait     prometheus.Histogram
 	replicaTimeouts *prometheus.CounterVec
 	replicaLagging  *prometheus.GaugeVec
-	gate            *standbyGate    // its notes go on /readyz; nil: no standbys named
-	vis             *visibilityGate // its notes go on /readyz; nil before the pipeline is built
+	// gate and vis are the pipeline's standby and visibility gates, whose
+	// notes go on /readyz; nil before the pipeline is built, and gate
+	// while no standby is named. The metrics server may already serve.
+	gate atomic.Pointer[standbyGate]
+	vis  atomic.Pointer[visibilityGate]
 
 	rels    map[uint32]*relCounters // by Relation.ID; under the consumer's lock (see consumer)
 	lastRel *relCounters            // the previous change's; under the consumer's lock
@@ -111,6 +118,19 @@ func newMetrics(rules *mapping.Rules, mapper *mapping.Mapper, ts fanout) *metric
 			Name: "pg_invalidator_redelete_pauses_total",
 			Help: "Times reading from the stream paused because the re-deletes pending reached their limit, until some were sent.",
 		}),
+		visibilityWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "pg_invalidator_visibility_wait_seconds",
+			Help:    "Time each batch of commands waited for its transactions to be visible on the primary (with visibility on, or auto and synchronous standbys).",
+			Buckets: latencyBuckets,
+		}),
+		visibilityWaits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pg_invalidator_visibility_waits_total",
+			Help: "Batches of commands that found a transaction of theirs streamed but not yet visible on the primary, and waited for it.",
+		}),
+		visibilityTimeouts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pg_invalidator_visibility_timeouts_total",
+			Help: "Transactions still not visible on the primary after visibility_timeout: their commands were applied then, and again once they were visible.",
+		}),
 		replicaWait: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "pg_invalidator_replica_wait_seconds",
 			Help:    "Time each batch of commands waited for the standbys named in replicas to replay its transactions.",
@@ -136,6 +156,10 @@ func newMetrics(rules *mapping.Rules, mapper *mapping.Mapper, ts fanout) *metric
 		}
 	}
 	m.reg.MustRegister(m.transactions, m.rowChanges, m.latency, m.reconnects, m.resyncs, m.redeletesPending, m.redeletePauses,
+		m.visibilityWait, m.visibilityWaits, m.visibilityTimeouts, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "pg_invalidator_invisible_seconds",
+			Help: "How long the oldest transaction streamed but not yet visible on the primary has waited (its commands held back, or applied past visibility_timeout and to apply again); 0: none.",
+		}, func() float64 { return m.vis.Load().oldest(time.Now()).Seconds() }),
 		m.replicaWait, m.replicaTimeouts, m.replicaLagging, scrapeCollector{m},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -72,10 +72,9 @@ func newPipeline(cfg Config, mapper *mapping.Mapper, m *metrics, s sink, redel *
 	if redis == nil { // a dry run prints each transaction at once
 		cfg.Visibility = VisibilityOff
 	}
-	p.vis = newVisibilityGate(cfg, redis, m.reg)
-	m.vis = p.vis
+	p.vis = newVisibilityGate(cfg, redis, m)
 	if len(cfg.Replicas) > 0 {
-		m.gate = p.gate
+		m.gate.Store(p.gate)
 		for _, name := range cfg.Replicas {
 			m.replicaTimeouts.WithLabelValues(name)
 			m.replicaLagging.WithLabelValues(name).Set(0)

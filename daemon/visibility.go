@@ -10,7 +10,6 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
-	"github.com/prometheus/client_golang/prometheus"
 
 	pginvalidator "github.com/pg-invalidator/pg-invalidator"
 	"github.com/pg-invalidator/pg-invalidator/invalidator"
@@ -89,9 +88,7 @@ type visibilityGate struct {
 	// showing is true while shown holds something: show has work to do.
 	showing bool
 
-	waitHist prometheus.Histogram
-	waits    prometheus.Counter // batches that found a transaction not visible at the first read
-	timeouts prometheus.Counter
+	m *metrics // visibility_wait_seconds, visibility_waits_total, visibility_timeouts_total
 
 	mu    sync.Mutex    // protects shown
 	shown []invisibleTx // the transactions waited for or late, for notes and oldest; refreshed by each turn that changes them
@@ -113,26 +110,9 @@ type lateBatch struct {
 	batch *invalidator.Batch
 }
 
-func newVisibilityGate(cfg Config, targets fanout, reg prometheus.Registerer) *visibilityGate {
-	g := &visibilityGate{mode: cfg.Visibility, timeout: cfg.VisibilityTimeout, cfg: cfg, log: cfg.Logger, targets: targets,
-		waitHist: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "pg_invalidator_visibility_wait_seconds",
-			Help:    "Time each batch of commands waited for its transactions to be visible on the primary (with visibility on, or auto and synchronous standbys).",
-			Buckets: latencyBuckets,
-		}),
-		waits: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "pg_invalidator_visibility_waits_total",
-			Help: "Batches of commands that found a transaction of theirs streamed but not yet visible on the primary, and waited for it.",
-		}),
-		timeouts: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "pg_invalidator_visibility_timeouts_total",
-			Help: "Transactions still not visible on the primary after visibility_timeout: their commands were applied then, and again once they were visible.",
-		}),
-	}
-	reg.MustRegister(g.waitHist, g.waits, g.timeouts, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "pg_invalidator_invisible_seconds",
-		Help: "How long the oldest transaction streamed but not yet visible on the primary has waited (its commands held back, or applied past visibility_timeout and to apply again); 0: none.",
-	}, func() float64 { return g.oldest(time.Now()).Seconds() }))
+func newVisibilityGate(cfg Config, targets fanout, m *metrics) *visibilityGate {
+	g := &visibilityGate{mode: cfg.Visibility, timeout: cfg.VisibilityTimeout, cfg: cfg, log: cfg.Logger, targets: targets, m: m}
+	m.vis.Store(g)
 	return g
 }
 
@@ -193,7 +173,7 @@ func (g *visibilityGate) wait(ctx context.Context) ([]invisibleTx, error) {
 		return nil, nil
 	}
 	start := time.Now()
-	defer func() { g.waitHist.Observe(time.Since(start).Seconds()) }()
+	defer func() { g.m.visibilityWait.Observe(time.Since(start).Seconds()) }()
 	var late []invisibleTx
 	pause := visibilityPollMin
 	for {
@@ -215,7 +195,7 @@ func (g *visibilityGate) wait(ctx context.Context) ([]invisibleTx, error) {
 			}
 		}
 		if pause == visibilityPollMin {
-			g.waits.Inc()
+			g.m.visibilityWaits.Inc()
 		}
 		g.show()
 		select {
@@ -303,7 +283,7 @@ func (g *visibilityGate) keep(late []invisibleTx, batch *invalidator.Batch) {
 	for i := range late {
 		if !late[i].late {
 			late[i].late = true
-			g.timeouts.Inc()
+			g.m.visibilityTimeouts.Inc()
 			g.log.Warn("a transaction is still not visible on the primary after visibility_timeout (a synchronous standby that does not answer?): "+
 				"its invalidations are applied now, and again once it is visible; the acknowledgement waits for it",
 				"xid", late[i].xid, "lsn", late[i].final.String(), "waited", time.Since(late[i].since).Round(time.Millisecond).String(),
@@ -412,8 +392,11 @@ func (g *visibilityGate) show() {
 }
 
 // oldest returns how long the oldest transaction waited for, or late, has
-// waited at now; 0: none.
+// waited at now; 0: none, and for a nil gate.
 func (g *visibilityGate) oldest(now time.Time) time.Duration {
+	if g == nil {
+		return 0
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	var d time.Duration

@@ -90,6 +90,14 @@ type Postgres struct {
 	// VisibilityTimeout is how long a transaction not visible may hold its
 	// commands back. Zero: the caller picks its default.
 	VisibilityTimeout time.Duration
+	// NoStreaming is true when the file says streaming = false: large
+	// transactions reach the daemon whole, after their commit (see
+	// daemon.Config.NoStreaming).
+	NoStreaming bool
+	// DecodingWorkMem is the walsender's logical_decoding_work_mem for the
+	// daemon's connection, as PostgreSQL writes a memory size ("16MB").
+	// Empty: the caller picks its default.
+	DecodingWorkMem string
 	// CanaryKey is the Redis key of the end-to-end canary, "<slot>" in it
 	// standing for Slot (see daemon.CanaryKey). Parse sets
 	// daemon.DefaultCanaryKey when the file leaves it out; empty
@@ -181,8 +189,9 @@ type parser struct{ *tomldoc.Checker }
 
 // Keys each table allows, in the order messages list them.
 var (
-	postgresKeys = []string{"url", "slot", "publication", "heartbeat", "timeout", "replicas", "replica_timeout", "visibility", "visibility_timeout", "canary_key"}
-	redisKeys    = []string{"url", "mode", "addrs", "master", "username", "password_env", "password_file",
+	postgresKeys = []string{"url", "slot", "publication", "heartbeat", "timeout", "replicas", "replica_timeout", "visibility", "visibility_timeout",
+		"streaming", "logical_decoding_work_mem", "canary_key"}
+	redisKeys = []string{"url", "mode", "addrs", "master", "username", "password_env", "password_file",
 		"sentinel_username", "sentinel_password_env", "sentinel_password_file",
 		"tls", "tls_ca", "tls_cert", "tls_key", "tls_server_name", "wait_replicas"}
 	targetKeys   = append([]string{"name"}, redisKeys...)
@@ -232,6 +241,16 @@ func (p *parser) postgres(c *Postgres, v any) {
 			}
 		case "visibility_timeout":
 			p.duration(path, m[k], &c.VisibilityTimeout)
+		case "streaming":
+			if b, ok := m[k].(bool); ok {
+				c.NoStreaming = !b
+			} else {
+				p.WrongType(path, "a boolean, true or false", m[k])
+			}
+		case "logical_decoding_work_mem":
+			if p.Str(path, m[k], &c.DecodingWorkMem) && !validWorkMem(c.DecodingWorkMem) {
+				p.Addf(path, "logical_decoding_work_mem %q is not a memory size of 64kB or more; write one like \"16MB\" (units kB, MB, GB)", c.DecodingWorkMem)
+			}
 		case "canary_key":
 			if p.Str(path, m[k], &c.CanaryKey) {
 				if problem := canaryKeyProblem(c.CanaryKey); problem != "" {
@@ -583,4 +602,17 @@ func (s secret) read() (pw, problem string) {
 		return pw, ""
 	}
 	return "", ""
+}
+
+// validWorkMem reports whether s is a memory size PostgreSQL takes for
+// logical_decoding_work_mem: a whole number with a unit of kB, MB or GB, of
+// 64kB (its minimum) or more.
+func validWorkMem(s string) bool {
+	for unit, kb := range map[string]int64{"kB": 1, "MB": 1 << 10, "GB": 1 << 20} {
+		if n, ok := strings.CutSuffix(s, unit); ok {
+			v, err := strconv.ParseInt(n, 10, 64)
+			return err == nil && v > 0 && v <= 1<<31/kb && v*kb >= 64
+		}
+	}
+	return false
 }

@@ -47,6 +47,8 @@ func TestLoad(t *testing.T) {
 		ReplicaTimeout:    3 * time.Second,
 		Visibility:        "auto",
 		VisibilityTimeout: 2 * time.Second,
+		NoStreaming:       true,
+		DecodingWorkMem:   "4MB",
 		CanaryKey:         "shop:canary:<slot>",
 	}
 	if !reflect.DeepEqual(c.Postgres, wantPostgres) {
@@ -67,15 +69,15 @@ func TestLoad(t *testing.T) {
 	if !reflect.DeepEqual(c.Targets, wantTargets) {
 		t.Errorf("Targets = %+v, want %+v", c.Targets, wantTargets)
 	}
-	if got, want := c.passwords[0], (secret{what: "redis", key: "password", env: "REDIS_PASSWORD", envLine: 20, fileLine: 14}); got != want {
+	if got, want := c.passwords[0], (secret{what: "redis", key: "password", env: "REDIS_PASSWORD", envLine: 22, fileLine: 16}); got != want {
 		t.Errorf("password source = %+v, want %+v", got, want)
 	}
 	if got, want := c.Recovery, (Recovery{OnSlotLost: OnSlotLostResync}); got != want {
 		t.Errorf("Recovery = %+v, want %+v", got, want)
 	}
-	want := `29 public.products on=insert, update, delete, truncate del:32:product:<id> del:34:product-list:category:<category_id> incr:36:cache:version:products
-38 public.products on=update, delete incr:41:product:<<v2>>:<id>
-43 shop.orders on=truncate del:45:order:<id>
+	want := `31 public.products on=insert, update, delete, truncate del:34:product:<id> del:36:product-list:category:<category_id> incr:38:cache:version:products
+40 public.products on=update, delete incr:43:product:<<v2>>:<id>
+45 shop.orders on=truncate del:47:order:<id>
 `
 	if got := describe(c); got != want {
 		t.Errorf("rules:\n%s\nwant:\n%s", got, want)
@@ -167,7 +169,7 @@ line incr:19:d:<id>
 func TestParseByteOrderMark(t *testing.T) {
 	_, err := Parse("f.toml", []byte("\xef\xbb\xbf[postgres]\nslto = 1\n"))
 	want := `f.toml: no [[rule]] found; add at least one, with a table and del, incr or version
-f.toml:2: unknown key "slto" in [postgres]; allowed keys: url, slot, publication, heartbeat, timeout, replicas, replica_timeout, visibility, visibility_timeout, canary_key`
+f.toml:2: unknown key "slto" in [postgres]; allowed keys: url, slot, publication, heartbeat, timeout, replicas, replica_timeout, visibility, visibility_timeout, streaming, logical_decoding_work_mem, canary_key`
 	if err == nil || err.Error() != want {
 		t.Errorf("got:\n%v\nwant:\n%s", err, want)
 	}
@@ -180,7 +182,7 @@ func TestParseErrors(t *testing.T) {
 	}{
 		{"syntax.toml", `testdata/syntax.toml:9: TOML syntax error after key "rule.del": expected ',' or ']' after array value (column 1)`},
 		{"unknown_top.toml", `testdata/unknown_top.toml:8: unknown key "redsi"; the top level allows only [postgres], [redis], [[target]], [recovery] and [[rule]]`},
-		{"unknown_postgres.toml", `testdata/unknown_postgres.toml:4: unknown key "slot_name" in [postgres]; allowed keys: url, slot, publication, heartbeat, timeout, replicas, replica_timeout, visibility, visibility_timeout, canary_key`},
+		{"unknown_postgres.toml", `testdata/unknown_postgres.toml:4: unknown key "slot_name" in [postgres]; allowed keys: url, slot, publication, heartbeat, timeout, replicas, replica_timeout, visibility, visibility_timeout, streaming, logical_decoding_work_mem, canary_key`},
 		{"unknown_redis.toml", `testdata/unknown_redis.toml:3: unknown key "password" in [redis]; allowed keys: url, mode, addrs, master, username, password_env, password_file, sentinel_username, sentinel_password_env, sentinel_password_file, tls, tls_ca, tls_cert, tls_key, tls_server_name, wait_replicas; a password does not belong in the rules file: name the variable or file that holds it with password_env or password_file`},
 		{"redis_bad_mode.toml", `testdata/redis_bad_mode.toml:3: mode "replicated" is not a choice; use "single" (the default, with url), "cluster" or "sentinel"`},
 		{"redis_cluster.toml", `testdata/redis_cluster.toml:1: mode "cluster" needs addrs, the cluster's seed nodes: addrs = ["host:port", ...]
@@ -215,7 +217,9 @@ testdata/target_bad.toml:24: unknown key "password" in [[target]]; allowed keys:
 testdata/bad_replicas.toml:2: replicas names "standby1" twice; remove one
 testdata/bad_replicas.toml:3: replica_timeout "5" is not a positive duration; write one like "30s" or "1m"`},
 		{"bad_visibility.toml", `testdata/bad_visibility.toml:2: visibility "always" is not a choice; use "on" (wait until each transaction is visible on the primary), "auto" (only while synchronous_standby_names is set) or "off"
-testdata/bad_visibility.toml:3: visibility_timeout "0s" is not a positive duration; write one like "30s" or "1m"`},
+testdata/bad_visibility.toml:3: visibility_timeout "0s" is not a positive duration; write one like "30s" or "1m"
+testdata/bad_visibility.toml:4: postgres.streaming must be a boolean, true or false; got a string
+testdata/bad_visibility.toml:5: logical_decoding_work_mem "16 MB" is not a memory size of 64kB or more; write one like "16MB" (units kB, MB, GB)`},
 		{"bad_timeout.toml", `testdata/bad_timeout.toml:2: timeout "-5s" is not a positive duration; write one like "30s" or "1m"`},
 		{"bad_heartbeat.toml", `testdata/bad_heartbeat.toml:2: heartbeat "1 minute" is not a positive duration; write one like "10s" or "1m"`},
 		{"short_heartbeat.toml", `testdata/short_heartbeat.toml:2: heartbeat "500ms" is shorter than 1s; write one like "1s" or "10s"`},
@@ -225,7 +229,7 @@ testdata/bad_visibility.toml:3: visibility_timeout "0s" is not a positive durati
 		{"bad_on_slot_lost.toml", `testdata/bad_on_slot_lost.toml:2: on_slot_lost "recreate" is not a choice; use "stop" (the default: stop and say what to do) or "resync" (recreate the slot and flush every rule's keys)`},
 		{"unknown_recovery.toml", `testdata/unknown_recovery.toml:2: unknown key "on_lost" in [recovery]; allowed keys: on_slot_lost`},
 		{"bad_slot.toml", `testdata/bad_slot.toml:2: slot "PG-Invalidator" is not a valid replication slot name: use 1 to 63 lowercase letters, digits and underscores`},
-		{"several.toml", `testdata/several.toml:4: unknown key "slto" in [postgres]; allowed keys: url, slot, publication, heartbeat, timeout, replicas, replica_timeout, visibility, visibility_timeout, canary_key
+		{"several.toml", `testdata/several.toml:4: unknown key "slto" in [postgres]; allowed keys: url, slot, publication, heartbeat, timeout, replicas, replica_timeout, visibility, visibility_timeout, streaming, logical_decoding_work_mem, canary_key
 testdata/several.toml:13: template "product-list:<category_id": the "<" at byte 14 has no closing ">"; end the column name with ">", or write "<<" for a literal "<"
 testdata/several.toml:16: on: "INSERT" is not an operation; use insert, update, delete or truncate
 testdata/several.toml:18: rule has no del, incr or version; add del = ["key:<column>"], incr = ["key"] or version = ["key"]

@@ -55,6 +55,13 @@ type consumer struct {
 	// Nil: none.
 	pendingRules *reload
 
+	// streams are the transactions the server streams while they run
+	// (replication.StreamStart), by xid, from their first block to their
+	// StreamCommit or StreamAbort; block is the one whose block is open,
+	// nil between blocks.
+	streams map[uint32]*streamedTx
+	block   *streamedTx
+
 	// While the stream is behind, a batch is not flushed each time the
 	// stream runs dry, which on a backlog read in small pieces happens after
 	// every few transactions: it lingers up to catchUpLinger for more, so
@@ -78,7 +85,7 @@ const catchUpLinger = 5 * time.Millisecond
 func newConsumer(p *pipeline, stream *replication.Stream, applyCtx context.Context) *consumer {
 	c := &consumer{p: p, stream: stream, applyCtx: applyCtx,
 		linger: time.NewTimer(time.Hour), redelTimer: time.NewTimer(time.Hour), lateTimer: time.NewTimer(time.Hour),
-		kick: make(chan struct{}, 1)}
+		kick: make(chan struct{}, 1), streams: make(map[uint32]*streamedTx)}
 	c.linger.Stop()
 	c.redelTimer.Stop()
 	c.lateTimer.Stop()
@@ -94,6 +101,7 @@ func (p *pipeline) consume(ctx context.Context, stream *replication.Stream) erro
 	defer endGrace()
 	c := newConsumer(p, stream, applyCtx)
 	defer c.finish()
+	defer c.end()
 	return c.run(ctx)
 }
 
@@ -249,10 +257,20 @@ func (c *consumer) finish() {
 	}
 }
 
+// end drops what the session held of streamed transactions: the next
+// session receives them again, from their first block.
+func (c *consumer) end() {
+	for xid, t := range c.streams {
+		t.close()
+		delete(c.streams, xid)
+	}
+	c.block = nil
+}
+
 // handle maps a chunk of events into the sink, and flushes the sink when
 // the stream has run dry; more says that another chunk is already waiting.
 func (c *consumer) handle(chunk []replication.Event, more bool) error {
-	if c.pendingRules != nil && !c.inTx {
+	if c.pendingRules != nil && !c.inTx && len(c.streams) == 0 {
 		c.finish()
 	}
 	for i := range chunk {
@@ -286,20 +304,14 @@ func (c *consumer) event(ev *replication.Event) error {
 	p := c.p
 	switch ev.Kind {
 	case replication.Begin:
-		c.inTx, c.xid, c.final, c.visible = true, ev.XID, ev.LSN, false
-		p.sink.begin(ev.XID, ev.LSN)
-		p.m.see(ev.LSN)
+		c.begin(ev.XID, ev.LSN)
 	case replication.RowChange:
+		if ev.XID != 0 && c.block != nil {
+			return c.streamedChange(&ev.Change)
+		}
 		return c.rowChange(&ev.Change)
 	case replication.Commit:
-		c.inTx = false
-		if err := p.sink.commit(ev.LSN, ev.CommitTime); err != nil {
-			return err
-		}
-		c.ackable, c.commitAt, c.replayTo, c.lastEnd = ev.LSN, ev.CommitTime, ev.LSN, ev.LSN
-		c.batchTxs++
-		p.m.committed(ev.LSN, ev.CommitTime)
-		c.finish()
+		return c.commit(ev.LSN, ev.CommitTime)
 	case replication.Canary:
 		// The canary's key is deleted in the batch of its transaction, like
 		// a row change's keys, and the canary counts as back once that
@@ -307,11 +319,35 @@ func (c *consumer) event(ev *replication.Event) error {
 		if p.canary == nil {
 			break
 		}
+		if ev.XID != 0 && c.block != nil {
+			c.block.canaries = append(c.block.canaries, ev.Token)
+			return c.block.add([]pginvalidator.Command{{Action: pginvalidator.Del, Key: p.canary.key}})
+		}
 		if err := p.sink.add(nil, []pginvalidator.Command{{Action: pginvalidator.Del, Key: p.canary.key}}); err != nil {
 			return err
 		}
 		c.tellVisibility()
 		p.canaries = append(p.canaries, ev.Token)
+	case replication.StreamStart:
+		t := c.streams[ev.XID]
+		if t == nil {
+			t = newStreamedTx(ev.XID, c.p.cfg.StreamMemory, "", time.Now())
+			c.streams[ev.XID] = t
+		}
+		c.block = t
+	case replication.StreamStop:
+		c.block = nil
+	case replication.StreamCommit:
+		return c.commitStreamed(ev)
+	case replication.StreamAbort:
+		// A subtransaction's abort keeps the keys its rows rendered: an
+		// extra delete is harmless, and the keys are not told apart by
+		// subtransaction.
+		if t := c.streams[ev.XID]; t != nil && ev.SubXID == ev.XID {
+			t.close()
+			delete(c.streams, ev.XID)
+			c.p.log.Debug("streamed transaction aborted", "xid", ev.XID, "rows", t.rows)
+		}
 	case replication.Keepalive:
 		// Everything the server sent before this keepalive is in the sink
 		// or delivered, so once the sink has delivered it the slot may move
@@ -323,6 +359,86 @@ func (c *consumer) event(ev *replication.Event) error {
 		p.m.keepalive(ev.LSN)
 	}
 	return nil
+}
+
+// begin opens transaction xid, whose commit record is at final.
+func (c *consumer) begin(xid uint32, final pglogrepl.LSN) {
+	c.inTx, c.xid, c.final, c.visible = true, xid, final, false
+	c.p.sink.begin(xid, final)
+	c.p.m.see(final)
+}
+
+// commit closes the open transaction, whose end LSN is end: it is ackable
+// once the sink has delivered it.
+func (c *consumer) commit(end pglogrepl.LSN, at time.Time) error {
+	p := c.p
+	c.inTx = false
+	if err := p.sink.commit(end, at); err != nil {
+		return err
+	}
+	c.ackable, c.commitAt, c.replayTo, c.lastEnd = end, at, end, end
+	c.batchTxs++
+	p.m.committed(end, at)
+	if len(c.streams) == 0 {
+		c.finish()
+	}
+	return nil
+}
+
+// streamedChange maps one row change of the open streamed block into its
+// transaction's commands, which wait for its StreamCommit.
+func (c *consumer) streamedChange(ch *pginvalidator.Change) error {
+	p := c.p
+	p.m.rowChange(ch)
+	p.m.cover.see(ch.Rel)
+	p.cmds = p.mapper.Commands(p.cmds[:0], ch)
+	return c.block.change(ch.Rel, p.cmds)
+}
+
+// commitStreamed hands a streamed transaction's commands to the sink at its
+// StreamCommit, as if it had come whole, between a Begin and a Commit, at
+// this point of the stream: in commit order with the other transactions.
+func (c *consumer) commitStreamed(ev *replication.Event) error {
+	p := c.p
+	t := c.streams[ev.XID]
+	delete(c.streams, ev.XID)
+	if t == nil { // it rendered nothing the session kept: a transaction of no rule table
+		t = newStreamedTx(ev.XID, c.p.cfg.StreamMemory, "", time.Now())
+	}
+	defer t.close()
+	c.begin(ev.XID, ev.Final)
+	// A dry run prints a transaction that changed a rule table even when
+	// its rules rendered nothing: each relation is shown to the sink once.
+	for _, rel := range t.rels {
+		if err := p.sink.add(&pginvalidator.Change{Rel: rel}, nil); err != nil {
+			return err
+		}
+	}
+	var ch *pginvalidator.Change // nil for a canary alone, which only the Redis sink is given
+	if len(t.rels) > 0 {
+		ch = &pginvalidator.Change{Rel: t.rels[0]}
+	}
+	err := t.replay(p.cfg.MaxBatch, func(cmds []pginvalidator.Command) error {
+		if err := p.sink.add(ch, cmds); err != nil {
+			return err
+		}
+		c.tellVisibility()
+		if p.sink.pending() >= p.cfg.MaxBatch {
+			return c.flush()
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	p.canaries = append(p.canaries, t.canaries...)
+	p.m.streamedTxs.Inc()
+	p.m.streamedSpill.Add(float64(t.spilled()))
+	if p.log.Enabled(c.applyCtx, slog.LevelDebug) {
+		p.log.Debug("streamed transaction committed", "xid", ev.XID, "rows", t.rows, "spilled_bytes", t.spilled(),
+			"streamed_for", time.Since(t.firstSeen).String())
+	}
+	return c.commit(ev.LSN, ev.CommitTime)
 }
 
 // rowChange maps one row change into the sink. A large transaction is

@@ -81,6 +81,21 @@ type Config struct {
 	// the connect timeout of every connection to PostgreSQL, and bounds
 	// each heartbeat. Zero means 30s (replication.DefaultTimeout).
 	Timeout time.Duration
+	// NoStreaming, when true, asks for pgoutput protocol 1: a transaction
+	// reaches the daemon whole, after its commit. False: on PostgreSQL 14
+	// and later, a transaction larger than DecodingWorkMem is streamed
+	// while it runs, mapped as it comes, and applied at its commit
+	// (protocol 2, streaming on; see streamed.go).
+	NoStreaming bool
+	// DecodingWorkMem is the walsender's logical_decoding_work_mem on the
+	// replication connection: past it, a transaction is streamed (or, with
+	// NoStreaming, spilled to disk on the server). Zero means
+	// DefaultDecodingWorkMem.
+	DecodingWorkMem string
+	// StreamMemory bounds, in bytes, the memory the commands of one
+	// streamed transaction hold before its Del keys go to a temporary file
+	// (see streamedTx). Zero means 32 MB.
+	StreamMemory int
 	// ShutdownGrace is how long a batch in flight may take to finish after
 	// ctx ends. Zero means 2s.
 	ShutdownGrace time.Duration
@@ -174,6 +189,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.ReplicaTimeout == 0 {
 		c.ReplicaTimeout = DefaultReplicaTimeout
+	}
+	if c.DecodingWorkMem == "" {
+		c.DecodingWorkMem = DefaultDecodingWorkMem
+	}
+	if c.StreamMemory == 0 {
+		c.StreamMemory = streamMemory
 	}
 	if c.Visibility == "" {
 		c.Visibility = VisibilityAuto

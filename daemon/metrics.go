@@ -35,6 +35,9 @@ type metrics struct {
 	redeletesPending prometheus.Gauge
 	redeletePauses   prometheus.Counter
 
+	streamedTxs   prometheus.Counter
+	streamedSpill prometheus.Counter
+
 	visibilityWait     prometheus.Histogram
 	visibilityWaits    prometheus.Counter
 	visibilityTimeouts prometheus.Counter
@@ -118,6 +121,14 @@ func newMetrics(rules *mapping.Rules, mapper *mapping.Mapper, ts fanout) *metric
 			Name: "pg_invalidator_redelete_pauses_total",
 			Help: "Times reading from the stream paused because the re-deletes pending reached their limit, until some were sent.",
 		}),
+		streamedTxs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pg_invalidator_streamed_transactions_total",
+			Help: "Transactions PostgreSQL streamed while they ran (larger than logical_decoding_work_mem), mapped as they came and handed to Redis at their commit.",
+		}),
+		streamedSpill: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pg_invalidator_streamed_spilled_bytes_total",
+			Help: "Bytes of keys of streamed transactions written to a temporary file, past the memory one transaction may hold.",
+		}),
 		visibilityWait: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "pg_invalidator_visibility_wait_seconds",
 			Help:    "Time each batch of commands waited for its transactions to be visible on the primary (with visibility on, or auto and synchronous standbys).",
@@ -156,7 +167,7 @@ func newMetrics(rules *mapping.Rules, mapper *mapping.Mapper, ts fanout) *metric
 		}
 	}
 	m.reg.MustRegister(m.transactions, m.rowChanges, m.latency, m.reconnects, m.resyncs, m.redeletesPending, m.redeletePauses,
-		m.visibilityWait, m.visibilityWaits, m.visibilityTimeouts, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		m.streamedTxs, m.streamedSpill, m.visibilityWait, m.visibilityWaits, m.visibilityTimeouts, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "pg_invalidator_invisible_seconds",
 			Help: "How long the oldest transaction streamed but not yet visible on the primary has waited (its commands held back, or applied past visibility_timeout and to apply again); 0: none.",
 		}, func() float64 { return m.vis.Load().oldest(time.Now()).Seconds() }),

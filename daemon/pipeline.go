@@ -114,6 +114,10 @@ func (p *pipeline) session(ctx context.Context) error {
 		StatusInterval: p.cfg.StatusInterval,
 		Timeout:        p.cfg.Timeout,
 		Logger:         p.log,
+		Streaming:      !p.cfg.NoStreaming,
+		// The walsender's limit, past which it streams a transaction (and
+		// spills one it does not stream): see DefaultDecodingWorkMem.
+		DecodingWorkMem: p.cfg.DecodingWorkMem,
 	})
 	if err != nil {
 		return err

@@ -68,16 +68,39 @@ const (
 	// its position. Streams that do not pass messages (see
 	// Stream.Messages) never send one.
 	Canary
+
+	// The events of a transaction streamed while it runs (see
+	// Config.Streaming): the server sends it in blocks, each between a
+	// StreamStart and a StreamStop, and ends it with a StreamCommit or a
+	// StreamAbort, between blocks. The RowChange and Canary events of a
+	// block carry the streamed transaction's XID; blocks of several
+	// transactions may interleave, but never nest.
+
+	// StreamStart opens a block of transaction XID; First is true for its
+	// first block.
+	StreamStart
+	// StreamStop closes the open block.
+	StreamStop
+	// StreamCommit commits streamed transaction XID: Final is the position
+	// of its commit record, LSN its end LSN (to acknowledge, as a Commit's),
+	// CommitTime its commit time.
+	StreamCommit
+	// StreamAbort aborts SubXID, a subtransaction of streamed transaction
+	// XID, or the whole transaction when SubXID is XID.
+	StreamAbort
 )
 
 // Event is one step of the stream.
 type Event struct {
 	Kind       EventKind
 	LSN        pglogrepl.LSN
-	XID        uint32
-	CommitTime time.Time            // Commit only
+	XID        uint32               // Begin, StreamStart, StreamCommit, StreamAbort; and RowChange and Canary in a streamed block
+	CommitTime time.Time            // Commit and StreamCommit only
 	Change     pginvalidator.Change // RowChange only
 	Token      string               // Canary only
+	Final      pglogrepl.LSN        // StreamCommit only
+	SubXID     uint32               // StreamAbort only
+	First      bool                 // StreamStart only
 }
 
 // Config says where to stream from.
@@ -98,6 +121,17 @@ type Config struct {
 	Timeout time.Duration
 	// ChunkSize caps the events handed over at once. Zero means 512.
 	ChunkSize int
+	// Streaming, when true, asks a server of PostgreSQL 14 or later for
+	// pgoutput protocol 2 with streaming on: a transaction that outgrows
+	// logical_decoding_work_mem is sent while it runs, in blocks (see
+	// StreamStart), instead of in one piece after its commit. False, and
+	// below 14: protocol 1.
+	Streaming bool
+	// DecodingWorkMem, when not empty, is the walsender's
+	// logical_decoding_work_mem for this connection ("16MB"): past it, a
+	// transaction in the reorder buffer is streamed (or, without
+	// streaming, spilled to disk). Empty: the server's setting.
+	DecodingWorkMem string
 	// Logger receives state changes. Nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -116,8 +150,10 @@ type Stream struct {
 
 	status   *statusReporter // carries Ack's position to the server: see status.go
 	silent   atomic.Int64    // how long the server had been silent when the stream gave up on it; 0 while it has not
-	started  bool
-	messages bool // Start asked pgoutput for logical decoding messages
+	started   bool
+	messages  bool   // Start asked pgoutput for logical decoding messages
+	streaming bool   // Start asked pgoutput to stream large transactions (protocol 2)
+	streamXID uint32 // the transaction whose streamed block is open; 0: none. Reader only
 
 	live   LiveHandler  // takes live chunks on the reader's goroutine; nil: every chunk goes through the channel
 	queued atomic.Int64 // chunks sent through the channel that the consumer has not yet reported Handled
@@ -194,6 +230,9 @@ func Connect(ctx context.Context, cfg Config) (*Stream, error) {
 	for k, v := range TextSettings {
 		pcfg.RuntimeParams[k] = v
 	}
+	if cfg.DecodingWorkMem != "" {
+		pcfg.RuntimeParams["logical_decoding_work_mem"] = cfg.DecodingWorkMem
+	}
 	s := &Stream{
 		cfg:       cfg,
 		log:       cfg.Logger,
@@ -218,15 +257,26 @@ func Connect(ctx context.Context, cfg Config) (*Stream, error) {
 // logical decoding messages too (messages 'true'), which carry the
 // canaries; see Messages. After a failed Start the connection is unusable:
 // Close it and connect again. A slot the server has invalidated is a
-// *SlotError that says what to do; SlotInvalidated reports it.
+// *SlotError that says what to do; SlotInvalidated reports it. With
+// Config.Streaming, on PostgreSQL 14 and later, it asks for protocol 2 and
+// streaming 'on'; see Streaming.
 func (s *Stream) Start(ctx context.Context) error {
+	major := serverMajor(s.conn.ParameterStatus("server_version"))
+	messages := major >= 14
+	streaming := s.cfg.Streaming && major >= 14
+	proto := "1"
+	if streaming {
+		proto = "2"
+	}
 	args := []string{
-		"proto_version '1'",
+		"proto_version '" + proto + "'",
 		fmt.Sprintf("publication_names '%s'", quoteIdent(s.cfg.Publication)),
 	}
-	messages := serverMajor(s.conn.ParameterStatus("server_version")) >= 14
 	if messages {
 		args = append(args, "messages 'true'")
+	}
+	if streaming {
+		args = append(args, "streaming 'on'")
 	}
 	err := pglogrepl.StartReplication(ctx, s.conn, s.cfg.Slot, 0, pglogrepl.StartReplicationOptions{PluginArgs: args})
 	if err != nil {
@@ -235,9 +285,14 @@ func (s *Stream) Start(ctx context.Context) error {
 		}
 		return fmt.Errorf("start replication on slot %s: %w", s.cfg.Slot, err)
 	}
-	s.started, s.messages = true, messages
+	s.started, s.messages, s.streaming = true, messages, streaming
 	return nil
 }
+
+// Streaming reports whether the started stream sends large transactions
+// while they run (protocol 2, PostgreSQL 14 and later; see
+// Config.Streaming).
+func (s *Stream) Streaming() bool { return s.streaming }
 
 // Messages reports whether the started stream passes logical decoding
 // messages, and so Canary events: PostgreSQL 14 and later (pgoutput's
@@ -489,7 +544,14 @@ func (s *Stream) decode(chunk []Event, xld pglogrepl.XLogData) (_ []Event, err e
 	}
 	switch data[0] {
 	case 'I', 'U', 'D':
-		m, err := decodeRow(data, &s.arena)
+		body := data[1:]
+		if s.streamXID != 0 { // a streamed block's rows carry their (sub)transaction's xid first
+			if len(body) < 4 {
+				return chunk, fmt.Errorf("decode pgoutput message at %s: %w", xld.WALStart, errShort)
+			}
+			body = body[4:]
+		}
+		m, err := decodeRowBody(data[0], body, &s.arena)
 		if err != nil {
 			return chunk, fmt.Errorf("decode pgoutput message at %s: %w", xld.WALStart, err)
 		}
@@ -497,14 +559,53 @@ func (s *Stream) decode(chunk []Event, xld pglogrepl.XLogData) (_ []Event, err e
 		if err != nil {
 			return chunk, err
 		}
-		return append(chunk, Event{Kind: RowChange, LSN: xld.WALStart, Change: pginvalidator.Change{
+		return append(chunk, Event{Kind: RowChange, LSN: xld.WALStart, XID: s.streamXID, Change: pginvalidator.Change{
 			Rel: rel, Op: m.op, Old: m.old, New: m.new, OldKeyOnly: m.oldKeyOnly,
 		}}), nil
+	}
+	if s.streaming {
+		return s.decodeV2(chunk, xld)
 	}
 	msg, err := pglogrepl.Parse(data)
 	if err != nil {
 		return chunk, fmt.Errorf("decode pgoutput message at %s: %w", xld.WALStart, err)
 	}
+	return s.decodeMessage(chunk, xld, msg)
+}
+
+// decodeV2 decodes a message of protocol 2 other than a row message: the
+// stream messages, and the others with the xid they carry inside a block.
+func (s *Stream) decodeV2(chunk []Event, xld pglogrepl.XLogData) ([]Event, error) {
+	msg, err := pglogrepl.ParseV2(xld.WALData, s.streamXID != 0)
+	if err != nil {
+		return chunk, fmt.Errorf("decode pgoutput message at %s: %w", xld.WALStart, err)
+	}
+	switch m := msg.(type) {
+	case *pglogrepl.StreamStartMessageV2:
+		s.streamXID = m.Xid
+		return append(chunk, Event{Kind: StreamStart, LSN: xld.WALStart, XID: m.Xid, First: m.FirstSegment == 1}), nil
+	case *pglogrepl.StreamStopMessageV2:
+		s.streamXID = 0
+		return append(chunk, Event{Kind: StreamStop, LSN: xld.WALStart}), nil
+	case *pglogrepl.StreamCommitMessageV2:
+		s.behind.Store(time.Since(m.CommitTime) > behindAfter)
+		return append(chunk, Event{Kind: StreamCommit, LSN: m.TransactionEndLSN, Final: m.CommitLSN, XID: m.Xid,
+			CommitTime: m.CommitTime}), nil
+	case *pglogrepl.StreamAbortMessageV2:
+		return append(chunk, Event{Kind: StreamAbort, LSN: xld.WALStart, XID: m.Xid, SubXID: m.SubXid}), nil
+	case *pglogrepl.RelationMessageV2:
+		return s.decodeMessage(chunk, xld, &m.RelationMessage)
+	case *pglogrepl.TruncateMessageV2:
+		return s.decodeMessage(chunk, xld, &m.TruncateMessage)
+	case *pglogrepl.LogicalDecodingMessageV2:
+		return s.decodeMessage(chunk, xld, &m.LogicalDecodingMessage)
+	}
+	return s.decodeMessage(chunk, xld, msg)
+}
+
+// decodeMessage turns a message other than a row message into events. Inside
+// a streamed block, they carry the block's xid.
+func (s *Stream) decodeMessage(chunk []Event, xld pglogrepl.XLogData, msg pglogrepl.Message) ([]Event, error) {
 	switch m := msg.(type) {
 	case *pglogrepl.BeginMessage:
 		chunk = append(chunk, Event{Kind: Begin, LSN: m.FinalLSN, XID: m.Xid})
@@ -515,7 +616,7 @@ func (s *Stream) decode(chunk []Event, xld pglogrepl.XLogData) (_ []Event, err e
 		s.relations[m.RelationID] = relationOf(m)
 	case *pglogrepl.LogicalDecodingMessage:
 		if token, ok := canaryToken(m.Prefix, m.Content, s.cfg.Slot); ok {
-			chunk = append(chunk, Event{Kind: Canary, LSN: xld.WALStart, Token: token})
+			chunk = append(chunk, Event{Kind: Canary, LSN: xld.WALStart, XID: s.streamXID, Token: token})
 		}
 	case *pglogrepl.TruncateMessage:
 		for _, id := range m.RelationIDs {
@@ -523,7 +624,7 @@ func (s *Stream) decode(chunk []Event, xld pglogrepl.XLogData) (_ []Event, err e
 			if err != nil {
 				return chunk, err
 			}
-			chunk = append(chunk, Event{Kind: RowChange, LSN: xld.WALStart, Change: pginvalidator.Change{
+			chunk = append(chunk, Event{Kind: RowChange, LSN: xld.WALStart, XID: s.streamXID, Change: pginvalidator.Change{
 				Rel: rel, Op: pginvalidator.OpTruncate,
 			}})
 		}

@@ -69,14 +69,23 @@ type rowMessage struct {
 
 // decodeRow decodes an Insert, Update or Delete message (msg[0] is its type).
 func decodeRow(msg []byte, a *arena) (rowMessage, error) {
+	if len(msg) < 1 {
+		return rowMessage{}, errShort
+	}
+	return decodeRowBody(msg[0], msg[1:], a)
+}
+
+// decodeRowBody decodes the body of a row message of type typ: what
+// follows the type byte, and the xid in a streamed transaction's block.
+func decodeRowBody(typ byte, body []byte, a *arena) (rowMessage, error) {
 	var m rowMessage
-	if len(msg) < 6 {
+	if len(body) < 5 {
 		return m, errShort
 	}
-	m.relationID = binary.BigEndian.Uint32(msg[1:5])
-	p := msg[5:]
+	m.relationID = binary.BigEndian.Uint32(body[0:4])
+	p := body[4:]
 	var err error
-	switch msg[0] {
+	switch typ {
 	case 'I':
 		m.op = pginvalidator.OpInsert
 		if p[0] != 'N' {
@@ -106,7 +115,7 @@ func decodeRow(msg []byte, a *arena) (rowMessage, error) {
 		m.oldKeyOnly = p[0] == 'K'
 		m.old, _, err = decodeTuple(p[1:], a)
 	default:
-		return m, fmt.Errorf("message type %q is not a row message", msg[0])
+		return m, fmt.Errorf("message type %q is not a row message", typ)
 	}
 	return m, err
 }

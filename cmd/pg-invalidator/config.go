@@ -54,6 +54,8 @@ func (c *commonFlags) daemonConfig(logger *slog.Logger, needRedis bool) (daemon.
 		ReplicaTimeout:    f.Postgres.ReplicaTimeout,
 		Visibility:        f.Postgres.Visibility,
 		VisibilityTimeout: f.Postgres.VisibilityTimeout,
+		NoStreaming:       f.Postgres.NoStreaming,
+		DecodingWorkMem:   f.Postgres.DecodingWorkMem,
 		CanaryKey:         f.Postgres.CanaryKey,
 		NoCanary:          f.Postgres.CanaryKey == "",
 		Resync:            f.Recovery.OnSlotLost == config.OnSlotLostResync,

@@ -148,8 +148,8 @@ type Stream struct {
 	sock      *socketReader                      // the connection's reads; reader only
 	behind    atomic.Bool                        // the last commit decoded was old: read in bulk
 
-	status   *statusReporter // carries Ack's position to the server: see status.go
-	silent   atomic.Int64    // how long the server had been silent when the stream gave up on it; 0 while it has not
+	status    *statusReporter // carries Ack's position to the server: see status.go
+	silent    atomic.Int64    // how long the server had been silent when the stream gave up on it; 0 while it has not
 	started   bool
 	messages  bool   // Start asked pgoutput for logical decoding messages
 	streaming bool   // Start asked pgoutput to stream large transactions (protocol 2)

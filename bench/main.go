@@ -50,6 +50,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -74,6 +75,8 @@ type options struct {
 	transports string        // the transports the catch-up contenders use to read the WAL: tcp, unix
 	altDaemon  string        // another pg-invalidator binary, run interleaved with this one; empty: none
 	visibility string        // the daemon's [postgres] visibility; empty: its default
+	bulkRows   []int         // table sizes of the bulk scenario
+	workMem    string        // the daemon's logical_decoding_work_mem in the bulk scenario; empty: its default
 	publish    bool          // replace the published results even when the run is not a full one
 	verbose    bool
 
@@ -128,7 +131,7 @@ func parseOptions(args []string, output io.Writer) (options, error) {
 	fs.IntVar(&o.samples, "samples", 1000, "stale window samples per condition (idle, loaded)")
 	fs.IntVar(&o.loadTPS, "load-tps", 1000, "background single-row transactions per second during the loaded stale window")
 	fs.IntVar(&o.clients, "clients", 4, "pgbench clients that write the small-transactions backlog")
-	fs.StringVar(&o.scenarios, "scenarios", "small,large,stale,throughput", "comma-separated scenarios to run: small, large, stale, throughput, and split (not by default: one daemon against two on two slots)")
+	fs.StringVar(&o.scenarios, "scenarios", "small,large,stale,throughput,bulk", "comma-separated scenarios to run: small, large, stale, throughput, bulk, and split (not by default: one daemon against two on two slots)")
 	fs.DurationVar(&o.tpSeconds, "throughput-time", 30*time.Second, "how long pgbench writes at each rate of the throughput scenario")
 	fs.BoolVar(&o.small, "small", false, "a quick run of every scenario: -small-txs 20000 -large-rows 100000 -samples 200 -runs 1 -throughput-time 5s, unless set")
 	fs.StringVar(&o.outDir, "out", "", "directory for the JSON results (default: bench/results in the module for a run that publishes, else bench/results/local)")
@@ -138,6 +141,8 @@ func parseOptions(args []string, output io.Writer) (options, error) {
 	fs.StringVar(&o.skip, "skip", "", "catch-up contenders to leave out, comma-separated: pg_recvlogical, baseline, daemon (decode always runs: it is the yardstick)")
 	fs.StringVar(&o.transports, "transports", "tcp,unix", "how the catch-up contenders read the WAL, comma-separated: tcp (127.0.0.1), unix (the server's Unix socket)")
 	fs.StringVar(&o.visibility, "visibility", "", "the daemon's [postgres] visibility (on, auto, off); empty: its default")
+	bulkRows := fs.String("bulk-rows", "100000,1000000", "comma-separated table sizes of the bulk scenario: one UPDATE of every row, every key cached, the daemon live")
+	fs.StringVar(&o.workMem, "work-mem", "", "the daemon's logical_decoding_work_mem in the bulk scenario (\"16MB\"); empty: its default")
 	fs.StringVar(&o.altDaemon, "alt-daemon", "", "another pg-invalidator binary to run interleaved with this one, as \"daemon (alt)\" (to compare two builds)")
 	fs.StringVar(&o.perfDir, "perf", "", "record a machine-wide perf profile (perf record -a -g) of each catch-up contender into this directory")
 	fs.BoolVar(&o.publish, "publish", false, "replace bench/results/latest.json and docs/benchmarks.svg even though flags make this run differ from the full run")
@@ -174,6 +179,14 @@ Flags:
 			}
 		}
 	}
+	for s := range strings.SplitSeq(*bulkRows, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 {
+			fmt.Fprintf(output, "bench: -bulk-rows: %q is not a number of rows\n", s)
+			return o, errors.New("usage")
+		}
+		o.bulkRows = append(o.bulkRows, n)
+	}
 	if o.tpSeconds < time.Second {
 		fmt.Fprintln(output, "bench: -throughput-time must be at least 1s")
 		return o, errors.New("usage")
@@ -206,11 +219,11 @@ func run(ctx context.Context, o options) error {
 	want := map[string]bool{}
 	for s := range strings.SplitSeq(o.scenarios, ",") {
 		switch s = strings.TrimSpace(s); s {
-		case "small", "large", "stale", "throughput", "split":
+		case "small", "large", "stale", "throughput", "bulk", "split":
 			want[s] = true
 		case "":
 		default:
-			return fmt.Errorf("-scenarios: unknown scenario %q (want small, large, stale, throughput or split)", s)
+			return fmt.Errorf("-scenarios: unknown scenario %q (want small, large, stale, throughput, bulk or split)", s)
 		}
 	}
 
@@ -275,6 +288,13 @@ func run(ctx context.Context, o options) error {
 			return fmt.Errorf("throughput: %w", err)
 		}
 		res.Throughput = tp
+	}
+	if want["bulk"] {
+		b, err := e.bulk(ctx)
+		if err != nil {
+			return err
+		}
+		res.Bulk = b
 	}
 	if want["split"] {
 		sp, err := e.split(ctx)

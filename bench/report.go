@@ -18,6 +18,7 @@ type Results struct {
 	Stale        []Stale      `json:"stale_window"`
 	Throughput   []Throughput `json:"throughput,omitempty"`
 	Split        []Split      `json:"split,omitempty"`
+	Bulk         []Bulk       `json:"bulk,omitempty"`
 	Targets      []Target     `json:"targets"`
 }
 
@@ -106,8 +107,37 @@ func evaluate(r *Results) []Target {
 		ts = append(ts, Target{Name: "throughput, unthrottled: lag last ¼ / max(first ¼, 1 MB)", Limit: 1.5,
 			Got: t.LagBytesLast / max(t.LagBytesFirst, 1e6), Unit: "×"})
 	}
+	ts = append(ts, bulkTargets(r.Bulk)...)
 	for i := range ts {
 		ts[i].Met = ts[i].Got <= ts[i].Limit
+	}
+	return ts
+}
+
+// bulkTargets are the bulk scenario's targets, at 1,000,000 rows: the
+// stale window after the COMMIT, the daemon's memory, nothing spilled by
+// the walsender (without streaming, it spills the transaction), and the
+// apply within 1.5x of Redis's own delete.
+func bulkTargets(bs []Bulk) []Target {
+	var ts []Target
+	var floor float64
+	for _, b := range bs {
+		if b.Rows == 1_000_000 && b.Template == "" {
+			floor = b.Median.StaleSeconds
+		}
+	}
+	for _, b := range bs {
+		if b.Rows != 1_000_000 || !b.Streaming || b.Template != bulkTemplates[0] {
+			continue
+		}
+		m := b.Median
+		ts = append(ts,
+			Target{Name: "bulk 1M rows: COMMIT → last key gone", Limit: 2.0, Got: m.StaleSeconds, Unit: " s"},
+			Target{Name: "bulk 1M rows: daemon peak RSS (VmHWM)", Limit: 64, Got: float64(m.PeakRSSKB) / 1024, Unit: "MB"},
+			Target{Name: "bulk 1M rows: slot spill_bytes", Limit: 0, Got: float64(m.SpillBytes) / 1e6, Unit: " MB"})
+		if floor > 0 {
+			ts = append(ts, Target{Name: "bulk 1M rows: stale window / Redis's own delete", Limit: 1.5, Got: m.StaleSeconds / floor, Unit: "×"})
+		}
 	}
 	return ts
 }
@@ -181,6 +211,7 @@ func printResults(w io.Writer, r *Results) {
 		}
 		fmt.Fprintln(w)
 	}
+	printBulk(w, r.Bulk)
 	if len(r.Targets) > 0 {
 		fmt.Fprintln(w, "targets (reported, not asserted):")
 		for _, t := range r.Targets {

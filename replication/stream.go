@@ -1,7 +1,9 @@
 // Package replication is everything the daemon says to PostgreSQL. It
 // speaks the logical replication protocol with the pgoutput plugin
-// (proto_version 1, no streaming of in-progress transactions) and turns the
-// WAL into pginvalidator.Change values (stream.go, tuple.go); it reads the
+// (proto_version 2 with large transactions streamed while they run on
+// PostgreSQL 14 and later, when asked; proto_version 1 otherwise) and
+// turns the WAL into pginvalidator.Change values (stream.go, tuple.go); it
+// reads the
 // catalog (catalog.go, identity.go), keeps the publication (publication.go)
 // and the slot (slot.go), checks the server's and the role's prerequisites
 // (prerequisites.go, role.go), writes heartbeats (heartbeat.go), prints the

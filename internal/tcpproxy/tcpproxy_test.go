@@ -97,6 +97,9 @@ func TestSwallowNew(t *testing.T) {
 	defer p.Close()
 
 	before, beforeR := dial(t, p.Addr())
+	if err := echo(before, beforeR, 5*time.Second); err != nil { // accepted, and forwarded
+		t.Fatalf("connection accepted before: %v", err)
+	}
 	p.SwallowNew(true)
 	// A connection accepted now connects, and nothing comes back.
 	swallowed, swallowedR := dial(t, p.Addr())

@@ -175,10 +175,6 @@ func (e *env) bulkRun(ctx context.Context, table string, c Bulk, run int) (BulkR
 	if err := setKeys(ctx, e.rdb, keys); err != nil {
 		return BulkRun{}, err
 	}
-	base, err := e.rdb.DBSize(ctx).Result()
-	if err != nil {
-		return BulkRun{}, err
-	}
 	slot := fmt.Sprintf("bench_bulk_%d", run)
 	e.dropSlot(ctx, slot)
 	rules := filepath.Join(e.tmp, slot+".toml")
@@ -205,6 +201,12 @@ func (e *env) bulkRun(ctx context.Context, table string, c Bulk, run int) (BulkR
 		e.dropSlot(context.Background(), slot)
 	}()
 	if err := e.waitStreaming(ctx, slot, ch); err != nil {
+		return BulkRun{}, err
+	}
+	// Counted once the daemon has set its notes (the slot's marker, the
+	// catalog reading) beside the keys.
+	base, err := e.rdb.DBSize(ctx).Result()
+	if err != nil {
 		return BulkRun{}, err
 	}
 	if _, err := e.conn.Exec(ctx, `SELECT pg_stat_reset_replication_slot($1)`, slot); err != nil {

@@ -589,7 +589,7 @@ func newInvalidator(t *testing.T, url string, opts Options) (*Invalidator, *redi
 }
 
 // startRedis starts a private Redis that the test may stop and start.
-func startRedis(t *testing.T) *localsvc.Redis {
+func startRedis(t testing.TB) *localsvc.Redis {
 	t.Helper()
 	srv, err := localsvc.StartRedis(context.Background())
 	if err != nil {

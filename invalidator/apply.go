@@ -43,12 +43,7 @@ func (inv *Invalidator) Apply(ctx context.Context, b *Batch) error {
 	defer inv.end(c)
 	size := b.Len()
 
-	keys := c.keys[:0]
-	for k := range b.dels {
-		keys = append(keys, k)
-	}
-	c.keys = keys
-	ops := c.unlinkOps(c.ops[:0], keys, op{action: pginvalidator.Del, redelete: b.Redelete})
+	ops := c.unlinkOps(c.ops[:0], b.delOrder, op{action: pginvalidator.Del, redelete: b.Redelete})
 	for k, n := range b.incrs {
 		ops = append(ops, op{action: pginvalidator.Incr, key: k, n: n})
 	}

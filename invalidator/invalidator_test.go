@@ -40,12 +40,14 @@ func TestBatch(t *testing.T) {
 		cmds      []pginvalidator.Command
 		wantLen   int
 		wantIncrs map[string]int64
+		wantDels  []string // in the order Apply sends them
 	}{
-		{"del dedupes across transactions", []pginvalidator.Command{del("a"), del("a"), endTx, del("a"), del("b")}, 2, map[string]int64{}},
-		{"incr once per transaction", []pginvalidator.Command{incr("k"), incr("k"), endTx, incr("k"), incr("k"), endTx, incr("k"), incr("k"), endTx}, 1, map[string]int64{"k": 3}},
-		{"incr five times in one transaction", []pginvalidator.Command{incr("k"), incr("k"), incr("k"), incr("k"), incr("k"), endTx}, 1, map[string]int64{"k": 1}},
-		{"open transaction waits for its end", []pginvalidator.Command{incr("k"), endTx, incr("k"), incr("j")}, 1, map[string]int64{"k": 1}},
-		{"patterns dedupe across transactions", []pginvalidator.Command{delP("p*"), incrP("v*"), endTx, delP("p*"), incrP("v*"), incrP("w*")}, 3, map[string]int64{}},
+		{"del dedupes across transactions", []pginvalidator.Command{del("a"), del("a"), endTx, del("a"), del("b")}, 2, map[string]int64{}, []string{"a", "b"}},
+		{"del keeps the order keys came in", []pginvalidator.Command{del("c"), del("a"), del("c"), endTx, del("b"), del("a")}, 3, map[string]int64{}, []string{"c", "a", "b"}},
+		{"incr once per transaction", []pginvalidator.Command{incr("k"), incr("k"), endTx, incr("k"), incr("k"), endTx, incr("k"), incr("k"), endTx}, 1, map[string]int64{"k": 3}, nil},
+		{"incr five times in one transaction", []pginvalidator.Command{incr("k"), incr("k"), incr("k"), incr("k"), incr("k"), endTx}, 1, map[string]int64{"k": 1}, nil},
+		{"open transaction waits for its end", []pginvalidator.Command{incr("k"), endTx, incr("k"), incr("j")}, 1, map[string]int64{"k": 1}, nil},
+		{"patterns dedupe across transactions", []pginvalidator.Command{delP("p*"), incrP("v*"), endTx, delP("p*"), incrP("v*"), incrP("w*")}, 3, map[string]int64{}, nil},
 	}
 	b := NewBatch()
 	for _, tt := range tests {
@@ -63,6 +65,12 @@ func TestBatch(t *testing.T) {
 			}
 			if fmt.Sprint(b.incrs) != fmt.Sprint(tt.wantIncrs) {
 				t.Errorf("incrs = %v, want %v", b.incrs, tt.wantIncrs)
+			}
+			if fmt.Sprint(b.delOrder) != fmt.Sprint(tt.wantDels) || len(b.delOrder) != len(b.dels) {
+				t.Errorf("Del keys in order %v (of %d), want %v", b.delOrder, len(b.dels), tt.wantDels)
+			}
+			if c := b.Copy(); fmt.Sprint(c.delOrder) != fmt.Sprint(tt.wantDels) {
+				t.Errorf("Copy's Del keys in order %v, want %v", c.delOrder, tt.wantDels)
 			}
 		})
 	}

@@ -20,6 +20,45 @@ import (
 	"github.com/pg-invalidator/pg-invalidator/internal/localsvc"
 )
 
+// TestUnlinkOpsInCluster checks the UNLINKs unlinkOps makes of 200,000
+// keys for a cluster, without a server: each key in one UNLINK, at most
+// unlinkBatch keys each, all of one slot, and the UNLINKs of any pipeline
+// (1,000 in a row) spread over the slots, so that each third of the slots,
+// a master's share in a cluster of three, gets a fair part of them.
+func TestUnlinkOpsInCluster(t *testing.T) {
+	inv := newTopologyInvalidator(t, Options{Mode: ModeCluster, Addrs: []string{"127.0.0.1:1"}}) // never dialled
+	keys := numberedKeys("item:", 200_000)
+	c := &call{inv: inv}
+	ops := c.unlinkOps(nil, keys, op{action: pginvalidator.Del})
+	seen := make(map[string]bool, len(keys))
+	for i, o := range ops {
+		if len(o.keys) == 0 || len(o.keys) > unlinkBatch || o.key != o.keys[0] || o.action != pginvalidator.Del {
+			t.Fatalf("op %d: %d keys, key %q, action %v; want 1 to %d keys, the first as key, Del", i, len(o.keys), o.key, o.action, unlinkBatch)
+		}
+		for _, k := range o.keys {
+			if keySlot(k) != keySlot(o.key) {
+				t.Fatalf("op %d: %s in slot %d and %s in slot %d", i, k, keySlot(k), o.key, keySlot(o.key))
+			}
+			if seen[k] {
+				t.Fatalf("op %d: %s a second time", i, k)
+			}
+			seen[k] = true
+		}
+	}
+	if len(seen) != len(keys) {
+		t.Errorf("%d keys in the ops, want %d", len(seen), len(keys))
+	}
+	for at := 0; at+1000 <= len(ops); at += 1000 {
+		var thirds [3]int
+		for _, o := range ops[at : at+1000] {
+			thirds[keySlot(o.key)*3/clusterSlots]++
+		}
+		if min(thirds[0], thirds[1], thirds[2]) < 250 {
+			t.Errorf("ops %d to %d: %v in each third of the slots, want at least 250 in each", at, at+999, thirds)
+		}
+	}
+}
+
 // TestUnlinkBatches counts with INFO commandstats the UNLINKs Redis
 // received for 1,000 Del keys and for a DelPattern's pages: at most one per
 // unlinkBatch keys (one per key before). The stats count keys, exactly:

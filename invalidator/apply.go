@@ -16,8 +16,9 @@ import (
 // Invalidators, one per Redis deployment, may apply the same b at once, as
 // long as nothing changes b meanwhile; once Apply has returned nil (on
 // every Invalidator), the caller empties b with b.Clear. Del keys are sent
-// as UNLINK, Incr keys as INCR or INCRBY, Version keys as the setVersion
-// script; then each DelPattern pattern is scanned and its keys unlinked,
+// as UNLINK, up to unlinkBatch keys each (of one slot, in a cluster), Incr
+// keys as INCR or INCRBY, Version keys as the setVersion script; then each
+// DelPattern pattern is scanned and the keys of each page unlinked so,
 // each IncrPattern pattern is scanned and its keys incremented, each once
 // though SCAN may return a key twice (see scanDedupe), and each
 // VersionPattern pattern is scanned and its keys set to the LSN (only while
@@ -42,10 +43,7 @@ func (inv *Invalidator) Apply(ctx context.Context, b *Batch) error {
 	defer inv.end(c)
 	size := b.Len()
 
-	ops := c.ops[:0]
-	for k := range b.dels {
-		ops = append(ops, op{action: pginvalidator.Del, key: k, redelete: b.Redelete})
-	}
+	ops := c.unlinkOps(c.ops[:0], b.delOrder, op{action: pginvalidator.Del, redelete: b.Redelete})
 	for k, n := range b.incrs {
 		ops = append(ops, op{action: pginvalidator.Incr, key: k, n: n})
 	}
@@ -76,7 +74,8 @@ func (inv *Invalidator) Apply(ctx context.Context, b *Batch) error {
 	return nil
 }
 
-// run sends ops in pipelines of at most pipeSize commands.
+// run sends ops in pipelines of at most pipeSize commands; a multi-key
+// UNLINK is one.
 func (c *call) run(ctx context.Context, ops []op) error {
 	for len(ops) > 0 {
 		n := min(len(ops), c.inv.pipeSize)
@@ -213,6 +212,13 @@ func (c *call) send(ctx context.Context, g *group) {
 			inv.stats.errors.Add(1)
 			moved, ask := redirect(err)
 			o.ask = ask
+			if len(o.keys) > 1 && (ask != "" || splitUnlink(err)) {
+				// Its slot is being migrated: the keys still on the old
+				// master and those moved must each go where they are.
+				g.failed = o.split(g.failed)
+				g.err = err
+				continue
+			}
 			g.redirect = g.redirect && (moved || ask != "")
 			g.failed, g.err = append(g.failed, o), err
 		}
@@ -252,16 +258,17 @@ func (c *call) send(ctx context.Context, g *group) {
 	}
 }
 
-// op is one single-key command to send.
+// op is one command to send: single-key, but for UNLINK.
 type op struct {
-	action   pginvalidator.Action // the pattern actions act on one key found by SCAN
-	key      string
-	n        int64             // INCRBY amount, Incr only
-	lsn      pginvalidator.LSN // the LSN to set, Version and VersionPattern only
-	force    bool              // set the LSN whatever the key holds (a resync); Version and VersionPattern only
-	redelete bool              // a re-delete (Batch.Redelete); Del and DelPattern only
-	eval     bool              // send the script with EVAL: the server answered NOSCRIPT to EVALSHA
-	ask      string            // a cluster master to send it to once, after ASKING; empty: its slot's master
+	action   pginvalidator.Action // the pattern actions act on keys found by SCAN
+	key      string               // the key, the first of keys for Del and DelPattern
+	keys     []string             // Del and DelPattern: the keys of one UNLINK, of one slot in a cluster; nil otherwise
+	n        int64                // INCRBY amount, Incr only
+	lsn      pginvalidator.LSN    // the LSN to set, Version and VersionPattern only
+	force    bool                 // set the LSN whatever the key holds (a resync); Version and VersionPattern only
+	redelete bool                 // a re-delete (Batch.Redelete); Del and DelPattern only
+	eval     bool                 // send the script with EVAL: the server answered NOSCRIPT to EVALSHA
+	ask      string               // a cluster master to send it to once, after ASKING; empty: its slot's master
 }
 
 // group is one pipeline to one master, and what came of it.
@@ -272,7 +279,7 @@ type group struct {
 	done      []int         // indexes of ops that succeeded, to count once confirmed
 	failed    []op          // ops to send again
 	err       error         // the last error of a failed op
-	redirect  bool          // only MOVED, ASK or NOSCRIPT failed ops here
+	redirect  bool          // only MOVED, ASK or NOSCRIPT failed ops here, or UNLINKs to send one key at a time
 	noScripts int           // ops that failed with NOSCRIPT
 }
 
@@ -290,8 +297,19 @@ func (o op) queue(ctx context.Context, pipe redis.Pipeliner) redis.Cmder {
 		return queueScript(ctx, pipe, setVersion, o.eval, []string{o.key},
 			o.lsn.VersionValue(), flag(o.action == pginvalidator.VersionPattern), flag(o.force))
 	default: // Del, DelPattern
-		return pipe.Unlink(ctx, o.key)
+		return pipe.Unlink(ctx, o.keys...)
 	}
+}
+
+// split appends to ops one op per key of o, a multi-key UNLINK, each
+// asking where o asks.
+func (o op) split(ops []op) []op {
+	for i, k := range o.keys {
+		one := o
+		one.key, one.keys = k, o.keys[i:i+1:i+1]
+		ops = append(ops, one)
+	}
+	return ops
 }
 
 // flag is a boolean script argument.

@@ -1,7 +1,8 @@
 // Package invalidator speaks Redis for pg-invalidator: it runs the commands of
-// a Batch as single-key UNLINK, INCR and INCRBY, and single-key Lua scripts
-// for version keys, in bounded pipelines, and expands patterns with SCAN
-// (never KEYS). It knows nothing of PostgreSQL: an LSN is a number the
+// a Batch as UNLINK of up to unlinkBatch keys (of one hash slot in a
+// cluster), single-key INCR and INCRBY, and single-key Lua scripts for
+// version keys, in bounded pipelines, and expands patterns with SCAN (never
+// KEYS). It knows nothing of PostgreSQL: an LSN is a number the
 // caller hands to the batch.
 //
 // What it guarantees: when Apply returns nil, Redis has applied every command
@@ -25,8 +26,10 @@
 // It speaks to one server (mode single), to the master a set of sentinels
 // names (mode sentinel), or to Redis Cluster (mode cluster). In a cluster,
 // each pipeline goes to the master that owns its keys' slots; a command
-// answered MOVED or ASK is resent, alone, where Redis said, and patterns are
-// scanned on every master, which must own every slot between them. The
+// answered MOVED or ASK is resent, alone, where Redis said (an UNLINK of
+// several keys answered ASK or TRYAGAIN, its slot half migrated, one key at
+// a time), and patterns are scanned on every master, which must own every
+// slot between them. The
 // slot map is read again after the scans: a master that gained or imported
 // a slot meanwhile is scanned again, and a slot migration in progress is
 // waited for, until a reading finds the slots as the one before, so a key
@@ -110,7 +113,8 @@ type Options struct {
 	MinBackoff, MaxBackoff time.Duration
 	// ScanCount is the COUNT hint of each SCAN for a pattern; zero means 1000.
 	ScanCount int
-	// PipelineSize is the most commands sent in one round trip; zero means 1000.
+	// PipelineSize is the most commands sent in one round trip, an UNLINK
+	// of many keys counting as one; zero means 1000.
 	PipelineSize int
 	// ProgressInterval is how often a pattern scan that is still running
 	// logs how far it got: keys scanned, keys changed, time spent. Zero
@@ -134,6 +138,7 @@ type Invalidator struct {
 	maxBackoff     time.Duration
 	scanCount      int64
 	pipeSize       int
+	unlinkKeys     int           // the most keys of one UNLINK: unlinkBatch, or 1 in a test that compares
 	progressEvery  time.Duration // how often a running pattern scan logs its progress
 	replicas       replicaSet    // how many replicas WAIT asks for, per master
 	sentinelMaster *dialedAddr   // mode sentinel: where the master is; nil otherwise
@@ -168,6 +173,7 @@ func New(opts Options) (*Invalidator, error) {
 		maxBackoff:    opts.MaxBackoff,
 		scanCount:     int64(opts.ScanCount),
 		pipeSize:      opts.PipelineSize,
+		unlinkKeys:    unlinkBatch,
 		progressEvery: opts.ProgressInterval,
 		scanPage:      scanPage,
 	}

@@ -40,12 +40,14 @@ func TestBatch(t *testing.T) {
 		cmds      []pginvalidator.Command
 		wantLen   int
 		wantIncrs map[string]int64
+		wantDels  []string // in the order Apply sends them
 	}{
-		{"del dedupes across transactions", []pginvalidator.Command{del("a"), del("a"), endTx, del("a"), del("b")}, 2, map[string]int64{}},
-		{"incr once per transaction", []pginvalidator.Command{incr("k"), incr("k"), endTx, incr("k"), incr("k"), endTx, incr("k"), incr("k"), endTx}, 1, map[string]int64{"k": 3}},
-		{"incr five times in one transaction", []pginvalidator.Command{incr("k"), incr("k"), incr("k"), incr("k"), incr("k"), endTx}, 1, map[string]int64{"k": 1}},
-		{"open transaction waits for its end", []pginvalidator.Command{incr("k"), endTx, incr("k"), incr("j")}, 1, map[string]int64{"k": 1}},
-		{"patterns dedupe across transactions", []pginvalidator.Command{delP("p*"), incrP("v*"), endTx, delP("p*"), incrP("v*"), incrP("w*")}, 3, map[string]int64{}},
+		{"del dedupes across transactions", []pginvalidator.Command{del("a"), del("a"), endTx, del("a"), del("b")}, 2, map[string]int64{}, []string{"a", "b"}},
+		{"del keeps the order keys came in", []pginvalidator.Command{del("c"), del("a"), del("c"), endTx, del("b"), del("a")}, 3, map[string]int64{}, []string{"c", "a", "b"}},
+		{"incr once per transaction", []pginvalidator.Command{incr("k"), incr("k"), endTx, incr("k"), incr("k"), endTx, incr("k"), incr("k"), endTx}, 1, map[string]int64{"k": 3}, nil},
+		{"incr five times in one transaction", []pginvalidator.Command{incr("k"), incr("k"), incr("k"), incr("k"), incr("k"), endTx}, 1, map[string]int64{"k": 1}, nil},
+		{"open transaction waits for its end", []pginvalidator.Command{incr("k"), endTx, incr("k"), incr("j")}, 1, map[string]int64{"k": 1}, nil},
+		{"patterns dedupe across transactions", []pginvalidator.Command{delP("p*"), incrP("v*"), endTx, delP("p*"), incrP("v*"), incrP("w*")}, 3, map[string]int64{}, nil},
 	}
 	b := NewBatch()
 	for _, tt := range tests {
@@ -63,6 +65,12 @@ func TestBatch(t *testing.T) {
 			}
 			if fmt.Sprint(b.incrs) != fmt.Sprint(tt.wantIncrs) {
 				t.Errorf("incrs = %v, want %v", b.incrs, tt.wantIncrs)
+			}
+			if fmt.Sprint(b.delOrder) != fmt.Sprint(tt.wantDels) || len(b.delOrder) != len(b.dels) {
+				t.Errorf("Del keys in order %v (of %d), want %v", b.delOrder, len(b.dels), tt.wantDels)
+			}
+			if c := b.Copy(); fmt.Sprint(c.delOrder) != fmt.Sprint(tt.wantDels) {
+				t.Errorf("Copy's Del keys in order %v, want %v", c.delOrder, tt.wantDels)
 			}
 		})
 	}
@@ -440,7 +448,7 @@ func TestApplyWaitsForRedis(t *testing.T) {
 
 // TestApplyResendsOnlyFailed makes Redis refuse INCR (OOM) but not UNLINK in
 // the same pipeline, and checks with INFO commandstats that only the INCR
-// was sent again.
+// was sent again: the UNLINK of a and b, one command, ran once.
 func TestApplyResendsOnlyFailed(t *testing.T) {
 	ctx := context.Background()
 	srv := startRedis(t)
@@ -470,9 +478,9 @@ func TestApplyResendsOnlyFailed(t *testing.T) {
 
 	st := inv.Stats()
 	got := commandStats(t, rdb)
-	want := map[string]string{"unlink": "calls=2 rejected=0", "incr": fmt.Sprintf("calls=1 rejected=%d", st.Errors)}
-	if got["unlink"] != want["unlink"] || got["incr"] != want["incr"] || st.Retries != st.Errors {
-		t.Errorf("commandstats = %v, want %v; and want Retries == Errors in %+v", got, want, st)
+	want := map[string]string{"unlink": "calls=1 rejected=0", "incr": fmt.Sprintf("calls=1 rejected=%d", st.Errors)}
+	if got["unlink"] != want["unlink"] || got["incr"] != want["incr"] || st.Retries != st.Errors || st.Del != 2 {
+		t.Errorf("commandstats = %v, want %v; and want Retries == Errors and Del 2 in %+v", got, want, st)
 	}
 	if got := rdb.Get(ctx, "k").Val(); got != "1" {
 		t.Errorf("k = %q, want 1", got)
@@ -589,7 +597,7 @@ func newInvalidator(t *testing.T, url string, opts Options) (*Invalidator, *redi
 }
 
 // startRedis starts a private Redis that the test may stop and start.
-func startRedis(t *testing.T) *localsvc.Redis {
+func startRedis(t testing.TB) *localsvc.Redis {
 	t.Helper()
 	srv, err := localsvc.StartRedis(context.Background())
 	if err != nil {

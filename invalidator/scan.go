@@ -252,11 +252,15 @@ func (c *call) scanNode(ctx context.Context, m *redis.Client, pattern string, pr
 			p.runID = runID
 		}
 		ops := c.ops[:0]
-		for _, k := range keys {
-			if p.seen.add(k) {
-				o := proto
-				o.key = k
-				ops = append(ops, o)
+		if proto.action == pginvalidator.DelPattern {
+			ops = c.unlinkOps(ops, keys, proto)
+		} else {
+			for _, k := range keys {
+				if p.seen.add(k) {
+					o := proto
+					o.key = k
+					ops = append(ops, o)
+				}
 			}
 		}
 		c.ops = ops

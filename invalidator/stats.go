@@ -14,7 +14,7 @@ var BatchSizeBounds = [...]int{1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 2621
 
 // Stats are cumulative counters since New.
 type Stats struct {
-	Del             uint64 // UNLINK commands applied for Del
+	Del             uint64 // Del keys unlinked, whether they existed or not
 	Incr            uint64 // INCR and INCRBY commands applied for Incr
 	DelPatternKeys  uint64 // keys a DelPattern unlinked
 	IncrPatternKeys uint64 // keys an IncrPattern incremented
@@ -24,11 +24,12 @@ type Stats struct {
 	// here.
 	Version, VersionKept uint64
 	VersionPatternKeys   uint64 // keys a VersionPattern set to an LSN
-	// Redeletes counts the UNLINKs of re-deletes (Batch.Redelete): one per
-	// Del key, and one per key a DelPattern's SCAN found. RedeletesFound
-	// counts those that removed a key: a value cached again between the
-	// first delete and the re-delete, which the first delete alone would
-	// have left in place if it was read before the change.
+	// Redeletes counts the keys of re-deletes (Batch.Redelete) unlinked:
+	// each Del key, and each key a DelPattern's SCAN found. RedeletesFound
+	// counts those that UNLINK removed (its reply counts them): a value
+	// cached again between the first delete and the re-delete, which the
+	// first delete alone would have left in place if it was read before the
+	// change.
 	Redeletes, RedeletesFound uint64
 	Errors                    uint64 // failed commands and SCAN calls, whether retried or skipped
 	Skipped                   uint64 // commands Redis rejected for good, never applied (see Apply)
@@ -52,21 +53,21 @@ type counters struct {
 	batchSizes                                 [len(BatchSizeBounds) + 1]atomic.Uint64
 }
 
-// count records the successful reply c to o.
+// count records the successful reply c to o. An UNLINK's reply is the
+// number of its keys it removed.
 func (s *counters) count(o op, c redis.Cmder) {
 	if o.redelete {
-		s.redeleted(c.(*redis.IntCmd).Val() > 0)
+		s.redeletes.Add(uint64(len(o.keys)))
+		s.redeletesFound.Add(uint64(c.(*redis.IntCmd).Val()))
 		return
 	}
 	switch o.action {
 	case pginvalidator.Del:
-		s.del.Add(1)
+		s.del.Add(uint64(len(o.keys)))
 	case pginvalidator.Incr:
 		s.incr.Add(1)
-	case pginvalidator.DelPattern:
-		if c.(*redis.IntCmd).Val() > 0 { // 0: the key was gone already
-			s.delPatternKeys.Add(1)
-		}
+	case pginvalidator.DelPattern: // the keys gone already do not count
+		s.delPatternKeys.Add(uint64(c.(*redis.IntCmd).Val()))
 	case pginvalidator.IncrPattern:
 		if n, _ := c.(*redis.Cmd).Int64(); n > 0 { // 0: the key was gone already
 			s.incrPatternKeys.Add(1)
@@ -81,14 +82,6 @@ func (s *counters) count(o op, c redis.Cmder) {
 		if n, _ := c.(*redis.Cmd).Int64(); n > 0 { // 0: gone already, or at this LSN or later
 			s.versionPatternKeys.Add(1)
 		}
-	}
-}
-
-// redeleted counts a re-delete's UNLINK; found says it removed a key.
-func (s *counters) redeleted(found bool) {
-	s.redeletes.Add(1)
-	if found {
-		s.redeletesFound.Add(1)
 	}
 }
 

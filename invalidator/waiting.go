@@ -19,6 +19,12 @@ type call struct {
 	inv    *Invalidator
 	ops    []op                     // scratch: the commands of one pipeline or SCAN page
 	groups map[*redis.Client]*group // scratch: ops by the master that serves them
+	// Scratch of unlinkOps in a cluster: the slot of each key, the keys
+	// sorted by slot, and where each slot's keys begin there (nil until the
+	// first use).
+	sorted   []string
+	keySlots []uint16
+	slotAt   []int32
 
 	// inv.mu guards the fields below.
 	since   time.Time // when the Apply began, or last got a reply that ends a command

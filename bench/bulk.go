@@ -23,7 +23,7 @@ import (
 type Bulk struct {
 	Condition string    `json:"condition"` // e.g. "1000000 rows, item:<id>, streaming"
 	Rows      int       `json:"rows"`
-	Template  string    `json:"template"`
+	Template  string    `json:"template"` // bulk:<id> on REPLICA IDENTITY DEFAULT, bulkcat:<cat> on FULL
 	Streaming bool      `json:"streaming"`
 	WorkMem   string    `json:"logical_decoding_work_mem"` // the daemon's; "" for the floor
 	Keys      int       `json:"keys"`                      // the keys the UPDATE invalidates
@@ -33,13 +33,14 @@ type Bulk struct {
 
 // BulkRun is one run of a bulk condition.
 type BulkRun struct {
-	UpdateSeconds float64 `json:"update_s"`     // the UPDATE, COMMIT included
-	StaleSeconds  float64 `json:"stale_s"`      // COMMIT returned → the last key gone (the floor: the delete alone)
-	PeakRSSKB     int64   `json:"peak_rss_kb"`  // the daemon's
-	SpillBytes    int64   `json:"spill_bytes"`  // the slot's, pg_stat_replication_slots
-	StreamBytes   int64   `json:"stream_bytes"` // the same
-	LoadAvg       float64 `json:"load_avg_1m"`  // when the run began
-	DaemonCPU     float64 `json:"daemon_cpu_s"` // user + system, the whole run
+	UpdateSeconds float64 `json:"update_s"`        // the UPDATE, COMMIT included
+	StaleSeconds  float64 `json:"stale_s"`         // COMMIT returned → the last key gone (the floor: the delete alone)
+	PeakRSSKB     int64   `json:"peak_rss_kb"`     // the daemon's
+	SpillBytes    int64   `json:"spill_bytes"`     // the slot's, pg_stat_replication_slots
+	StreamBytes   int64   `json:"stream_bytes"`    // the same
+	LoadAvg       float64 `json:"load_avg_1m"`     // when the run began
+	DaemonCPU     float64 `json:"daemon_cpu_s"`    // user + system, the whole run
+	WalsenderCPU  float64 `json:"walsender_cpu_s"` // user + system, from the UPDATE to the last key gone
 }
 
 // bulkTemplates are the two shapes of rule the scenario runs: a key per
@@ -108,8 +109,9 @@ func (e *env) bulkSize(ctx context.Context, rows int) ([]Bulk, error) {
 				return nil, fmt.Errorf("bulk: %s: %w", c.Condition, err)
 			}
 			c.Runs = append(c.Runs, r)
-			e.step("bulk: %s: stale %.2f s, UPDATE %.2f s, peak RSS %.0f MB, spilled %.0f MB, streamed %.0f MB",
-				c.Condition, r.StaleSeconds, r.UpdateSeconds, float64(r.PeakRSSKB)/1024, float64(r.SpillBytes)/1e6, float64(r.StreamBytes)/1e6)
+			e.step("bulk: %s: stale %.2f s, UPDATE %.2f s, peak RSS %.0f MB, spilled %.0f MB, streamed %.0f MB, CPU daemon %.2f s walsender %.2f s",
+				c.Condition, r.StaleSeconds, r.UpdateSeconds, float64(r.PeakRSSKB)/1024, float64(r.SpillBytes)/1e6, float64(r.StreamBytes)/1e6,
+				r.DaemonCPU, r.WalsenderCPU)
 		}
 	}
 	for i := range conds {
@@ -175,6 +177,15 @@ func (e *env) bulkRun(ctx context.Context, table string, c Bulk, run int) (BulkR
 	if err := setKeys(ctx, e.rdb, keys); err != nil {
 		return BulkRun{}, err
 	}
+	// A key per row needs the primary key alone; a rule on cat needs its
+	// old value on update, and so the whole old row.
+	identity := "DEFAULT"
+	if c.Template == bulkTemplates[1] {
+		identity = "FULL"
+	}
+	if _, err := e.conn.Exec(ctx, fmt.Sprintf(`ALTER TABLE %s REPLICA IDENTITY %s`, table, identity)); err != nil {
+		return BulkRun{}, err
+	}
 	slot := fmt.Sprintf("bench_bulk_%d", run)
 	e.dropSlot(ctx, slot)
 	rules := filepath.Join(e.tmp, slot+".toml")
@@ -191,14 +202,25 @@ func (e *env) bulkRun(ctx context.Context, table string, c Bulk, run int) (BulkR
 	if err := os.WriteFile(rules, []byte(body), 0o644); err != nil {
 		return BulkRun{}, err
 	}
-	ch, err := startChild(e.daemon, filepath.Join(e.tmp, slot+".log"),
-		"run", "--config", rules, "--postgres", e.pg.URL(), "--redis", e.redis.URL())
+	args := []string{"run", "--config", rules, "--postgres", e.pg.URL(), "--redis", e.redis.URL()}
+	if e.o.verbose {
+		args = append(args, "--log-level", "debug")
+	}
+	logPath := filepath.Join(e.tmp, slot+".log")
+	ch, err := startChild(e.daemon, logPath, args...)
 	if err != nil {
 		return BulkRun{}, err
 	}
 	defer func() {
 		ch.stop()
 		e.dropSlot(context.Background(), slot)
+		if e.o.verbose { // kept for a look at the daemon's timeline
+			keep := filepath.Join(os.TempDir(), fmt.Sprintf("pginv-bulk-%d-%s-%v-%d.log", c.Rows, strings.NewReplacer(":", "", "<", "", ">", "").Replace(c.Template), c.Streaming, run))
+			if b, err := os.ReadFile(logPath); err == nil {
+				os.WriteFile(keep, b, 0o644)
+				e.logf("bulk: the daemon's log is in %s", keep)
+			}
+		}
 	}()
 	if err := e.waitStreaming(ctx, slot, ch); err != nil {
 		return BulkRun{}, err
@@ -213,12 +235,18 @@ func (e *env) bulkRun(ctx context.Context, table string, c Bulk, run int) (BulkR
 		return BulkRun{}, err
 	}
 	r := BulkRun{LoadAvg: loadAvg()}
+	_, walsender, err := e.slotState(ctx, slot)
+	if err != nil {
+		return BulkRun{}, err
+	}
+	ws0, _ := readProc(walsender)
 	began := time.Now()
 	if _, err := e.conn.Exec(ctx, fmt.Sprintf(`UPDATE %s SET v = v + 1`, table)); err != nil {
 		return BulkRun{}, err
 	}
 	committed := time.Now()
 	r.UpdateSeconds = committed.Sub(began).Seconds()
+	e.logf("bulk: COMMIT returned at %s", committed.UTC().Format("15:04:05.000"))
 	want := base - int64(len(keys))
 	for {
 		n, err := e.rdb.DBSize(ctx).Result()
@@ -237,6 +265,9 @@ func (e *env) bulkRun(ctx context.Context, table string, c Bulk, run int) (BulkR
 		time.Sleep(2 * time.Millisecond)
 	}
 	r.StaleSeconds = time.Since(committed).Seconds()
+	if ws1, ok := readProc(walsender); ok {
+		r.WalsenderCPU = ws1.cpu - ws0.cpu
+	}
 	if p, ok := readProc(ch.pid()); ok {
 		r.PeakRSSKB, r.DaemonCPU = p.hwmKB, p.cpu
 	}
@@ -296,17 +327,17 @@ func printBulk(w io.Writer, bs []Bulk) {
 		return
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "bulk\tkeys\tstale s\tUPDATE s\tpeak RSS MB\tspill MB\tstreamed MB\tdaemon CPU s\tevery run: stale s\t")
+	fmt.Fprintln(tw, "bulk\tkeys\tstale s\tUPDATE s\tpeak RSS MB\tspill MB\tstreamed MB\tdaemon CPU s\twalsender CPU s\tevery run: stale s\t")
 	for _, b := range bs {
 		var all []string
 		for _, r := range b.Runs {
 			all = append(all, fmt.Sprintf("%.2f", r.StaleSeconds))
 		}
 		m := b.Median
-		fmt.Fprintf(tw, "%s\t%d\t%.2f\t%s\t%s\t%s\t%s\t%s\t%s\t\n", b.Condition, b.Keys, m.StaleSeconds,
+		fmt.Fprintf(tw, "%s\t%d\t%.2f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", b.Condition, b.Keys, m.StaleSeconds,
 			blankZero(m.UpdateSeconds, "%.2f"), blankZero(float64(m.PeakRSSKB)/1024, "%.1f"),
 			blankZero(float64(m.SpillBytes)/1e6, "%.1f"), blankZero(float64(m.StreamBytes)/1e6, "%.1f"),
-			blankZero(m.DaemonCPU, "%.2f"), strings.Join(all, " "))
+			blankZero(m.DaemonCPU, "%.2f"), blankZero(m.WalsenderCPU, "%.2f"), strings.Join(all, " "))
 	}
 	tw.Flush()
 	fmt.Fprintln(w)

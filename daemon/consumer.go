@@ -406,6 +406,7 @@ func (c *consumer) commitStreamed(ev *replication.Event) error {
 		t = newStreamedTx(ev.XID, c.p.cfg.StreamMemory, "", time.Now())
 	}
 	defer t.close()
+	began := time.Now()
 	c.begin(ev.XID, ev.Final)
 	// A dry run prints a transaction that changed a rule table even when
 	// its rules rendered nothing: each relation is shown to the sink once.
@@ -418,12 +419,13 @@ func (c *consumer) commitStreamed(ev *replication.Event) error {
 	if len(t.rels) > 0 {
 		ch = &pginvalidator.Change{Rel: t.rels[0]}
 	}
+	limit := max(p.cfg.MaxBatch, streamedBatch)
 	err := t.replay(p.cfg.MaxBatch, func(cmds []pginvalidator.Command) error {
 		if err := p.sink.add(ch, cmds); err != nil {
 			return err
 		}
 		c.tellVisibility()
-		if p.sink.pending() >= p.cfg.MaxBatch {
+		if p.sink.pending() >= limit {
 			return c.flush()
 		}
 		return nil
@@ -436,7 +438,7 @@ func (c *consumer) commitStreamed(ev *replication.Event) error {
 	p.m.streamedSpill.Add(float64(t.spilled()))
 	if p.log.Enabled(c.applyCtx, slog.LevelDebug) {
 		p.log.Debug("streamed transaction committed", "xid", ev.XID, "rows", t.rows, "spilled_bytes", t.spilled(),
-			"streamed_for", time.Since(t.firstSeen).String())
+			"streamed_for", began.Sub(t.firstSeen).String(), "handed_over_in", time.Since(began).String())
 	}
 	return c.commit(ev.LSN, ev.CommitTime)
 }

@@ -94,7 +94,7 @@ type Config struct {
 	DecodingWorkMem string
 	// StreamMemory bounds, in bytes, the memory the commands of one
 	// streamed transaction hold before its Del keys go to a temporary file
-	// (see streamedTx). Zero means 32 MB.
+	// (see streamedTx). Zero means 4 MB.
 	StreamMemory int
 	// ShutdownGrace is how long a batch in flight may take to finish after
 	// ctx ends. Zero means 2s.

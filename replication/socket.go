@@ -17,8 +17,17 @@ import (
 // whose loopback delivery runs on the walsender's CPU. That made catching
 // up on a backlog several times slower than the server can decode. While
 // the stream is live, nothing here ever pauses, so the stale window does
-// not grow; while it is behind, the policy may pause after a short read so
-// that data accumulates and the next read takes a lot at once.
+// not grow; while it is behind, it pauses before each read so that data
+// accumulates and the read takes a lot at once.
+//
+// How long to pause is measured, not guessed: too short, and both sides
+// pay a system call for every few messages; too long, and the walsender
+// waits on a full socket. The pause adapts to the reads it gets (see
+// adapt): longer while they come back much smaller than the largest seen,
+// shorter once one comes back as large, which says the socket was full
+// and the walsender may have waited. A fixed 20 ms pause tuned on one host
+// made another (a 2-core AMD EPYC VM) catch up slower than pg_recvlogical,
+// and 1 ms doubled the CPU both sides spent on a streamed transaction.
 type socketReader struct {
 	r      io.Reader
 	buf    []byte
@@ -27,9 +36,10 @@ type socketReader struct {
 	behind *atomic.Bool
 	policy receivePolicy
 	sock   socketTuner // sets the receive buffer; nil outside TCP
-	// lastShort is true when the last read returned less than the policy's
-	// shortRead.
-	lastShort bool
+	// pause is how long to wait before the next read while behind, as
+	// adapt last set it; largest is the largest read seen while behind.
+	pause   time.Duration
+	largest int
 	// waitingSince is when the read of the socket in progress began, as a
 	// time since epoch; 0 while none is. The stream's silence watch reads it
 	// from another goroutine.
@@ -41,9 +51,8 @@ type socketReader struct {
 // receivePolicy says how to read the socket while the stream is behind.
 type receivePolicy struct {
 	name string
-	// pause follows a read of less than shortRead bytes; zero: never pause.
-	pause     time.Duration
-	shortRead int
+	// maxPause caps the pause before a read; zero: never pause.
+	maxPause time.Duration
 	// catchUpBuf, when not zero, is the SO_RCVBUF set while behind, and
 	// liveBuf the one set once live again. A receive buffer this small
 	// closes the TCP window during a pause: the walsender's sends then only
@@ -55,22 +64,26 @@ type receivePolicy struct {
 }
 
 var (
-	// unixPolicy pauses only after a read much smaller than what the
-	// walsender's send buffer holds (212,992 bytes of accounting, about 277
-	// small messages or 18 KB): such a read means the walsender is slower
-	// than the reader, and the pause gives it the CPU (a Unix socket means
-	// the daemon shares the database's host) and lets its messages pile up.
-	// A read of a full buffer means the walsender was blocked on it, and a
-	// pause would only idle it.
-	unixPolicy = receivePolicy{name: "unix", pause: time.Millisecond, shortRead: 12 << 10}
+	// unixPolicy pauses at most briefly: on a Unix socket the walsender's
+	// send buffer (212,992 bytes of accounting, about 277 small messages
+	// or 18 KB) fills fast, and the pause mostly gives the walsender the
+	// CPU it shares with the daemon on the database's host.
+	unixPolicy = receivePolicy{name: "unix", maxPause: 2 * time.Millisecond}
 	// tcpNearPolicy closes the window while behind, on a connection whose
 	// round-trip time is at most nearRTT (loopback, one LAN).
-	tcpNearPolicy = receivePolicy{name: "tcp-window", pause: 20 * time.Millisecond, shortRead: 128 << 10,
+	tcpNearPolicy = receivePolicy{name: "tcp-window", maxPause: 20 * time.Millisecond,
 		catchUpBuf: 128 << 10, liveBuf: 4 << 20}
 	// tcpFarPolicy is for a connection with a long or unknown round-trip
-	// time, where a small window would cap the throughput: a short pause
-	// after a short read, the buffer left to autotuning.
-	tcpFarPolicy = receivePolicy{name: "tcp", pause: time.Millisecond, shortRead: 64 << 10}
+	// time, where a small window would cap the throughput: a short pause,
+	// the buffer left to autotuning.
+	tcpFarPolicy = receivePolicy{name: "tcp", maxPause: 2 * time.Millisecond}
+)
+
+// The pause's bounds and steps (see adapt). firstPause is where it starts.
+const (
+	firstPause = time.Millisecond
+	pauseStep  = 250 * time.Microsecond
+	minPause   = 100 * time.Microsecond
 )
 
 // nearRTT is the longest round-trip time at which the window-closing
@@ -85,7 +98,7 @@ type socketTuner interface {
 }
 
 func newSocketReader(r io.Reader, w io.Writer, behind *atomic.Bool) *socketReader {
-	s := &socketReader{r: r, buf: make([]byte, socketBufSize), behind: behind, policy: tcpFarPolicy}
+	s := &socketReader{r: r, buf: make([]byte, socketBufSize), behind: behind, policy: tcpFarPolicy, pause: firstPause}
 	s.policy, s.sock = policyFor(w)
 	return s
 }
@@ -126,14 +139,16 @@ func (s *socketReader) Read(p []byte) (int, error) {
 				s.sock = nil // leave the buffer alone from now on
 			}
 		}
-		if s.lastShort && behind && s.policy.pause > 0 {
-			time.Sleep(s.policy.pause)
+		if behind && s.pause > 0 {
+			time.Sleep(s.pause)
 		}
 		s.waitingSince.Store(int64(time.Since(epoch)))
 		n, err := s.r.Read(s.buf)
 		s.waitingSince.Store(0)
 		s.rp, s.wp = 0, n
-		s.lastShort = n < s.policy.shortRead
+		if behind {
+			s.adapt(n)
+		}
 		if n == 0 {
 			return 0, err
 		}
@@ -141,6 +156,34 @@ func (s *socketReader) Read(p []byte) (int, error) {
 	n := copy(p, s.buf[s.rp:s.wp])
 	s.rp += n
 	return n, nil
+}
+
+// adapt sets the pause before the next read from the n bytes this one
+// got, while behind. A read as large as the largest seen says the socket
+// was full, and the walsender may have waited on it: the pause halves. A
+// read under half of it says the pause gave the walsender time for little:
+// it grows by half and a step, up to the policy's maxPause. In between it
+// stays. The largest read decays by an eighth of the gap each read, so
+// that one burst larger than the socket usually holds does not set the
+// bar for good.
+func (s *socketReader) adapt(n int) {
+	if s.policy.maxPause == 0 {
+		return
+	}
+	if n > s.largest {
+		s.largest = n
+	} else {
+		s.largest -= (s.largest - n) / 8
+	}
+	switch {
+	case n >= s.largest*9/10:
+		s.pause /= 2
+		if s.pause < minPause {
+			s.pause = 0
+		}
+	case n < s.largest/2:
+		s.pause = min(s.pause*3/2+pauseStep, s.policy.maxPause)
+	}
 }
 
 // silence returns when the read of the socket in progress began, which

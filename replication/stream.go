@@ -443,7 +443,7 @@ func (s *Stream) receiveLoop(ctx context.Context, out chan<- []Event) error {
 		if len(chunk) == 0 {
 			return nil
 		}
-		if s.live != nil && !s.behind.Load() && s.queued.Load() == 0 {
+		if s.live != nil && !s.behind.Load() && s.queued.Load() == 0 && s.streamXID == 0 {
 			var handled bool
 			err := s.status.live(func() (err error) {
 				handled, err = s.live(chunk)
@@ -584,7 +584,10 @@ func (s *Stream) decodeV2(chunk []Event, xld pglogrepl.XLogData) ([]Event, error
 	}
 	switch m := msg.(type) {
 	case *pglogrepl.StreamStartMessageV2:
+		// A streamed block is a backlog: the transaction outgrew the
+		// walsender's memory. It is read as one (see socketReader).
 		s.streamXID = m.Xid
+		s.behind.Store(true)
 		return append(chunk, Event{Kind: StreamStart, LSN: xld.WALStart, XID: m.Xid, First: m.FirstSegment == 1}), nil
 	case *pglogrepl.StreamStopMessageV2:
 		s.streamXID = 0

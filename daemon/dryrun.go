@@ -163,10 +163,13 @@ func (s *printSink) add(ch *pginvalidator.Change, cmds []pginvalidator.Command) 
 			dc.RedeleteAfter = c.Redelete.String()
 		}
 		s.line.Commands = append(s.line.Commands, dc)
-	}
-	if len(s.line.Commands) >= dryRunChunk {
-		s.line.Partial = true
-		return s.emit()
+		// A streamed transaction's commands come many at a time.
+		if len(s.line.Commands) >= dryRunChunk {
+			s.line.Partial = true
+			if err := s.emit(); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }

@@ -225,6 +225,7 @@ func TestDryRunPrintsCommandsAndTouchesNothing(t *testing.T) {
 	cfg.Targets[0].Redis.URL = "redis://127.0.0.1:1/0" // nothing listens: a dry run must not need Redis
 	out := &testenv.SyncBuffer{}
 	cfg.DryRun, cfg.DryRunOut = true, out
+	cfg.DecodingWorkMem = "64kB" // the large transaction below is streamed while it runs
 
 	// Without the publication it refuses, says why, and creates nothing.
 	err := daemon.Run(context.Background(), cfg)

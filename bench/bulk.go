@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -120,20 +121,10 @@ func (e *env) bulkSize(ctx context.Context, rows int) ([]Bulk, error) {
 	}
 	for i := range conds {
 		runs := slices.Clone(conds[i].Runs)
-		slices.SortFunc(runs, func(a, b BulkRun) int { return cmpFloat(a.StaleSeconds, b.StaleSeconds) })
+		slices.SortFunc(runs, func(a, b BulkRun) int { return cmp.Compare(a.StaleSeconds, b.StaleSeconds) })
 		conds[i].Median = runs[len(runs)/2]
 	}
 	return conds, nil
-}
-
-func cmpFloat(a, b float64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // unlinkPerCommand is how many keys one UNLINK of the floor deletes.

@@ -52,6 +52,46 @@ func setSynchronousStandbys(t *testing.T, dbURL, names string) {
 	}, func() string { return fmt.Sprintf("synchronous_standby_names = %q, want %q", got, names) })
 }
 
+// waitingWriter runs sql, a write whose commit waits for a synchronous
+// standby, on a connection of its own.
+func (f *fixture) waitingWriter(sql string) *syncWriter {
+	f.t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, f.dbURL)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.t.Cleanup(func() { conn.Close(context.Background()) })
+	w := &syncWriter{f: f, done: make(chan error, 1)}
+	if err := conn.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&w.pid); err != nil {
+		f.t.Fatal(err)
+	}
+	go func() {
+		_, err := conn.Exec(ctx, sql)
+		w.done <- err
+	}()
+	return w
+}
+
+// syncWriter is a write waiting for a synchronous standby.
+type syncWriter struct {
+	f    *fixture
+	pid  uint32     // its backend
+	done chan error // its outcome
+}
+
+// endWait cancels the write's wait for its standby, which makes its commit
+// visible, and waits for the write to return.
+func (w *syncWriter) endWait() {
+	w.f.t.Helper()
+	if _, err := w.f.db.Exec(context.Background(), "SELECT pg_cancel_backend($1)", w.pid); err != nil {
+		w.f.t.Fatal(err)
+	}
+	if err := <-w.done; err != nil {
+		w.f.t.Fatalf("the write: %v", err)
+	}
+}
+
 // cacheAsideReader reads product 1 as an application's cache-aside code
 // does, every few milliseconds until stop: on a miss it reads the row and
 // caches its price.
@@ -139,20 +179,7 @@ del = ["{p}product:<id>"]
 			waitReady(t, addr)
 			f.rdb.Set(context.Background(), f.key("product:1"), "100", time.Hour)
 			ctx := context.Background()
-			writer, err := pgx.Connect(ctx, f.dbURL)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer writer.Close(ctx)
-			var pid uint32
-			if err := writer.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
-				t.Fatal(err)
-			}
-			written := make(chan error, 1)
-			go func() {
-				_, err := writer.Exec(ctx, "UPDATE products SET price = 200 WHERE id = 1")
-				written <- err
-			}()
+			w := f.waitingWriter("UPDATE products SET price = 200 WHERE id = 1")
 
 			stop := make(chan struct{})
 			reader := f.cacheAsideReader(stop)
@@ -171,12 +198,7 @@ del = ["{p}product:<id>"]
 			}
 
 			// The standby's wait ends: the UPDATE is visible.
-			if _, err := f.db.Exec(ctx, "SELECT pg_cancel_backend($1)", pid); err != nil {
-				t.Fatal(err)
-			}
-			if err := <-written; err != nil {
-				t.Fatalf("UPDATE: %v", err)
-			}
+			w.endWait()
 			visible := time.Now()
 			var cached string
 			waitFor(t, 15*time.Second, func() bool {
@@ -228,31 +250,13 @@ del = ["{p}product:<id>"]
 	w.waitLog("INFO", "synchronous standbys are named", "synchronous_standby_names=nosuch")
 	ctx := context.Background()
 	f.rdb.Set(ctx, f.key("product:1"), "100", time.Hour)
-	writer, err := pgx.Connect(ctx, f.dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer writer.Close(ctx)
-	var pid uint32
-	if err := writer.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
-		t.Fatal(err)
-	}
-	written := make(chan error, 1)
-	go func() {
-		_, err := writer.Exec(ctx, "UPDATE products SET price = 200 WHERE id = 1")
-		written <- err
-	}()
+	writer := f.waitingWriter("UPDATE products SET price = 200 WHERE id = 1")
 	// No reader runs: an entry deleted now would be the daemon's doing.
 	time.Sleep(time.Second)
 	if got := f.rdb.Get(ctx, f.key("product:1")).Val(); got != "100" {
 		t.Errorf("product:1 = %q while the UPDATE is not visible, want it left for readers, who still read 100", got)
 	}
-	if _, err := f.db.Exec(ctx, "SELECT pg_cancel_backend($1)", pid); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-written; err != nil {
-		t.Fatalf("UPDATE: %v", err)
-	}
+	writer.endWait()
 	var cached string
 	waitFor(t, 15*time.Second, func() bool {
 		cached, err = f.rdb.Get(ctx, f.key("product:1")).Result()

@@ -331,7 +331,7 @@ func (c *consumer) event(ev *replication.Event) error {
 	case replication.StreamStart:
 		t := c.streams[ev.XID]
 		if t == nil {
-			t = newStreamedTx(ev.XID, c.p.cfg.StreamMemory, "", time.Now())
+			t = newStreamedTx(ev.XID, c.p.cfg.StreamMemory, time.Now())
 			c.streams[ev.XID] = t
 		}
 		c.block = t
@@ -388,11 +388,17 @@ func (c *consumer) commit(end pglogrepl.LSN, at time.Time) error {
 // streamedChange maps one row change of the open streamed block into its
 // transaction's commands, which wait for its StreamCommit.
 func (c *consumer) streamedChange(ch *pginvalidator.Change) error {
+	return c.block.change(ch.Rel, c.mapChange(ch))
+}
+
+// mapChange counts one row change and returns the commands the rules
+// render from it, in the pipeline's scratch, valid until the next call.
+func (c *consumer) mapChange(ch *pginvalidator.Change) []pginvalidator.Command {
 	p := c.p
 	p.m.rowChange(ch)
-	p.m.cover.see(ch.Rel)
+	p.m.cover.see(ch.Rel) // a rule table renamed wakes the catalog watch
 	p.cmds = p.mapper.Commands(p.cmds[:0], ch)
-	return c.block.change(ch.Rel, p.cmds)
+	return p.cmds
 }
 
 // commitStreamed hands a streamed transaction's commands to the sink at its
@@ -403,7 +409,7 @@ func (c *consumer) commitStreamed(ev *replication.Event) error {
 	t := c.streams[ev.XID]
 	delete(c.streams, ev.XID)
 	if t == nil { // it rendered nothing the session kept: a transaction of no rule table
-		t = newStreamedTx(ev.XID, c.p.cfg.StreamMemory, "", time.Now())
+		t = newStreamedTx(ev.XID, c.p.cfg.StreamMemory, time.Now())
 	}
 	defer t.close()
 	began := time.Now()
@@ -448,13 +454,11 @@ func (c *consumer) commitStreamed(ev *replication.Event) error {
 // acknowledged.
 func (c *consumer) rowChange(ch *pginvalidator.Change) error {
 	p := c.p
-	p.m.rowChange(ch)
-	p.m.cover.see(ch.Rel) // a rule table renamed wakes the catalog watch
-	p.cmds = p.mapper.Commands(p.cmds[:0], ch)
-	if err := p.sink.add(ch, p.cmds); err != nil {
+	cmds := c.mapChange(ch)
+	if err := p.sink.add(ch, cmds); err != nil {
 		return err
 	}
-	if len(p.cmds) > 0 {
+	if len(cmds) > 0 {
 		c.tellVisibility()
 	}
 	if p.sink.pending() >= p.cfg.MaxBatch {

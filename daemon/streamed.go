@@ -62,8 +62,7 @@ type streamedTx struct {
 	xid       uint32
 	cmds      map[pginvalidator.Command]struct{} // deduplicated, in memory
 	size      int                                // bytes cmds holds, about
-	limit     int                                // streamMemory, or less in tests
-	dir       string                             // where the spill file goes; "": the system's temporary directory
+	limit     int                                // Config.StreamMemory
 	spill     *spillFile                         // Del commands past limit; nil: none
 	rels      []*pginvalidator.Relation          // the relations of its row changes, each once
 	canaries  []string                           // canary tokens it carries
@@ -71,8 +70,8 @@ type streamedTx struct {
 	firstSeen time.Time                          // when its first block began
 }
 
-func newStreamedTx(xid uint32, limit int, dir string, now time.Time) *streamedTx {
-	return &streamedTx{xid: xid, cmds: make(map[pginvalidator.Command]struct{}), limit: limit, dir: dir, firstSeen: now}
+func newStreamedTx(xid uint32, limit int, now time.Time) *streamedTx {
+	return &streamedTx{xid: xid, cmds: make(map[pginvalidator.Command]struct{}), limit: limit, firstSeen: now}
 }
 
 // change notes a row change of relation rel, whose rules rendered cmds.
@@ -109,7 +108,7 @@ func (t *streamedTx) add(cmds []pginvalidator.Command) error {
 // spillDels moves the Del commands of the set to the spill file.
 func (t *streamedTx) spillDels() error {
 	if t.spill == nil {
-		f, err := newSpillFile(t.dir)
+		f, err := newSpillFile()
 		if err != nil {
 			return fmt.Errorf("spill the keys of streamed transaction %d: %w", t.xid, err)
 		}
@@ -190,8 +189,10 @@ type spillFile struct {
 	tmp   [2*binary.MaxVarintLen64 + 1]byte
 }
 
-func newSpillFile(dir string) (*spillFile, error) {
-	f, err := os.CreateTemp(dir, "pg-invalidator-streamed-*")
+// newSpillFile creates the file in the system's temporary directory
+// ($TMPDIR, else /tmp).
+func newSpillFile() (*spillFile, error) {
+	f, err := os.CreateTemp("", "pg-invalidator-streamed-*")
 	if err != nil {
 		return nil, err
 	}

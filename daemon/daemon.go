@@ -366,14 +366,8 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := retry(ctx, cfg, "connect to redis", func() error { return redis.Ping(ctx) }); err != nil {
 		return ignoreCanceled(ctx, err)
 	}
-	for _, t := range redis {
-		if len(redis) == 1 && t.name == DefaultTarget {
-			log.Info("redis is reachable", "addr", t.inv.Addr())
-		} else {
-			log.Info("redis is reachable", "target", t.name, "addr", t.inv.Addr())
-		}
-	}
 	ectx, cancelEvictions := context.WithTimeout(ctx, 5*time.Second)
+	logServers(ectx, log, redis)
 	warnEvictions(ectx, log, cfg.Rules, redis) // incr keys that Redis may evict
 	cancelEvictions()
 

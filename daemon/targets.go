@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -238,5 +240,24 @@ func (f fanout) Marker(ctx context.Context, key string) (target, value string, e
 func (f fanout) Close() {
 	for _, t := range f {
 		t.inv.Close()
+	}
+}
+
+// logServers logs, for each target, that it is reachable, where, and the
+// server software its masters run (Redis or Valkey, and the release).
+// What cannot be read is logged as unknown: INFO may be denied by an ACL.
+func logServers(ctx context.Context, log *slog.Logger, targets fanout) {
+	for _, t := range targets {
+		attrs := []any{"addr", t.inv.Addr()}
+		if len(targets) > 1 || t.name != DefaultTarget {
+			attrs = append([]any{"target", t.name}, attrs...)
+		}
+		servers, err := t.inv.Servers(ctx)
+		if err != nil {
+			attrs = append(attrs, "server", "unknown", "err", err)
+		} else {
+			attrs = append(attrs, "server", strings.Join(servers, ", "))
+		}
+		log.Info("redis is reachable", attrs...)
 	}
 }

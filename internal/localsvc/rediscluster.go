@@ -2,7 +2,6 @@ package localsvc
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -28,9 +27,9 @@ type RedisCluster struct {
 // master. Replicas fail over whatever their lag
 // (cluster-replica-validity-factor 0).
 func StartRedisCluster(ctx context.Context, masters, replicas int, nodeTimeout time.Duration) (*RedisCluster, error) {
-	cli, err := exec.LookPath("redis-cli")
+	cli, err := redisCLI()
 	if err != nil {
-		return nil, errors.New("redis-cli not found on PATH; " + InstallHint)
+		return nil, err
 	}
 	dir, err := os.MkdirTemp("", "pginv-rediscluster-")
 	if err != nil {

@@ -33,9 +33,9 @@ type RedisNode struct {
 // newRedisNode makes a directory for a node on a free port. args are
 // given the port and directory, and return the server's arguments.
 func newRedisNode(parent string, args func(port int, dir string) []string) (*RedisNode, error) {
-	bin, err := exec.LookPath("redis-server")
+	bin, err := redisServer()
 	if err != nil {
-		return nil, errors.New("redis-server not found on PATH; " + InstallHint)
+		return nil, err
 	}
 	port, err := FreePort()
 	if err != nil {

@@ -270,7 +270,7 @@ func startBareRedis(ctx context.Context, env *Env, image string) (url, addr stri
 	if err != nil {
 		return "", "", err
 	}
-	cmd := []string{"redis-server", "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+	cmd := []string{localsvc.RedisServerName(), "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--dir", "/tmp"}
 	c, err := startBare(ctx, env, image, "redis", cmd,
 		wait.ForLog("Ready to accept connections").WithStartupTimeout(time.Minute))

@@ -136,15 +136,30 @@ func versions(e *Env) string {
 	if opts, err := redis.ParseURL(e.RedisURL); err == nil {
 		opts.DisableIdentity = true
 		rdb := redis.NewClient(opts)
-		if info, err := rdb.InfoMap(ctx, "server").Result(); err == nil && info["Server"]["redis_version"] != "" {
-			rd = info["Server"]["redis_version"]
+		if info, err := rdb.InfoMap(ctx, "server").Result(); err == nil {
+			rd = serverOf(info["Server"])
 		}
 		rdb.Close()
 	}
 	if f := strings.Fields(pg); len(f) > 0 {
 		pg = f[0] // "15.20 (Debian 15.20-0+deb12u1)"
 	}
-	return fmt.Sprintf("postgres_version=%s redis_version=%s", pg, rd)
+	return fmt.Sprintf("postgres_version=%s redis_server=%s", pg, rd)
+}
+
+// serverOf is "redis-7.0.15" or "valkey-8.1.1" from INFO server's fields
+// (Valkey answers redis_version:7.2.4 whatever its release).
+// invalidator.ServerOf reads the same for the daemon; this package cannot
+// import it, since invalidator's tests import this package.
+func serverOf(info map[string]string) string {
+	name, version := info["server_name"], info["redis_version"]
+	if name == "" {
+		name = "redis"
+	}
+	if v := info["valkey_version"]; v != "" {
+		version = v
+	}
+	return name + "-" + version
 }
 
 // Main runs a package's tests with one shared Env, which it stores in *env,

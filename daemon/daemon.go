@@ -411,8 +411,13 @@ func prepare(ctx context.Context, cfg Config) ([]string, error) {
 		return nil, err
 	}
 	defer conn.Close(context.Background())
-	if _, err := verify(ctx, conn, cfg, cfg.Slot); err != nil {
+	srv, err := verify(ctx, conn, cfg, cfg.Slot)
+	if err != nil {
 		return nil, err
+	}
+	cfg.Logger.Info("postgres is ready for logical decoding", "server", srv.String())
+	if w := srv.SlotTimeoutWarning(); w != "" {
+		cfg.Logger.Warn(w)
 	}
 	created, added, err := replication.EnsurePublication(ctx, conn, cfg.Publication, cfg.Rules.Tables())
 	if err != nil {

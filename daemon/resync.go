@@ -226,7 +226,7 @@ func (p *pipeline) slotStart(ctx context.Context) (pginvalidator.LSN, error) {
 }
 
 // ensureSlotFailed handles an error from replication.EnsureSlot. When the
-// slot is lost (wal_status lost) it resyncs under Resync, and otherwise
+// slot is lost (invalidated) it resyncs under Resync, and otherwise
 // says how --resync would recover. Any other error is returned as it is.
 func (p *pipeline) ensureSlotFailed(ctx context.Context, err error) error {
 	var slotErr *replication.SlotError
@@ -242,11 +242,11 @@ func (p *pipeline) ensureSlotFailed(ctx context.Context, err error) error {
 	if rerr != nil {
 		return rerr
 	}
-	if !info.Exists || info.WALStatus != "lost" {
+	if !info.Exists || !info.Invalidated() {
 		return err // not lost: a wrong plugin, database or kind, which resync must not touch
 	}
 	if !p.cfg.Resync {
 		return fmt.Errorf("%w; %s", err, resyncHint)
 	}
-	return p.resync(ctx, "invalidated (wal_status lost)", false)
+	return p.resync(ctx, "invalidated "+info.LostHow(), false)
 }

@@ -56,7 +56,7 @@ func TestInvalidatedErrorUnwraps(t *testing.T) {
 		t.Errorf("invalidatedError is not a *SlotError that SlotInvalidated recognises: %#v", err)
 	}
 	want := "start replication on slot s: ERROR: can no longer get changes (SQLSTATE 55000)\n" +
-		"replication slot s has been invalidated (it fell behind max_slot_wal_keep_size): changes were lost and caches may be stale; " +
+		"replication slot s has been invalidated (This slot has been invalidated because it exceeded the maximum reserved size): changes were lost and caches may be stale; " +
 		"drop it with SELECT pg_drop_replication_slot('s'), flush the affected keys, and restart"
 	if err.Error() != want {
 		t.Errorf("got\n%s\nwant\n%s", err, want)

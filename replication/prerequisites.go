@@ -12,8 +12,8 @@ import (
 // MinServerVersion is the oldest PostgreSQL the daemon supports, as
 // server_version_num: 13. It creates publications with
 // publish_via_partition_root and reads pg_replication_slots.wal_status and
-// safe_wal_size, which PostgreSQL 13 introduced. Versions 15 and 16 are
-// tested; later ones are expected to work.
+// safe_wal_size, which PostgreSQL 13 introduced. CI tests 15, 17 and 18
+// (docs/postgresql.md#versions).
 const MinServerVersion = 130000
 
 // PrerequisiteError is one thing the server or the connecting role lacks
@@ -37,6 +37,15 @@ type Server struct {
 	// SlotExists is true when the daemon's own slot exists already: it needs
 	// no free slot then.
 	SlotExists bool
+
+	// MaxSlotWALKeepSize is max_slot_wal_keep_size as the server shows it
+	// ("-1": no limit): past it behind, the slot is invalidated.
+	MaxSlotWALKeepSize string
+	// IdleSlotTimeout is idle_replication_slot_timeout (PostgreSQL 18 and
+	// later; empty before), such as "0" (off) or "1d": a slot nobody
+	// streams from for that long is invalidated, so a daemon stopped for
+	// longer loses its slot.
+	IdleSlotTimeout string
 
 	MaxWALSenders int // max_wal_senders
 	// WALSenders counts the walsender processes, not counting one that
@@ -68,8 +77,22 @@ var managedServices = []managedService{
 
 // String sums up the server for a line of check's output.
 func (s Server) String() string {
-	return fmt.Sprintf("PostgreSQL %s, wal_level %s, %d of %d replication slots in use, %d of %d WAL senders in use",
-		s.Version, s.WALLevel, len(s.Slots), s.MaxSlots, s.WALSenders, s.MaxWALSenders)
+	out := fmt.Sprintf("PostgreSQL %s, wal_level %s, %d of %d replication slots in use, %d of %d WAL senders in use, max_slot_wal_keep_size %s",
+		s.Version, s.WALLevel, len(s.Slots), s.MaxSlots, s.WALSenders, s.MaxWALSenders, s.MaxSlotWALKeepSize)
+	if s.IdleSlotTimeout != "" {
+		out += ", idle_replication_slot_timeout " + s.IdleSlotTimeout
+	}
+	return out
+}
+
+// SlotTimeoutWarning says, when idle_replication_slot_timeout is set, that
+// a daemon stopped for longer loses its slot; empty otherwise.
+func (s Server) SlotTimeoutWarning() string {
+	if s.IdleSlotTimeout == "" || s.IdleSlotTimeout == "0" {
+		return ""
+	}
+	return fmt.Sprintf("idle_replication_slot_timeout is %s: a daemon stopped for longer than that loses its slot, "+
+		"and on_slot_lost then decides (stop, or flush every rule's keys); set it to 0, or keep the daemon's downtime shorter", s.IdleSlotTimeout)
 }
 
 // ServerProblems checks the server-wide prerequisites of streaming from
@@ -103,11 +126,13 @@ SELECT ARRAY(SELECT s FROM unnest($2::text[]) AS s WHERE current_setting(s, true
        current_setting('wal_level'),
        current_setting('max_replication_slots')::int,
        current_setting('max_wal_senders')::int,
+       current_setting('max_slot_wal_keep_size'),
+       coalesce(current_setting('idle_replication_slot_timeout', true), ''),
        ARRAY(SELECT slot_name::text FROM pg_replication_slots ORDER BY slot_name),
        EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1),
        (SELECT count(*)::int FROM pg_stat_replication r
         WHERE r.pid IS DISTINCT FROM (SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1))`, slot, settings).
-		Scan(&managed, &s.WALLevel, &s.MaxSlots, &s.MaxWALSenders, &s.Slots, &s.SlotExists, &s.WALSenders)
+		Scan(&managed, &s.WALLevel, &s.MaxSlots, &s.MaxWALSenders, &s.MaxSlotWALKeepSize, &s.IdleSlotTimeout, &s.Slots, &s.SlotExists, &s.WALSenders)
 	if err != nil {
 		return s, nil, fmt.Errorf("read replication settings: %w", err)
 	}
@@ -129,7 +154,7 @@ func serverProblems(s Server) []error {
 		return []error{&PrerequisiteError{
 			Msg: fmt.Sprintf("PostgreSQL %s is not supported: pg-invalidator needs PostgreSQL %d or later (for publish_via_partition_root and pg_replication_slots.wal_status)",
 				s.Version, MinServerVersion/10000),
-			Fix: fmt.Sprintf("upgrade the server to PostgreSQL %d or later (15 and 16 are tested)", MinServerVersion/10000),
+			Fix: fmt.Sprintf("upgrade the server to PostgreSQL %d or later (15, 17 and 18 are tested)", MinServerVersion/10000),
 		}}
 	}
 	var problems []error

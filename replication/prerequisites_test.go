@@ -33,7 +33,7 @@ func TestServerProblems(t *testing.T) {
 		{"oldest supported", with(func(s *Server) { s.VersionNum = 130000 }), nil},
 		{"too old", Server{Version: "12.17", VersionNum: 120017}, []string{
 			"PostgreSQL 12.17 is not supported: pg-invalidator needs PostgreSQL 13 or later (for publish_via_partition_root and pg_replication_slots.wal_status); " +
-				"fix: upgrade the server to PostgreSQL 13 or later (15 and 16 are tested)"}},
+				"fix: upgrade the server to PostgreSQL 13 or later (15, 17 and 18 are tested)"}},
 		{"wal_level replica", with(func(s *Server) { s.WALLevel = "replica" }), []string{walLevel}},
 		{"wal_level replica on Amazon RDS", with(func(s *Server) { s.WALLevel, s.Managed = "replica", "Amazon RDS or Aurora" }), []string{
 			"wal_level is replica, but logical decoding needs logical; fix: this is Amazon RDS or Aurora: set rds.logical_replication = 1 " +

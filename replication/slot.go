@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -38,19 +39,40 @@ type SlotInfo struct {
 	// none: no limit (max_slot_wal_keep_size = -1), or a server before
 	// PostgreSQL 13.
 	SafeWALSize int64
+	// InvalidationReason says why the server invalidated the slot:
+	// invalidation_reason (PostgreSQL 17 and later), such as "wal_removed",
+	// "rows_removed", "wal_level_insufficient" or "idle_timeout" (18), or
+	// "conflict with recovery" on a 16 standby that says only conflicting.
+	// Empty when the slot is usable, or when the server does not say.
+	InvalidationReason string
+}
+
+// Invalidated reports whether the server invalidated the slot: it can no
+// longer stream.
+func (s SlotInfo) Invalidated() bool { return s.WALStatus == "lost" || s.InvalidationReason != "" }
+
+// LostHow says how the slot was invalidated, for a message: "(wal_status
+// lost)", or its invalidation_reason.
+func (s SlotInfo) LostHow() string {
+	if s.InvalidationReason != "" {
+		return "(invalidation_reason " + s.InvalidationReason + ")"
+	}
+	return "(wal_status lost)"
 }
 
 // slotQuery reads the current database and one slot, as text columns; %s is
-// the slot name parameter or literal. to_jsonb reads wal_status and
-// safe_wal_size where the server has them.
+// the slot name parameter or literal. to_jsonb reads the columns that not
+// every supported version has: wal_status and safe_wal_size (13),
+// conflicting (16) and invalidation_reason (17).
 const slotQuery = `
 SELECT current_database(), s.slot_type, s.plugin, s.database, s.temporary::text, s.active_pid::text,
-       s.confirmed_flush_lsn::text, to_jsonb(s)->>'wal_status', to_jsonb(s)->>'safe_wal_size'
+       s.confirmed_flush_lsn::text, to_jsonb(s)->>'wal_status', to_jsonb(s)->>'safe_wal_size',
+       to_jsonb(s)->>'invalidation_reason', to_jsonb(s)->>'conflicting'
 FROM pg_replication_slots s
 WHERE s.slot_name = %s`
 
 // slotColumns is how many columns slotQuery returns.
-const slotColumns = 9
+const slotColumns = 11
 
 // parseSlot fills a SlotInfo from slotQuery's columns (nil for NULL) and
 // returns the current database too.
@@ -83,6 +105,10 @@ func parseSlot(name string, cols []*string) (s SlotInfo, database string, err er
 			return SlotInfo{}, "", fmt.Errorf("safe_wal_size %q: %w", v, err)
 		}
 		s.SafeWALSize = n
+	}
+	s.InvalidationReason = text(9)
+	if s.InvalidationReason == "" && text(10) == "true" {
+		s.InvalidationReason = "conflict with recovery"
 	}
 	return s, text(0), nil
 }
@@ -144,8 +170,8 @@ func (s SlotInfo) Check(database string) error {
 		return slotErrorf("replication slot %s belongs to database %s, not %s; choose another slot name", s.Name, s.Database, database)
 	case s.Temporary:
 		return slotErrorf("replication slot %s is temporary and will vanish with its session; choose another slot name", s.Name)
-	case s.WALStatus == "lost":
-		return slotErrorf("replication slot %s was invalidated (wal_status lost) and can no longer stream; changes were missed, so flush the caches, then %s", s.Name, drop)
+	case s.Invalidated():
+		return slotErrorf("replication slot %s was invalidated %s and can no longer stream; changes were missed, so flush the caches, then %s", s.Name, s.LostHow(), drop)
 	}
 	return nil
 }
@@ -172,10 +198,22 @@ func slotErrorf(format string, args ...any) error {
 
 // invalidatedError is the error for START_REPLICATION refused because the
 // slot was invalidated: what happened, and what to do.
+// The server's detail says why: it fell behind max_slot_wal_keep_size,
+// stayed idle past idle_replication_slot_timeout (18), or, on a standby,
+// lost catalog rows it needed (rows_removed) or wal_level logical.
 func invalidatedError(slot string, err error) error {
 	return &SlotError{Slot: slot, Err: err, Msg: fmt.Sprintf("start replication on slot %s: %v\n"+
-		"replication slot %s has been invalidated (it fell behind max_slot_wal_keep_size): "+
-		"changes were lost and caches may be stale; %s, flush the affected keys, and restart", slot, err, slot, dropSlotHint(slot))}
+		"replication slot %s has been invalidated%s: "+
+		"changes were lost and caches may be stale; %s, flush the affected keys, and restart", slot, err, slot, serverDetail(err), dropSlotHint(slot))}
+}
+
+// serverDetail is " (DETAIL)" from the server's error, or empty.
+func serverDetail(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Detail != "" {
+		return " (" + strings.TrimSuffix(pgErr.Detail, ".") + ")"
+	}
+	return ""
 }
 
 // EnsureSlot creates the permanent logical replication slot slot with the

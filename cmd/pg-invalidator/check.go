@@ -68,6 +68,9 @@ Flags:
 		return err
 	}
 	fmt.Fprintf(stdout, "postgres: ok: %s\n", srv)
+	if w := srv.SlotTimeoutWarning(); w != "" {
+		fmt.Fprintf(stdout, "postgres: warning: %s\n", w)
+	}
 	fmt.Fprintf(stdout, "%s: ok: %d rule(s) on %d table(s) match the live schema\n", c.config, len(cfg.Rules.List), len(cfg.Rules.Tables()))
 	if err := checkStandbys(ctx, cfg, stdout); err != nil {
 		return err

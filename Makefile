@@ -6,6 +6,8 @@
 #   make test-containers
 #                the packages that share PostgreSQL and Redis (those whose TestMain
 #                calls testenv.Main) again, through testcontainers
+#   make matrix  a subset of the tests against PostgreSQL 15, 17 and 18, Redis 8.0
+#                and Valkey 8.0, 8.1 and 9.1, in local Debian images (.ci/matrix)
 #   make image   the Docker image pg-invalidator:$(VERSION)
 #   make demo    build, then run the self-contained demo (throwaway PostgreSQL and Redis)
 #   make bench   the bench program, then the Go benchmarks of mapping/ and invalidator/
@@ -45,7 +47,7 @@ DOCKER_BUILD_FLAGS ?=
 # The systems besides Linux the binary must build for, as GOOS/GOARCH.
 CROSS     ?= darwin/arm64 windows/amd64
 
-.PHONY: all build test test-containers vet fmtcheck composecheck crossbuild demo bench race fuzz image clean
+.PHONY: all build test test-containers matrix vet fmtcheck composecheck crossbuild demo bench race fuzz image clean
 
 all: build
 
@@ -71,6 +73,11 @@ test: vet fmtcheck composecheck crossbuild
 # PGINV_TEST_POSTGRES_IMAGE and PGINV_TEST_REDIS_IMAGE on the engine you have.
 test-containers:
 	@bash .ci/with-docker bash .ci/test-containers
+
+# The version matrix (.ci/matrix): PostgreSQL 15, 17 and 18, Redis 8.0 and
+# Valkey 8.0, 8.1 and 9.1, in local Debian images; MATRIX_CELLS picks cells.
+matrix:
+	@bash .ci/with-docker bash .ci/matrix
 
 vet:
 	$(GO) vet ./...

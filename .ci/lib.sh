@@ -66,12 +66,13 @@ ci_image_exists() {
 	"$DOCKER" image inspect "$1" >/dev/null 2>&1
 }
 
-# ci_drop_other_tags REPOSITORY KEEP-TAG: removes the repository's images of
+# ci_drop_other_tags REPOSITORY KEEP-TAG [PREFIX]: removes the repository's images of
 # older recipes, so that the state directory does not grow run after run.
+# With PREFIX, only the tags that start with it go (one suite's, of several).
 ci_drop_other_tags() {
 	local ref
 	for ref in $("$DOCKER" image ls "$1" --format '{{.Repository}}:{{.Tag}}'); do
-		[ "$ref" = "$1:$2" ] || "$DOCKER" image rm "$ref" >/dev/null 2>&1 || true
+		[ "$ref" = "$1:$2" ] || [[ "${ref#"$1":}" != "${3:-}"* ]] || "$DOCKER" image rm "$ref" >/dev/null 2>&1 || true
 	done
 }
 

@@ -98,6 +98,9 @@ type Postgres struct {
 	// daemon's connection, as PostgreSQL writes a memory size ("16MB").
 	// Empty: the caller picks its default.
 	DecodingWorkMem string
+	// NoFailoverSlot is true when the file says failover_slot = false (see
+	// daemon.Config.NoFailoverSlot).
+	NoFailoverSlot bool
 	// CanaryKey is the Redis key of the end-to-end canary, "<slot>" in it
 	// standing for Slot (see daemon.CanaryKey). Parse sets
 	// daemon.DefaultCanaryKey when the file leaves it out; empty
@@ -189,7 +192,7 @@ type parser struct{ *tomldoc.Checker }
 
 // Keys each table allows, in the order messages list them.
 var (
-	postgresKeys = []string{"url", "slot", "publication", "heartbeat", "timeout", "replicas", "replica_timeout", "visibility", "visibility_timeout",
+	postgresKeys = []string{"url", "slot", "publication", "heartbeat", "timeout", "replicas", "replica_timeout", "visibility", "visibility_timeout", "failover_slot",
 		"streaming", "logical_decoding_work_mem", "canary_key"}
 	redisKeys = []string{"url", "mode", "addrs", "master", "username", "password_env", "password_file",
 		"sentinel_username", "sentinel_password_env", "sentinel_password_file",
@@ -244,6 +247,12 @@ func (p *parser) postgres(c *Postgres, v any) {
 		case "streaming":
 			if b, ok := m[k].(bool); ok {
 				c.NoStreaming = !b
+			} else {
+				p.WrongType(path, "a boolean, true or false", m[k])
+			}
+		case "failover_slot":
+			if b, ok := m[k].(bool); ok {
+				c.NoFailoverSlot = !b
 			} else {
 				p.WrongType(path, "a boolean, true or false", m[k])
 			}

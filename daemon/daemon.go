@@ -92,6 +92,11 @@ type Config struct {
 	// NoStreaming, spilled to disk on the server). Zero means
 	// DefaultDecodingWorkMem.
 	DecodingWorkMem string
+	// NoFailoverSlot, when true, creates the slot without the failover
+	// option. False: on PostgreSQL 17 and later the slot is a failover
+	// slot, which standbys with sync_replication_slots = on keep a copy
+	// of (see replication/failover.go).
+	NoFailoverSlot bool
 	// StreamMemory bounds, in bytes, the memory the commands of one
 	// streamed transaction hold before its Del keys go to a temporary file
 	// (see streamedTx). Zero means 4 MB.

@@ -118,6 +118,7 @@ func (p *pipeline) session(ctx context.Context) error {
 		// The walsender's limit, past which it streams a transaction (and
 		// spills one it does not stream): see DefaultDecodingWorkMem.
 		DecodingWorkMem: p.cfg.DecodingWorkMem,
+		Failover:        !p.cfg.NoFailoverSlot,
 	})
 	if err != nil {
 		return err
@@ -216,6 +217,13 @@ func (p *pipeline) requireSlot(ctx context.Context) error {
 	defer conn.Close(context.Background())
 	if err := p.loadMarkers(ctx, conn); err != nil {
 		return err
+	}
+	// Read again before each session: a standby promoted since the last
+	// one may name its old primary's standby slots, and would send nothing.
+	if problem, err := replication.StandbySlotsProblem(ctx, conn); err != nil {
+		return err
+	} else if problem != nil {
+		return &ConfigError{Problems: []error{problem}}
 	}
 	slot, err := replication.SlotState(ctx, conn, p.cfg.Slot)
 	if err != nil {

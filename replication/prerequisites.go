@@ -142,7 +142,15 @@ SELECT ARRAY(SELECT s FROM unnest($2::text[]) AS s WHERE current_setting(s, true
 			break
 		}
 	}
-	return s, serverProblems(s), nil
+	problems = serverProblems(s)
+	standbySlots, err := StandbySlotsProblem(ctx, conn)
+	if err != nil {
+		return s, nil, err
+	}
+	if standbySlots != nil {
+		problems = append(problems, standbySlots)
+	}
+	return s, problems, nil
 }
 
 // restart ends every fix that changes a setting only a restart applies.

@@ -45,6 +45,11 @@ type SlotInfo struct {
 	// "conflict with recovery" on a 16 standby that says only conflicting.
 	// Empty when the slot is usable, or when the server does not say.
 	InvalidationReason string
+	// Failover is true for a slot created or altered with the failover
+	// option (PostgreSQL 17 and later), which standbys with
+	// sync_replication_slots copy; Synced is true for such a copy, on a
+	// standby.
+	Failover, Synced bool
 }
 
 // Invalidated reports whether the server invalidated the slot: it can no
@@ -63,16 +68,17 @@ func (s SlotInfo) LostHow() string {
 // slotQuery reads the current database and one slot, as text columns; %s is
 // the slot name parameter or literal. to_jsonb reads the columns that not
 // every supported version has: wal_status and safe_wal_size (13),
-// conflicting (16) and invalidation_reason (17).
+// conflicting (16), invalidation_reason, failover and synced (17).
 const slotQuery = `
 SELECT current_database(), s.slot_type, s.plugin, s.database, s.temporary::text, s.active_pid::text,
        s.confirmed_flush_lsn::text, to_jsonb(s)->>'wal_status', to_jsonb(s)->>'safe_wal_size',
-       to_jsonb(s)->>'invalidation_reason', to_jsonb(s)->>'conflicting'
+       to_jsonb(s)->>'invalidation_reason', to_jsonb(s)->>'conflicting',
+       to_jsonb(s)->>'failover', to_jsonb(s)->>'synced'
 FROM pg_replication_slots s
 WHERE s.slot_name = %s`
 
 // slotColumns is how many columns slotQuery returns.
-const slotColumns = 11
+const slotColumns = 13
 
 // parseSlot fills a SlotInfo from slotQuery's columns (nil for NULL) and
 // returns the current database too.
@@ -106,6 +112,7 @@ func parseSlot(name string, cols []*string) (s SlotInfo, database string, err er
 		}
 		s.SafeWALSize = n
 	}
+	s.Failover, s.Synced = text(11) == "true", text(12) == "true"
 	s.InvalidationReason = text(9)
 	if s.InvalidationReason == "" && text(10) == "true" {
 		s.InvalidationReason = "conflict with recovery"
@@ -222,27 +229,41 @@ func serverDetail(err error) string {
 // with SlotInfo.Check: one with another plugin, in another database,
 // temporary or lost is an error.
 func EnsureSlot(ctx context.Context, conn *pgconn.PgConn, slot string) (created bool, err error) {
+	created, _, err = ensureSlot(ctx, conn, slot, false)
+	return created, err
+}
+
+// ensureSlot is EnsureSlot, and creates the slot with the failover option
+// when failover is true (PostgreSQL 17 and later). It returns the slot
+// found when it created none.
+func ensureSlot(ctx context.Context, conn *pgconn.PgConn, slot string, failover bool) (created bool, info SlotInfo, err error) {
 	if !ValidSlotName(slot) {
 		// CREATE_REPLICATION_SLOT takes the name unquoted.
-		return false, &SlotError{Slot: slot, Msg: fmt.Sprintf("create replication slot %q: a slot name is 1 to 63 lowercase letters, digits and underscores", slot)}
+		return false, info, &SlotError{Slot: slot, Msg: fmt.Sprintf("create replication slot %q: a slot name is 1 to 63 lowercase letters, digits and underscores", slot)}
 	}
-	_, err = pglogrepl.CreateReplicationSlot(ctx, conn, slot, "pgoutput",
-		pglogrepl.CreateReplicationSlotOptions{SnapshotAction: "NOEXPORT_SNAPSHOT"})
+	if failover {
+		// pglogrepl has no failover option: the command, as PostgreSQL 17
+		// documents it.
+		_, err = conn.Exec(ctx, "CREATE_REPLICATION_SLOT "+slot+" LOGICAL pgoutput (SNAPSHOT 'nothing', FAILOVER true)").ReadAll()
+	} else {
+		_, err = pglogrepl.CreateReplicationSlot(ctx, conn, slot, "pgoutput",
+			pglogrepl.CreateReplicationSlotOptions{SnapshotAction: "NOEXPORT_SNAPSHOT"})
+	}
 	if err == nil {
-		return true, nil
+		return true, info, nil
 	}
 	if sqlState(err) != codeDuplicateObject {
-		return false, fmt.Errorf("create replication slot %s: %w", slot, err)
+		return false, info, fmt.Errorf("create replication slot %s: %w", slot, err)
 	}
 
 	// The slot exists: check that it is ours to use. A walsender in
 	// replication=database mode runs plain SQL through the simple protocol.
 	results, err := conn.Exec(ctx, fmt.Sprintf(slotQuery, "'"+slot+"'")).ReadAll()
 	if err != nil {
-		return false, fmt.Errorf("read slot %s: %w", slot, err)
+		return false, info, fmt.Errorf("read slot %s: %w", slot, err)
 	}
 	if len(results) != 1 || len(results[0].Rows) != 1 {
-		return false, fmt.Errorf("read slot %s: it was dropped while being checked", slot)
+		return false, info, fmt.Errorf("read slot %s: it was dropped while being checked", slot)
 	}
 	row := results[0].Rows[0]
 	cols := make([]*string, len(row))
@@ -254,12 +275,12 @@ func EnsureSlot(ctx context.Context, conn *pgconn.PgConn, slot string) (created 
 	}
 	info, database, err := parseSlot(slot, cols)
 	if err != nil {
-		return false, fmt.Errorf("read slot %s: %w", slot, err)
+		return false, info, fmt.Errorf("read slot %s: %w", slot, err)
 	}
 	if err := info.Check(database); err != nil {
-		return false, err
+		return false, info, err
 	}
-	return false, nil
+	return false, info, nil
 }
 
 // DropSlot drops slot if it exists in the current database, whatever its
@@ -304,9 +325,16 @@ WHERE slot_name = $1 AND active_pid IS NOT NULL`, slot); err != nil {
 }
 
 // EnsureSlot is EnsureSlot on the stream's connection and slot. Call it
-// before Start.
+// before Start. With Config.Failover, on PostgreSQL 17 and later, it also
+// makes the slot a failover slot: see ensureFailover.
 func (s *Stream) EnsureSlot(ctx context.Context) (created bool, err error) {
-	return EnsureSlot(ctx, s.conn, s.cfg.Slot)
+	failover := s.cfg.Failover && serverMajor(s.conn.ParameterStatus("server_version")) >= 17
+	created, info, err := ensureSlot(ctx, s.conn, s.cfg.Slot, failover)
+	if err != nil || !failover {
+		return created, err
+	}
+	s.ensureFailover(ctx, created, info)
+	return created, nil
 }
 
 // CreateTemporarySlot creates the stream's slot as a temporary logical

@@ -134,6 +134,10 @@ type Config struct {
 	// transaction in the reorder buffer is streamed (or, without
 	// streaming, spilled to disk). Empty: the server's setting.
 	DecodingWorkMem string
+	// Failover, when true, makes the slot a failover slot on PostgreSQL 17
+	// and later (see Stream.EnsureSlot), so that standbys with
+	// sync_replication_slots = on keep a copy that survives a failover.
+	Failover bool
 	// Logger receives state changes. Nil means slog.Default().
 	Logger *slog.Logger
 }

@@ -56,6 +56,7 @@ func (c *commonFlags) daemonConfig(logger *slog.Logger, needRedis bool) (daemon.
 		VisibilityTimeout: f.Postgres.VisibilityTimeout,
 		NoStreaming:       f.Postgres.NoStreaming,
 		DecodingWorkMem:   f.Postgres.DecodingWorkMem,
+		NoFailoverSlot:    f.Postgres.NoFailoverSlot,
 		CanaryKey:         f.Postgres.CanaryKey,
 		NoCanary:          f.Postgres.CanaryKey == "",
 		Resync:            f.Recovery.OnSlotLost == config.OnSlotLostResync,

@@ -1,0 +1,100 @@
+package replication
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Failover slots (PostgreSQL 17 and later). A logical slot with the
+// failover option is copied to the physical standbys that run with
+// sync_replication_slots = on, and survives their promotion with its
+// position, so the daemon streams on after a failover with nothing missed
+// and nothing flushed. The option costs nothing where no standby
+// synchronizes slots.
+//
+// A copy is only a temporary one until the primary's slot has moved past
+// the standby's catalog horizon; a failover in that window loses the slot.
+// A new slot crosses it when the primary logs a running-transactions
+// record, which it does on its own every 15 s or so (bgwriter), and at once
+// with pg_log_standby_snapshot(); the daemon's next acknowledgement then
+// moves the slot past it.
+
+// ensureFailover makes the stream's slot a failover slot after
+// ensureSlot: a slot it found without the option gets it
+// (ALTER_REPLICATION_SLOT), and a slot it created or altered has the
+// standbys' horizon moved at once. Neither can stop the daemon, which
+// streams as well from a slot without the option: a failure is logged.
+func (s *Stream) ensureFailover(ctx context.Context, created bool, info SlotInfo) {
+	log := s.cfg.Logger
+	if !created {
+		if info.Failover {
+			return
+		}
+		_, err := s.conn.Exec(ctx, "ALTER_REPLICATION_SLOT "+s.cfg.Slot+" (FAILOVER true)").ReadAll()
+		if err != nil {
+			log.Warn("could not make the replication slot a failover slot; it streams, but a PostgreSQL failover loses it",
+				"slot", s.cfg.Slot, "err", err)
+			return
+		}
+		log.Info("replication slot made a failover slot: standbys with sync_replication_slots = on keep a copy", "slot", s.cfg.Slot)
+	}
+	// Simple query protocol: a walsender in replication=database mode
+	// runs SQL. The function is for superusers unless granted; without it
+	// the server logs the same record on its own within about 15 s.
+	if _, err := s.conn.Exec(ctx, "SELECT pg_log_standby_snapshot()").ReadAll(); err != nil {
+		log.Debug("pg_log_standby_snapshot() failed; standbys get a usable copy of the slot within about 15 s instead",
+			"slot", s.cfg.Slot, "err", err)
+	}
+}
+
+// StandbySlotsProblem checks synchronized_standby_slots (PostgreSQL 17
+// and later): every slot it names must be a physical slot on this server.
+// A name without a slot makes every logical walsender wait for ever, with
+// a server WARNING as the only sign: nothing reaches the daemon. A standby
+// made with pg_basebackup inherits its primary's setting, which names a
+// slot that does not exist on it once it is promoted. It returns nil when
+// all is well or the server has no such setting, and a *PrerequisiteError
+// with the fix otherwise.
+func StandbySlotsProblem(ctx context.Context, conn *pgx.Conn) (problem, err error) {
+	var setting string
+	var missing []string
+	err = conn.QueryRow(ctx, `
+WITH named AS (
+  SELECT btrim(n) AS name
+  FROM unnest(string_to_array(coalesce(current_setting('synchronized_standby_slots', true), ''), ',')) AS n
+  WHERE btrim(n) <> '')
+SELECT coalesce(current_setting('synchronized_standby_slots', true), ''),
+       ARRAY(SELECT name FROM named
+             WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots s
+                                               WHERE s.slot_name = named.name AND s.slot_type = 'physical')
+             ORDER BY name)`).Scan(&setting, &missing)
+	if err != nil {
+		return nil, fmt.Errorf("read synchronized_standby_slots: %w", err)
+	}
+	if len(missing) == 0 {
+		return nil, nil
+	}
+	return &PrerequisiteError{
+		Msg: fmt.Sprintf("synchronized_standby_slots = '%s' names %s, which is not a physical replication slot on this server: "+
+			"logical decoding waits for it for ever, and no change reaches the daemon "+
+			"(a standby promoted from a pg_basebackup keeps its old primary's setting)", setting, strings.Join(missing, ", ")),
+		Fix: fmt.Sprintf("ALTER SYSTEM SET synchronized_standby_slots = '%s'; SELECT pg_reload_conf(); "+
+			"(name only the physical slots of this server's standbys, or none)", strings.Join(without(strings.Split(setting, ","), missing), ",")),
+	}, nil
+}
+
+// without returns the trimmed names of names that are not in drop.
+func without(names, drop []string) []string {
+	var out []string
+	for _, n := range names {
+		n = strings.TrimSpace(n)
+		if n != "" && !slices.Contains(drop, n) {
+			out = append(out, n)
+		}
+	}
+	return out
+}

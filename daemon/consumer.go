@@ -42,6 +42,10 @@ type consumer struct {
 	xid     uint32        // the last transaction begun
 	final   pglogrepl.LSN // the open transaction's commit position (its Begin's final LSN)
 	lastEnd pglogrepl.LSN // end LSN of the last transaction committed; 0: none this session
+	// changedEnd is the end LSN of the last transaction committed that
+	// rendered commands; 0: none this session. Once flushed, the fork
+	// watch notes it.
+	changedEnd pglogrepl.LSN
 	// visible is true once the open transaction's first command reached
 	// the sink, and the visibility gate was told of it.
 	visible  bool
@@ -377,6 +381,9 @@ func (c *consumer) commit(end pglogrepl.LSN, at time.Time) error {
 		return err
 	}
 	c.ackable, c.commitAt, c.replayTo, c.lastEnd = end, at, end, end
+	if c.visible {
+		c.changedEnd = end
+	}
 	c.batchTxs++
 	p.m.committed(end, at)
 	if len(c.streams) == 0 {
@@ -501,6 +508,9 @@ func (c *consumer) flush() error {
 	}
 	if err := p.sink.flush(c.applyCtx); err != nil {
 		return err
+	}
+	if c.changedEnd != 0 {
+		p.fork.invalidated(c.changedEnd)
 	}
 	now := time.Now()
 	p.m.applied(now)

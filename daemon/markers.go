@@ -57,6 +57,7 @@ func legacySlotMarker(db, slot string) string { return SlotMarkerPrefix + db + "
 // markerKeys are the keys of one slot's notes.
 type markerKeys struct {
 	slot, catalog, resync     string
+	invalidated               string // where the daemon last invalidated (fork.go)
 	legacySlot, legacyCatalog string // the same before the system identifier; read only
 }
 
@@ -66,6 +67,7 @@ func newMarkerKeys(id replication.Identity, slot string) markerKeys {
 		slot:          SlotMarker(id.SystemID, id.Database, slot),
 		catalog:       CatalogMarker(id.SystemID, id.Database, slot),
 		resync:        ResyncMarker(id.SystemID, id.Database, slot),
+		invalidated:   SlotMarker(id.SystemID, id.Database, slot) + ":invalidated",
 		legacySlot:    legacy,
 		legacyCatalog: legacy + ":catalog",
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	pginvalidator "github.com/pg-invalidator/pg-invalidator"
@@ -53,6 +54,10 @@ type pipeline struct {
 	// silentPID is the walsender of the last session's connection when that
 	// session was dropped as silent: it may still hold the slot. 0: none.
 	silentPID uint32
+
+	// fork notes where the daemon invalidated, to find the transactions a
+	// failover lost (fork.go).
+	fork forkWatch
 
 	// canary is the end-to-end canary; nil: off (and always in a dry run).
 	canary *canary
@@ -142,6 +147,11 @@ func (p *pipeline) session(ctx context.Context) error {
 			return err
 		}
 	}
+	if !p.dryRun {
+		if err := p.checkFork(ctx, stream); err != nil {
+			return err
+		}
+	}
 	if err := stream.Start(ctx); err != nil {
 		if replication.SlotActive(err) {
 			p.seen = true // busy: it exists, another process streams from it
@@ -161,6 +171,13 @@ func (p *pipeline) session(ctx context.Context) error {
 	}
 	p.streamed, p.seen = true, true
 	defer func() { p.remembered = false }()
+	if !p.dryRun {
+		fctx, stopSaving := context.WithCancel(ctx)
+		var saving sync.WaitGroup
+		saving.Go(func() { p.keepForkSaved(fctx) })
+		defer saving.Wait()
+		defer stopSaving()
+	}
 	p.m.streaming.Store(true)
 	defer p.m.streaming.Store(false)
 	if p.canary != nil {

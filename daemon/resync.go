@@ -98,6 +98,7 @@ func (p *pipeline) resync(ctx context.Context, why string, force bool) error {
 		Publication: p.cfg.Publication,
 		Timeout:     p.cfg.Timeout,
 		Logger:      p.log,
+		Failover:    !p.cfg.NoFailoverSlot,
 	})
 	if err != nil {
 		return err
@@ -162,8 +163,9 @@ func (p *pipeline) finishResync(ctx context.Context) error {
 }
 
 // flushAll runs every rule's FlushCommands on every Redis target once the
-// new slot exists, notes in Redis that the flush is done, logs the resync
-// and counts it. When it does not finish, the resync marker still says the
+// new slot exists (or, after a failover that lost transactions, before the
+// session streams: see checkFork), notes in Redis that the flush is done,
+// logs the resync and counts it. When it does not finish, the resync marker still says the
 // flush is to do, and the next session does it (finishResync).
 //
 // Version keys are set to the position the new slot streams from, whatever
@@ -196,9 +198,10 @@ func (p *pipeline) flushAll(ctx context.Context, why string, dropped bool) error
 	if err := p.redis.resyncFinished(ctx, p.markers, slot, time.Now()); err != nil {
 		return err
 	}
+	p.fork.flushed()
 	after := p.redis.Stats()
 	p.m.resyncs.Inc()
-	p.log.Warn("resync: the replication slot was lost or missing, so a new one was created and every key the rules can render was flushed",
+	p.log.Warn("resync: every key the rules can render was flushed (the reason says why)",
 		"slot", slot, "reason", why, "old_slot_dropped", dropped, "commands", len(cmds),
 		"keys_deleted", (after.Del+after.DelPatternKeys)-(before.Del+before.DelPatternKeys),
 		"keys_incremented", (after.Incr+after.IncrPatternKeys)-(before.Incr+before.IncrPatternKeys),

@@ -12,6 +12,7 @@ import (
 
 	"github.com/pg-invalidator/pg-invalidator/daemon"
 	"github.com/pg-invalidator/pg-invalidator/internal/localsvc"
+	"github.com/pg-invalidator/pg-invalidator/internal/tcpproxy"
 	"github.com/pg-invalidator/pg-invalidator/internal/testenv"
 	"github.com/pg-invalidator/pg-invalidator/replication"
 )
@@ -44,54 +45,24 @@ func TestFailoverSlotKeepsTheCacheWarm(t *testing.T) {
 	t.Cleanup(func() { primary.Close() })
 	dbURL := testenv.NewDatabase(t, primary.URL())
 	f := newFixtureAt(t, dbURL, env.RedisURL, itemsSchema, markerSchema)
-	var version int
-	if err := f.db.QueryRow(ctx, "SELECT current_setting('server_version_num')::int").Scan(&version); err != nil {
-		t.Fatal(err)
-	}
-	if version < 170000 {
+	if version := serverVersion(t, dbURL); version < 170000 {
 		f.startConfig(f.config(f.rules(itemsRules)))
 		slot := readSlot(t, dbURL)
 		if !slot.Exists || slot.Failover {
-			t.Fatalf("PostgreSQL %d: slot %+v, want one without the failover option", version, slot)
+			t.Fatalf("PostgreSQL %d: slot %+v, want one without the failover option", version/10000, slot)
 		}
 		t.Logf("PostgreSQL %d has no failover slots: the slot was created without the option", version/10000)
 		return
 	}
 
-	// The standby's physical slot, named in synchronized_standby_slots
-	// before the base backup, as a DBA would set up the pair.
-	testenv.Exec(t, primary.URL(), "SELECT pg_create_physical_replication_slot('standby1')",
-		"ALTER SYSTEM SET synchronized_standby_slots = 'standby1'", "SELECT pg_reload_conf()")
-	cfgDB, err := pgx.ParseConfig(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	standby, err := localsvc.StartStandby(ctx, primary, localsvc.StandbyOptions{Name: "standby1", Settings: []string{
-		"primary_slot_name=standby1", "hot_standby_feedback=on", "sync_replication_slots=on",
-		// Slot synchronization needs a dbname in primary_conninfo.
-		fmt.Sprintf("primary_conninfo=host=127.0.0.1 port=%d user=postgres application_name=standby1 dbname=%s", primary.Port, cfgDB.Database),
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { standby.Close() })
-	standbyURL := strings.Replace(dbURL, fmt.Sprintf(":%d/", primary.Port), fmt.Sprintf(":%d/", standby.Port), 1)
-
+	pair := newFailoverPair(t, primary, dbURL, true)
+	standbyURL := pair.standbyURL
 	cfg := f.config(f.rules(itemsRules))
-	cfg.PostgresURL = fmt.Sprintf("postgres://postgres@127.0.0.1:%d,127.0.0.1:%d/%s?sslmode=disable&target_session_attrs=read-write",
-		primary.Port, standby.Port, cfgDB.Database)
+	cfg.PostgresURL = pair.url
 	cfg.MaxBackoff = 200 * time.Millisecond
 	start := time.Now()
 	r := f.startConfig(cfg)
-	if slot := readSlot(t, dbURL); !slot.Failover {
-		t.Fatalf("slot on the primary: %+v, want the failover option", slot)
-	}
-	// The standby's copy is usable once it is synced and no longer
-	// temporary; the daemon's pg_log_standby_snapshot() hastens it.
-	waitFor(t, 60*time.Second, func() bool {
-		s := readSlot(t, standbyURL)
-		return s.Exists && s.Synced && !s.Temporary
-	}, func() string { return fmt.Sprintf("the standby's copy of the slot: %+v", readSlot(t, standbyURL)) })
+	pair.waitSlotCopy(t, dbURL)
 	t.Logf("the standby held a usable copy of the slot %s after the daemon started", time.Since(start).Round(time.Millisecond))
 
 	f.cache("item:1", "item:7")
@@ -117,7 +88,7 @@ func TestFailoverSlotKeepsTheCacheWarm(t *testing.T) {
 		!strings.Contains(runErr.Error(), "ALTER SYSTEM SET synchronized_standby_slots = ''") {
 		t.Fatalf("the daemon stopped with %v, want a ConfigError naming synchronized_standby_slots and its fix", runErr)
 	}
-	t.Logf("on the promoted standby, the daemon stopped %s after the promotion: %v", time.Since(promoted).Round(time.Millisecond), runErr)
+	t.Logf("on the promoted standby, the daemon stopped within %s of the promotion: %v", time.Since(promoted).Round(time.Millisecond), runErr)
 
 	testenv.Exec(t, standbyURL, "ALTER SYSTEM SET synchronized_standby_slots = ''", "SELECT pg_reload_conf()")
 	fixed := time.Now()
@@ -131,6 +102,88 @@ func TestFailoverSlotKeepsTheCacheWarm(t *testing.T) {
 	if !f.exists("item:7") {
 		t.Error("item:7, which no change touched, is gone: the failover flushed the cache")
 	}
+}
+
+// failoverPair is a primary and a physical standby set up for failover
+// slots (PostgreSQL 17 and later), as a DBA would: the standby streams
+// through a physical slot on the primary, with sync_replication_slots,
+// hot_standby_feedback and a dbname in primary_conninfo.
+type failoverPair struct {
+	standby *localsvc.Postgres
+	// link carries the standby's connections to the primary (WAL and slot
+	// synchronization); closing it makes the standby lag for good.
+	link       *tcpproxy.Proxy
+	standbyURL string // the test database on the standby
+	url        string // both servers, target_session_attrs=read-write: the daemon's
+}
+
+// newFailoverPair makes the standby of primary, whose test database is at
+// dbURL. With guard, the primary names the standby's slot in
+// synchronized_standby_slots before the base backup, so that the standby
+// inherits the setting.
+func newFailoverPair(t *testing.T, primary *localsvc.Postgres, dbURL string, guard bool) *failoverPair {
+	t.Helper()
+	testenv.Exec(t, primary.URL(), "SELECT pg_create_physical_replication_slot('standby1')")
+	if guard {
+		testenv.Exec(t, primary.URL(), "ALTER SYSTEM SET synchronized_standby_slots = 'standby1'", "SELECT pg_reload_conf()")
+	}
+	cfgDB, err := pgx.ParseConfig(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	link, err := tcpproxy.Start(fmt.Sprintf("127.0.0.1:%d", primary.Port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { link.Close() })
+	_, linkPort, _ := strings.Cut(link.Addr(), ":")
+	settings := []string{"primary_slot_name=standby1", "hot_standby_feedback=on",
+		// Slot synchronization needs a dbname in primary_conninfo.
+		fmt.Sprintf("primary_conninfo=host=127.0.0.1 port=%s user=postgres application_name=standby1 dbname=%s", linkPort, cfgDB.Database)}
+	if serverVersion(t, dbURL) >= 170000 {
+		settings = append(settings, "sync_replication_slots=on")
+	}
+	standby, err := localsvc.StartStandby(context.Background(), primary, localsvc.StandbyOptions{Name: "standby1", Settings: settings})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { standby.Close() })
+	return &failoverPair{
+		standby:    standby,
+		link:       link,
+		standbyURL: strings.Replace(dbURL, fmt.Sprintf(":%d/", primary.Port), fmt.Sprintf(":%d/", standby.Port), 1),
+		url: fmt.Sprintf("postgres://postgres@127.0.0.1:%d,127.0.0.1:%d/%s?sslmode=disable&target_session_attrs=read-write",
+			primary.Port, standby.Port, cfgDB.Database),
+	}
+}
+
+// waitSlotCopy checks that the daemon's slot on the primary has the
+// failover option, and waits until the standby's copy is usable: synced
+// and no longer temporary (the daemon's pg_log_standby_snapshot() hastens
+// it).
+func (pair *failoverPair) waitSlotCopy(t *testing.T, dbURL string) {
+	t.Helper()
+	if slot := readSlot(t, dbURL); !slot.Failover {
+		t.Fatalf("slot on the primary: %+v, want the failover option", slot)
+	}
+	waitFor(t, 60*time.Second, func() bool {
+		s := readSlot(t, pair.standbyURL)
+		return s.Exists && s.Synced && !s.Temporary
+	}, func() string { return fmt.Sprintf("the standby's copy of the slot: %+v", readSlot(t, pair.standbyURL)) })
+}
+
+func serverVersion(t *testing.T, url string) int {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var v int
+	if err := conn.QueryRow(context.Background(), "SELECT current_setting('server_version_num')::int").Scan(&v); err != nil {
+		t.Fatal(err)
+	}
+	return v
 }
 
 // readSlot reads the daemon's slot on the server of url.
@@ -148,4 +201,90 @@ func readSlot(t *testing.T, url string) replication.SlotInfo {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// TestFailoverLosesCommitsTheStandbyNeverGot fails over to a standby that
+// lags: it stopped receiving WAL, then the primary committed an UPDATE, the
+// daemon invalidated its key, and a reader cached the new value. The
+// primary is killed and the standby promoted: the UPDATE is gone, and the
+// cached value with it is stale. No synchronized_standby_slots guards the
+// daemon here (with it, the daemon is never sent what the standby lacks).
+//
+// From PostgreSQL 17 the daemon streams on from the failover slot, and the
+// new timeline's history shows that its last invalidation was past the
+// fork: it flushes every rule's keys. Before 17 the slot is lost, and
+// on_slot_lost = "resync" flushes them. Either way nothing stale is left.
+func TestFailoverLosesCommitsTheStandbyNeverGot(t *testing.T) {
+	ctx := context.Background()
+	primary, err := localsvc.StartPostgres(ctx, localsvc.PostgresOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { primary.Close() })
+	dbURL := testenv.NewDatabase(t, primary.URL())
+	f := newFixtureAt(t, dbURL, env.RedisURL, itemsSchema, markerSchema)
+	version := serverVersion(t, dbURL)
+	pair := newFailoverPair(t, primary, dbURL, false)
+	cfg := f.config(f.rules(itemsRules))
+	cfg.PostgresURL = pair.url
+	cfg.MaxBackoff = 200 * time.Millisecond
+	cfg.Resync = version < 170000
+	f.startConfig(cfg)
+	if version >= 170000 {
+		pair.waitSlotCopy(t, dbURL)
+	}
+	f.cache("item:1")
+	f.exec("UPDATE items SET v = v + 1 WHERE id = 1")
+	f.waitGone("item:1")
+
+	// The standby stops receiving: the link to the primary is cut.
+	if err := pair.link.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, func() bool {
+		var n int
+		f.db.QueryRow(ctx, "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'standby1'").Scan(&n)
+		return n == 0
+	}, func() string { return "the standby still streams from the primary" })
+
+	f.cache("item:3")
+	f.exec("UPDATE items SET v = 42 WHERE id = 3")
+	f.waitGone("item:3")
+	// A reader that missed caches what the primary says now.
+	if err := f.rdb.Set(ctx, f.key("item:3"), "v=42", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	f.cache("item:7") // no change touches it
+
+	if err := primary.Kill(); err != nil { // dead for good, with the UPDATE
+		t.Fatal(err)
+	}
+	testenv.Exec(t, pair.standbyURL, "SELECT pg_promote()")
+	promoted := time.Now()
+	var v int
+	if err := pgxQueryRow(t, pair.standbyURL, "SELECT v FROM items WHERE id = 3", &v); v == 42 || err != nil {
+		t.Fatalf("the promoted standby has v = %d for item 3 (err %v): the test needs it to have missed the UPDATE", v, err)
+	}
+
+	f.waitGoneWithin(60*time.Second, "item:3")
+	t.Logf("PostgreSQL %d: the stale item:3 was flushed %s after the promotion", version/10000, time.Since(promoted).Round(time.Millisecond))
+	if f.exists("item:7") {
+		t.Error("item:7 is still cached: the flush should have covered every rule's keys")
+	}
+	f.dbURL = pair.standbyURL
+	f.reconnect()
+	f.cache("item:2")
+	f.exec("UPDATE items SET v = v + 1 WHERE id = 2")
+	f.waitGone("item:2")
+}
+
+// pgxQueryRow runs one query on url and scans its row into dest.
+func pgxQueryRow(t *testing.T, url, sql string, dest ...any) error {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), url)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	return conn.QueryRow(context.Background(), sql).Scan(dest...)
 }

@@ -63,6 +63,10 @@ type Postgres struct {
 	// URL is the connection string. Empty: the file does not say; the caller
 	// must get one elsewhere (a flag, the environment) or refuse to start.
 	URL string
+	// PrimaryURL, when not empty, is the primary's connection string: URL
+	// then names a hot standby to decode on (PostgreSQL 16 and later), and
+	// the primary is where the daemon writes (see daemon.Config.PrimaryURL).
+	PrimaryURL string
 	// Slot is the replication slot name. Parse sets replication.DefaultSlot
 	// when the file leaves it out.
 	Slot string
@@ -192,7 +196,7 @@ type parser struct{ *tomldoc.Checker }
 
 // Keys each table allows, in the order messages list them.
 var (
-	postgresKeys = []string{"url", "slot", "publication", "heartbeat", "timeout", "replicas", "replica_timeout", "visibility", "visibility_timeout", "failover_slot",
+	postgresKeys = []string{"url", "primary_url", "slot", "publication", "heartbeat", "timeout", "replicas", "replica_timeout", "visibility", "visibility_timeout", "failover_slot",
 		"streaming", "logical_decoding_work_mem", "canary_key"}
 	redisKeys = []string{"url", "mode", "addrs", "master", "username", "password_env", "password_file",
 		"sentinel_username", "sentinel_password_env", "sentinel_password_file",
@@ -208,6 +212,8 @@ func (p *parser) postgres(c *Postgres, v any) {
 		switch k {
 		case "url":
 			p.Str(path, m[k], &c.URL)
+		case "primary_url":
+			p.Str(path, m[k], &c.PrimaryURL)
 		case "slot":
 			if p.Str(path, m[k], &c.Slot) && !replication.ValidSlotName(c.Slot) {
 				p.Addf(path, "slot %q is not a valid replication slot name: use 1 to 63 lowercase letters, digits and underscores", c.Slot)

@@ -169,7 +169,7 @@ line incr:19:d:<id>
 func TestParseByteOrderMark(t *testing.T) {
 	_, err := Parse("f.toml", []byte("\xef\xbb\xbf[postgres]\nslto = 1\n"))
 	want := `f.toml: no [[rule]] found; add at least one, with a table and del, incr or version
-f.toml:2: unknown key "slto" in [postgres]; allowed keys: url, slot, publication, heartbeat, timeout, replicas, replica_timeout, visibility, visibility_timeout, failover_slot, streaming, logical_decoding_work_mem, canary_key`
+f.toml:2: unknown key "slto" in [postgres]; allowed keys: url, primary_url, slot, publication, heartbeat, timeout, replicas, replica_timeout, visibility, visibility_timeout, failover_slot, streaming, logical_decoding_work_mem, canary_key`
 	if err == nil || err.Error() != want {
 		t.Errorf("got:\n%v\nwant:\n%s", err, want)
 	}
@@ -182,7 +182,7 @@ func TestParseErrors(t *testing.T) {
 	}{
 		{"syntax.toml", `testdata/syntax.toml:9: TOML syntax error after key "rule.del": expected ',' or ']' after array value (column 1)`},
 		{"unknown_top.toml", `testdata/unknown_top.toml:8: unknown key "redsi"; the top level allows only [postgres], [redis], [[target]], [recovery] and [[rule]]`},
-		{"unknown_postgres.toml", `testdata/unknown_postgres.toml:4: unknown key "slot_name" in [postgres]; allowed keys: url, slot, publication, heartbeat, timeout, replicas, replica_timeout, visibility, visibility_timeout, failover_slot, streaming, logical_decoding_work_mem, canary_key`},
+		{"unknown_postgres.toml", `testdata/unknown_postgres.toml:4: unknown key "slot_name" in [postgres]; allowed keys: url, primary_url, slot, publication, heartbeat, timeout, replicas, replica_timeout, visibility, visibility_timeout, failover_slot, streaming, logical_decoding_work_mem, canary_key`},
 		{"unknown_redis.toml", `testdata/unknown_redis.toml:3: unknown key "password" in [redis]; allowed keys: url, mode, addrs, master, username, password_env, password_file, sentinel_username, sentinel_password_env, sentinel_password_file, tls, tls_ca, tls_cert, tls_key, tls_server_name, wait_replicas; a password does not belong in the rules file: name the variable or file that holds it with password_env or password_file`},
 		{"redis_bad_mode.toml", `testdata/redis_bad_mode.toml:3: mode "replicated" is not a choice; use "single" (the default, with url), "cluster" or "sentinel"`},
 		{"redis_cluster.toml", `testdata/redis_cluster.toml:1: mode "cluster" needs addrs, the cluster's seed nodes: addrs = ["host:port", ...]
@@ -229,7 +229,7 @@ testdata/bad_visibility.toml:5: logical_decoding_work_mem "16 MB" is not a memor
 		{"bad_on_slot_lost.toml", `testdata/bad_on_slot_lost.toml:2: on_slot_lost "recreate" is not a choice; use "stop" (the default: stop and say what to do) or "resync" (recreate the slot and flush every rule's keys)`},
 		{"unknown_recovery.toml", `testdata/unknown_recovery.toml:2: unknown key "on_lost" in [recovery]; allowed keys: on_slot_lost`},
 		{"bad_slot.toml", `testdata/bad_slot.toml:2: slot "PG-Invalidator" is not a valid replication slot name: use 1 to 63 lowercase letters, digits and underscores`},
-		{"several.toml", `testdata/several.toml:4: unknown key "slto" in [postgres]; allowed keys: url, slot, publication, heartbeat, timeout, replicas, replica_timeout, visibility, visibility_timeout, failover_slot, streaming, logical_decoding_work_mem, canary_key
+		{"several.toml", `testdata/several.toml:4: unknown key "slto" in [postgres]; allowed keys: url, primary_url, slot, publication, heartbeat, timeout, replicas, replica_timeout, visibility, visibility_timeout, failover_slot, streaming, logical_decoding_work_mem, canary_key
 testdata/several.toml:13: template "product-list:<category_id": the "<" at byte 14 has no closing ">"; end the column name with ">", or write "<<" for a literal "<"
 testdata/several.toml:16: on: "INSERT" is not an operation; use insert, update, delete or truncate
 testdata/several.toml:18: rule has no del, incr or version; add del = ["key:<column>"], incr = ["key"] or version = ["key"]

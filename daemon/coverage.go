@@ -452,7 +452,7 @@ func (w *catalogWatch) publish(ctx context.Context, r *reading) error {
 	if !slices.ContainsFunc(r.unpublished, func(t string) bool { return !r.now[t].Published }) {
 		return nil
 	}
-	_, added, err := replication.EnsurePublication(ctx, w.conn, w.cfg.Publication, r.unpublished)
+	_, added, err := ensurePublication(ctx, w.cfg, w.conn, r.unpublished) // on the primary, when decoding on a standby
 	switch {
 	case errors.As(err, &r.refused):
 	case err != nil:

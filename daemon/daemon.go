@@ -81,6 +81,13 @@ type Config struct {
 	// the connect timeout of every connection to PostgreSQL, and bounds
 	// each heartbeat. Zero means 30s (replication.DefaultTimeout).
 	Timeout time.Duration
+	// PrimaryURL, when not empty, is the primary, and PostgresURL a hot
+	// standby that the daemon decodes on (PostgreSQL 16 and later): the
+	// slot lives on the standby, and the daemon writes on the primary what
+	// a standby cannot take: heartbeats and canaries, the publication, and
+	// the running-transactions record a slot being created on a standby
+	// waits for (pg_log_standby_snapshot). See standby.go.
+	PrimaryURL string
 	// NoStreaming, when true, asks for pgoutput protocol 1: a transaction
 	// reaches the daemon whole, after its commit. False: on PostgreSQL 14
 	// and later, a transaction larger than DecodingWorkMem is streamed
@@ -262,6 +269,15 @@ func connect(ctx context.Context, cfg Config) (*pgx.Conn, error) {
 	return replication.ConnectSQL(ctx, cfg.PostgresURL, cfg.Timeout)
 }
 
+// connectPrimary opens an ordinary connection to the primary: PrimaryURL
+// when the daemon decodes on a standby, else the server it streams from.
+func connectPrimary(ctx context.Context, cfg Config) (*pgx.Conn, error) {
+	if cfg.PrimaryURL == "" {
+		return connect(ctx, cfg)
+	}
+	return replication.ConnectSQL(ctx, cfg.PrimaryURL, cfg.Timeout)
+}
+
 // verify checks everything that retrying cannot fix before anything is
 // created: the server's prerequisites for streaming from slot (empty: a new
 // slot), the connecting role's rights on the rule tables (and to see the
@@ -277,6 +293,16 @@ func verify(ctx context.Context, conn *pgx.Conn, cfg Config, slot string) (repli
 	if srv.VersionNum < replication.MinServerVersion {
 		// The catalog queries below need a supported version.
 		return srv, &ConfigError{Problems: problems}
+	}
+	switch {
+	case srv.InRecovery && cfg.PrimaryURL == "":
+		problems = append(problems, &replication.PrerequisiteError{
+			Msg: "the server is a hot standby: the daemon can decode there (PostgreSQL 16 and later), but writes its heartbeats, canaries and publication on the primary, and knows of none",
+			Fix: "set [postgres] primary_url (or PRIMARY_DATABASE_URL, or --primary) to the primary, or point url at the primary"})
+	case !srv.InRecovery && cfg.PrimaryURL != "":
+		problems = append(problems, &replication.PrerequisiteError{
+			Msg: "primary_url is set, which is for decoding on a standby, but url names a server that is not one",
+			Fix: "remove primary_url, or point url at a hot standby of that primary"})
 	}
 	roleProblems, err := replication.RoleProblems(ctx, conn, rules.Tables())
 	if err != nil {
@@ -424,7 +450,7 @@ func prepare(ctx context.Context, cfg Config) ([]string, error) {
 	if w := srv.SlotTimeoutWarning(); w != "" {
 		cfg.Logger.Warn(w)
 	}
-	created, added, err := replication.EnsurePublication(ctx, conn, cfg.Publication, cfg.Rules.Tables())
+	created, added, err := ensurePublication(ctx, cfg, conn, cfg.Rules.Tables())
 	if err != nil {
 		return nil, err
 	}

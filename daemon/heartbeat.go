@@ -57,7 +57,7 @@ func heartbeat(ctx context.Context, cfg Config, c *canary, ts fanout) {
 			ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 			defer cancel()
 			if conn == nil || conn.IsClosed() {
-				nc, err := connect(ctx, cfg)
+				nc, err := connectPrimary(ctx, cfg) // a standby cannot write the message
 				if err != nil {
 					return err
 				}

@@ -123,7 +123,8 @@ func (p *pipeline) session(ctx context.Context) error {
 		// The walsender's limit, past which it streams a transaction (and
 		// spills one it does not stream): see DefaultDecodingWorkMem.
 		DecodingWorkMem: p.cfg.DecodingWorkMem,
-		Failover:        !p.cfg.NoFailoverSlot,
+		// A standby's slot cannot be a failover slot.
+		Failover: !p.cfg.NoFailoverSlot && p.cfg.PrimaryURL == "",
 	})
 	if err != nil {
 		return err
@@ -207,7 +208,9 @@ func (p *pipeline) session(ctx context.Context) error {
 // ensureSlot makes sure the daemon's permanent slot exists and can be
 // streamed from, on the stream's connection, before Start.
 func (p *pipeline) ensureSlot(ctx context.Context, stream *replication.Stream) error {
+	stop := nudgeSnapshots(ctx, p.cfg) // on a standby, creation waits for a snapshot record
 	created, err := stream.EnsureSlot(ctx)
+	stop()
 	if err != nil {
 		// A lost slot is recreated here under Resync; the connection
 		// stays usable for START_REPLICATION.

@@ -83,7 +83,7 @@ func (p *pipeline) reload(ctx context.Context, old *mapping.Rules) (*mapping.Rul
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	_, added, err := replication.EnsurePublication(ctx, conn, p.cfg.Publication, rules.Tables())
+	_, added, err := ensurePublication(ctx, p.cfg, conn, rules.Tables())
 	p.m.cover.setRules(rules) // the catalog watch checks the new tables once they are in
 	if err != nil {
 		return rules, fmt.Errorf("add the rule tables to publication %s: %w", p.cfg.Publication, err)

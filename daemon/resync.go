@@ -98,12 +98,14 @@ func (p *pipeline) resync(ctx context.Context, why string, force bool) error {
 		Publication: p.cfg.Publication,
 		Timeout:     p.cfg.Timeout,
 		Logger:      p.log,
-		Failover:    !p.cfg.NoFailoverSlot,
+		Failover:    !p.cfg.NoFailoverSlot && p.cfg.PrimaryURL == "",
 	})
 	if err != nil {
 		return err
 	}
+	stop := nudgeSnapshots(ctx, p.cfg)
 	created, err := repl.EnsureSlot(ctx)
+	stop()
 	cctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	repl.Close(cctx)
 	cancel()

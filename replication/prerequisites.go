@@ -53,6 +53,12 @@ type Server struct {
 	// of the daemon, which a standby replaces).
 	WALSenders int
 
+	// InRecovery is true on a hot standby (pg_is_in_recovery), where the
+	// daemon decodes only from PostgreSQL 16 and with hot_standby_feedback
+	// on; HotStandbyFeedback is that setting.
+	InRecovery         bool
+	HotStandbyFeedback string
+
 	// Managed names the managed service the server's own settings give
 	// away, such as "Amazon RDS or Aurora"; empty for none.
 	Managed string
@@ -81,6 +87,9 @@ func (s Server) String() string {
 		s.Version, s.WALLevel, len(s.Slots), s.MaxSlots, s.WALSenders, s.MaxWALSenders, s.MaxSlotWALKeepSize)
 	if s.IdleSlotTimeout != "" {
 		out += ", idle_replication_slot_timeout " + s.IdleSlotTimeout
+	}
+	if s.InRecovery {
+		out += ", a hot standby"
 	}
 	return out
 }
@@ -127,12 +136,14 @@ SELECT ARRAY(SELECT s FROM unnest($2::text[]) AS s WHERE current_setting(s, true
        current_setting('max_replication_slots')::int,
        current_setting('max_wal_senders')::int,
        current_setting('max_slot_wal_keep_size'),
+       pg_is_in_recovery(),
+       current_setting('hot_standby_feedback'),
        coalesce(current_setting('idle_replication_slot_timeout', true), ''),
        ARRAY(SELECT slot_name::text FROM pg_replication_slots ORDER BY slot_name),
        EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1),
        (SELECT count(*)::int FROM pg_stat_replication r
         WHERE r.pid IS DISTINCT FROM (SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1))`, slot, settings).
-		Scan(&managed, &s.WALLevel, &s.MaxSlots, &s.MaxWALSenders, &s.MaxSlotWALKeepSize, &s.IdleSlotTimeout, &s.Slots, &s.SlotExists, &s.WALSenders)
+		Scan(&managed, &s.WALLevel, &s.MaxSlots, &s.MaxWALSenders, &s.MaxSlotWALKeepSize, &s.InRecovery, &s.HotStandbyFeedback, &s.IdleSlotTimeout, &s.Slots, &s.SlotExists, &s.WALSenders)
 	if err != nil {
 		return s, nil, fmt.Errorf("read replication settings: %w", err)
 	}
@@ -180,6 +191,18 @@ func serverProblems(s Server) []error {
 			}
 		}
 		problems = append(problems, p)
+	}
+	if s.InRecovery && s.VersionNum < 160000 {
+		problems = append(problems, &PrerequisiteError{
+			Msg: fmt.Sprintf("the server is a standby (pg_is_in_recovery), and PostgreSQL %s cannot decode on a standby: that needs 16 or later", s.Version),
+			Fix: "point the daemon's url at the primary, or upgrade the standby to PostgreSQL 16 or later",
+		})
+	}
+	if s.InRecovery && s.HotStandbyFeedback != "on" {
+		problems = append(problems, &PrerequisiteError{
+			Msg: "the server is a standby with hot_standby_feedback off: the primary may remove catalog rows the slot needs, and the standby then invalidates the slot (rows_removed)",
+			Fix: "on the standby, run ALTER SYSTEM SET hot_standby_feedback = on; SELECT pg_reload_conf(); and give it a physical slot on the primary (primary_slot_name) so that the feedback holds across its restarts",
+		})
 	}
 	if !s.SlotExists && len(s.Slots) >= s.MaxSlots {
 		msg := fmt.Sprintf("no free replication slot: max_replication_slots is %d", s.MaxSlots)

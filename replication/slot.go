@@ -252,17 +252,21 @@ func ensureSlot(ctx context.Context, conn *pgconn.PgConn, slot string, failover 
 	if err == nil {
 		return true, info, nil
 	}
-	if sqlState(err) != codeDuplicateObject {
-		return false, info, fmt.Errorf("create replication slot %s: %w", slot, err)
-	}
+	createErr := err
 
-	// The slot exists: check that it is ours to use. A walsender in
-	// replication=database mode runs plain SQL through the simple protocol.
+	// The slot exists, or the server refused for another reason: a
+	// standby refuses to create any slot once its primary's wal_level is
+	// below logical, and has invalidated the one that exists. Check that
+	// the slot is ours to use. A walsender in replication=database mode
+	// runs plain SQL through the simple protocol.
 	results, err := conn.Exec(ctx, fmt.Sprintf(slotQuery, "'"+slot+"'")).ReadAll()
 	if err != nil {
 		return false, info, fmt.Errorf("read slot %s: %w", slot, err)
 	}
 	if len(results) != 1 || len(results[0].Rows) != 1 {
+		if sqlState(createErr) != codeDuplicateObject {
+			return false, info, fmt.Errorf("create replication slot %s: %w", slot, createErr)
+		}
 		return false, info, fmt.Errorf("read slot %s: it was dropped while being checked", slot)
 	}
 	row := results[0].Rows[0]
@@ -279,6 +283,9 @@ func ensureSlot(ctx context.Context, conn *pgconn.PgConn, slot string, failover 
 	}
 	if err := info.Check(database); err != nil {
 		return false, info, err
+	}
+	if sqlState(createErr) != codeDuplicateObject {
+		return false, info, fmt.Errorf("create replication slot %s: %w", slot, createErr)
 	}
 	return false, info, nil
 }

@@ -18,6 +18,7 @@ import (
 type commonFlags struct {
 	config    string
 	postgres  string
+	primary   string
 	redis     string
 	logLevel  string
 	logFormat string
@@ -26,6 +27,7 @@ type commonFlags struct {
 func (c *commonFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.config, "config", "rules.toml", "rules file")
 	fs.StringVar(&c.postgres, "postgres", "", "PostgreSQL URL (default: $DATABASE_URL, then [postgres] url in the rules file)")
+	fs.StringVar(&c.primary, "primary", "", "with --postgres naming a hot standby to decode on, the primary's URL, where heartbeats, canaries and the publication are written (default: $PRIMARY_DATABASE_URL, then [postgres] primary_url in the rules file)")
 	fs.StringVar(&c.redis, "redis", "", "Redis URL (default: $REDIS_URL, then [redis] url in the rules file)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
@@ -46,6 +48,7 @@ func (c *commonFlags) daemonConfig(logger *slog.Logger, needRedis bool) (daemon.
 	cfg := daemon.Config{
 		Rules:             f.Rules,
 		PostgresURL:       firstOf(c.postgres, os.Getenv("DATABASE_URL"), f.Postgres.URL),
+		PrimaryURL:        firstOf(c.primary, os.Getenv("PRIMARY_DATABASE_URL"), f.Postgres.PrimaryURL),
 		Slot:              f.Postgres.Slot,
 		Publication:       f.Postgres.Publication,
 		Heartbeat:         f.Postgres.Heartbeat,

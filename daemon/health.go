@@ -76,6 +76,12 @@ func (m *metrics) handler(within time.Duration) http.Handler {
 				fmt.Fprintln(w, note)
 			}
 		}
+		m.slotMu.Lock()
+		copies := m.copies
+		m.slotMu.Unlock()
+		for _, note := range failoverNotes(copies) {
+			fmt.Fprintln(w, note)
+		}
 	})
 	return mux
 }

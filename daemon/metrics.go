@@ -69,8 +69,12 @@ type metrics struct {
 	readyChecks []readyCheck // more reasons for /readyz (addReadyCheck); set before the metrics server starts
 	canary      *canary      // the end-to-end canary; nil: off. Set before the metrics server starts
 
-	slotMu sync.Mutex           // protects slot
+	slotMu sync.Mutex           // protects slot and copies
 	slot   replication.SlotInfo // what the last poll of pg_replication_slots said; zero: unknown
+	// copies are the standbys' copies of a failover slot, read with the
+	// slot (see failover.go); nil when the slot is not one, or the URL
+	// names no standby.
+	copies []replication.FailoverCopy
 }
 
 // relCounters are the row change counters of one relation, by Op, so that
@@ -314,6 +318,9 @@ var (
 	slotWALStatusDesc = prometheus.NewDesc("pg_invalidator_slot_wal_status",
 		"1 for the slot's current wal_status in pg_replication_slots, 0 for the others; absent when unknown.",
 		[]string{"status"}, nil)
+	failoverReadyDesc = prometheus.NewDesc("pg_invalidator_failover_slot_ready",
+		"1 when the standby holds a usable copy of the failover slot (synced, not temporary): a failover to it keeps the slot; 0 otherwise. One per standby the URL names.",
+		[]string{"standby"}, nil)
 	slotSafeWALSizeDesc = prometheus.NewDesc("pg_invalidator_slot_safe_wal_size_bytes",
 		"Bytes of WAL that can still be written before the slot is in danger of being lost; absent when NULL (max_slot_wal_keep_size = -1) or unknown.",
 		nil, nil)
@@ -326,7 +333,7 @@ type scrapeCollector struct{ m *metrics }
 func (c scrapeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{keysRenderedDesc, keysSkippedDesc, commandsDesc, versionKeptDesc, redisErrorsDesc,
 		redisRetriesDesc, redisRejectedDesc, redeletesDesc, redeletesFoundDesc, targetUpDesc, batchDesc, lagBytesDesc, lagSecondsDesc, ackedDesc, streamingDesc,
-		slotWALStatusDesc, slotSafeWALSizeDesc, redisDegradedDesc, canarySecondsDesc, canaryPendingDesc} {
+		slotWALStatusDesc, slotSafeWALSizeDesc, failoverReadyDesc, redisDegradedDesc, canarySecondsDesc, canaryPendingDesc} {
 		ch <- d
 	}
 }
@@ -376,8 +383,11 @@ func (c scrapeCollector) Collect(ch chan<- prometheus.Metric) {
 	collectCanary(ch, m.canary, now)
 
 	m.slotMu.Lock()
-	slot := m.slot
+	slot, copies := m.slot, m.copies
 	m.slotMu.Unlock()
+	for _, c := range copies {
+		gauge(failoverReadyDesc, boolValue(c.Ready), c.Addr)
+	}
 	if slot.Exists && slot.WALStatus != "" {
 		for _, s := range walStatuses {
 			gauge(slotWALStatusDesc, boolValue(s == slot.WALStatus), s)
@@ -414,8 +424,9 @@ func (m *metrics) pollSlot(ctx context.Context, cfg Config) {
 			cfg.Logger.Debug("read slot status for metrics", "err", err)
 		}
 		failing = err != nil
+		copies := failoverCopies(ctx, cfg, slot)
 		m.slotMu.Lock()
-		m.slot = slot
+		m.slot, m.copies = slot, copies
 		m.slotMu.Unlock()
 		select {
 		case <-ctx.Done():

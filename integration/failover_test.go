@@ -64,6 +64,13 @@ func TestFailoverSlotKeepsTheCacheWarm(t *testing.T) {
 	r := f.startConfig(cfg)
 	pair.waitSlotCopy(t, dbURL)
 	t.Logf("the standby held a usable copy of the slot %s after the daemon started", time.Since(start).Round(time.Millisecond))
+	// What check, the metrics and /readyz report: the one standby the URL
+	// names, ready.
+	copies, err := daemon.CheckFailoverCopies(ctx, cfg)
+	want := fmt.Sprintf("127.0.0.1:%d", pair.standby.Port)
+	if err != nil || len(copies) != 1 || copies[0].Addr != want || !copies[0].Ready {
+		t.Fatalf("CheckFailoverCopies = %+v, %v; want %s ready", copies, err, want)
+	}
 
 	f.cache("item:1", "item:7")
 	f.exec("UPDATE items SET v = v + 1 WHERE id = 1")

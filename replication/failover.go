@@ -3,10 +3,16 @@ package replication
 import (
 	"context"
 	"fmt"
+	"net"
 	"slices"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pg-invalidator/pg-invalidator/internal/redact"
 )
 
 // Failover slots (PostgreSQL 17 and later). A logical slot with the
@@ -97,4 +103,75 @@ func without(names, drop []string) []string {
 		}
 	}
 	return out
+}
+
+// FailoverCopy is what one standby holds of a failover slot.
+type FailoverCopy struct {
+	Addr string // host:port, as the URL names it
+	// Ready is true when the standby's copy is synced and no longer
+	// temporary: a failover to it now keeps the slot.
+	Ready bool
+	// State says what the standby holds, for a message: "usable",
+	// "temporary", "missing" or "not synced".
+	State string
+	Err   error // the standby could not be read; State is empty
+}
+
+// FailoverCopies reads the copy of slot on every standby that url names:
+// the other hosts of a multi-host URL, which are the servers a failover
+// would promote ("host=a,b"; a URL of one host names none). Each is
+// connected to in turn with the URL's user, password and database, and
+// read if it is in recovery; the primary among them is left out.
+func FailoverCopies(ctx context.Context, url, slot string, timeout time.Duration) ([]FailoverCopy, error) {
+	base, err := pgconn.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("parse postgres url %s: %w", redact.URL(url), redact.Error(err, url))
+	}
+	hosts := append([]*pgconn.FallbackConfig{{Host: base.Host, Port: base.Port, TLSConfig: base.TLSConfig}}, base.Fallbacks...)
+	if len(hosts) < 2 {
+		return nil, nil
+	}
+	var out []FailoverCopy
+	for _, h := range hosts {
+		c := FailoverCopy{Addr: net.JoinHostPort(h.Host, strconv.Itoa(int(h.Port)))}
+		standby, state, err := readCopy(ctx, base, h, slot, timeout)
+		switch {
+		case err != nil:
+			c.Err = redact.Error(err, url)
+		case !standby:
+			continue
+		default:
+			c.State, c.Ready = state, state == "usable"
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// readCopy connects to one host of base and reads its copy of slot.
+func readCopy(ctx context.Context, base *pgconn.Config, h *pgconn.FallbackConfig, slot string, timeout time.Duration) (standby bool, state string, err error) {
+	cfg := base.Copy()
+	cfg.Host, cfg.Port, cfg.TLSConfig, cfg.Fallbacks = h.Host, h.Port, h.TLSConfig, nil
+	cfg.ValidateConnect = nil // any server: the standbys are the point
+	cfg.ConnectTimeout = timeout
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return false, "", err
+	}
+	defer conn.Close(context.Background())
+	res := conn.ExecParams(ctx, `
+SELECT pg_is_in_recovery()::text,
+       coalesce((SELECT CASE WHEN coalesce((to_jsonb(s)->>'synced')::bool, false) IS NOT TRUE THEN 'not synced'
+                             WHEN s.temporary THEN 'temporary' ELSE 'usable' END
+                 FROM pg_replication_slots s WHERE s.slot_name = $1), 'missing')`,
+		[][]byte{[]byte(slot)}, nil, nil, nil).Read()
+	if res.Err != nil {
+		return false, "", res.Err
+	}
+	if len(res.Rows) != 1 {
+		return false, "", fmt.Errorf("read the slot's copy: %d rows", len(res.Rows))
+	}
+	return string(res.Rows[0][0]) == "true", string(res.Rows[0][1]), nil
 }

@@ -75,6 +75,9 @@ Flags:
 	if err := checkStandbys(ctx, cfg, stdout); err != nil {
 		return err
 	}
+	if err := checkFailoverCopies(ctx, cfg, stdout); err != nil {
+		return err
+	}
 	c.checkEvictions(ctx, logger, cfg.Rules, stdout)
 	return nil
 }
@@ -95,6 +98,27 @@ func checkStandbys(ctx context.Context, cfg daemon.Config, stdout io.Writer) err
 			continue
 		}
 		fmt.Fprintf(stdout, "warning: standby %s: %s; invalidations will wait for it up to replica_timeout, then go on without it until it catches up\n", s.Name, s.Problem)
+	}
+	return nil
+}
+
+// checkFailoverCopies prints, when the slot is a failover slot, whether
+// each standby the URL names holds a usable copy of it: a failover to one
+// that does not loses the slot. A warning, never a failure.
+func checkFailoverCopies(ctx context.Context, cfg daemon.Config, stdout io.Writer) error {
+	copies, err := daemon.CheckFailoverCopies(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	for _, c := range copies {
+		switch {
+		case c.Err != nil:
+			fmt.Fprintf(stdout, "warning: standby %s: its copy of the failover slot cannot be read: %v\n", c.Addr, c.Err)
+		case c.Ready:
+			fmt.Fprintf(stdout, "standby %s: ok: holds a usable copy of the failover slot\n", c.Addr)
+		default:
+			fmt.Fprintf(stdout, "warning: standby %s holds no usable copy of the failover slot (%s): a failover to it now loses the slot; a new slot's copy becomes usable within about 30 s where sync_replication_slots is on\n", c.Addr, c.State)
+		}
 	}
 	return nil
 }

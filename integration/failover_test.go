@@ -4,14 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/pg-invalidator/pg-invalidator/daemon"
 	"github.com/pg-invalidator/pg-invalidator/internal/localsvc"
+	"github.com/pg-invalidator/pg-invalidator/internal/raceload"
 	"github.com/pg-invalidator/pg-invalidator/internal/tcpproxy"
 	"github.com/pg-invalidator/pg-invalidator/internal/testenv"
 	"github.com/pg-invalidator/pg-invalidator/replication"
@@ -294,4 +299,152 @@ func pgxQueryRow(t *testing.T, url, sql string, dest ...any) error {
 	}
 	defer conn.Close(context.Background())
 	return conn.QueryRow(context.Background(), sql).Scan(dest...)
+}
+
+// TestFailoverUnderLoad fails over while applications write and read:
+// writers update rows through the multi-host URL, cache-aside readers miss,
+// read, pause and SET (with redelete_after, as a careful user runs against
+// the stale-set race), and the primary is killed and its standby promoted
+// in the middle. The DBA set synchronized_standby_slots on the primary
+// after the base backup, so the promoted standby names no slot it lacks.
+// The daemon streams on from the synced slot with nothing flushed, and once
+// the load stops and the daemon has caught up, no cached entry differs
+// from its row on the new primary.
+func TestFailoverUnderLoad(t *testing.T) {
+	ctx := context.Background()
+	primary, err := localsvc.StartPostgres(ctx, localsvc.PostgresOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { primary.Close() })
+	dbURL := testenv.NewDatabase(t, primary.URL())
+	const rows = 200
+	f := newFixtureAt(t, dbURL, env.RedisURL, itemsSchema, markerSchema, raceload.Schema(rows))
+	version := serverVersion(t, dbURL)
+	pair := newFailoverPair(t, primary, dbURL, false)
+	if version >= 170000 {
+		testenv.Exec(t, primary.URL(), "ALTER SYSTEM SET synchronized_standby_slots = 'standby1'", "SELECT pg_reload_conf()")
+	}
+	cfg := f.config(f.rules(itemsRules + `
+[[rule]]
+table = "race_items"
+del = ["{p}item:<id>"]
+redelete_after = "300ms"
+`))
+	cfg.PostgresURL = pair.url
+	cfg.MaxBackoff = 200 * time.Millisecond
+	cfg.Resync = version < 170000 // before 17 the slot is lost: the flush is the recovery
+	f.startConfig(cfg)
+	if version >= 170000 {
+		pair.waitSlotCopy(t, dbURL)
+	}
+	const untouched = "item:1999" // an items row no one writes
+	f.cache(untouched)
+
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	var load sync.WaitGroup
+	var writes, sets atomic.Int64
+	for range 2 {
+		load.Go(func() { writeLoad(loadCtx, pair.url, rows, &writes) })
+	}
+	for range 4 {
+		load.Go(func() { readLoad(loadCtx, pair.url, f.rdb, f.prefix, rows, &sets) })
+	}
+	time.Sleep(2 * time.Second)
+
+	if err := primary.Kill(); err != nil { // dead for good
+		t.Fatal(err)
+	}
+	testenv.Exec(t, pair.standbyURL, "SELECT pg_promote()")
+	promoted := time.Now()
+	f.dbURL = pair.standbyURL
+	f.reconnect()
+	f.cache("item:5")
+	f.exec("UPDATE items SET v = v + 1 WHERE id = 5")
+	f.waitGoneWithin(60*time.Second, "item:5")
+	t.Logf("PostgreSQL %d: invalidating again %s after the promotion, under load", version/10000, time.Since(promoted).Round(time.Millisecond))
+	time.Sleep(2 * time.Second)
+	stopLoad()
+	load.Wait()
+
+	// Caught up: a last change's key gone, and the re-deletes sent.
+	f.cache("item:6")
+	f.exec("UPDATE items SET v = v + 1 WHERE id = 6")
+	f.waitGone("item:6")
+	time.Sleep(time.Second) // past redelete_after
+	stale, cached, err := raceload.Stale(ctx, pair.standbyURL, f.rdb, f.prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d writes and %d cache fills; at the end %d entries cached, %d stale", writes.Load(), sets.Load(), cached, stale)
+	if stale != 0 {
+		t.Errorf("%d of %d cached entries differ from their rows on the new primary", stale, cached)
+	}
+	if version >= 170000 && !f.exists(untouched) {
+		t.Errorf("%s is gone: the failover flushed the cache", untouched)
+	}
+}
+
+// writeLoad updates random rows of race_items through url until ctx ends,
+// connecting again after an error, as an application's pool would.
+func writeLoad(ctx context.Context, url string, rows int, writes *atomic.Int64) {
+	var conn *pgx.Conn
+	defer func() {
+		if conn != nil {
+			conn.Close(context.Background())
+		}
+	}()
+	for ctx.Err() == nil {
+		if conn == nil {
+			c, err := pgx.Connect(ctx, url)
+			if err != nil {
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
+			conn = c
+		}
+		if _, err := conn.Exec(ctx, "UPDATE race_items SET v = v + 1 WHERE id = $1", 1+rand.IntN(rows)); err != nil {
+			conn.Close(context.Background())
+			conn = nil
+			continue
+		}
+		writes.Add(1)
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// readLoad is a cache-aside reader of race_items: on a miss it reads the
+// row through url, pauses a few milliseconds, and SETs it.
+func readLoad(ctx context.Context, url string, rdb *redis.Client, prefix string, rows int, sets *atomic.Int64) {
+	var conn *pgx.Conn
+	defer func() {
+		if conn != nil {
+			conn.Close(context.Background())
+		}
+	}()
+	for ctx.Err() == nil {
+		if conn == nil {
+			c, err := pgx.Connect(ctx, url)
+			if err != nil {
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
+			conn = c
+		}
+		id := 1 + rand.IntN(rows)
+		key := raceload.Key(prefix, id)
+		if err := rdb.Get(ctx, key).Err(); err != redis.Nil {
+			continue // a hit, or Redis busy
+		}
+		var v int64
+		if err := conn.QueryRow(ctx, "SELECT v FROM race_items WHERE id = $1", id).Scan(&v); err != nil {
+			conn.Close(context.Background())
+			conn = nil
+			continue
+		}
+		time.Sleep(time.Duration(rand.IntN(3)) * time.Millisecond)
+		if rdb.Set(context.WithoutCancel(ctx), key, v, time.Hour).Err() == nil {
+			sets.Add(1)
+		}
+	}
 }

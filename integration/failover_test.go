@@ -42,6 +42,7 @@ import (
 // the daemon creates its slot there as before, and stops. What follows a
 // lost slot is the lost-slot tests' part.
 func TestFailoverSlotKeepsTheCacheWarm(t *testing.T) {
+	t.Parallel() // its own servers; its keys under its own prefix
 	ctx := context.Background()
 	primary, err := localsvc.StartPostgres(ctx, localsvc.PostgresOptions{})
 	if err != nil {
@@ -227,6 +228,7 @@ func readSlot(t *testing.T, url string) replication.SlotInfo {
 // fork: it flushes every rule's keys. Before 17 the slot is lost, and
 // on_slot_lost = "resync" flushes them. Either way nothing stale is left.
 func TestFailoverLosesCommitsTheStandbyNeverGot(t *testing.T) {
+	t.Parallel() // its own servers; its keys under its own prefix
 	ctx := context.Background()
 	primary, err := localsvc.StartPostgres(ctx, localsvc.PostgresOptions{})
 	if err != nil {
@@ -311,6 +313,7 @@ func pgxQueryRow(t *testing.T, url, sql string, dest ...any) error {
 // the load stops and the daemon has caught up, no cached entry differs
 // from its row on the new primary.
 func TestFailoverUnderLoad(t *testing.T) {
+	t.Parallel() // its own servers; its keys under its own prefix
 	ctx := context.Background()
 	primary, err := localsvc.StartPostgres(ctx, localsvc.PostgresOptions{})
 	if err != nil {

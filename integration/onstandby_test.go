@@ -29,6 +29,7 @@ import (
 // Before PostgreSQL 16 a standby cannot decode: the daemon refuses, saying
 // so.
 func TestDecodingOnAStandby(t *testing.T) {
+	t.Parallel() // its own servers; its keys under its own prefix
 	ctx := context.Background()
 	primary, err := localsvc.StartPostgres(ctx, localsvc.PostgresOptions{})
 	if err != nil {

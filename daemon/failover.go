@@ -45,17 +45,26 @@ func failoverNotes(copies []replication.FailoverCopy) []string {
 
 // CheckFailoverCopies reads the daemon's slot on the server of
 // cfg.PostgresURL and, when it is a failover slot, every standby's copy, as
-// the metrics do; for check. No slot, or one without the option: nil.
-func CheckFailoverCopies(ctx context.Context, cfg Config) ([]replication.FailoverCopy, error) {
+// the metrics do, with the settings each standby lacks; for check. warning
+// is set when the primary lists no standby slot in
+// synchronized_standby_slots. No slot, or one without the option: nothing.
+func CheckFailoverCopies(ctx context.Context, cfg Config) (copies []replication.FailoverCopy, warning string, err error) {
 	cfg.setDefaults()
 	conn, err := connect(ctx, cfg)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	defer conn.Close(context.Background())
 	slot, err := replication.SlotState(ctx, conn, cfg.Slot)
-	if err != nil {
-		return nil, err
+	if err != nil || !slot.Exists || !slot.Failover {
+		return nil, "", err
 	}
-	return failoverCopies(ctx, cfg, slot), nil
+	guard, err := replication.StandbySlotsSetting(ctx, conn)
+	if err != nil {
+		return nil, "", err
+	}
+	if guard == "" {
+		warning = "synchronized_standby_slots is empty: the daemon may be sent commits a standby has not received, and a failover that loses them makes it flush every rule's keys; fix: ALTER SYSTEM SET synchronized_standby_slots = '<the standbys' physical slots>'; SELECT pg_reload_conf();"
+	}
+	return failoverCopies(ctx, cfg, slot), warning, nil
 }

@@ -72,10 +72,10 @@ func TestFailoverSlotKeepsTheCacheWarm(t *testing.T) {
 	t.Logf("the standby held a usable copy of the slot %s after the daemon started", time.Since(start).Round(time.Millisecond))
 	// What check, the metrics and /readyz report: the one standby the URL
 	// names, ready.
-	copies, err := daemon.CheckFailoverCopies(ctx, cfg)
+	copies, warning, err := daemon.CheckFailoverCopies(ctx, cfg)
 	want := fmt.Sprintf("127.0.0.1:%d", pair.standby.Port)
-	if err != nil || len(copies) != 1 || copies[0].Addr != want || !copies[0].Ready {
-		t.Fatalf("CheckFailoverCopies = %+v, %v; want %s ready", copies, err, want)
+	if err != nil || warning != "" || len(copies) != 1 || copies[0].Addr != want || !copies[0].Ready || len(copies[0].Problems) > 0 {
+		t.Fatalf("CheckFailoverCopies = %+v, %q, %v; want %s ready, and nothing missing", copies, warning, err, want)
 	}
 
 	f.cache("item:1", "item:7")
@@ -246,6 +246,10 @@ func TestFailoverLosesCommitsTheStandbyNeverGot(t *testing.T) {
 	f.startConfig(cfg)
 	if version >= 170000 {
 		pair.waitSlotCopy(t, dbURL)
+		// check says what lets this happen.
+		if _, warning, err := daemon.CheckFailoverCopies(ctx, cfg); err != nil || !strings.Contains(warning, "synchronized_standby_slots is empty") {
+			t.Errorf("CheckFailoverCopies warned %q (err %v), want the empty synchronized_standby_slots named", warning, err)
+		}
 	}
 	f.cache("item:1")
 	f.exec("UPDATE items SET v = v + 1 WHERE id = 1")

@@ -114,7 +114,10 @@ type FailoverCopy struct {
 	// State says what the standby holds, for a message: "usable",
 	// "temporary", "missing" or "not synced".
 	State string
-	Err   error // the standby could not be read; State is empty
+	// Problems are the standby's settings that slot synchronization
+	// needs and it lacks, each with its fix.
+	Problems []string
+	Err      error // the standby could not be read; State is empty
 }
 
 // FailoverCopies reads the copy of slot on every standby that url names:
@@ -134,14 +137,12 @@ func FailoverCopies(ctx context.Context, url, slot string, timeout time.Duration
 	var out []FailoverCopy
 	for _, h := range hosts {
 		c := FailoverCopy{Addr: net.JoinHostPort(h.Host, strconv.Itoa(int(h.Port)))}
-		standby, state, err := readCopy(ctx, base, h, slot, timeout)
+		standby, err := readCopy(ctx, base, h, slot, timeout, &c)
 		switch {
 		case err != nil:
 			c.Err = redact.Error(err, url)
 		case !standby:
 			continue
-		default:
-			c.State, c.Ready = state, state == "usable"
 		}
 		out = append(out, c)
 	}
@@ -149,7 +150,7 @@ func FailoverCopies(ctx context.Context, url, slot string, timeout time.Duration
 }
 
 // readCopy connects to one host of base and reads its copy of slot.
-func readCopy(ctx context.Context, base *pgconn.Config, h *pgconn.FallbackConfig, slot string, timeout time.Duration) (standby bool, state string, err error) {
+func readCopy(ctx context.Context, base *pgconn.Config, h *pgconn.FallbackConfig, slot string, timeout time.Duration, c *FailoverCopy) (standby bool, err error) {
 	cfg := base.Copy()
 	cfg.Host, cfg.Port, cfg.TLSConfig, cfg.Fallbacks = h.Host, h.Port, h.TLSConfig, nil
 	cfg.ValidateConnect = nil // any server: the standbys are the point
@@ -158,20 +159,60 @@ func readCopy(ctx context.Context, base *pgconn.Config, h *pgconn.FallbackConfig
 	defer cancel()
 	conn, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
-		return false, "", err
+		return false, err
 	}
 	defer conn.Close(context.Background())
+	// pg_settings leaves out primary_conninfo for a role that may not read
+	// it (it may hold a password): unknown, then, and not judged.
 	res := conn.ExecParams(ctx, `
 SELECT pg_is_in_recovery()::text,
        coalesce((SELECT CASE WHEN coalesce((to_jsonb(s)->>'synced')::bool, false) IS NOT TRUE THEN 'not synced'
                              WHEN s.temporary THEN 'temporary' ELSE 'usable' END
-                 FROM pg_replication_slots s WHERE s.slot_name = $1), 'missing')`,
+                 FROM pg_replication_slots s WHERE s.slot_name = $1), 'missing'),
+       coalesce(current_setting('sync_replication_slots', true), ''),
+       current_setting('hot_standby_feedback'),
+       current_setting('primary_slot_name'),
+       (SELECT (setting ~ 'dbname\s*=')::text FROM pg_settings WHERE name = 'primary_conninfo')`,
 		[][]byte{[]byte(slot)}, nil, nil, nil).Read()
 	if res.Err != nil {
-		return false, "", res.Err
+		return false, res.Err
 	}
 	if len(res.Rows) != 1 {
-		return false, "", fmt.Errorf("read the slot's copy: %d rows", len(res.Rows))
+		return false, fmt.Errorf("read the slot's copy: %d rows", len(res.Rows))
 	}
-	return string(res.Rows[0][0]) == "true", string(res.Rows[0][1]), nil
+	row := res.Rows[0]
+	c.State = string(row[1])
+	c.Ready = c.State == "usable"
+	c.Problems = copyProblems(string(row[2]), string(row[3]), string(row[4]), row[5])
+	return string(row[0]) == "true", nil
+}
+
+// copyProblems judges a standby's settings for slot synchronization;
+// hasDBName is nil when primary_conninfo could not be read.
+func copyProblems(syncSlots, feedback, primarySlot string, hasDBName []byte) []string {
+	var out []string
+	if syncSlots != "on" {
+		out = append(out, "sync_replication_slots is off, so it keeps no copy of the slot; fix: ALTER SYSTEM SET sync_replication_slots = on; SELECT pg_reload_conf();")
+	}
+	if feedback != "on" {
+		out = append(out, "hot_standby_feedback is off, which slot synchronization needs; fix: ALTER SYSTEM SET hot_standby_feedback = on; SELECT pg_reload_conf();")
+	}
+	if primarySlot == "" {
+		out = append(out, "primary_slot_name is empty, which slot synchronization needs; fix: create a physical slot on the primary (SELECT pg_create_physical_replication_slot('standby1')), set primary_slot_name to it, and list it in the primary's synchronized_standby_slots")
+	}
+	if string(hasDBName) == "false" {
+		out = append(out, "primary_conninfo names no dbname, which slot synchronization needs; fix: add dbname=<the application database> to primary_conninfo, then SELECT pg_reload_conf();")
+	}
+	return out
+}
+
+// StandbySlotsSetting returns the primary's synchronized_standby_slots:
+// empty when unset, or before PostgreSQL 17.
+func StandbySlotsSetting(ctx context.Context, conn *pgx.Conn) (string, error) {
+	var s string
+	err := conn.QueryRow(ctx, "SELECT coalesce(current_setting('synchronized_standby_slots', true), '')").Scan(&s)
+	if err != nil {
+		return "", fmt.Errorf("read synchronized_standby_slots: %w", err)
+	}
+	return s, nil
 }

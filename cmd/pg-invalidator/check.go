@@ -106,11 +106,17 @@ func checkStandbys(ctx context.Context, cfg daemon.Config, stdout io.Writer) err
 // each standby the URL names holds a usable copy of it: a failover to one
 // that does not loses the slot. A warning, never a failure.
 func checkFailoverCopies(ctx context.Context, cfg daemon.Config, stdout io.Writer) error {
-	copies, err := daemon.CheckFailoverCopies(ctx, cfg)
+	copies, warning, err := daemon.CheckFailoverCopies(ctx, cfg)
 	if err != nil {
 		return err
 	}
+	if warning != "" {
+		fmt.Fprintf(stdout, "warning: failover slot: %s\n", warning)
+	}
 	for _, c := range copies {
+		for _, p := range c.Problems {
+			fmt.Fprintf(stdout, "warning: standby %s: %s\n", c.Addr, p)
+		}
 		switch {
 		case c.Err != nil:
 			fmt.Fprintf(stdout, "warning: standby %s: its copy of the failover slot cannot be read: %v\n", c.Addr, c.Err)

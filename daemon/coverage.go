@@ -288,9 +288,11 @@ type catalogWatch struct {
 
 	failing bool // the last poll failed, and that was logged
 
-	// onSyncStandbys is told the server's synchronous_standby_names at
-	// every poll; nil: nobody is.
+	// onSyncStandbys is told the primary's synchronous_standby_names at
+	// every poll; nil: nobody is. When the daemon decodes on a standby it
+	// is read on primary, a connection of its own.
 	onSyncStandbys func(names string)
+	primary        *pgx.Conn
 	// streaming reports whether a session streams, and so the slot
 	// exists: the watch then sets the slot's marker again whenever it
 	// saves its reading. Nil: it never does.
@@ -341,9 +343,13 @@ func (w *catalogWatch) poll(ctx context.Context) {
 		w.cfg.Logger.Info("catalog watch recovered")
 		w.failing = false
 	}
-	if err != nil && w.conn != nil {
-		w.conn.Close(context.Background())
-		w.conn = nil
+	if err != nil {
+		for _, c := range []**pgx.Conn{&w.conn, &w.primary} {
+			if *c != nil {
+				(*c).Close(context.Background())
+				*c = nil
+			}
+		}
 	}
 }
 
@@ -430,7 +436,16 @@ func (w *catalogWatch) take(ctx context.Context, rules *mapping.Rules) (*reading
 		r.identity[need.Table] = need
 	}
 	if w.onSyncStandbys != nil {
-		names, err := replication.SynchronousStandbyNames(ctx, w.conn)
+		conn := w.conn
+		if w.cfg.PrimaryURL != "" {
+			if w.primary == nil {
+				if w.primary, err = connectPrimary(ctx, w.cfg); err != nil {
+					return nil, err
+				}
+			}
+			conn = w.primary
+		}
+		names, err := replication.SynchronousStandbyNames(ctx, conn)
 		if err != nil {
 			return nil, err
 		}

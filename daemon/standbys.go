@@ -173,7 +173,7 @@ func (g *standbyGate) positions(ctx context.Context) (map[string]replication.Sta
 		qctx, cancel := context.WithTimeout(ctx, max(g.timeout, replicaQueryTimeout))
 		defer cancel()
 		if g.conn == nil {
-			c, err := connect(qctx, g.cfg)
+			c, err := connectPrimary(qctx, g.cfg) // pg_stat_replication lists the standbys there
 			if err != nil {
 				return nil, err
 			}
@@ -223,7 +223,7 @@ func CheckStandbys(ctx context.Context, cfg Config) ([]StandbyCheck, error) {
 		return nil, nil
 	}
 	cfg.setDefaults()
-	conn, err := connect(ctx, cfg)
+	conn, err := connectPrimary(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}

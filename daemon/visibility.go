@@ -247,7 +247,7 @@ func (g *visibilityGate) snapshot(ctx context.Context) (replication.Snapshot, er
 		qctx, cancel := context.WithTimeout(ctx, max(g.timeout, replicaQueryTimeout))
 		defer cancel()
 		if g.conn == nil {
-			c, err := connect(qctx, g.cfg)
+			c, err := connectPrimary(qctx, g.cfg) // where readers see commits; a standby that decodes has replayed them
 			if err != nil {
 				return replication.Snapshot{}, err
 			}

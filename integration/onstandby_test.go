@@ -20,7 +20,8 @@ import (
 // the primary in primary_url, as a user whose primary is short of CPU
 // would: the slot is on the standby, and the primary takes the
 // publication, the heartbeats and the snapshot records. Rows change on the
-// primary; their keys go. Idle, the slot still moves (heartbeats on the
+// primary; their keys go. The canary comes back and /readyz is 200. Idle,
+// the slot still moves (heartbeats on the
 // primary reach the standby's walsender). The standby restarted, the
 // daemon streams on. The primary restarted with wal_level = replica, the
 // standby invalidates the slot, and the daemon stops with a message that
@@ -53,6 +54,7 @@ func TestDecodingOnAStandby(t *testing.T) {
 	cfg.PostgresURL, cfg.PrimaryURL = standbyURL, dbURL
 	cfg.Heartbeat = 200 * time.Millisecond
 	cfg.MaxBackoff = 200 * time.Millisecond
+	cfg.CanaryKey = f.key("canary:<slot>")
 	version := serverVersion(t, dbURL)
 	if version < 160000 {
 		err := daemon.Run(ctx, cfg)
@@ -63,6 +65,7 @@ func TestDecodingOnAStandby(t *testing.T) {
 		return
 	}
 
+	cfg.MetricsAddr = metricsAddr(t)
 	start := time.Now()
 	r := f.startUnready(cfg)
 	waitStreaming(t, standbyURL, r.done)
@@ -75,6 +78,19 @@ func TestDecodingOnAStandby(t *testing.T) {
 	f.exec("UPDATE items SET v = v + 1 WHERE id = 1")
 	f.exec("DELETE FROM items WHERE id = 2")
 	f.waitGone("item:1", "item:2")
+
+	// The canary, written on the primary, comes back through the standby's
+	// stream, and /readyz says so.
+	waitFor(t, 30*time.Second, func() bool {
+		v, ok := canarySeconds(t, cfg.MetricsAddr)
+		code, _ := readyz(t, cfg.MetricsAddr)
+		return ok && v > 0 && code == 200
+	}, func() string {
+		code, body := readyz(t, cfg.MetricsAddr)
+		return fmt.Sprintf("no canary round trip, or /readyz %d %q", code, body)
+	})
+	v, _ := canarySeconds(t, cfg.MetricsAddr)
+	t.Logf("canary round trip through the standby: %.1f ms", v*1000)
 
 	// Idle: only heartbeats, written on the primary, move the slot.
 	before := readSlot(t, standbyURL).ConfirmedFlushLSN

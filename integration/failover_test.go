@@ -44,12 +44,7 @@ import (
 func TestFailoverSlotKeepsTheCacheWarm(t *testing.T) {
 	t.Parallel() // its own servers; its keys under its own prefix
 	ctx := context.Background()
-	primary, err := localsvc.StartPostgres(ctx, localsvc.PostgresOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { primary.Close() })
-	dbURL := testenv.NewDatabase(t, primary.URL())
+	primary, dbURL := newPrimary(t)
 	f := newFixtureAt(t, dbURL, env.RedisURL, itemsSchema, markerSchema)
 	if version := serverVersion(t, dbURL); version < 170000 {
 		f.startConfig(f.config(f.rules(itemsRules)))
@@ -115,6 +110,17 @@ func TestFailoverSlotKeepsTheCacheWarm(t *testing.T) {
 	if !f.exists("item:7") {
 		t.Error("item:7, which no change touched, is gone: the failover flushed the cache")
 	}
+}
+
+// newPrimary starts a PostgreSQL of the test's own, with a new database.
+func newPrimary(t *testing.T) (*localsvc.Postgres, string) {
+	t.Helper()
+	primary, err := localsvc.StartPostgres(context.Background(), localsvc.PostgresOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { primary.Close() })
+	return primary, testenv.NewDatabase(t, primary.URL())
 }
 
 // failoverPair is a primary and a physical standby set up for failover
@@ -230,12 +236,7 @@ func readSlot(t *testing.T, url string) replication.SlotInfo {
 func TestFailoverLosesCommitsTheStandbyNeverGot(t *testing.T) {
 	t.Parallel() // its own servers; its keys under its own prefix
 	ctx := context.Background()
-	primary, err := localsvc.StartPostgres(ctx, localsvc.PostgresOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { primary.Close() })
-	dbURL := testenv.NewDatabase(t, primary.URL())
+	primary, dbURL := newPrimary(t)
 	f := newFixtureAt(t, dbURL, env.RedisURL, itemsSchema, markerSchema)
 	version := serverVersion(t, dbURL)
 	pair := newFailoverPair(t, primary, dbURL, false)
@@ -319,12 +320,7 @@ func pgxQueryRow(t *testing.T, url, sql string, dest ...any) error {
 func TestFailoverUnderLoad(t *testing.T) {
 	t.Parallel() // its own servers; its keys under its own prefix
 	ctx := context.Background()
-	primary, err := localsvc.StartPostgres(ctx, localsvc.PostgresOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { primary.Close() })
-	dbURL := testenv.NewDatabase(t, primary.URL())
+	primary, dbURL := newPrimary(t)
 	const rows = 200
 	f := newFixtureAt(t, dbURL, env.RedisURL, itemsSchema, markerSchema, raceload.Schema(rows))
 	version := serverVersion(t, dbURL)
@@ -392,9 +388,10 @@ redelete_after = "300ms"
 	}
 }
 
-// writeLoad updates random rows of race_items through url until ctx ends,
-// connecting again after an error, as an application's pool would.
-func writeLoad(ctx context.Context, url string, rows int, writes *atomic.Int64) {
+// everConnected runs step with a connection to url until ctx ends,
+// connecting again after a failed connect or a failed step, as an
+// application's pool would through a failover.
+func everConnected(ctx context.Context, url string, step func(*pgx.Conn) error) {
 	var conn *pgx.Conn
 	defer func() {
 		if conn != nil {
@@ -410,48 +407,42 @@ func writeLoad(ctx context.Context, url string, rows int, writes *atomic.Int64) 
 			}
 			conn = c
 		}
-		if _, err := conn.Exec(ctx, "UPDATE race_items SET v = v + 1 WHERE id = $1", 1+rand.IntN(rows)); err != nil {
+		if err := step(conn); err != nil {
 			conn.Close(context.Background())
 			conn = nil
-			continue
+		}
+	}
+}
+
+// writeLoad updates random rows of race_items through url until ctx ends.
+func writeLoad(ctx context.Context, url string, rows int, writes *atomic.Int64) {
+	everConnected(ctx, url, func(conn *pgx.Conn) error {
+		if _, err := conn.Exec(ctx, "UPDATE race_items SET v = v + 1 WHERE id = $1", 1+rand.IntN(rows)); err != nil {
+			return err
 		}
 		writes.Add(1)
 		time.Sleep(2 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // readLoad is a cache-aside reader of race_items: on a miss it reads the
 // row through url, pauses a few milliseconds, and SETs it.
 func readLoad(ctx context.Context, url string, rdb *redis.Client, prefix string, rows int, sets *atomic.Int64) {
-	var conn *pgx.Conn
-	defer func() {
-		if conn != nil {
-			conn.Close(context.Background())
-		}
-	}()
-	for ctx.Err() == nil {
-		if conn == nil {
-			c, err := pgx.Connect(ctx, url)
-			if err != nil {
-				time.Sleep(50 * time.Millisecond)
-				continue
-			}
-			conn = c
-		}
+	everConnected(ctx, url, func(conn *pgx.Conn) error {
 		id := 1 + rand.IntN(rows)
 		key := raceload.Key(prefix, id)
 		if err := rdb.Get(ctx, key).Err(); err != redis.Nil {
-			continue // a hit, or Redis busy
+			return nil // a hit, or Redis busy
 		}
 		var v int64
 		if err := conn.QueryRow(ctx, "SELECT v FROM race_items WHERE id = $1", id).Scan(&v); err != nil {
-			conn.Close(context.Background())
-			conn = nil
-			continue
+			return err
 		}
 		time.Sleep(time.Duration(rand.IntN(3)) * time.Millisecond)
 		if rdb.Set(context.WithoutCancel(ctx), key, v, time.Hour).Err() == nil {
 			sets.Add(1)
 		}
-	}
+		return nil
+	})
 }

@@ -32,12 +32,7 @@ import (
 func TestDecodingOnAStandby(t *testing.T) {
 	t.Parallel() // its own servers; its keys under its own prefix
 	ctx := context.Background()
-	primary, err := localsvc.StartPostgres(ctx, localsvc.PostgresOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { primary.Close() })
-	dbURL := testenv.NewDatabase(t, primary.URL())
+	primary, dbURL := newPrimary(t)
 	f := newFixtureAt(t, dbURL, env.RedisURL, itemsSchema, markerSchema)
 	testenv.Exec(t, primary.URL(), "SELECT pg_create_physical_replication_slot('standby1')")
 	standby, err := localsvc.StartStandby(ctx, primary, localsvc.StandbyOptions{Name: "standby1",

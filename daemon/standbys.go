@@ -53,6 +53,9 @@ type standbyGate struct {
 	conn    *pgx.Conn // opened at the first wait, kept; nil after an error
 
 	failing bool // the last read of positions failed; logged once
+	// stopping is told of each failed read, which may say the server is
+	// shutting down; nil: nobody listens.
+	stopping *serverStopping
 
 	mu      sync.Mutex        // protects lagging
 	lagging map[string]string // standbys given up on, and why
@@ -185,6 +188,9 @@ func (g *standbyGate) positions(ctx context.Context) (map[string]replication.Sta
 		}
 		return pos, err
 	}()
+	if err != nil && g.stopping != nil {
+		g.stopping.note(err)
+	}
 	switch {
 	case err != nil && !g.failing && ctx.Err() == nil:
 		g.failing = true

@@ -74,6 +74,9 @@ type visibilityGate struct {
 	targets fanout    // where late batches are applied again
 	conn    *pgx.Conn // opened at the first read, kept; nil after an error
 	failing bool      // the last read failed; logged once
+	// stopping is told of each failed read, which may say the server is
+	// shutting down; nil: nobody listens.
+	stopping *serverStopping
 
 	// sync is true while the server has synchronous_standby_names set, as
 	// the catalog watch last read it: VisibilityAuto waits then.
@@ -259,6 +262,9 @@ func (g *visibilityGate) snapshot(ctx context.Context) (replication.Snapshot, er
 		}
 		return snap, err
 	}()
+	if err != nil && g.stopping != nil {
+		g.stopping.note(err)
+	}
 	switch {
 	case err != nil && !g.failing && ctx.Err() == nil:
 		g.failing = true

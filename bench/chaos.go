@@ -76,6 +76,12 @@ import (
 // cause (a daemon exiting on its own, a fault that did not take), or when
 // the harness failed.
 
+// chaosCalm is how long the load runs after the last fault: longer than a
+// catalog poll, so that a swap's or a detach's flush is done, and the caches
+// fill again under load, before the load stops and the final check reads
+// them.
+const chaosCalm = chaosCatalogPoll + 10*time.Second
+
 // chaosOptions are the command-line flags.
 type chaosOptions struct {
 	duration time.Duration
@@ -295,6 +301,14 @@ func (c *chaos) run(ctx context.Context, res *chaosResult) (*ackChecker, *readyS
 	c.step("load: %d writers, %d readers; a fault every 2-5 s for %s", c.o.writers, c.o.readers, c.o.duration)
 
 	err = c.injectFaults(ctx, c.o.duration)
+	if err == nil {
+		// The load goes on without faults for a while: the caches fill
+		// again after the last flushes, under the writers, and what the
+		// final check finds cached is that.
+		c.step("faults over; the load goes on for %s", chaosCalm)
+		sleepCtx(ctx, chaosCalm)
+		err = ctx.Err()
+	}
 	stopLoad()
 	load.Wait()
 	if err != nil {

@@ -73,9 +73,12 @@ type ackChecker struct {
 	next    int          // index in the commit log of the next record to take
 	pending []*pendingTx // taken, not yet seen applied
 
-	mu      sync.Mutex      // protects the fields below, which the report reads
-	windows []time.Duration // stale window of each transaction seen applied
-	longest struct {
+	mu sync.Mutex // protects the fields below, which the report reads
+	// windows is the stale window of each transaction seen applied, but
+	// those of chaos_items committed in a swap's window, which wait for the
+	// catalog watch's flush (up to its poll): swapped.
+	windows, swapped []time.Duration
+	longest          struct {
 		d   time.Duration
 		xid uint64
 		at  time.Time // its commit
@@ -169,7 +172,7 @@ func (a *ackChecker) round(ctx context.Context, final bool) {
 		stale, exempt := a.staleKeys(p, values)
 		switch {
 		case len(stale) == 0:
-			a.applied(p.rec, now.Sub(p.rec.commit))
+			a.applied(p, now.Sub(p.rec.commit))
 		case confirmed >= p.rec.after && (final || len(stale) > exempt):
 			a.lost = append(a.lost, fmt.Sprintf("xid %d committed at %s (WAL %X, acknowledged: confirmed_flush_lsn %X), %s later still not applied: %s",
 				p.rec.xid, p.rec.commit.UTC().Format("15:04:05.000"), p.rec.after, confirmed, now.Sub(p.rec.commit).Round(time.Millisecond),
@@ -223,10 +226,14 @@ func (t *chaosTarget) lostSince(at time.Time) bool {
 	return t.lostData.After(at)
 }
 
-func (a *ackChecker) applied(rec *txRecord, window time.Duration) {
+func (a *ackChecker) applied(p *pendingTx, window time.Duration) {
+	if p.swap != nil {
+		a.swapped = append(a.swapped, window)
+		return
+	}
 	a.windows = append(a.windows, window)
 	if window > a.longest.d {
-		a.longest.d, a.longest.xid, a.longest.at = window, rec.xid, rec.commit
+		a.longest.d, a.longest.xid, a.longest.at = window, p.rec.xid, p.rec.commit
 	}
 }
 
@@ -274,11 +281,15 @@ func mget(ctx context.Context, rdb *redis.Client, keys []string) (map[string]str
 	return out, nil
 }
 
-// windowStats returns the stale windows' count, median, 99th percentile
-// and longest.
-func (a *ackChecker) windowStats() (n int, p50, p99, longest time.Duration) {
+// windowStats returns the count, median, 99th percentile and longest of
+// the stale windows: of the transactions a swap held back with swapped,
+// else of the others.
+func (a *ackChecker) windowStats(swapped bool) (n int, p50, p99, longest time.Duration) {
 	a.mu.Lock()
 	ws := slices.Clone(a.windows)
+	if swapped {
+		ws = slices.Clone(a.swapped)
+	}
 	a.mu.Unlock()
 	if len(ws) == 0 {
 		return 0, 0, 0, 0

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -81,16 +82,41 @@ func (l *faultLog) lastCatalog() time.Time {
 // start of the next, drawn between the two.
 var faultGap = [2]time.Duration{2 * time.Second, 5 * time.Second}
 
+// faultDraw is what the chooser draws for one fault: the pause before it,
+// which kind, and the kind's parameters, each in [0, 1).
+type faultDraw struct {
+	gap  time.Duration
+	kind int
+	p    [3]float64
+}
+
+// faultPlan draws the faults of a seed, always the same way whatever the
+// run then does with them.
+type faultPlan struct {
+	rng   *rand.Rand
+	kinds int
+}
+
+func newFaultPlan(seed uint64, kinds int) *faultPlan {
+	return &faultPlan{rng: rand.New(rand.NewPCG(seed, 0)), kinds: kinds}
+}
+
+func (f *faultPlan) next() faultDraw {
+	d := faultDraw{gap: faultGap[0] + time.Duration(f.rng.Float64()*float64(faultGap[1]-faultGap[0]))}
+	d.kind = f.rng.IntN(f.kinds)
+	d.p = [3]float64{f.rng.Float64(), f.rng.Float64(), f.rng.Float64()}
+	return d
+}
+
 // injectFaults runs the chooser for d.
 func (c *chaos) injectFaults(ctx context.Context, d time.Duration) error {
-	rng := rand.New(rand.NewPCG(c.o.seed, 0))
 	kinds := c.faultKinds()
+	plan := newFaultPlan(c.o.seed, len(kinds))
 	end := time.Now().Add(d)
 	for n := 1; ; n++ {
-		gap := faultGap[0] + time.Duration(rng.Float64()*float64(faultGap[1]-faultGap[0]))
-		k := kinds[rng.IntN(len(kinds))]
-		p := [3]float64{rng.Float64(), rng.Float64(), rng.Float64()}
-		sleepCtx(ctx, gap)
+		draw := plan.next()
+		k := kinds[draw.kind]
+		sleepCtx(ctx, draw.gap)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -103,7 +129,7 @@ func (c *chaos) injectFaults(ctx context.Context, d time.Duration) error {
 			continue
 		}
 		start := time.Now()
-		what, err := k.inject(ctx, p)
+		what, err := k.inject(ctx, draw.p)
 		if err != nil {
 			return fmt.Errorf("fault %d (%s): %w", n, k.name, err)
 		}
@@ -317,14 +343,27 @@ func (c *chaos) sentinelKillBlocked(ctx context.Context) string {
 	if err != nil {
 		return "the master does not answer: " + err.Error()
 	}
-	if infoField(info, "connected_slaves") == "0" {
-		return "the master has no replica yet"
-	}
-	offset := infoField(info, "master_repl_offset")
-	if !strings.Contains(info, "state=online,offset="+offset+",") {
-		return "the replica is not in sync"
+	if behind, ok := replicaBehind(info); !ok || behind > 1<<20 {
+		return "the replica is not online, or is more than 1 MiB behind"
 	}
 	return ""
+}
+
+// replicaBehind reads, from a master's INFO replication, how many bytes
+// its first replica is behind; false when it has none online.
+func replicaBehind(info string) (int64, bool) {
+	master, err := strconv.ParseInt(infoField(info, "master_repl_offset"), 10, 64)
+	if err != nil {
+		return 0, false
+	}
+	// slave0:ip=127.0.0.1,port=6380,state=online,offset=1234,lag=0
+	for f := range strings.SplitSeq(infoField(info, "slave0"), ",") {
+		if v, ok := strings.CutPrefix(f, "offset="); ok && strings.Contains(info, "state=online") {
+			replica, err := strconv.ParseInt(v, 10, 64)
+			return master - replica, err == nil
+		}
+	}
+	return 0, false
 }
 
 // sentinelKill kills the Sentinel group's master with SIGKILL, for good,

@@ -38,11 +38,16 @@ func (c *chaos) report(w io.Writer, res *chaosResult, ack *ackChecker, ready *re
 	}
 	var lost []string
 	if ack != nil {
-		n, p50, p99, longest := ack.windowStats()
+		n, p50, p99, longest := ack.windowStats(false)
+		sn, _, _, slongest := ack.windowStats(true)
 		ack.mu.Lock()
 		fmt.Fprintf(&b, "stale windows (COMMIT to the first check that saw every key applied, checked every %s): %d transactions, median %s, p99 %s, longest %s (xid %d, committed %s)\n",
 			ackInterval, n, p50.Round(time.Millisecond), p99.Round(time.Millisecond), longest.Round(time.Millisecond), ack.longest.xid,
 			ack.longest.at.UTC().Format("15:04:05.000"))
+		if sn > 0 {
+			fmt.Fprintf(&b, "  and %d transactions of chaos_items committed between a swap and its flush (not streamed; the catalog watch's flush covers them, up to its %s poll later): longest %s\n",
+				sn, chaosCatalogPoll, slongest.Round(time.Millisecond))
+		}
 		fmt.Fprintf(&b, "acknowledgement check: %d rounds, %d cut short by a server down, %d version keys unverifiable (their target lost its data); lost: %d\n",
 			ack.rounds, ack.errors, ack.unverified, len(ack.lost))
 		lost = ack.lost

@@ -438,11 +438,22 @@ type ctlConn struct {
 	conn *pgx.Conn  // nil until the first use, and after a failure
 }
 
-// do runs f on the connection, connecting first if needed. A connection f
-// left broken is dropped, to be made again by the next call.
+// do runs f on the connection, connecting first if needed, or again if the
+// server ended it. A connection f left broken is dropped, to be made again
+// by the next call.
 func (c *ctlConn) do(ctx context.Context, f func(*pgx.Conn) error) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.conn != nil {
+		// A connection the server ended (a restart) fails at its next
+		// use: find out now, and make a new one.
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		if c.conn.Ping(pctx) != nil {
+			c.conn.Close(context.Background())
+			c.conn = nil
+		}
+		cancel()
+	}
 	if c.conn == nil || c.conn.IsClosed() {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		conn, err := pgx.Connect(cctx, c.url)

@@ -137,14 +137,21 @@ func (c *conn) close() {
 	})
 }
 
-// Silence stops forwarding on every connection accepted so far, in both
-// directions, and leaves them open. It returns how many it silenced, ended
-// ones included.
+// Silence stops forwarding on every connection accepted so far that is
+// still open, in both directions, and leaves them open. It returns how many
+// it silenced. Connections that ended are forgotten.
 func (p *Proxy) Silence() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	n := 0
+	open := p.conns[:0]
 	for _, c := range p.conns {
+		select {
+		case <-c.closed:
+			continue
+		default:
+		}
+		open = append(open, c)
 		select {
 		case <-c.silent:
 		default:
@@ -152,6 +159,8 @@ func (p *Proxy) Silence() int {
 			n++
 		}
 	}
+	clear(p.conns[len(open):])
+	p.conns = open
 	return n
 }
 

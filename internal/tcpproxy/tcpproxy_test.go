@@ -154,4 +154,29 @@ func TestCloseSilenced(t *testing.T) {
 	if n := p.CloseSilenced(); n != 0 {
 		t.Fatalf("CloseSilenced() again = %d, want 0", n)
 	}
+	// A connection that ended is not silenced, nor counted.
+	ended, _ := dial(t, p.Addr())
+	ended.Close()
+	waitEnded := time.Now().Add(5 * time.Second)
+	for open, all := p.openConns(); (all != 2 || open != 1) && time.Now().Before(waitEnded); open, all = p.openConns() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := p.Silence(); n != 1 {
+		t.Fatalf("Silence() with one live connection and one ended = %d, want 1", n)
+	}
+}
+
+// openConns counts the connections the proxy holds that have not ended,
+// and all it holds.
+func (p *Proxy) openConns() (open, all int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		select {
+		case <-c.closed:
+		default:
+			open++
+		}
+	}
+	return open, len(p.conns)
 }

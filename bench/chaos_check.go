@@ -307,8 +307,8 @@ const readyInterval = 250 * time.Millisecond
 // readySlack is how much later than the ready window a daemon may still
 // answer 200 with nothing applied: one heartbeat, since the canary that
 // reports a stall reporting no error goes out once per heartbeat, plus a
-// margin for the sampling and a loaded machine.
-const readySlack = chaosHeartbeat + 1500*time.Millisecond
+// second for the sampling and a loaded machine.
+const readySlack = chaosHeartbeat + time.Second
 
 // readySampler watches every daemon's /readyz and its applied counters.
 type readySampler struct {

@@ -299,11 +299,11 @@ func (c *chaos) redisRestart(ctx context.Context, p [3]float64) (string, error) 
 	return fmt.Sprintf("Redis %s, %s, down %s", c.redis.Addr(), how, down.Round(10*time.Millisecond)), nil
 }
 
-// clientPause pauses the plain Redis's writes for 1-7 s: it answers PING
+// clientPause pauses the plain Redis's writes for 1-10 s: it answers PING
 // and reads, and applies nothing.
 func (c *chaos) clientPause(ctx context.Context, p [3]float64) (string, error) {
 	t := c.targets[0]
-	d := time.Second + time.Duration(p[0]*float64(6*time.Second))
+	d := time.Second + time.Duration(p[0]*float64(9*time.Second))
 	t.setFaulty(true)
 	defer t.setFaulty(false)
 	admin := redis.NewClient(chaosRedisOptions(c.redis.Addr()))
@@ -450,10 +450,10 @@ func (c *chaos) walsenders(ctx context.Context) string {
 }
 
 // pgSilence silences every connection through the proxy (the daemons'),
-// and swallows new ones, for 2-7 s; then lets new ones through, and 0-5 s
+// and swallows new ones, for 2-10 s; then lets new ones through, and 0-5 s
 // later closes the silenced ones, as the network coming back does.
 func (c *chaos) pgSilence(ctx context.Context, p [3]float64) (string, error) {
-	d := 2*time.Second + time.Duration(p[0]*float64(5*time.Second))
+	d := 2*time.Second + time.Duration(p[0]*float64(8*time.Second))
 	after := time.Duration(p[1] * float64(5*time.Second))
 	n := c.proxy.Silence()
 	c.proxy.SwallowNew(true)

@@ -31,10 +31,12 @@ import (
 const (
 	chaosSlot        = "chaos"
 	chaosStandbyName = "chaos_standby"
-	// chaosReadyWindow is the daemons' --ready-window: shorter than the
-	// default 30 s, so that a run of two minutes sees /readyz turn and
-	// come back several times.
-	chaosReadyWindow = 5 * time.Second
+	// chaosReadyWindow is the daemons' --ready-window: much shorter than
+	// the default 30 s, so that the faults (a Redis paused, PostgreSQL
+	// silenced, for up to 10 s) stall invalidation for longer than it and
+	// /readyz must turn: a daemon that said ready throughout would fail the
+	// readiness check.
+	chaosReadyWindow = 3 * time.Second
 	// chaosHeartbeat is the rules' [postgres] heartbeat: how often a canary
 	// goes out, which bounds how late /readyz may notice a stall that
 	// reports no error (about heartbeat plus the ready window).

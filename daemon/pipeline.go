@@ -170,7 +170,7 @@ func (p *pipeline) session(ctx context.Context) error {
 	defer p.m.streaming.Store(false)
 	if p.canary != nil {
 		p.canary.start(stream.Messages())
-		defer p.canary.stop()
+		defer func() { p.canary.stop(time.Now()) }()
 	}
 	if p.dryRun {
 		p.log.Info("dry run: streaming from a temporary slot; only transactions committed from now on are shown, and nothing is applied",

@@ -207,6 +207,16 @@ func runChaos(ctx context.Context, o chaosOptions, w io.Writer) int {
 	fmt.Fprintf(w, "chaos: seed %d (replay with CHAOS_SEED=%d), faults for %s, started %s\n", o.seed, o.seed, o.duration, c.t0.UTC().Format(time.RFC3339))
 	ack, ready, err := c.run(ctx, res)
 	res.harnessErr = err
+	if ack != nil {
+		ack.mu.Lock()
+		res.lost = len(ack.lost)
+		ack.mu.Unlock()
+	}
+	if ready != nil {
+		ready.mu.Lock()
+		res.violations = ready.violations
+		ready.mu.Unlock()
+	}
 	res.duration = time.Since(c.t0)
 	res.transactions = c.load.committed.Load()
 	res.faults = c.faults.total()
@@ -326,12 +336,6 @@ func (c *chaos) run(ctx context.Context, res *chaosResult) (*ackChecker, *readyS
 	if res.final, err = c.finalCheck(ctx); err != nil {
 		return ack, ready, err
 	}
-	ack.mu.Lock()
-	res.lost = len(ack.lost)
-	ack.mu.Unlock()
-	ready.mu.Lock()
-	res.violations = ready.violations
-	ready.mu.Unlock()
 	for _, u := range c.units {
 		u.enable(false)
 	}
@@ -386,14 +390,15 @@ func (c *chaos) quiesce(ctx context.Context) error {
 		return fmt.Errorf("the sentinel transaction: %w", err)
 	}
 	var why string
-	ok := waitFor(ctx, 3*time.Minute, func() bool {
+	ok := waitFor(ctx, 2*time.Minute, func() bool {
 		why = c.caughtUp(ctx, rec)
 		return why == ""
 	})
-	if !ok {
-		return fmt.Errorf("the daemon did not catch up within 3 minutes of the sentinel transaction: %s", why)
+	if !ok && ctx.Err() == nil {
+		// The checks still run: what the daemon left undone shows there.
+		c.anomaly("the daemon did not catch up within 2 minutes of the sentinel transaction: %s", why)
 	}
-	return nil
+	return ctx.Err()
 }
 
 // readMachine says where the run ran, as the other scenarios do.

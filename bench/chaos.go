@@ -236,110 +236,127 @@ func runChaos(ctx context.Context, o chaosOptions, w io.Writer) int {
 // run sets up, loads, injects faults, quiesces and checks. ack and ready
 // are returned for the report even when it fails half-way.
 func (c *chaos) run(ctx context.Context, res *chaosResult) (*ackChecker, *readySampler, error) {
-	var err error
-	if c.root, err = moduleRoot(); err != nil {
+	if err := c.setup(ctx); err != nil {
 		return nil, nil, err
 	}
-	if c.tmp, err = os.MkdirTemp("", "pginv-chaos-"); err != nil {
-		return nil, nil, err
-	}
-	c.out = c.o.outDir
-	if c.out == "" {
-		c.out = filepath.Join(c.root, "bench", "results", "local", "chaos", fileStamp(c.t0))
-	}
-	if err := os.MkdirAll(c.out, 0o755); err != nil {
-		return nil, nil, err
-	}
-	if c.logf, err = os.Create(filepath.Join(c.out, "chaos.log")); err != nil {
-		return nil, nil, err
-	}
-	invalidator.SetLogger(discardLogger()) // the harness's own clients: a line per failed dial while a Redis is down
-	c.step("building pg-invalidator")
-	if c.daemonBin, err = buildDaemon(ctx, c.root, c.tmp); err != nil {
-		return nil, nil, err
-	}
-	if err := c.startServers(ctx); err != nil {
-		return nil, nil, err
-	}
-	if c.machine, err = c.readMachine(ctx); err != nil {
-		return nil, nil, err
-	}
-	c.rulesPath = filepath.Join(c.tmp, "rules.toml")
-	if err := c.writeRules(0); err != nil {
-		return nil, nil, err
-	}
-	for _, name := range []string{"a", "b"} {
-		u, err := c.newUnit(name)
-		if err != nil {
-			return nil, nil, err
-		}
-		c.units = append(c.units, u)
-	}
-
-	// Daemons, then the samplers, then the load: the first daemon creates
+	// Daemons, then the checkers, then the load: the first daemon creates
 	// the slot, and nothing is cached before it streams.
-	superCtx, stopSupervisors := context.WithCancel(context.Background())
-	var supervisors sync.WaitGroup
-	defer func() {
-		stopSupervisors()
-		supervisors.Wait()
-	}()
-	for _, u := range c.units {
-		supervisors.Go(func() { c.supervise(superCtx, u) })
+	stopDaemons, err := c.startDaemons(ctx)
+	defer stopDaemons()
+	if err != nil {
+		return nil, nil, err
 	}
-	c.units[0].enable(true)
-	c.step("starting daemon a, and waiting until it streams")
-	if !waitFor(ctx, 60*time.Second, func() bool { return c.slotHolder(ctx) == c.units[0] && c.units[0].ready() }) {
-		return nil, nil, fmt.Errorf("daemon a did not stream and answer /readyz 200 within 60s; its log %s ends:\n%s", c.units[0].logPath, tail(c.units[0].logPath))
-	}
-
 	ack := &ackChecker{c: c, conn: &ctlConn{url: c.pg.URL()}}
 	ready := &readySampler{c: c, procs: map[int]*procState{}}
 	sampleCtx, stopSamplers := context.WithCancel(context.Background())
 	var samplers sync.WaitGroup
 	samplers.Go(func() { ack.run(sampleCtx) })
 	samplers.Go(func() { ready.run(sampleCtx) })
-	stopSampling := func() {
-		stopSamplers()
-		samplers.Wait()
-		ack.conn.close()
-	}
 
-	loadCtx, stopLoad := context.WithCancel(ctx)
-	var load sync.WaitGroup
-	c.startLoad(loadCtx, &load)
-	c.step("load: %d writers, %d readers; a fault every 2-5 s for %s", c.o.writers, c.o.readers, c.o.duration)
-
-	err = c.injectFaults(ctx, c.o.duration)
+	err = c.loadUnderFaults(ctx)
 	if err == nil {
-		// The load goes on without faults for a while: the caches fill
-		// again after the last flushes, under the writers, and what the
-		// final check finds cached is that.
-		c.step("faults over; the load goes on for %s", chaosCalm)
-		sleepCtx(ctx, chaosCalm)
-		err = ctx.Err()
+		c.step("load stopped after %d transactions; waiting for the daemon to catch up", c.load.committed.Load())
+		err = c.quiesce(ctx)
 	}
-	stopLoad()
-	load.Wait()
+	stopSamplers()
+	samplers.Wait()
+	ack.conn.close()
 	if err != nil {
-		stopSampling()
 		return ack, ready, err
 	}
-	c.step("load stopped after %d transactions; waiting for the daemon to catch up", c.load.committed.Load())
-	if err := c.quiesce(ctx); err != nil {
-		stopSampling()
-		return ack, ready, err
-	}
-	stopSampling()
 	ack.round(ctx, true) // what is still pending now, the slot has passed: applied or lost
 	c.step("checking every cached entry")
-	if res.final, err = c.finalCheck(ctx); err != nil {
-		return ack, ready, err
+	res.final, err = c.finalCheck(ctx)
+	return ack, ready, err
+}
+
+// setup makes the directories, builds the daemon, starts the servers and
+// writes the first rule set.
+func (c *chaos) setup(ctx context.Context) error {
+	var err error
+	if c.root, err = moduleRoot(); err != nil {
+		return err
+	}
+	if c.tmp, err = os.MkdirTemp("", "pginv-chaos-"); err != nil {
+		return err
+	}
+	c.out = c.o.outDir
+	if c.out == "" {
+		c.out = filepath.Join(c.root, "bench", "results", "local", "chaos", fileStamp(c.t0))
+	}
+	if err := os.MkdirAll(c.out, 0o755); err != nil {
+		return err
+	}
+	if c.logf, err = os.Create(filepath.Join(c.out, "chaos.log")); err != nil {
+		return err
+	}
+	invalidator.SetLogger(discardLogger()) // the harness's own clients: a line per failed dial while a Redis is down
+	c.step("building pg-invalidator")
+	if c.daemonBin, err = buildDaemon(ctx, c.root, c.tmp); err != nil {
+		return err
+	}
+	if err := c.startServers(ctx); err != nil {
+		return err
+	}
+	if c.machine, err = c.readMachine(ctx); err != nil {
+		return err
+	}
+	c.rulesPath = filepath.Join(c.tmp, "rules.toml")
+	return c.writeRules(0)
+}
+
+// startDaemons starts the two daemons' supervisors, with daemon a enabled,
+// and waits until it streams. stop stops the supervisors, whatever the
+// error.
+func (c *chaos) startDaemons(ctx context.Context) (stop func(), err error) {
+	for _, name := range []string{"a", "b"} {
+		u, err := c.newUnit(name)
+		if err != nil {
+			return func() {}, err
+		}
+		c.units = append(c.units, u)
+	}
+	superCtx, stopSupervisors := context.WithCancel(context.Background())
+	var supervisors sync.WaitGroup
+	stop = func() {
+		for _, u := range c.units {
+			u.enable(false)
+		}
+		stopSupervisors()
+		supervisors.Wait()
 	}
 	for _, u := range c.units {
-		u.enable(false)
+		supervisors.Go(func() { c.supervise(superCtx, u) })
 	}
-	return ack, ready, nil
+	a := c.units[0]
+	a.enable(true)
+	c.step("starting daemon a, and waiting until it streams")
+	if !waitFor(ctx, 60*time.Second, func() bool { return c.slotHolder(ctx) == a && a.ready() }) {
+		return stop, fmt.Errorf("daemon a did not stream and answer /readyz 200 within 60s; its log %s ends:\n%s", a.logPath, tail(a.logPath))
+	}
+	return stop, nil
+}
+
+// loadUnderFaults runs the load, injects faults for the run's duration,
+// lets the load go on for chaosCalm without them, and stops it.
+func (c *chaos) loadUnderFaults(ctx context.Context) error {
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	var load sync.WaitGroup
+	defer func() {
+		stopLoad()
+		load.Wait()
+	}()
+	c.startLoad(loadCtx, &load)
+	c.step("load: %d writers, %d readers; a fault every %s-%s for %s", c.o.writers, c.o.readers, faultGap[0], faultGap[1], c.o.duration)
+	if err := c.injectFaults(ctx, c.o.duration); err != nil {
+		return err
+	}
+	// The load goes on without faults for a while: the caches fill again
+	// after the last flushes, under the writers, and what the final check
+	// finds cached is that.
+	c.step("faults over; the load goes on for %s", chaosCalm)
+	sleepCtx(ctx, chaosCalm)
+	return ctx.Err()
 }
 
 // startLoad starts the writers and the readers on wg until ctx ends.

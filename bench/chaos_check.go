@@ -313,7 +313,7 @@ const readySlack = chaosHeartbeat + time.Second
 // readySampler watches every daemon's /readyz and its applied counters.
 type readySampler struct {
 	c     *chaos
-	procs map[int]*procState // by pid
+	procs map[int]*procState // by pid; the sampler's goroutine alone uses it
 
 	mu         sync.Mutex // protects the fields below
 	last       time.Time  // the last sample
@@ -322,17 +322,14 @@ type readySampler struct {
 	longestOff time.Duration // the longest stretch no daemon was ready
 	offSince   time.Time     // when the current stretch began; zero: ready
 	violations []string
-	worst      time.Duration // the longest a daemon answered 200 with work pending and nothing applied
 	samples    int
 }
 
 // procState is what the sampler knows of one daemon process.
 type procState struct {
-	unit        string
-	applied     map[string]float64   // by target: commands applied, as /metrics counts them
-	advanced    map[string]time.Time // by target: when applied last moved (the process's first scrape, before it did)
-	reported    map[string]bool      // by target: a violation reported since applied last moved
-	firstScrape time.Time
+	applied  map[string]float64   // by target: commands applied, as /metrics counts them
+	advanced map[string]time.Time // by target: when applied last moved (the process's first scrape, before it did)
+	reported map[string]bool      // by target: a violation reported since applied last moved
 }
 
 func (s *readySampler) run(ctx context.Context) {
@@ -351,50 +348,7 @@ func (s *readySampler) run(ctx context.Context) {
 func (s *readySampler) sample() {
 	ready := false
 	for _, u := range s.c.units {
-		p, _ := u.running()
-		if p == nil {
-			continue
-		}
-		code, body := httpGetBody(u.metrics, "/readyz")
-		readyAt := time.Now()
-		m := scrapeMetrics(u.metrics)
-		if m == nil {
-			continue
-		}
-		scrapedAt := time.Now()
-		if code == http.StatusOK {
-			ready = true
-		}
-		st := s.procs[p.pid()]
-		if st == nil {
-			st = &procState{unit: u.name, applied: map[string]float64{}, advanced: map[string]time.Time{},
-				reported: map[string]bool{}, firstScrape: scrapedAt}
-			s.procs[p.pid()] = st
-		}
-		for _, t := range s.c.targets {
-			v := appliedCount(m, t.name)
-			if prev, ok := st.applied[t.name]; !ok || v != prev {
-				st.applied[t.name], st.advanced[t.name] = v, scrapedAt
-				st.reported[t.name] = false
-				continue
-			}
-			if code != http.StatusOK || st.reported[t.name] {
-				continue
-			}
-			first, ok := s.c.firstCommitAfter(st.advanced[t.name])
-			if !ok {
-				continue
-			}
-			if idle := readyAt.Sub(first); idle > chaosReadyWindow+readySlack {
-				st.reported[t.name] = true
-				s.mu.Lock()
-				s.violations = append(s.violations, fmt.Sprintf("daemon %s (pid %d) answered /readyz 200 at %s with nothing applied to target %s for %s while a transaction committed at %s waited; /readyz said %q",
-					u.name, p.pid(), readyAt.UTC().Format("15:04:05.000"), t.name, readyAt.Sub(st.advanced[t.name]).Round(time.Millisecond),
-					first.UTC().Format("15:04:05.000"), strings.TrimSpace(body)))
-				s.worst = max(s.worst, idle)
-				s.mu.Unlock()
-			}
-		}
+		ready = s.sampleUnit(u) || ready
 	}
 	now := time.Now()
 	s.mu.Lock()
@@ -411,6 +365,48 @@ func (s *readySampler) sample() {
 		s.offSince = time.Time{}
 	}
 	s.last, s.lastReady = now, ready
+}
+
+// sampleUnit reads u's /readyz, then its /metrics, notes what it applied to
+// each target, and reports whether it answered 200.
+func (s *readySampler) sampleUnit(u *unit) bool {
+	p, _ := u.running()
+	if p == nil {
+		return false
+	}
+	code, body := httpGetBody(u.metrics, "/readyz")
+	readyAt := time.Now()
+	m := scrapeMetrics(u.metrics)
+	if m == nil {
+		return code == http.StatusOK
+	}
+	scrapedAt := time.Now()
+	st := s.procs[p.pid()]
+	if st == nil {
+		st = &procState{applied: map[string]float64{}, advanced: map[string]time.Time{}, reported: map[string]bool{}}
+		s.procs[p.pid()] = st
+	}
+	for _, t := range s.c.targets {
+		v := appliedCount(m, t.name)
+		if prev, ok := st.applied[t.name]; !ok || v != prev {
+			st.applied[t.name], st.advanced[t.name] = v, scrapedAt
+			st.reported[t.name] = false
+			continue
+		}
+		if code != http.StatusOK || st.reported[t.name] {
+			continue
+		}
+		first, ok := s.c.firstCommitAfter(st.advanced[t.name])
+		if idle := readyAt.Sub(first); ok && idle > chaosReadyWindow+readySlack {
+			st.reported[t.name] = true
+			s.mu.Lock()
+			s.violations = append(s.violations, fmt.Sprintf("daemon %s (pid %d) answered /readyz 200 at %s with nothing applied to target %s for %s while a transaction committed at %s waited; /readyz said %q",
+				u.name, p.pid(), readyAt.UTC().Format("15:04:05.000"), t.name, readyAt.Sub(st.advanced[t.name]).Round(time.Millisecond),
+				first.UTC().Format("15:04:05.000"), strings.TrimSpace(body)))
+			s.mu.Unlock()
+		}
+	}
+	return code == http.StatusOK
 }
 
 // appliedCount sums what a daemon's /metrics says it applied to target:

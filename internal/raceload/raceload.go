@@ -3,7 +3,8 @@
 // the bench: readers that read a row from PostgreSQL (the primary or a
 // standby), pause, and SET it in Redis on a miss; writers that update rows
 // on the primary; and a count, once everything is quiet, of the cached
-// entries that hold an old value.
+// entries that hold an old value. Aside, one cache-aside read, is also the
+// reader of the bench's chaos run.
 //
 // It talks to the servers only as an application would; it knows nothing
 // of the daemon.

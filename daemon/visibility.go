@@ -247,7 +247,8 @@ func (g *visibilityGate) visible(txs []invisibleTx, visible func(xid uint32) boo
 // for visibility up to the timeout, as for a transaction not visible.
 func (g *visibilityGate) snapshot(ctx context.Context) (replication.Snapshot, error) {
 	snap, err := func() (replication.Snapshot, error) {
-		qctx, cancel := context.WithTimeout(ctx, max(g.timeout, replicaQueryTimeout))
+		// No longer than the primary may stay silent: see standbyGate.positions.
+		qctx, cancel := context.WithTimeout(ctx, gateQueryTimeout(g.timeout, g.cfg.Timeout))
 		defer cancel()
 		if g.conn == nil {
 			c, err := connect(qctx, g.cfg)

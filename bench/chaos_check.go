@@ -313,7 +313,7 @@ const readySlack = chaosHeartbeat + time.Second
 // readySampler watches every daemon's /readyz and its applied counters.
 type readySampler struct {
 	c     *chaos
-	procs map[int]*procState // by pid; the sampler's goroutine alone uses it
+	procs map[int]*procState // by pid; the sampler's goroutine alone writes it, under mu
 
 	mu         sync.Mutex // protects the fields below
 	last       time.Time  // the last sample
@@ -330,6 +330,33 @@ type procState struct {
 	applied  map[string]float64   // by target: commands applied, as /metrics counts them
 	advanced map[string]time.Time // by target: when applied last moved (the process's first scrape, before it did)
 	reported map[string]bool      // by target: a violation reported since applied last moved
+	counts   map[string]float64   // the last value of each of reportedCounts
+}
+
+// reportedCounts are the daemons' counters the report sums: what they did
+// about the faults.
+var reportedCounts = []struct{ series, what string }{
+	{"pg_invalidator_reconnects_total", "sessions ended and retried"},
+	{`pg_invalidator_replica_timeouts_total{standby="chaos_standby"}`, "standby given up on (readers of it could cache old rows)"},
+	{"pg_invalidator_visibility_timeouts_total", "transactions applied before visible"},
+	{`pg_invalidator_catalog_changes_total{change="swapped",table="public.chaos_items"}`, "swaps flushed"},
+	{`pg_invalidator_catalog_changes_total{change="partition",table="public.chaos_events"}`, "partition changes flushed"},
+	{"pg_invalidator_redelete_pauses_total", "re-delete queue full"},
+}
+
+// counts sums reportedCounts over every daemon process seen.
+func (s *readySampler) counts() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var parts []string
+	for _, rc := range reportedCounts {
+		sum := 0.0
+		for _, st := range s.procs {
+			sum += st.counts[rc.series]
+		}
+		parts = append(parts, fmt.Sprintf("%s %.0f", rc.what, sum))
+	}
+	return strings.Join(parts, ", ")
 }
 
 func (s *readySampler) run(ctx context.Context) {
@@ -383,9 +410,17 @@ func (s *readySampler) sampleUnit(u *unit) bool {
 	scrapedAt := time.Now()
 	st := s.procs[p.pid()]
 	if st == nil {
-		st = &procState{applied: map[string]float64{}, advanced: map[string]time.Time{}, reported: map[string]bool{}}
+		st = &procState{applied: map[string]float64{}, advanced: map[string]time.Time{}, reported: map[string]bool{},
+			counts: map[string]float64{}}
+		s.mu.Lock()
 		s.procs[p.pid()] = st
+		s.mu.Unlock()
 	}
+	s.mu.Lock()
+	for _, rc := range reportedCounts {
+		st.counts[rc.series] = m[rc.series]
+	}
+	s.mu.Unlock()
 	for _, t := range s.c.targets {
 		v := appliedCount(m, t.name)
 		if prev, ok := st.applied[t.name]; !ok || v != prev {

@@ -42,11 +42,18 @@ type faultLog struct {
 	mu       sync.Mutex     // protects the fields below
 	injected map[string]int // by kind
 	skipped  map[string]int // by kind
-	order    []string       // kinds, in the order injected
+	order    []faultRecord  // in the order injected
 	catalog  time.Time      // the last swap, detach or reload
 }
 
-func (l *faultLog) add(kind string, skipped bool) {
+// faultRecord is one fault injected.
+type faultRecord struct {
+	n          int // its number in the run, skipped ones counted
+	kind       string
+	start, end time.Time
+}
+
+func (l *faultLog) add(n int, kind string, skipped bool, start time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.injected == nil {
@@ -57,13 +64,29 @@ func (l *faultLog) add(kind string, skipped bool) {
 		return
 	}
 	l.injected[kind]++
-	l.order = append(l.order, kind)
+	l.order = append(l.order, faultRecord{n: n, kind: kind, start: start, end: time.Now()})
 }
 
 func (l *faultLog) total() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return len(l.order)
+}
+
+// before describes the last fault that began before t, and how long before
+// it ended; "" when none did.
+func (l *faultLog) before(t time.Time) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i := len(l.order) - 1; i >= 0; i-- {
+		if f := l.order[i]; f.start.Before(t) {
+			if f.end.After(t) {
+				return fmt.Sprintf("during fault %d, %s", f.n, f.kind)
+			}
+			return fmt.Sprintf("%s after fault %d, %s, ended", t.Sub(f.end).Round(10*time.Millisecond), f.n, f.kind)
+		}
+	}
+	return ""
 }
 
 func (l *faultLog) touchCatalog() {
@@ -124,7 +147,7 @@ func (c *chaos) injectFaults(ctx context.Context, d time.Duration) error {
 			return nil
 		}
 		if why := k.blocked(ctx); why != "" {
-			c.faults.add(k.name, true)
+			c.faults.add(n, k.name, true, time.Now())
 			c.step("fault %d: %s skipped: %s", n, k.name, why)
 			continue
 		}
@@ -133,7 +156,7 @@ func (c *chaos) injectFaults(ctx context.Context, d time.Duration) error {
 		if err != nil {
 			return fmt.Errorf("fault %d (%s): %w", n, k.name, err)
 		}
-		c.faults.add(k.name, false)
+		c.faults.add(n, k.name, false, start)
 		c.step("fault %d: %s: %s (%s)", n, k.name, what, time.Since(start).Round(10*time.Millisecond))
 	}
 }

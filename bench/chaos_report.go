@@ -41,9 +41,9 @@ func (c *chaos) report(w io.Writer, res *chaosResult, ack *ackChecker, ready *re
 		n, p50, p99, longest := ack.windowStats(false)
 		sn, _, _, slongest := ack.windowStats(true)
 		ack.mu.Lock()
-		fmt.Fprintf(&b, "stale windows (COMMIT to the first check that saw every key applied, checked every %s): %d transactions, median %s, p99 %s, longest %s (xid %d, committed %s)\n",
+		fmt.Fprintf(&b, "stale windows (COMMIT to the first check that saw every key applied, checked every %s): %d transactions, median %s, p99 %s, longest %s (xid %d, committed %s, %s)\n",
 			ackInterval, n, p50.Round(time.Millisecond), p99.Round(time.Millisecond), longest.Round(time.Millisecond), ack.longest.xid,
-			ack.longest.at.UTC().Format("15:04:05.000"))
+			ack.longest.at.UTC().Format("15:04:05.000"), c.faults.before(ack.longest.at))
 		if sn > 0 {
 			fmt.Fprintf(&b, "  and %d transactions of chaos_items committed between a swap and its flush (not streamed; the catalog watch's flush covers them, up to its %s poll later): longest %s\n",
 				sn, chaosCatalogPoll, slongest.Round(time.Millisecond))
@@ -54,6 +54,7 @@ func (c *chaos) report(w io.Writer, res *chaosResult, ack *ackChecker, ready *re
 		ack.mu.Unlock()
 	}
 	if ready != nil {
+		fmt.Fprintf(&b, "daemons' own counts (summed over their processes): %s\n", ready.counts())
 		ready.mu.Lock()
 		fmt.Fprintf(&b, "/readyz: no daemon ready for %s in all (longest stretch %s) over %d samples; 200 while nothing was applied past the %s window (+%s): %d\n",
 			ready.notReady.Round(100*time.Millisecond), ready.longestOff.Round(100*time.Millisecond), ready.samples, chaosReadyWindow, readySlack, len(ready.violations))

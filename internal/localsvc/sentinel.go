@@ -223,9 +223,21 @@ func (s *RedisSentinel) dataClient(addr string) *redis.Client {
 // it is in sync and every sentinel lists it as a replica that is up. A
 // killed master stays dead: this is a new node, on a new port.
 func (s *RedisSentinel) AddReplica(ctx context.Context, within time.Duration) (*RedisNode, error) {
-	master, err := s.MasterAddr(ctx)
-	if err != nil {
-		return nil, err
+	deadline := time.Now().Add(within)
+	var master string
+	for {
+		var err error
+		if master, err = s.agreedMaster(ctx); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("no master to replicate within %s: %w", within, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 	host, port, _ := strings.Cut(master, ":")
 	n, err := newRedisNode(s.dir, func(p int, dir string) []string {
@@ -249,7 +261,6 @@ func (s *RedisSentinel) AddReplica(ctx context.Context, within time.Duration) (*
 		return nil, err
 	}
 	s.Added = append(s.Added, n)
-	deadline := time.Now().Add(within)
 	for {
 		err := s.replicaUp(ctx, n)
 		if err == nil {
@@ -264,6 +275,37 @@ func (s *RedisSentinel) AddReplica(ctx context.Context, within time.Duration) (*
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// agreedMaster returns the master every sentinel names, once that node says
+// it is a master: right after a failover a sentinel may still name the old
+// one, and a replica of a dead master never syncs.
+func (s *RedisSentinel) agreedMaster(ctx context.Context) (string, error) {
+	var master string
+	for _, n := range s.Sentinels {
+		sc := s.sentinelClient(n.Addr())
+		a, err := sc.GetMasterAddrByName(ctx, SentinelMaster).Result()
+		sc.Close()
+		if err != nil || len(a) != 2 {
+			return "", fmt.Errorf("sentinel %s: %v", n.Addr(), err)
+		}
+		switch addr := a[0] + ":" + a[1]; {
+		case master == "":
+			master = addr
+		case addr != master:
+			return "", fmt.Errorf("the sentinels name %s and %s", master, addr)
+		}
+	}
+	mc := s.dataClient(master)
+	defer mc.Close()
+	info, err := mc.Info(ctx, "replication").Result()
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", master, err)
+	}
+	if !strings.Contains(info, "role:master") {
+		return "", fmt.Errorf("%s is not a master yet", master)
+	}
+	return master, nil
 }
 
 // replicaUp says why n is not yet a replica in sync that every sentinel

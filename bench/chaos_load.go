@@ -185,9 +185,9 @@ func (w *writer) transaction(ctx context.Context, pick func(context.Context, pgx
 			return err
 		}
 		if tag.RowsAffected() != 1 {
-			// The row moved under us (a partition detached, a table
-			// swapped): what was planted is what the database holds now,
-			// and stays a reader's value like any other.
+			// The row went away under us (its partition detached): what
+			// was planted is a reader's value like any other, read
+			// before the change, which the catalog watch's flush removes.
 			w.c.load.rolledBack.Add(1)
 			return nil
 		}

@@ -12,6 +12,9 @@
 #   make demo    build, then run the self-contained demo (throwaway PostgreSQL and Redis)
 #   make bench   the bench program, then the Go benchmarks of mapping/ and invalidator/
 #   make race    the race scenarios: stale sets and standby reads, each remedy off and on (bench race)
+#   make chaos   a fault every few seconds for CHAOS_TIME (default 10m; CI runs 2m) under a cache-aside load,
+#                then the invariants: no stale entry, nothing acknowledged before Redis applied it, /readyz
+#                not 200 while nothing is applied (bench chaos); CHAOS_SEED=N replays a run's faults
 #   make fuzz    30 s of fuzzing the key template parser
 #   make clean   remove build and test output
 #
@@ -36,6 +39,10 @@ TESTFLAGS ?= -count=1 -timeout 30m -p 2
 FUZZTIME  ?= 30s
 # Where `make test` keeps the verbose test output it summarises.
 TESTLOG   ?= bin/test.log
+# `make chaos`: how long faults are injected (the run takes about a minute more),
+# and the seed of a run to replay (empty: a new one, printed first and last).
+CHAOS_TIME ?= 10m
+CHAOS_SEED ?=
 # internal/testenv's backend for `make test`: never testcontainers unless asked.
 TEST_BACKEND ?= $(if $(and $(DATABASE_URL),$(REDIS_URL)),env,local)
 # `make image`: its name, the docker CLI, and extra build flags (.ci/app-image
@@ -47,7 +54,7 @@ DOCKER_BUILD_FLAGS ?=
 # The systems besides Linux the binary must build for, as GOOS/GOARCH.
 CROSS     ?= darwin/arm64 windows/amd64
 
-.PHONY: all build test test-containers matrix vet fmtcheck composecheck crossbuild demo bench race fuzz image clean
+.PHONY: all build test test-containers matrix vet fmtcheck composecheck crossbuild demo bench race chaos fuzz image clean
 
 all: build
 
@@ -119,6 +126,12 @@ bench:
 # -duration 3s, make a quick run that leaves bench/results/race/latest.json alone.
 race:
 	$(GO) run ./bench race $(RACEFLAGS)
+
+# The chaos run (bench/chaos.go): private servers, the daemon under faults;
+# its report, the last line of which sums it up, and the logs go to
+# bench/results/local/chaos/<date>/. Fails unless every invariant held.
+chaos:
+	$(GO) run ./bench chaos -time $(CHAOS_TIME) $(if $(CHAOS_SEED),-seed $(CHAOS_SEED))
 
 fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzParseTemplate -fuzztime=$(FUZZTIME) ./mapping/

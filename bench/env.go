@@ -88,16 +88,8 @@ func setup(ctx context.Context, root string, o options) (_ *env, err error) {
 	}
 
 	e.step("building pg-invalidator")
-	e.daemon = filepath.Join(e.tmp, "pg-invalidator")
-	gobin, err := goTool()
-	if err != nil {
+	if e.daemon, err = buildDaemon(ctx, root, e.tmp); err != nil {
 		return nil, err
-	}
-	build := exec.CommandContext(ctx, gobin, "build", "-trimpath", "-o", e.daemon, "./cmd/pg-invalidator")
-	build.Dir = root
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("build pg-invalidator: %w: %s", err, bytes.TrimSpace(out))
 	}
 
 	e.step("starting PostgreSQL and Redis")
@@ -183,6 +175,22 @@ func (e *env) close() {
 	if e.tmp != "" {
 		os.RemoveAll(e.tmp)
 	}
+}
+
+// buildDaemon builds cmd/pg-invalidator into dir, static, with -trimpath.
+func buildDaemon(ctx context.Context, root, dir string) (string, error) {
+	bin := filepath.Join(dir, "pg-invalidator")
+	gobin, err := goTool()
+	if err != nil {
+		return "", err
+	}
+	build := exec.CommandContext(ctx, gobin, "build", "-trimpath", "-o", bin, "./cmd/pg-invalidator")
+	build.Dir = root
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build pg-invalidator: %w: %s", err, bytes.TrimSpace(out))
+	}
+	return bin, nil
 }
 
 func goTool() (string, error) {

@@ -11,6 +11,7 @@
 //	go run ./bench -scenarios small -skip baseline -perf /tmp/perf   # profile each contender
 //	go run ./bench chart bench/results/latest.json docs/benchmarks.svg   # redraw the chart
 //	go run ./bench race                # the race scenarios (make race): about 2 minutes; see race.go
+//	go run ./bench chaos -time 2m      # faults under load, then the invariants (make chaos); see chaos.go
 //
 // Every contender of a catch-up scenario starts from its own copy of one
 // replication slot (pg_copy_logical_replication_slot), made after the
@@ -101,6 +102,9 @@ func main() {
 	}
 	if len(os.Args) > 1 && os.Args[1] == "race" {
 		os.Exit(raceMain(os.Args[2:]))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "chaos" {
+		os.Exit(chaosMain(os.Args[2:]))
 	}
 
 	o, err := parseOptions(os.Args[1:], os.Stderr)

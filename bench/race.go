@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,7 +10,6 @@ import (
 	"math"
 	"net/http"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"sort"
@@ -224,16 +222,8 @@ func (e *raceEnv) setup(ctx context.Context, root string) error {
 		return err
 	}
 	e.step("building pg-invalidator")
-	e.daemon = filepath.Join(e.tmp, "pg-invalidator")
-	gobin, err := goTool()
-	if err != nil {
+	if e.daemon, err = buildDaemon(ctx, root, e.tmp); err != nil {
 		return err
-	}
-	build := exec.CommandContext(ctx, gobin, "build", "-trimpath", "-o", e.daemon, "./cmd/pg-invalidator")
-	build.Dir = root
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		return fmt.Errorf("build pg-invalidator: %w: %s", err, bytes.TrimSpace(out))
 	}
 	e.step("starting PostgreSQL, two standbys (one %s behind) and Redis", e.o.standbyDelay)
 	if e.pg, err = localsvc.StartPostgres(ctx, localsvc.PostgresOptions{}); err != nil {

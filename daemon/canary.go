@@ -50,7 +50,19 @@ type canary struct {
 	seq     uint64                   // the last token's number
 	sent    map[string]time.Time     // this process's canaries in flight, by token: when each one's SET began
 	rtt     map[string]time.Duration // the last round trip, by target; none before the first
+	// unproven is, between two sessions, since when the path has not been
+	// proven: when the oldest canary still out when the last session ended
+	// was sent, or when it ended if none was. The next session counts it as
+	// a canary out until one of its own comes back, which happens once
+	// everything committed before, the backlog of the outage, is applied.
+	// Zero: no session ended yet.
+	unproven time.Time
 }
+
+// backlogToken stands, among the canaries in flight, for the outage before a
+// session: no message carries it, so only a later canary coming back ends
+// it.
+const backlogToken = ""
 
 func newCanary(key string) *canary {
 	return &canary{key: key, instance: strconv.FormatUint(rand.Uint64(), 36), kick: make(chan struct{}, 1),
@@ -58,12 +70,20 @@ func newCanary(key string) *canary {
 }
 
 // start notes that a session streams, with messages or not. The canaries
-// in flight are forgotten: one sent before may never come back (a standby's,
-// which another daemon received); a new one is asked for at once.
+// sent before are forgotten, since one may never come back (a standby's,
+// which another daemon received); but the time since the path was last
+// proven is not: it stays out as one canary until the first of this
+// session, asked for at once, comes back. Before, a session that started
+// after an outage was ready at once, with the outage's backlog not applied
+// (TestReadyzAfterAReconnect).
 func (c *canary) start(messages bool) {
 	c.mu.Lock()
 	c.enabled = messages
 	clear(c.sent)
+	if messages && !c.unproven.IsZero() {
+		c.sent[backlogToken] = c.unproven
+	}
+	c.unproven = time.Time{}
 	c.mu.Unlock()
 	if messages {
 		select {
@@ -73,9 +93,18 @@ func (c *canary) start(messages bool) {
 	}
 }
 
-// stop notes that the session stopped streaming.
-func (c *canary) stop() {
+// stop notes that the session stopped streaming, at now, and since when
+// the path has not been proven.
+func (c *canary) stop(now time.Time) {
 	c.mu.Lock()
+	if c.enabled {
+		c.unproven = now
+		for _, at := range c.sent {
+			if at.Before(c.unproven) {
+				c.unproven = at
+			}
+		}
+	}
 	c.enabled = false
 	clear(c.sent)
 	c.mu.Unlock()
@@ -112,7 +141,7 @@ func (c *canary) back(tokens []string, applied []targetTime) {
 	defer c.mu.Unlock()
 	for _, token := range tokens {
 		at, ok := c.sent[token]
-		if !ok {
+		if !ok || token == backlogToken {
 			continue
 		}
 		for _, t := range applied {

@@ -67,11 +67,39 @@ func TestCanaryState(t *testing.T) {
 
 	// A session that ends forgets what is out: it may never come back here.
 	c.next(t0.Add(7 * time.Second))
-	c.stop()
+	c.stop(t0.Add(9 * time.Second))
 	if _, pending := c.state(t0.Add(time.Hour)); pending != 0 {
 		t.Errorf("pending after stop = %s, want 0", pending)
 	}
 	if _, ok := c.next(t0); ok {
 		t.Error("next after stop: a canary, want none")
+	}
+
+	// The next session counts the outage as a canary out, from the oldest
+	// one out when the last session ended, until one of its own is back.
+	c.start(true)
+	if _, pending := c.state(t0.Add(20 * time.Second)); pending != 13*time.Second {
+		t.Errorf("pending in the next session = %s, want 13s: since the canary out at the last session's end", pending)
+	}
+	first, _ := c.next(t0.Add(20 * time.Second))
+	c.back([]string{backlogToken}, applied(21*time.Second, 21*time.Second)) // no message carries it
+	if _, pending := c.state(t0.Add(21 * time.Second)); pending != 14*time.Second {
+		t.Errorf("pending after a message with an empty token = %s, want 14s still", pending)
+	}
+	c.back([]string{first}, applied(21*time.Second, 21*time.Second))
+	if _, pending := c.state(t0.Add(22 * time.Second)); pending != 0 {
+		t.Errorf("pending once the session's first canary came back = %s, want 0", pending)
+	}
+
+	// With none out when it ended, the outage counts from its end.
+	c.stop(t0.Add(30 * time.Second))
+	c.start(true)
+	if _, pending := c.state(t0.Add(35 * time.Second)); pending != 5*time.Second {
+		t.Errorf("pending after a session that ended with none out = %s, want 5s: since its end", pending)
+	}
+	c.stop(t0.Add(40 * time.Second))
+	c.start(false) // no messages: no canary, and nothing out
+	if _, pending := c.state(t0.Add(50 * time.Second)); pending != 0 {
+		t.Errorf("pending in a session without messages = %s, want 0", pending)
 	}
 }

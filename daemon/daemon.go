@@ -408,7 +408,7 @@ func Run(ctx context.Context, cfg Config) error {
 	defer p.vis.close()
 	p.canary = c
 
-	wg.Go(func() { heartbeat(ctx, cfg, c, redis) })
+	wg.Go(func() { heartbeat(ctx, cfg, c, redis, p.stopping) })
 	// The catalog watch's first reading is taken before streaming starts,
 	// so that every change after it is noticed; tables added to an existing
 	// publication at start get their keys flushed by it. It also tells the

@@ -25,12 +25,14 @@ const canarySetTimeout = 5 * time.Second
 // written (replication.EmitCanary), which the pipeline answers by deleting
 // the key. Otherwise it is a plain heartbeat (replication.EmitHeartbeat).
 //
-// Failures are logged once per streak and never stop the daemon. A canary
+// Failures are logged once per streak and never stop the daemon; each is
+// told to stopping, which ends the session when it says the server is
+// shutting down. A canary
 // whose key could not be set still goes: the deletion is what proves the
 // path. A canary whose message failed stays out unless it was certainly not
 // written (replication.NotWritten): one that timed out on a silent server
 // may still come back, and until one does, /readyz says so.
-func heartbeat(ctx context.Context, cfg Config, c *canary, ts fanout) {
+func heartbeat(ctx context.Context, cfg Config, c *canary, ts fanout, stopping *serverStopping) {
 	t := time.NewTicker(cfg.Heartbeat)
 	defer t.Stop()
 	var kick <-chan struct{}
@@ -96,6 +98,9 @@ func heartbeat(ctx context.Context, cfg Config, c *canary, ts fanout) {
 		case setErr == nil && setFailing && err == nil:
 			cfg.Logger.Info("canary key set again", "key", c.key)
 			setFailing = false
+		}
+		if err != nil {
+			stopping.note(err)
 		}
 		if err != nil && conn != nil { // a new connection next time
 			conn.Close(context.Background())

@@ -31,6 +31,9 @@ type pipeline struct {
 	m      *metrics
 
 	reloaded chan reload // validated rules waiting to be swapped in between transactions
+	// stopping is the news, from the daemon's other connections, that the
+	// server is shutting down: the session ends on it (see stopping.go).
+	stopping *serverStopping
 
 	// dryRun streams once from a temporary slot (cfg.Slot names it) that it
 	// creates, instead of from the daemon's permanent slot. A lost
@@ -71,13 +74,15 @@ type pipeline struct {
 // resync flushes (nil for a dry run).
 func newPipeline(cfg Config, mapper *mapping.Mapper, m *metrics, s sink, redel *redeleter, redis fanout) *pipeline {
 	p := &pipeline{cfg: cfg, log: cfg.Logger, sink: s, redel: redel, redis: redis, mapper: mapper, m: m,
-		reloaded: make(chan reload, 1)}
+		reloaded: make(chan reload, 1), stopping: newServerStopping()}
 	redel.onPending = func(n int) { m.redeletesPending.Set(float64(n)) }
 	p.gate = newStandbyGate(cfg, m)
+	p.gate.stopping = p.stopping
 	if redis == nil { // a dry run prints each transaction at once
 		cfg.Visibility = VisibilityOff
 	}
 	p.vis = newVisibilityGate(cfg, redis, m)
+	p.vis.stopping = p.stopping
 	if len(cfg.Replicas) > 0 {
 		m.gate.Store(p.gate)
 		for _, name := range cfg.Replicas {
@@ -153,6 +158,7 @@ func (p *pipeline) session(ctx context.Context) error {
 			return err
 		}
 	}
+	p.stopping.clear() // news of an earlier server, or of this one before it streamed
 	if err := stream.Start(ctx); err != nil {
 		if replication.SlotActive(err) {
 			p.seen = true // busy: it exists, another process streams from it
@@ -183,7 +189,7 @@ func (p *pipeline) session(ctx context.Context) error {
 	defer p.m.streaming.Store(false)
 	if p.canary != nil {
 		p.canary.start(stream.Messages())
-		defer p.canary.stop()
+		defer func() { p.canary.stop(time.Now()) }()
 	}
 	if p.dryRun {
 		p.log.Info("dry run: streaming from a temporary slot; only transactions committed from now on are shown, and nothing is applied",
@@ -192,7 +198,17 @@ func (p *pipeline) session(ctx context.Context) error {
 		p.log.Info("streaming", "slot", p.cfg.Slot, "publication", p.cfg.Publication)
 	}
 
-	err = p.consume(ctx, stream) // the deferred Close may write to the connection: consume returns only once the reader left it
+	// The session ends when the server is found shutting down: a fast
+	// shutdown waits for its walsender until everything sent is confirmed.
+	sctx, endSession := context.WithCancelCause(ctx)
+	watching := make(chan struct{})
+	go func() { defer close(watching); p.watchStopping(sctx, endSession) }()
+	err = p.consume(sctx, stream) // the deferred Close may write to the connection: consume returns only once the reader left it
+	if cause := context.Cause(sctx); errors.Is(cause, errServerStopping) {
+		err = cause
+	}
+	endSession(nil)
+	<-watching
 	var silent *replication.SilenceError
 	if errors.As(err, &silent) {
 		p.silentPID = stream.PID()

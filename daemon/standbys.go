@@ -29,6 +29,18 @@ const (
 // when replica_timeout is shorter.
 const replicaQueryTimeout = 5 * time.Second
 
+// gateQueryTimeout bounds one read of a gate (the standbys' positions, the
+// primary's snapshot) whose timeout is gate: the longer of gate and
+// replicaQueryTimeout, but never longer than silent, how long the primary
+// may stay silent (Config.Timeout; zero: no bound).
+func gateQueryTimeout(gate, silent time.Duration) time.Duration {
+	d := max(gate, replicaQueryTimeout)
+	if silent > 0 {
+		d = min(d, silent)
+	}
+	return d
+}
+
 // standbyGate holds a batch of commands back until every standby named in
 // Config.Replicas has replayed the transactions that caused them, so that
 // an application reading from a standby cannot read the old row, after the
@@ -53,6 +65,9 @@ type standbyGate struct {
 	conn    *pgx.Conn // opened at the first wait, kept; nil after an error
 
 	failing bool // the last read of positions failed; logged once
+	// stopping is told of each failed read, which may say the server is
+	// shutting down; nil: nobody listens.
+	stopping *serverStopping
 
 	mu      sync.Mutex        // protects lagging
 	lagging map[string]string // standbys given up on, and why
@@ -169,8 +184,14 @@ func (g *standbyGate) notes() []string {
 func (g *standbyGate) positions(ctx context.Context) (map[string]replication.Standby, error) {
 	pos, err := func() (map[string]replication.Standby, error) {
 		// Not replica_timeout: a poll slower than that (connecting on a
-		// loaded host) still says why a standby is given up on.
-		qctx, cancel := context.WithTimeout(ctx, max(g.timeout, replicaQueryTimeout))
+		// loaded host) still says why a standby is given up on. But no
+		// longer than the primary may stay silent (Config.Timeout): a
+		// connection as silent as that is dropped, and the next poll
+		// connects again, as the stream does. Before, a batch waited on a
+		// silent connection up to replica_timeout, and with it the
+		// session, which could not notice that its stream was silent too
+		// (TestSilentPostgresPeerWhileGated: 22 s against a timeout of 2).
+		qctx, cancel := context.WithTimeout(ctx, gateQueryTimeout(g.timeout, g.cfg.Timeout))
 		defer cancel()
 		if g.conn == nil {
 			c, err := connectPrimary(qctx, g.cfg) // pg_stat_replication lists the standbys there
@@ -185,6 +206,9 @@ func (g *standbyGate) positions(ctx context.Context) (map[string]replication.Sta
 		}
 		return pos, err
 	}()
+	if err != nil && g.stopping != nil {
+		g.stopping.note(err)
+	}
 	switch {
 	case err != nil && !g.failing && ctx.Err() == nil:
 		g.failing = true

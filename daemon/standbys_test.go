@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"reflect"
 	"testing"
+	"time"
 
 	"github.com/pg-invalidator/pg-invalidator/mapping"
 	"github.com/pg-invalidator/pg-invalidator/replication"
@@ -46,5 +47,19 @@ func TestStandbyGateWaiting(t *testing.T) {
 	}
 	if got := g.notes(); len(got) != 0 {
 		t.Errorf("notes after b caught up = %q, want none", got)
+	}
+}
+
+func TestGateQueryTimeout(t *testing.T) {
+	for _, tt := range []struct{ gate, silent, want time.Duration }{
+		{time.Second, 30 * time.Second, replicaQueryTimeout}, // a short gate timeout still gets a whole poll
+		{20 * time.Second, 30 * time.Second, 20 * time.Second},
+		{20 * time.Second, 5 * time.Second, 5 * time.Second}, // no longer than the primary may stay silent
+		{20 * time.Second, 2 * time.Second, 2 * time.Second},
+		{20 * time.Second, 0, 20 * time.Second}, // no bound given
+	} {
+		if got := gateQueryTimeout(tt.gate, tt.silent); got != tt.want {
+			t.Errorf("gateQueryTimeout(%s, %s) = %s, want %s", tt.gate, tt.silent, got, tt.want)
+		}
 	}
 }

@@ -74,6 +74,9 @@ type visibilityGate struct {
 	targets fanout    // where late batches are applied again
 	conn    *pgx.Conn // opened at the first read, kept; nil after an error
 	failing bool      // the last read failed; logged once
+	// stopping is told of each failed read, which may say the server is
+	// shutting down; nil: nobody listens.
+	stopping *serverStopping
 
 	// sync is true while the server has synchronous_standby_names set, as
 	// the catalog watch last read it: VisibilityAuto waits then.
@@ -244,7 +247,8 @@ func (g *visibilityGate) visible(txs []invisibleTx, visible func(xid uint32) boo
 // for visibility up to the timeout, as for a transaction not visible.
 func (g *visibilityGate) snapshot(ctx context.Context) (replication.Snapshot, error) {
 	snap, err := func() (replication.Snapshot, error) {
-		qctx, cancel := context.WithTimeout(ctx, max(g.timeout, replicaQueryTimeout))
+		// No longer than the primary may stay silent: see standbyGate.positions.
+		qctx, cancel := context.WithTimeout(ctx, gateQueryTimeout(g.timeout, g.cfg.Timeout))
 		defer cancel()
 		if g.conn == nil {
 			c, err := connectPrimary(qctx, g.cfg) // where readers see commits; a standby that decodes has replayed them
@@ -259,6 +263,9 @@ func (g *visibilityGate) snapshot(ctx context.Context) (replication.Snapshot, er
 		}
 		return snap, err
 	}()
+	if err != nil && g.stopping != nil {
+		g.stopping.note(err)
+	}
 	switch {
 	case err != nil && !g.failing && ctx.Err() == nil:
 		g.failing = true

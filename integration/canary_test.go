@@ -16,6 +16,7 @@ import (
 
 	"github.com/pg-invalidator/pg-invalidator/daemon"
 	"github.com/pg-invalidator/pg-invalidator/internal/localsvc"
+	"github.com/pg-invalidator/pg-invalidator/internal/tcpproxy"
 	"github.com/pg-invalidator/pg-invalidator/invalidator"
 )
 
@@ -330,4 +331,58 @@ func TestCanaryOff(t *testing.T) {
 			t.Errorf("%s exported with the canary off", series)
 		}
 	}
+}
+
+// TestReadyzAfterAReconnect: a session that ends while PostgreSQL is silent
+// leaves a backlog, the writes made meanwhile. Once the daemon streams
+// again, /readyz must not say ready before that backlog is applied. Before,
+// a new session forgot the canaries out and answered 200 at once, with
+// nothing applied since the silence began (the chaos run saw 200 at a
+// reconnection after 9 s of silence, with a 3 s window). Redis refuses the
+// daemon's UNLINK across the reconnection (NOPERM, while the SET of its
+// notes works), so that the backlog waits.
+func TestReadyzAfterAReconnect(t *testing.T) {
+	const window, refused = 2 * time.Second, 6 * time.Second
+	var proxy *tcpproxy.Proxy
+	r := startRefusingRedisWith(t, itemsRules, window, func(cfg *daemon.Config) {
+		proxy, cfg.PostgresURL = proxied(t, cfg.PostgresURL)
+		cfg.Timeout = 2 * time.Second
+		cfg.MaxBackoff = 500 * time.Millisecond
+		cfg.Heartbeat = time.Second
+	})
+	f := r.f
+	waitFor(t, 30*time.Second, func() bool { _, ok := canarySeconds(t, r.addr); return ok },
+		func() string { return "no canary came back" })
+	waitStatus(t, r.addr, "/readyz", http.StatusOK, 30*time.Second)
+
+	proxy.Silence()
+	proxy.SwallowNew(true)
+	silenced := time.Now()
+	f.cache("item:1")
+	f.exec("UPDATE items SET v = v + 1 WHERE id = 1") // directly, not through the proxy
+	waitReason(t, r.addr, 30*time.Second, "not streaming from postgresql")
+	time.Sleep(window) // the outage outlasts the window
+
+	r.do("ACL", "SETUSER", "pginv", "-unlink")
+	refusing := time.Now()
+	proxy.SwallowNew(false)
+	proxy.CloseSilenced()
+	var streamedAt time.Duration
+	for time.Since(refusing) < refused {
+		if streamedAt == 0 && scrape(t, r.addr)["pg_invalidator_streaming"] == 1 {
+			streamedAt = time.Since(silenced)
+		}
+		if code, body := httpGet(t, r.addr, "/readyz"); code == http.StatusOK && f.exists("item:1") {
+			t.Fatalf("/readyz = 200 %q %s after the silence began, streaming again since %s after it, with the UPDATE made during the silence not applied",
+				body, time.Since(silenced).Round(time.Millisecond), streamedAt.Round(time.Millisecond))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if streamedAt == 0 {
+		t.Fatal("the daemon did not stream again while Redis refused UNLINK: the test shows nothing")
+	}
+	t.Logf("streaming again %s after the silence began; /readyz 503 while the backlog could not be applied", streamedAt.Round(time.Millisecond))
+	r.do("ACL", "SETUSER", "pginv", "+unlink")
+	f.waitGone("item:1")
+	waitStatus(t, r.addr, "/readyz", http.StatusOK, 30*time.Second)
 }

@@ -172,3 +172,44 @@ func TestSilentPeerThenConnectTimeouts(t *testing.T) {
 	f.exec("UPDATE items SET v = v + 1 WHERE id = 3")
 	f.waitGone("item:3")
 }
+
+// TestSilentPostgresPeerWhileGated: the same silence while a batch waits in
+// the standby gate (replicas, a standby that replays 1 s late): the
+// gate's own connection to the primary is silent too, and a session that
+// cannot leave its wait cannot notice the silence.
+func TestSilentPostgresPeerWhileGated(t *testing.T) {
+	pg := startPostgres(t)
+	startStandby(t, pg, "standby1", "recovery_min_apply_delay=1s")
+	f := newFixtureOn(t, pg.URL(), env.RedisURL, itemsSchema, markerSchema)
+	proxy, viaProxy := proxied(t, f.dbURL)
+	logs := &testenv.SyncBuffer{}
+	cfg := f.config(f.rules(itemsRules))
+	cfg.PostgresURL = viaProxy
+	cfg.Timeout = 2 * time.Second
+	cfg.MaxBackoff = 500 * time.Millisecond
+	cfg.Replicas = []string{"standby1"}
+	cfg.ReplicaTimeout = 20 * time.Second
+	cfg.Logger = teeLogger(t, logs)
+	f.startConfig(cfg)
+	f.sync()
+
+	f.cache("item:1")
+	f.exec("UPDATE items SET v = v + 1 WHERE id = 1")
+	time.Sleep(300 * time.Millisecond) // its batch waits for the standby, 1 s late
+	if n := proxy.Silence(); n == 0 {
+		t.Fatal("no connection went through the proxy")
+	}
+	silenced := time.Now()
+	f.cache("item:2")
+	f.exec("UPDATE items SET v = v + 1 WHERE id = 2") // on a direct connection
+	waitFor(t, 60*time.Second, func() bool { return !f.exists("item:2") }, func() string {
+		return "item:2, written after the silence, is still cached; the daemon logged:\n" + logs.String()
+	})
+	resumed := time.Since(silenced)
+	t.Logf("timeout %s, replica_timeout %s: the write made after the silence began invalidated %s after it",
+		cfg.Timeout, cfg.ReplicaTimeout, resumed.Round(time.Millisecond))
+	if resumed > cfg.Timeout+5*time.Second {
+		t.Errorf("invalidation resumed %s after the silence began, want within the timeout (%s) and a reconnection: the gate's wait held the session",
+			resumed.Round(time.Millisecond), cfg.Timeout)
+	}
+}

@@ -13,6 +13,9 @@ const (
 	codeInsufficientPriv   = "42501" // insufficient_privilege
 	codeObjectInUse        = "55006" // a walsender holds the slot
 	codeNotInPrerequisites = "55000" // object_not_in_prerequisite_state
+	codeAdminShutdown      = "57P01" // admin_shutdown: a backend ended by a fast or smart shutdown, or by pg_terminate_backend
+	codeCrashShutdown      = "57P02" // crash_shutdown: a backend ended because another crashed
+	codeCannotConnectNow   = "57P03" // cannot_connect_now: the database system is shutting down, or starting up
 )
 
 // sqlState returns the SQLSTATE of a server error, or "".
@@ -41,6 +44,19 @@ func SlotInvalidated(err error) bool {
 // "replication slot … is active for PID …". It is what a standby sees while
 // the active daemon holds the slot.
 func SlotActive(err error) bool { return sqlState(err) == codeObjectInUse }
+
+// ShuttingDown reports whether err says the server is going away: a
+// backend ended by a shutdown (SQLSTATE 57P01 admin_shutdown, which
+// pg_terminate_backend also sends, and 57P02 crash_shutdown), or a new
+// connection refused while the server shuts down or starts (57P03
+// cannot_connect_now).
+func ShuttingDown(err error) bool {
+	switch sqlState(err) {
+	case codeAdminShutdown, codeCrashShutdown, codeCannotConnectNow:
+		return true
+	}
+	return false
+}
 
 // Permanent reports whether err is a refusal from the server that the same
 // request will meet again until someone changes the server, the role or the

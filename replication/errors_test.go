@@ -16,22 +16,24 @@ func TestPredicates(t *testing.T) {
 		return fmt.Errorf("start replication on slot s: %w", &pgconn.PgError{Code: code, Message: msg, Detail: detail})
 	}
 	tests := []struct {
-		name                           string
-		err                            error
-		invalidated, active, permanent bool
+		name                                     string
+		err                                      error
+		invalidated, active, permanent, stopping bool
 	}{
 		{"invalidated slot", pgErr("55000", `can no longer get changes from replication slot "s"`,
-			"This slot has been invalidated because it exceeded the maximum reserved size."), true, false, true},
-		{"wal_level too low", pgErr("55000", "logical decoding requires wal_level >= logical", ""), false, false, true},
-		{"slot held by another walsender", pgErr("55006", `replication slot "s" is active for PID 42`, ""), false, true, false},
-		{"bad password", pgErr("28P01", "password authentication failed for user \"u\"", ""), false, false, true},
-		{"no privilege", pgErr("42501", "permission denied for table items", ""), false, false, true},
-		{"no database", pgErr("3D000", `database "nope" does not exist`, ""), false, false, true},
-		{"too many connections", pgErr("53300", "sorry, too many clients already", ""), false, false, false},
-		{"server shutting down", pgErr("57P01", "terminating connection due to administrator command", ""), false, false, false},
-		{"network", errors.New("read tcp: connection reset by peer"), false, false, false},
-		{"canceled", context.Canceled, false, false, false},
-		{"nil", nil, false, false, false},
+			"This slot has been invalidated because it exceeded the maximum reserved size."), true, false, true, false},
+		{"wal_level too low", pgErr("55000", "logical decoding requires wal_level >= logical", ""), false, false, true, false},
+		{"slot held by another walsender", pgErr("55006", `replication slot "s" is active for PID 42`, ""), false, true, false, false},
+		{"bad password", pgErr("28P01", "password authentication failed for user \"u\"", ""), false, false, true, false},
+		{"no privilege", pgErr("42501", "permission denied for table items", ""), false, false, true, false},
+		{"no database", pgErr("3D000", `database "nope" does not exist`, ""), false, false, true, false},
+		{"too many connections", pgErr("53300", "sorry, too many clients already", ""), false, false, false, false},
+		{"server shutting down", pgErr("57P01", "terminating connection due to administrator command", ""), false, false, false, true},
+		{"connection refused while shutting down", pgErr("57P03", "the database system is shutting down", ""), false, false, false, true},
+		{"another backend crashed", pgErr("57P02", "terminating connection because of crash of another server process", ""), false, false, false, true},
+		{"network", errors.New("read tcp: connection reset by peer"), false, false, false, false},
+		{"canceled", context.Canceled, false, false, false, false},
+		{"nil", nil, false, false, false, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -43,6 +45,9 @@ func TestPredicates(t *testing.T) {
 			}
 			if got := Permanent(tt.err); got != tt.permanent {
 				t.Errorf("Permanent = %v, want %v", got, tt.permanent)
+			}
+			if got := ShuttingDown(tt.err); got != tt.stopping {
+				t.Errorf("ShuttingDown = %v, want %v", got, tt.stopping)
 			}
 		})
 	}

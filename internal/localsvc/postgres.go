@@ -161,26 +161,52 @@ func (p *Postgres) Start(ctx context.Context) error {
 }
 
 // Stop shuts the server down with a fast shutdown and waits for it to exit.
-func (p *Postgres) Stop() error { return p.signal(syscall.SIGINT) }
+func (p *Postgres) Stop() error {
+	_, err := p.StopWithin(60 * time.Second)
+	return err
+}
+
+// StopWithin shuts the server down with a fast shutdown, and with an
+// immediate shutdown (SIGQUIT, as pg_ctl stop -m immediate) if it has not
+// exited within d. fast is false when it came to that: something held the
+// fast shutdown, such as a walsender waiting for its client to confirm it
+// flushed everything sent.
+func (p *Postgres) StopWithin(d time.Duration) (fast bool, err error) {
+	return p.signal(syscall.SIGINT, d)
+}
 
 // Kill kills the server's postmaster with SIGKILL, as a crash would.
-func (p *Postgres) Kill() error { return p.signal(syscall.SIGKILL) }
+func (p *Postgres) Kill() error {
+	_, err := p.signal(syscall.SIGKILL, 60*time.Second)
+	return err
+}
 
-func (p *Postgres) signal(sig syscall.Signal) error {
+// signal sends sig to the postmaster's process group and waits up to d for
+// it to exit; then it shuts the server down immediately (SIGQUIT, which the
+// postmaster passes on to every backend), and after 10 s more kills the
+// group. first is false when sig alone did not end it.
+func (p *Postgres) signal(sig syscall.Signal, d time.Duration) (first bool, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.cmd == nil {
-		return nil
+		return true, nil
 	}
 	shm := p.shmID()
 	// Signal the postmaster's process group. Backends are not in it (each
 	// calls setsid), so after a SIGKILL they are waited for below.
 	signalGroup(p.cmd.Process, sig)
+	first = true
 	select {
 	case <-p.done:
-	case <-time.After(60 * time.Second):
-		signalGroup(p.cmd.Process, syscall.SIGKILL)
-		<-p.done
+	case <-time.After(d):
+		first = false
+		signalGroup(p.cmd.Process, syscall.SIGQUIT)
+		select {
+		case <-p.done:
+		case <-time.After(10 * time.Second):
+			signalGroup(p.cmd.Process, syscall.SIGKILL)
+			<-p.done
+		}
 	}
 	// Backends die after the postmaster; a new server cannot start while
 	// one of them still holds the old shared memory.
@@ -189,7 +215,7 @@ func (p *Postgres) signal(sig syscall.Signal) error {
 	}
 	waitShmDetached(shm, 10*time.Second)
 	p.cmd, p.done = nil, nil
-	return nil
+	return first, nil
 }
 
 // Close stops the server and removes its directory.

@@ -2,6 +2,7 @@ package localsvc
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -22,8 +23,10 @@ type RedisSentinel struct {
 	Master    *RedisNode // the first master; after a failover, a replica
 	Replica   *RedisNode // the first replica; after a failover, the master
 	Sentinels []*RedisNode
-	Options   SentinelOptions
-	dir       string
+	// Added are the replicas AddReplica started, in order.
+	Added   []*RedisNode
+	Options SentinelOptions
+	dir     string
 }
 
 // SentinelOptions are the passwords of a RedisSentinel. The zero value
@@ -215,9 +218,131 @@ func (s *RedisSentinel) dataClient(addr string) *redis.Client {
 		DisableIdentity: true, MaxRetries: -1, DialTimeout: time.Second})
 }
 
+// AddReplica starts a new node as a replica of the current master, as an
+// operator gives a master a replica again after a failover, and waits until
+// it is in sync and every sentinel lists it as a replica that is up. A
+// killed master stays dead: this is a new node, on a new port.
+func (s *RedisSentinel) AddReplica(ctx context.Context, within time.Duration) (*RedisNode, error) {
+	deadline := time.Now().Add(within)
+	var master string
+	for {
+		var err error
+		if master, err = s.agreedMaster(ctx); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("no master to replicate within %s: %w", within, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	host, port, _ := strings.Cut(master, ":")
+	n, err := newRedisNode(s.dir, func(p int, dir string) []string {
+		args := append(baseArgs(p, dir), "--replicaof", host, port)
+		if s.Options.Password != "" {
+			args = append(args, "--requirepass", s.Options.Password, "--masterauth", s.Options.Password)
+		}
+		return args
+	})
+	if err != nil {
+		return nil, err
+	}
+	if s.Options.Password != "" {
+		n.ready = func(ctx context.Context) error {
+			c := s.dataClient(n.Addr())
+			defer c.Close()
+			return c.Ping(ctx).Err()
+		}
+	}
+	if err := n.Start(ctx); err != nil {
+		return nil, err
+	}
+	s.Added = append(s.Added, n)
+	for {
+		err := s.replicaUp(ctx, n)
+		if err == nil {
+			return n, nil
+		}
+		if time.Now().After(deadline) {
+			return n, fmt.Errorf("replica %s not in sync and known to the sentinels within %s: %w", n.Addr(), within, err)
+		}
+		select {
+		case <-ctx.Done():
+			return n, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// agreedMaster returns the master every sentinel names, once that node says
+// it is a master: right after a failover a sentinel may still name the old
+// one, and a replica of a dead master never syncs.
+func (s *RedisSentinel) agreedMaster(ctx context.Context) (string, error) {
+	var master string
+	for _, n := range s.Sentinels {
+		sc := s.sentinelClient(n.Addr())
+		a, err := sc.GetMasterAddrByName(ctx, SentinelMaster).Result()
+		sc.Close()
+		if err != nil || len(a) != 2 {
+			return "", fmt.Errorf("sentinel %s: %v", n.Addr(), err)
+		}
+		switch addr := a[0] + ":" + a[1]; {
+		case master == "":
+			master = addr
+		case addr != master:
+			return "", fmt.Errorf("the sentinels name %s and %s", master, addr)
+		}
+	}
+	mc := s.dataClient(master)
+	defer mc.Close()
+	info, err := mc.Info(ctx, "replication").Result()
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", master, err)
+	}
+	if !strings.Contains(info, "role:master") {
+		return "", fmt.Errorf("%s is not a master yet", master)
+	}
+	return master, nil
+}
+
+// replicaUp says why n is not yet a replica in sync that every sentinel
+// lists as up; nil when it is.
+func (s *RedisSentinel) replicaUp(ctx context.Context, n *RedisNode) error {
+	rc := s.dataClient(n.Addr())
+	info, err := rc.Info(ctx, "replication").Result()
+	rc.Close()
+	if err != nil {
+		return err
+	}
+	if !strings.Contains(info, "master_link_status:up") {
+		return errors.New("not in sync with its master")
+	}
+	for _, sn := range s.Sentinels {
+		sc := s.sentinelClient(sn.Addr())
+		replicas, err := sc.Replicas(ctx, SentinelMaster).Result()
+		sc.Close()
+		if err != nil {
+			return fmt.Errorf("sentinel %s: %w", sn.Addr(), err)
+		}
+		listed := false
+		for _, r := range replicas {
+			if r["ip"]+":"+r["port"] == n.Addr() && !strings.Contains(r["flags"], "down") && !strings.Contains(r["flags"], "disconnected") {
+				listed = true
+			}
+		}
+		if !listed {
+			return fmt.Errorf("sentinel %s does not list it as a replica that is up", sn.Addr())
+		}
+	}
+	return nil
+}
+
 // Close kills every process and removes the directory.
 func (s *RedisSentinel) Close() error {
-	for _, n := range append([]*RedisNode{s.Master, s.Replica}, s.Sentinels...) {
+	for _, n := range append(append([]*RedisNode{s.Master, s.Replica}, s.Added...), s.Sentinels...) {
 		if n != nil {
 			n.Kill()
 		}

@@ -3,7 +3,8 @@
 // the bench: readers that read a row from PostgreSQL (the primary or a
 // standby), pause, and SET it in Redis on a miss; writers that update rows
 // on the primary; and a count, once everything is quiet, of the cached
-// entries that hold an old value.
+// entries that hold an old value. Aside, one cache-aside read, is also the
+// reader of the bench's chaos run.
 //
 // It talks to the servers only as an application would; it knows nothing
 // of the daemon.
@@ -99,30 +100,32 @@ func Run(ctx context.Context, o Options) (Counts, error) {
 	var c struct{ reads, hits, sets, writes atomic.Int64 }
 	var wg sync.WaitGroup
 	errs := make(chan error, o.Readers+o.Writers)
+	aside := Aside{Redis: o.Redis, Pause: func() time.Duration { return o.ReadDelay }, TTL: time.Hour}
 	for _, reads := range readConns {
 		wg.Go(func() {
 			for ctx.Err() == nil {
 				id := 1 + rand.IntN(o.Rows)
-				key := Key(o.Prefix, id)
 				c.reads.Add(1)
-				if _, err := o.Redis.Get(ctx, key).Result(); err == nil {
+				got, err := aside.Read(ctx, Key(o.Prefix, id), func(ctx context.Context) (string, bool, error) {
+					var v int64
+					if err := reads.QueryRow(ctx, "SELECT v FROM race_items WHERE id = $1", id).Scan(&v); err != nil {
+						return "", false, fmt.Errorf("read row %d: %w", id, err)
+					}
+					return strconv.FormatInt(v, 10), true, nil
+				})
+				var setErr *SetError
+				switch {
+				case errors.As(err, &setErr): // the SET ran on: the run is not over
+					errs <- err
+					return
+				case err != nil:
+					errs <- stop(ctx, err)
+					return
+				case got == Hit:
 					c.hits.Add(1)
-					continue
-				} else if err != redis.Nil {
-					errs <- stop(ctx, fmt.Errorf("get %s: %w", key, err))
-					return
+				case got == Set:
+					c.sets.Add(1)
 				}
-				var v int64
-				if err := reads.QueryRow(ctx, "SELECT v FROM race_items WHERE id = $1", id).Scan(&v); err != nil {
-					errs <- stop(ctx, fmt.Errorf("read row %d: %w", id, err))
-					return
-				}
-				time.Sleep(o.ReadDelay) // the slow request: not cut short, as an application's would not be
-				if err := o.Redis.Set(context.WithoutCancel(ctx), key, v, time.Hour).Err(); err != nil {
-					errs <- fmt.Errorf("set %s: %w", key, err)
-					return
-				}
-				c.sets.Add(1)
 			}
 		})
 	}
@@ -145,6 +148,68 @@ func Run(ctx context.Context, o Options) (Counts, error) {
 	close(errs)
 	counts := Counts{Reads: c.reads.Load(), Hits: c.hits.Load(), Sets: c.sets.Load(), Writes: c.writes.Load()}
 	return counts, <-errs
+}
+
+// Aside is the cache-aside read of an application: GET the key; on a miss,
+// load the value from the database, pause (the slow request), and SET it.
+// The races of event-driven invalidation live between the load and the SET.
+type Aside struct {
+	Redis redis.Cmdable
+	// Pause returns the pause between the load and the SET; nil: none.
+	Pause func() time.Duration
+	TTL   time.Duration // of each SET; zero: none
+	// Budget, when not zero, drops a SET that would be sent later than this
+	// after the load began, as an application gives up on a request past
+	// its deadline. Zero: every SET is sent, however late.
+	Budget time.Duration
+}
+
+// Outcome is what one Aside.Read did.
+type Outcome int
+
+const (
+	Hit     Outcome = iota // the key was cached
+	Set                    // a miss, filled from the database
+	Absent                 // a miss, and the database had nothing to cache
+	Dropped                // a miss whose SET was past the budget, and not sent
+)
+
+// SetError is the error of a SET that failed. The SET runs without the
+// read's context, as an application's would once its query returned, so
+// its failure is Redis's, never the caller's context ending.
+type SetError struct {
+	Key string
+	Err error
+}
+
+func (e *SetError) Error() string { return fmt.Sprintf("set %s: %v", e.Key, e.Err) }
+
+func (e *SetError) Unwrap() error { return e.Err }
+
+// Read reads key through the cache. load returns the value to cache, or
+// false when there is nothing to cache (the row is gone). On an error the
+// outcome means nothing; a SET that failed returns a *SetError.
+func (a Aside) Read(ctx context.Context, key string, load func(context.Context) (string, bool, error)) (Outcome, error) {
+	if _, err := a.Redis.Get(ctx, key).Result(); err == nil {
+		return Hit, nil
+	} else if err != redis.Nil {
+		return Absent, fmt.Errorf("get %s: %w", key, err)
+	}
+	began := time.Now()
+	v, ok, err := load(ctx)
+	if err != nil || !ok {
+		return Absent, err
+	}
+	if a.Pause != nil {
+		time.Sleep(a.Pause()) // the slow request: not cut short, as an application's would not be
+	}
+	if a.Budget > 0 && time.Since(began) > a.Budget {
+		return Dropped, nil
+	}
+	if err := a.Redis.Set(context.WithoutCancel(ctx), key, v, a.TTL).Err(); err != nil {
+		return Set, &SetError{Key: key, Err: err}
+	}
+	return Set, nil
 }
 
 // stop returns nil for an error that only says the run is over.

@@ -9,7 +9,8 @@
 // a virtual IP moves to another host. Connections accepted afterwards are
 // forwarded as usual, unless SwallowNew is on: then they are silent from
 // the start, as connections to a host that is still gone, whose every
-// connect times out.
+// connect times out. CloseSilenced ends the silenced connections, as the
+// resets of a network that came back do.
 package tcpproxy
 
 import (
@@ -36,6 +37,7 @@ type Proxy struct {
 type conn struct {
 	client, server net.Conn
 	silent         chan struct{} // closed when the connection goes silent
+	closed         chan struct{} // closed when both ends are
 	halfClosed     atomic.Int32  // directions that have ended with EOF
 	once           sync.Once     // closes both ends once
 }
@@ -66,7 +68,7 @@ func (p *Proxy) accept() {
 			client.Close()
 			continue
 		}
-		c := &conn{client: client, server: server, silent: make(chan struct{})}
+		c := &conn{client: client, server: server, silent: make(chan struct{}), closed: make(chan struct{})}
 		if p.swallow.Load() {
 			close(c.silent)
 		}
@@ -85,7 +87,7 @@ func (p *Proxy) accept() {
 
 // pipe copies from src to dst, passing on a half-close, until either end
 // fails; once c is silent it drops what it reads instead, until the proxy
-// closes.
+// closes or CloseSilenced ends c.
 func (p *Proxy) pipe(c *conn, dst, src net.Conn) {
 	buf := make([]byte, 32<<10)
 	for {
@@ -95,7 +97,10 @@ func (p *Proxy) pipe(c *conn, dst, src net.Conn) {
 			// Keep reading, so that the sender never sees its window
 			// close, and forward nothing, not even an end.
 			if err != nil {
-				<-p.done
+				select {
+				case <-p.done:
+				case <-c.closed: // CloseSilenced
+				}
 				c.close()
 				return
 			}
@@ -128,17 +133,25 @@ func (c *conn) close() {
 	c.once.Do(func() {
 		c.client.Close()
 		c.server.Close()
+		close(c.closed)
 	})
 }
 
-// Silence stops forwarding on every connection accepted so far, in both
-// directions, and leaves them open. It returns how many it silenced, ended
-// ones included.
+// Silence stops forwarding on every connection accepted so far that is
+// still open, in both directions, and leaves them open. It returns how many
+// it silenced. Connections that ended are forgotten.
 func (p *Proxy) Silence() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	n := 0
+	open := p.conns[:0]
 	for _, c := range p.conns {
+		select {
+		case <-c.closed:
+			continue
+		default:
+		}
+		open = append(open, c)
 		select {
 		case <-c.silent:
 		default:
@@ -146,7 +159,33 @@ func (p *Proxy) Silence() int {
 			n++
 		}
 	}
+	clear(p.conns[len(open):])
+	p.conns = open
 	return n
+}
+
+// CloseSilenced closes both ends of every connection silenced so far, as
+// when the network comes back and each end learns, from the other's reset,
+// that its peer gave up long ago. Until then a silenced connection holds
+// its server-side session (a PostgreSQL backend, a walsender and its slot)
+// for as long as the proxy runs. It returns how many it closed.
+func (p *Proxy) CloseSilenced() int {
+	p.mu.Lock()
+	var silenced, live []*conn
+	for _, c := range p.conns {
+		select {
+		case <-c.silent:
+			silenced = append(silenced, c)
+		default:
+			live = append(live, c)
+		}
+	}
+	p.conns = live
+	p.mu.Unlock()
+	for _, c := range silenced {
+		c.close()
+	}
+	return len(silenced)
 }
 
 // SwallowNew makes the connections accepted from now on silent from the

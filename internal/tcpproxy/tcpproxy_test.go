@@ -120,3 +120,63 @@ func TestSwallowNew(t *testing.T) {
 		t.Fatalf("connection swallowed before: %v, want a timeout still", err)
 	}
 }
+
+func TestCloseSilenced(t *testing.T) {
+	p, err := Start(echoServer(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+
+	old, oldR := dial(t, p.Addr())
+	if err := echo(old, oldR, 5*time.Second); err != nil {
+		t.Fatalf("before silence: %v", err)
+	}
+	if n := p.Silence(); n != 1 {
+		t.Fatalf("Silence() = %d, want 1", n)
+	}
+	live, liveR := dial(t, p.Addr())
+	if err := echo(live, liveR, 5*time.Second); err != nil {
+		t.Fatalf("connection accepted after the silence: %v", err)
+	}
+
+	if n := p.CloseSilenced(); n != 1 {
+		t.Fatalf("CloseSilenced() = %d, want 1", n)
+	}
+	// The silenced connection ends, with an EOF or a reset, not a timeout.
+	old.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := oldR.ReadString('\n'); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("silenced connection after CloseSilenced: read %v, want it closed", err)
+	}
+	if err := echo(live, liveR, 5*time.Second); err != nil {
+		t.Fatalf("live connection after CloseSilenced: %v", err)
+	}
+	if n := p.CloseSilenced(); n != 0 {
+		t.Fatalf("CloseSilenced() again = %d, want 0", n)
+	}
+	// A connection that ended is not silenced, nor counted.
+	ended, _ := dial(t, p.Addr())
+	ended.Close()
+	waitEnded := time.Now().Add(5 * time.Second)
+	for open, all := p.openConns(); (all != 2 || open != 1) && time.Now().Before(waitEnded); open, all = p.openConns() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := p.Silence(); n != 1 {
+		t.Fatalf("Silence() with one live connection and one ended = %d, want 1", n)
+	}
+}
+
+// openConns counts the connections the proxy holds that have not ended,
+// and all it holds.
+func (p *Proxy) openConns() (open, all int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		select {
+		case <-c.closed:
+		default:
+			open++
+		}
+	}
+	return open, len(p.conns)
+}

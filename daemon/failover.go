@@ -59,12 +59,9 @@ func CheckFailoverCopies(ctx context.Context, cfg Config) (copies []replication.
 	if err != nil || !slot.Exists || !slot.Failover {
 		return nil, "", err
 	}
-	guard, err := replication.StandbySlotsSetting(ctx, conn)
+	warning, err = replication.StandbySlotsUnset(ctx, conn)
 	if err != nil {
 		return nil, "", err
-	}
-	if guard == "" {
-		warning = "synchronized_standby_slots is empty: the daemon may be sent commits a standby has not received, and a failover that loses them makes it flush every rule's keys; fix: ALTER SYSTEM SET synchronized_standby_slots = '<the standbys' physical slots>'; SELECT pg_reload_conf();"
 	}
 	return failoverCopies(ctx, cfg, slot), warning, nil
 }

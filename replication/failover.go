@@ -206,13 +206,19 @@ func copyProblems(syncSlots, feedback, primarySlot string, hasDBName []byte) []s
 	return out
 }
 
-// StandbySlotsSetting returns the primary's synchronized_standby_slots:
-// empty when unset, or before PostgreSQL 17.
-func StandbySlotsSetting(ctx context.Context, conn *pgx.Conn) (string, error) {
+// StandbySlotsUnset returns a warning, with its fix, when the primary's
+// synchronized_standby_slots is empty (or the server is older than 17):
+// the daemon may then be sent commits a standby has not received. Empty
+// when it names standby slots.
+func StandbySlotsUnset(ctx context.Context, conn *pgx.Conn) (string, error) {
 	var s string
 	err := conn.QueryRow(ctx, "SELECT coalesce(current_setting('synchronized_standby_slots', true), '')").Scan(&s)
 	if err != nil {
 		return "", fmt.Errorf("read synchronized_standby_slots: %w", err)
 	}
-	return s, nil
+	if s != "" {
+		return "", nil
+	}
+	return "synchronized_standby_slots is empty: the daemon may be sent commits a standby has not received, and a failover that loses them makes it flush every rule's keys; " +
+		"fix: ALTER SYSTEM SET synchronized_standby_slots = '<the standbys' physical slots>'; SELECT pg_reload_conf();", nil
 }

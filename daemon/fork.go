@@ -2,13 +2,16 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pglogrepl"
 
+	"github.com/pg-invalidator/pg-invalidator/invalidator"
 	"github.com/pg-invalidator/pg-invalidator/replication"
 )
 
@@ -64,6 +67,9 @@ type forkWatch struct {
 	// known is true once note is this process's own: after its first
 	// session's check, or a flush. Until then Redis's note is read.
 	known bool
+	// unreadLogged is set once the Redis user was found unable to read or
+	// write the note, and that was logged.
+	unreadLogged atomic.Bool
 }
 
 // invalidated records that the transaction ending at lsn had its commands
@@ -102,7 +108,10 @@ func (p *pipeline) checkFork(ctx context.Context, stream *replication.Stream) er
 	note, known := p.fork.current()
 	if !known { // a new process: what an earlier one noted
 		_, v, err := p.redis.Marker(ctx, p.markers.invalidated)
-		if err != nil {
+		switch {
+		case errors.Is(err, invalidator.ErrNoPermission):
+			p.forkUnread(err) // streams on without the check, as with no note
+		case err != nil:
 			return fmt.Errorf("read where the daemon last invalidated: %w", err)
 		}
 		note = parseForkNote(v)
@@ -132,7 +141,23 @@ func (p *pipeline) checkFork(ctx context.Context, stream *replication.Stream) er
 	}
 	p.fork.known = true
 	p.fork.mu.Unlock()
-	return p.saveFork(ctx)
+	if err := p.saveFork(ctx); errors.Is(err, invalidator.ErrNoPermission) {
+		p.forkUnread(err)
+	} else if err != nil {
+		return err
+	}
+	return nil
+}
+
+// forkUnread logs, once per process, that the Redis user may not read or
+// write the note (an ACL of an older version): a failover that loses
+// transactions then goes unnoticed by a process restarted after it.
+func (p *pipeline) forkUnread(err error) {
+	if p.fork.unreadLogged.Swap(true) {
+		return
+	}
+	p.log.Error("cannot read or write where the daemon last invalidated: a process restarted after a failover that lost transactions would not flush; let the Redis user read and write the markers: ACL SETUSER <user> (~"+SlotMarkerPrefix+"* +get +set), as setup --redis-acl prints",
+		"key", p.markers.invalidated, "err", err)
 }
 
 // forkLost says whether the transactions note names are missing from the
@@ -193,7 +218,9 @@ func (p *pipeline) keepForkSaved(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		if err := p.saveFork(ctx); err != nil && !logged && !strings.Contains(err.Error(), context.Canceled.Error()) {
+		if err := p.saveFork(ctx); errors.Is(err, invalidator.ErrNoPermission) {
+			p.forkUnread(err)
+		} else if err != nil && !logged && !strings.Contains(err.Error(), context.Canceled.Error()) {
 			p.log.Warn("cannot note in redis where the daemon invalidated; a restart after a failover that lost transactions would not flush",
 				"key", p.markers.invalidated, "err", err)
 			logged = true

@@ -49,6 +49,12 @@ func CatalogMarker(sysid, db, slot string) string { return SlotMarker(sysid, db,
 // ":resync".
 func ResyncMarker(sysid, db, slot string) string { return SlotMarker(sysid, db, slot) + ":resync" }
 
+// InvalidatedMarker is the key of the note of where the daemon last
+// invalidated (see fork.go): the slot's marker and ":invalidated".
+func InvalidatedMarker(sysid, db, slot string) string {
+	return SlotMarker(sysid, db, slot) + ":invalidated"
+}
+
 // legacySlotMarker is the slot marker's key before it held the system
 // identifier (versions of November 2026), read where the new one is
 // missing, so that an upgrade keeps what the older daemon remembered.
@@ -67,7 +73,7 @@ func newMarkerKeys(id replication.Identity, slot string) markerKeys {
 		slot:          SlotMarker(id.SystemID, id.Database, slot),
 		catalog:       CatalogMarker(id.SystemID, id.Database, slot),
 		resync:        ResyncMarker(id.SystemID, id.Database, slot),
-		invalidated:   SlotMarker(id.SystemID, id.Database, slot) + ":invalidated",
+		invalidated:   InvalidatedMarker(id.SystemID, id.Database, slot),
 		legacySlot:    legacy,
 		legacyCatalog: legacy + ":catalog",
 	}

@@ -125,8 +125,8 @@ func TestStandbyResyncsOnce(t *testing.T) {
 	f.cacheForResync()
 
 	resyncs := func() int {
-		return strings.Count(active.logs.String(), "resync: the replication slot was lost") +
-			strings.Count(standby.logs.String(), "resync: the replication slot was lost")
+		return strings.Count(active.logs.String(), "resync: every key the rules can render was flushed") +
+			strings.Count(standby.logs.String(), "resync: every key the rules can render was flushed")
 	}
 	atStart := resyncs() // with resync, a first start flushes too
 	f.dropSlot("pg_invalidator")

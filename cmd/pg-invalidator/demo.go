@@ -270,11 +270,12 @@ func (d *demo) prepare(ctx context.Context) error {
 			return d.interrupted(ctx, err)
 		}
 		// The daemon's memory that the demo's slot existed goes too, with
-		// its last reading of the catalog, its note of a resync, and its
-		// canary's key, which exists while a canary is out: one may be
-		// when the demo stops.
+		// its last reading of the catalog, its notes of a resync and of
+		// where it invalidated, and its canary's key, which exists while a
+		// canary is out: one may be when the demo stops.
 		keys := append(demoKeys(), daemon.SlotMarker(id.SystemID, id.Database, demoName), daemon.CatalogMarker(id.SystemID, id.Database, demoName),
-			daemon.ResyncMarker(id.SystemID, id.Database, demoName), daemon.CanaryKey("", demoName))
+			daemon.ResyncMarker(id.SystemID, id.Database, demoName), daemon.InvalidatedMarker(id.SystemID, id.Database, demoName),
+			daemon.CanaryKey("", demoName))
 		n, err := d.rdb.Exists(ctx, keys...).Result()
 		if err != nil {
 			return d.interrupted(ctx, fmt.Errorf("look for the demo's keys in redis: %w", err))

@@ -142,7 +142,9 @@ func (p *pipeline) session(ctx context.Context) error {
 
 	if p.dryRun {
 		err = stream.CreateTemporarySlot(ctx)
-	} else {
+	} else if err = p.checkFork(ctx, stream); err == nil {
+		// Before the slot is ensured: between that and START_REPLICATION,
+		// a slot dropped meanwhile is not told from any other refusal.
 		err = p.ensureSlot(ctx, stream)
 	}
 	if err != nil {
@@ -150,11 +152,6 @@ func (p *pipeline) session(ctx context.Context) error {
 	}
 	if !p.dryRun && !p.remembered {
 		if err := p.rememberSlot(ctx); err != nil {
-			return err
-		}
-	}
-	if !p.dryRun {
-		if err := p.checkFork(ctx, stream); err != nil {
 			return err
 		}
 	}

@@ -27,7 +27,7 @@ const DefaultDecodingWorkMem = "4MB"
 // hold before its Del commands go to a temporary file: a 1,000,000-row
 // UPDATE with a key per row renders a million Del commands, about 90 MB in
 // a map, and the daemon's memory must stay bounded however large a
-// transaction is. 4 MB is about 50,000 keys of 20 bytes; a rule that maps
+// transaction is. 4 MB is about 36,000 keys of 20 bytes; a rule that maps
 // every row to one of fewer keys than that never spills, and applies each
 // once. With 32 MB the bench's bulk scenario peaked at 112-126 MB of RSS,
 // with 4 MB at 41 MB (AMD host, 2026-12-07).

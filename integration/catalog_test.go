@@ -158,6 +158,30 @@ func TestCatalogSwappedTableIsAddedAndFlushed(t *testing.T) {
 	}
 }
 
+// TestCatalogSwapRedeletes: with redelete_after, the keys a swap flushes
+// are deleted again that long after the flush, as a TRUNCATE's are: an
+// entry that a slow reader, which read the old table before the flush,
+// caches after it is gone by then.
+func TestCatalogSwapRedeletes(t *testing.T) {
+	f := newFixture(t, productsSchema, markerSchema)
+	f.exec("INSERT INTO products (id, category_id, name) VALUES (1, 3, 'lamp')")
+	rules := strings.Replace(productsRules, "table = \"products\"\n", "table = \"products\"\nredelete_after = \"2s\"\n", 1)
+	w := f.startWatched(f.config(f.rules(rules)))
+
+	f.cache("product:1", "list:cat:3")
+	f.exec(swapSQL)
+	f.waitGoneLong("product:1", "list:cat:3")
+	flushed := time.Now()
+	f.cache("product:1") // the slow reader's SET, of the row it read before the swap
+	f.waitGoneWithin(30*time.Second, "product:1")
+	if el := time.Since(flushed); el < time.Second {
+		t.Errorf("the entry cached after the flush was gone %s later, before redelete_after (2s): something else deleted it", el.Round(time.Millisecond))
+	}
+	if got := w.counter(`pg_invalidator_redeletes_total{target="default"}`); got < 1 {
+		t.Errorf("pg_invalidator_redeletes_total = %v after the swap's re-delete, want at least 1", got)
+	}
+}
+
 func TestCatalogSwappedTableTheRoleMayNotAdd(t *testing.T) {
 	role := newClusterRole(t)
 	f := newFixture(t, productsSchema, markerSchema,

@@ -336,32 +336,36 @@ func (rs *Rules) TableFlushCommands(table string) []pginvalidator.Command {
 }
 
 // flushCommands returns the flush commands of the rules for table, or of
-// every rule when table is "".
+// every rule when table is "". A Del or DelPattern command carries the
+// longest redelete_after of the rules that render it, as a TRUNCATE's do.
 func (rs *Rules) flushCommands(table string) []pginvalidator.Command {
 	var out []pginvalidator.Command
-	seen := make(map[pginvalidator.Command]bool)
-	add := func(a pginvalidator.Action, t *Template) {
+	seen := make(map[pginvalidator.Command]int) // by Action and Key, Redelete zero: its index in out
+	add := func(a pginvalidator.Action, t *Template, redelete time.Duration) {
 		cmd := pginvalidator.Command{Action: a, Key: t.key}
 		if len(t.cols) > 0 {
 			cmd = pginvalidator.Command{Action: patternAction(a), Key: t.glob}
 		}
-		if !seen[cmd] {
-			seen[cmd] = true
-			out = append(out, cmd)
+		if i, ok := seen[cmd]; ok {
+			out[i].Redelete = max(out[i].Redelete, redelete)
+			return
 		}
+		seen[cmd] = len(out)
+		cmd.Redelete = redelete
+		out = append(out, cmd)
 	}
 	for _, r := range rs.List {
 		if table != "" && r.QualifiedName() != table {
 			continue
 		}
 		for _, t := range r.Del {
-			add(pginvalidator.Del, t)
+			add(pginvalidator.Del, t, r.RedeleteAfter)
 		}
 		for _, t := range r.Incr {
-			add(pginvalidator.Incr, t)
+			add(pginvalidator.Incr, t, 0)
 		}
 		for _, t := range r.Version {
-			add(pginvalidator.Version, t)
+			add(pginvalidator.Version, t, 0)
 		}
 	}
 	return out

@@ -288,9 +288,8 @@ type catalogWatch struct {
 
 	failing bool // the last poll failed, and that was logged
 
-	// redeletes counts the re-deletes of flushes still waiting to be sent
-	// (see redeleteLater); run waits for them to end with its ctx.
-	redeletes sync.WaitGroup
+	// later sends a flush's keys again after redelete_after; nil: never.
+	later *flushRedeletes
 
 	// onSyncStandbys is told the primary's synchronous_standby_names at
 	// every poll; nil: nobody is. When the daemon decodes on a standby it
@@ -315,7 +314,6 @@ func newCatalogWatch(cfg Config, cov *coverage, redis fanout, added []string) *c
 // reacts to the changes described above. Run takes the first reading itself, before
 // it streams, so run waits one interval first.
 func (w *catalogWatch) run(ctx context.Context) {
-	defer w.redeletes.Wait()
 	defer func() {
 		if w.conn != nil {
 			w.conn.Close(context.Background())
@@ -746,43 +744,6 @@ func (w *catalogWatch) flush(ctx context.Context, rules *mapping.Rules, tables [
 	if err := w.redis.Apply(ctx, b); err != nil {
 		return fmt.Errorf("flush the keys of rule tables %s: %w", strings.Join(tables, ", "), err)
 	}
-	w.redeleteLater(ctx, tables, cmds)
+	w.later.schedule(ctx, "rule tables "+strings.Join(tables, ", "), cmds)
 	return nil
-}
-
-// redeleteLater sends the Del and DelPattern commands of a flush again,
-// each after its rule's redelete_after, as the stream's re-deletes repair
-// a TRUNCATE: a reader that read a row of the old table before the flush
-// and caches it after finds its entry gone again. They end with ctx, and
-// are not held in the acknowledgement, since the flush they repeat is not
-// part of the stream: a crash before one is due loses it.
-func (w *catalogWatch) redeleteLater(ctx context.Context, tables []string, cmds []pginvalidator.Command) {
-	byDelay := make(map[time.Duration]*invalidator.Batch)
-	for _, c := range cmds {
-		if c.Redelete <= 0 || (c.Action != pginvalidator.Del && c.Action != pginvalidator.DelPattern) {
-			continue
-		}
-		b := byDelay[c.Redelete]
-		if b == nil {
-			b = invalidator.NewBatch()
-			b.Redelete = true // counted as re-deletes in the metrics
-			byDelay[c.Redelete] = b
-		}
-		b.Add(c)
-	}
-	for after, b := range byDelay {
-		w.redeletes.Go(func() {
-			t := time.NewTimer(after)
-			defer t.Stop()
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-			if err := w.redis.Apply(ctx, b); err != nil && ctx.Err() == nil {
-				w.cfg.Logger.Warn("cannot re-delete the keys flushed for rule tables; an entry a slow reader cached from the old rows meanwhile stays until its TTL",
-					"tables", strings.Join(tables, ", "), "err", err)
-			}
-		})
-	}
 }

@@ -413,7 +413,10 @@ func Run(ctx context.Context, cfg Config) error {
 	// so that every change after it is noticed; tables added to an existing
 	// publication at start get their keys flushed by it. It also tells the
 	// visibility gate whether synchronous standbys are named.
+	later := &flushRedeletes{targets: redis, log: log, wg: &wg}
+	p.later = later
 	watch := newCatalogWatch(cfg, m.cover, redis, added)
+	watch.later = later
 	watch.onSyncStandbys = p.vis.syncStandbys
 	watch.streaming = m.streaming.Load
 	watch.poll(ctx)

@@ -23,6 +23,7 @@ type pipeline struct {
 	log    *slog.Logger
 	sink   sink            // where each transaction's commands go: every Redis target, or a dry run's output
 	redel  *redeleter      // re-deletes waiting for their time; they hold the acknowledgement back
+	later  *flushRedeletes // re-deletes of a resync's flush; nil: none
 	gate   *standbyGate    // holds each batch until the standbys named in cfg.Replicas replayed it
 	vis    *visibilityGate // holds each batch until its transactions are visible on the primary
 	redis  fanout          // every Redis deployment, which resync flushes; nil in a dry run

@@ -4,7 +4,9 @@ import (
 	"container/heap"
 	"context"
 	"fmt"
+	"log/slog"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -289,4 +291,53 @@ func (h *redeleteHeap) Pop() any {
 	old[len(old)-1] = nil
 	*h = old[:len(old)-1]
 	return e
+}
+
+// flushRedeletes sends the Del and DelPattern commands of a flush made
+// outside the stream's batches (a resync's, the catalog watch's after a
+// table swap) again, each after its rule's redelete_after, as the
+// redeleter repairs a TRUNCATE: a reader that read a row before the flush
+// and caches it after finds its entry gone again. They are not held in the
+// acknowledgement, since the flush they repeat is not part of the stream:
+// a crash before one is due loses it.
+type flushRedeletes struct {
+	targets fanout
+	log     *slog.Logger
+	wg      *sync.WaitGroup // Run's: it waits for them once its ctx ends
+}
+
+// schedule sends cmds' re-deletes when each is due, until ctx ends; what
+// names the flush in the log. A nil r schedules nothing.
+func (r *flushRedeletes) schedule(ctx context.Context, what string, cmds []pginvalidator.Command) {
+	if r == nil {
+		return
+	}
+	byDelay := make(map[time.Duration]*invalidator.Batch)
+	for _, c := range cmds {
+		if c.Redelete <= 0 || (c.Action != pginvalidator.Del && c.Action != pginvalidator.DelPattern) {
+			continue
+		}
+		b := byDelay[c.Redelete]
+		if b == nil {
+			b = invalidator.NewBatch()
+			b.Redelete = true // counted as re-deletes in the metrics
+			byDelay[c.Redelete] = b
+		}
+		b.Add(c)
+	}
+	for after, b := range byDelay {
+		r.wg.Go(func() {
+			t := time.NewTimer(after)
+			defer t.Stop()
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			if err := r.targets.Apply(ctx, b); err != nil && ctx.Err() == nil {
+				r.log.Warn("cannot re-delete the keys of a flush; an entry a slow reader cached from the old rows meanwhile stays until its TTL",
+					"flush", what, "err", err)
+			}
+		})
+	}
 }

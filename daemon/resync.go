@@ -197,6 +197,7 @@ func (p *pipeline) flushAll(ctx context.Context, why string, dropped bool) error
 		// start, finishes the flush.
 		return fmt.Errorf("flush after recreating replication slot %s (the next start finishes it): %w", slot, err)
 	}
+	p.later.schedule(ctx, "resync", cmds)
 	if err := p.redis.resyncFinished(ctx, p.markers, slot, time.Now()); err != nil {
 		return err
 	}

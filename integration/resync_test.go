@@ -99,6 +99,31 @@ func TestResyncRecreatesAnInvalidatedSlot(t *testing.T) {
 	}
 }
 
+// TestResyncRedeletes: with redelete_after, the keys a resync flushes are
+// deleted again that long after the flush, for a reader that read a row
+// before it and caches it after.
+func TestResyncRedeletes(t *testing.T) {
+	f := newFixture(t, itemsSchema, markerSchema)
+	cfg := f.config(f.rules(resyncRules + `
+[[rule]]
+table = "items"
+del = ["{p}item:<id>"]
+redelete_after = "2s"
+`))
+	cfg.Resync = true
+	cfg.MetricsAddr = metricsAddr(t)
+	f.cache("item:1")
+	f.startConfig(cfg)
+	// A first start with Resync finds no slot, and flushes.
+	f.waitResyncs(cfg.MetricsAddr, 1)
+	flushed := time.Now()
+	f.cache("item:1") // the slow reader's SET, of the row it read before the flush
+	f.waitGoneWithin(30*time.Second, "item:1")
+	if el := time.Since(flushed); el < time.Second {
+		t.Errorf("the entry cached after the flush was gone %s later, before redelete_after (2s): something else deleted it", el.Round(time.Millisecond))
+	}
+}
+
 func TestResyncRecreatesASlotDroppedWhileRunning(t *testing.T) {
 	f := newFixture(t, itemsSchema, markerSchema)
 	cfg := f.config(f.rules(resyncRules))

@@ -49,15 +49,28 @@ func retryable(err error) bool {
 // been waiting.
 const slotBusyDelay = time.Second
 
+// stillFailingEvery is how often a streak of failures is logged again at
+// warning level while its error stays the same: an operator who looks at
+// the log an hour into an outage finds it there, not only its first line.
+var stillFailingEvery = 5 * time.Minute
+
 // retry runs fn until it succeeds, fails with an error retrying cannot fix,
 // or ctx ends. It logs the first failure of a streak and the recovery, not
-// every attempt. A run of fn that lasted longer than a minute resets the
+// every attempt: a failure again is logged at debug level, unless its error
+// differs from the last one logged (a server that now refuses the password,
+// say), or the streak has gone on for stillFailingEvery since, which are
+// logged as warnings. A run of fn that lasted longer than a minute resets the
 // backoff: the failure is new, not part of the old streak. A slot held by
 // another process is retried every slotBusyDelay (capped by MaxBackoff)
 // instead of with a growing backoff, so that a standby takes over promptly.
 func retry(ctx context.Context, cfg Config, step string, fn func() error) error {
 	delay := 100 * time.Millisecond
 	failing := false
+	var (
+		since, warned time.Time // when the streak began, when it was last logged as a warning
+		warnedErr     string    // the error then
+		attempts      int       // in the streak
+	)
 	for {
 		start := time.Now()
 		err := fn()
@@ -73,18 +86,34 @@ func retry(ctx context.Context, cfg Config, step string, fn func() error) error 
 		if time.Since(start) > time.Minute {
 			delay, failing = 100*time.Millisecond, false
 		}
+		now := time.Now()
+		if !failing {
+			since, attempts = now, 0
+		}
+		attempts++
 		busy := replication.SlotActive(err)
 		wait := delay
 		if busy {
 			wait = min(slotBusyDelay, cfg.MaxBackoff)
 		}
 		switch {
-		case failing:
-			cfg.Logger.Debug(step+" failed again", "err", err, "retry_in", wait)
-		case busy:
+		case busy && !failing:
 			cfg.Logger.Info("replication slot is in use by another process, standing by", "slot", cfg.Slot, "err", err)
-		default:
+		case busy: // a standby: waiting is its job
+			cfg.Logger.Debug(step+" failed again", "err", err, "retry_in", wait)
+		case !failing:
 			cfg.Logger.Warn(step+" failed, retrying with backoff", "err", err)
+			warned, warnedErr = now, err.Error()
+		case err.Error() != warnedErr:
+			cfg.Logger.Warn(step+" failed again, differently", "err", err, "failing_for", now.Sub(since).Round(time.Second).String(),
+				"attempts", attempts)
+			warned, warnedErr = now, err.Error()
+		case now.Sub(warned) >= stillFailingEvery:
+			cfg.Logger.Warn(step+" still failing", "err", err, "failing_for", now.Sub(since).Round(time.Second).String(),
+				"attempts", attempts)
+			warned = now
+		default:
+			cfg.Logger.Debug(step+" failed again", "err", err, "retry_in", wait)
 		}
 		failing = true
 		// Full jitter keeps a fleet of daemons from reconnecting in step.

@@ -1,9 +1,12 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -43,5 +46,50 @@ func TestRetryable(t *testing.T) {
 		if got := retryable(tt.err); got != tt.want {
 			t.Errorf("%s: retryable(%v) = %v, want %v", tt.name, tt.err, got, tt.want)
 		}
+	}
+}
+
+// TestRetryLogsAStreak: the first failure of a streak is a warning, the
+// same error again is logged at debug level, a different error and a streak
+// that goes on past stillFailingEvery are warnings again, and the recovery
+// is logged.
+func TestRetryLogsAStreak(t *testing.T) {
+	defer func(d time.Duration) { stillFailingEvery = d }(stillFailingEvery)
+	stillFailingEvery = 150 * time.Millisecond
+	var buf bytes.Buffer
+	cfg := Config{Logger: slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})), MaxBackoff: 20 * time.Millisecond}
+	refused := errors.New("dial tcp 127.0.0.1:5432: connect: connection refused")
+	reset := errors.New("read tcp: connection reset by peer")
+	errs := []error{refused, refused, refused, reset, reset}
+	start := time.Now()
+	n := 0
+	err := retry(context.Background(), cfg, "stream", func() error {
+		switch {
+		case n < len(errs):
+			n++
+			return errs[n-1]
+		case time.Since(start) < 400*time.Millisecond: // past stillFailingEvery since the last warning
+			return reset
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := buf.String()
+	for _, want := range []string{`level=WARN msg="stream failed, retrying with backoff"`, `level=WARN msg="stream failed again, differently"`,
+		`level=WARN msg="stream still failing"`, `level=INFO msg="stream recovered"`} {
+		if !strings.Contains(text, want) {
+			t.Errorf("the log has no %s:\n%s", want, text)
+		}
+	}
+	if c := strings.Count(text, `level=WARN msg="stream failed, retrying with backoff"`); c != 1 {
+		t.Errorf("%d first-failure warnings, want 1:\n%s", c, text)
+	}
+	if c := strings.Count(text, `level=WARN msg="stream failed again, differently"`); c != 1 {
+		t.Errorf("%d warnings of a changed error, want 1 (the error changed once):\n%s", c, text)
+	}
+	if !strings.Contains(text, `level=DEBUG msg="stream failed again"`) {
+		t.Errorf("the same error again was not logged at debug level:\n%s", text)
 	}
 }

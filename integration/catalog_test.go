@@ -181,7 +181,9 @@ func TestCatalogSwapRedeletes(t *testing.T) {
 	// before.
 	const redeletes = `pg_invalidator_redeletes_total{target="default"}`
 	waitFor(t, 10*time.Second, func() bool { return w.counter(redeletes) >= 1 },
-		func() string { return fmt.Sprintf("%s = %v after the swap's re-delete, want at least 1", redeletes, w.counter(redeletes)) })
+		func() string {
+			return fmt.Sprintf("%s = %v after the swap's re-delete, want at least 1", redeletes, w.counter(redeletes))
+		})
 }
 
 func TestCatalogSwappedTableTheRoleMayNotAdd(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"strings"
 	"time"
 
 	"github.com/pg-invalidator/pg-invalidator/replication"
@@ -68,7 +69,7 @@ func retry(ctx context.Context, cfg Config, step string, fn func() error) error 
 	failing := false
 	var (
 		since, warned time.Time // when the streak began, when it was last logged as a warning
-		warnedErr     string    // the error then
+		warnedErr     string    // the error then, as errShape gives it
 		attempts      int       // in the streak
 	)
 	for {
@@ -103,11 +104,11 @@ func retry(ctx context.Context, cfg Config, step string, fn func() error) error 
 			cfg.Logger.Debug(step+" failed again", "err", err, "retry_in", wait)
 		case !failing:
 			cfg.Logger.Warn(step+" failed, retrying with backoff", "err", err)
-			warned, warnedErr = now, err.Error()
-		case err.Error() != warnedErr:
+			warned, warnedErr = now, errShape(err)
+		case errShape(err) != warnedErr:
 			cfg.Logger.Warn(step+" failed again, differently", "err", err, "failing_for", now.Sub(since).Round(time.Second).String(),
 				"attempts", attempts)
-			warned, warnedErr = now, err.Error()
+			warned, warnedErr = now, errShape(err)
 		case now.Sub(warned) >= stillFailingEvery:
 			cfg.Logger.Warn(step+" still failing", "err", err, "failing_for", now.Sub(since).Round(time.Second).String(),
 				"attempts", attempts)
@@ -127,4 +128,16 @@ func retry(ctx context.Context, cfg Config, step string, fn func() error) error 
 			delay = min(delay*2, cfg.MaxBackoff)
 		}
 	}
+}
+
+// errShape is err's text without its digits: two failures that differ only
+// in a duration, a port, a position or a process ID (a silent server
+// "for 30.012s", then "for 30.004s") are the same failure to the log.
+func errShape(err error) string {
+	return strings.Map(func(r rune) rune {
+		if r >= '0' && r <= '9' {
+			return -1
+		}
+		return r
+	}, err.Error())
 }
